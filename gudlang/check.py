@@ -1,0 +1,456 @@
+"""Check a spec: resolve names, inline definitions, and infer shapes.
+
+Input: source text (or a `Spec` with its `SourceMap`) and parameter overrides.
+Output: `CheckedSpec`, whose schedule `gamma` (and custom prior scale) is one expression in
+which every user definition and library function is inlined: it mentions only numbers,
+`t`, params, features `f(i)`, reductions and elementwise built-ins.
+
+Shapes: every expression depends on a subset of {t, i, p}: `t` diffusion time, `i` the
+component, `p` a param drawn per training example. Scalar = {}, per-time = {t},
+per-component = {i}, per-time-and-component = {t, i}.
+
+Errors (all collected): E201 unknown function, E202 unknown name, E204 / E205 / E206
+arguments, E207 feature not offered by the basis, E208 shape, E209 recursion,
+E212 reserved name, E213 value of the wrong kind, E214 misuse of `i`, plus those of
+`gudlang.spec` and `gudlang.parser`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Mapping
+
+from gudlang import ast as A
+from gudlang.builtins import (BASIS_FEATURES, CONSTANTS, ELEMENTWISE, FEATURES, LIBRARY, PRELUDE,
+                              REDUCTIONS, RESERVED, known_function_names)
+from gudlang.diagnostics import Diagnostic, GudError
+from gudlang.lower import parse_program
+from gudlang.spec import FixedParam, Spec, did_you_mean, validate_program
+
+Shape = frozenset  # subset of {"t", "i", "p"}
+SCALAR: Shape = frozenset()
+
+
+def describe_shape(shape: Shape) -> str:
+    parts = {frozenset(): "scalar", frozenset("t"): "per-time", frozenset("i"): "per-component",
+             frozenset("ti"): "per-time-and-component"}
+    base = parts[frozenset(shape) - {"p"}]
+    return base + (", per-example" if "p" in shape else "")
+
+
+@dataclass(frozen=True)
+class CheckedSpec:
+    """A spec whose names are resolved and whose schedule is one inlined expression."""
+
+    spec: Spec
+    gamma: A.Expr
+    gamma_shape: Shape
+    prior_scale: A.Expr | None
+    features: frozenset[str]
+    drawn: tuple[str, ...]
+    source: A.SourceMap = field(compare=False)
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def fixed_params(self) -> dict[str, float]:
+        return {k: p.value for k, p in self.spec.params.items() if isinstance(p, FixedParam)}
+
+
+# --------------------------------------------------------------------------- definitions
+@dataclass
+class _Def:
+    name: str
+    node: A.Define
+    path: tuple  # of the Define statement
+    library: bool = False
+
+    @property
+    def is_function(self) -> bool:
+        return self.node.formals is not None
+
+
+@lru_cache(maxsize=1)
+def _library() -> dict[str, _Def]:
+    program, _ = parse_program(PRELUDE, "<library>")
+    return {st.name: _Def(st.name, st, ("statements", k), library=True)
+            for k, st in enumerate(program.statements) if isinstance(st, A.Define)}
+
+
+def _base(name: str) -> str:
+    return name[:-2] if name.endswith("_i") and len(name) > 2 else name
+
+
+class _Resolver:
+    def __init__(self, spec: Spec, smap: A.SourceMap):
+        self.spec, self.smap = spec, smap
+        self.errors: dict[tuple, Diagnostic] = {}
+        self.defs: dict[str, _Def] = {}
+        self.values: dict[str, tuple[A.Expr, Shape]] = {}
+        self.stack: list[str] = []
+        self.features_used: set[str] = set()
+        self.basis_kind = spec.basis.kind
+        self.offered = set(BASIS_FEATURES[self.basis_kind])
+        if spec.basis.kind == "pca" and spec.basis.channels == "mix":
+            self.offered.discard("chan")
+        self.library = _library()
+        for k, d in spec.definitions:
+            path = ("statements", k)
+            base = _base(d.name)
+            if d.name in RESERVED or base in RESERVED or d.name in LIBRARY or base in LIBRARY:
+                kind = "library function" if base in LIBRARY else "built-in name"
+                self.error("E212", f"`{d.name}` is a {kind}", path + ("name",), "reserved",
+                           help="choose another name")
+                continue
+            if base in spec.params or d.name in spec.params:
+                self.error("E203", f"`{d.name}` is both a param and a definition", path + ("name",),
+                           "defined again here")
+                continue
+            if base in self.defs:
+                self.error("E203", f"`{d.name}` is defined twice", path + ("name",), "defined again here")
+                continue
+            self.defs[base] = _Def(d.name, d, path)
+        for name in spec.params:
+            if name in RESERVED or name in LIBRARY:
+                self.error("E212", f"`{name}` is a built-in name and cannot be a param",
+                           self._param_path(name), "reserved", help="choose another name")
+
+    def _param_path(self, name: str):
+        return self.smap.anchors.get(("param_name", name), ())
+
+    # ------------------------------------------------------------------ reporting
+    def error(self, code, message, path, label="", help=None, at=None):
+        span = self.smap.span(at if at is not None else path)
+        d = Diagnostic(code, message, span=span, label=label, help=help, path=self.smap.path)
+        self.errors.setdefault((code, message, span), d)
+
+    # ------------------------------------------------------------------ resolution
+    def resolve(self, expr: A.Expr, path, scope: Mapping[str, tuple[A.Expr, Shape]],
+                site=None) -> tuple[A.Expr, Shape]:
+        """Inline and shape-check `expr`. `site` is the user path that errors inside library
+        code are reported at."""
+        at = site if site is not None else path
+        if isinstance(expr, A.Num):
+            return A.Num(expr.value, expr.text), SCALAR
+        if isinstance(expr, (A.Str, A.List)):
+            what = "a string" if isinstance(expr, A.Str) else "a list"
+            self.error("E213", f"{what} cannot be used in a formula", path, "not a number", at=site)
+            return A.Num(0.0), SCALAR
+        if isinstance(expr, A.Name):
+            return self.name(expr.id, path, scope, at)
+        if isinstance(expr, A.Neg):
+            e, s = self.resolve(expr.operand, path + ("operand",), scope, site)
+            return A.Neg(e), s
+        if isinstance(expr, A.BinOp):
+            left, ls = self.resolve(expr.left, path + ("left",), scope, site)
+            right, rs = self.resolve(expr.right, path + ("right",), scope, site)
+            return A.BinOp(expr.op, left, right), ls | rs
+        if isinstance(expr, A.Compare):
+            self.error("E213", "a comparison can only be the condition of where(...)", path,
+                       "comparison here", help="write where(x < y, value_if_true, value_if_false)", at=site)
+            return A.Num(0.0), SCALAR
+        if isinstance(expr, A.Call):
+            return self.call(expr, path, scope, site)
+        raise AssertionError(type(expr))
+
+    def name(self, name: str, path, scope, at) -> tuple[A.Expr, Shape]:
+        if name in scope:
+            return scope[name]
+        if name in CONSTANTS:
+            return A.Num(CONSTANTS[name]), SCALAR
+        if name in self.spec.params:
+            p = self.spec.params[name]
+            return A.Name(name), (SCALAR if isinstance(p, FixedParam) else frozenset("p"))
+        base = _base(name)
+        if base in self.defs:
+            d = self.defs[base]
+            if d.is_function:
+                self.error("E208", f"`{name}` is a function; call it", path, "used as a value",
+                           help=f"write {d.name}({', '.join(f.name for f in d.node.formals)})", at=at)
+                return A.Num(0.0), SCALAR
+            return self.value(d)
+        if name == "t":
+            self.error("E202", "`t` is not defined here", path, "unknown name",
+                       help="t is the argument of a schedule: define a function of it, e.g. h_i(t) = ...",
+                       at=at)
+        elif name == "i":
+            self.error("E214", "`i` names the component and is only a feature's argument", path,
+                       "not a value", help="use a feature such as rank(i) or var(i)", at=at)
+        elif name in FEATURES:
+            self.error("E214", f"feature `{name}` needs the component", path, "missing (i)",
+                       help=f"write {name}(i)", at=at)
+        else:
+            candidates = set(scope) | set(self.spec.params) | set(self.defs) | set(CONSTANTS) \
+                | {d.name for d in self.defs.values()}
+            self.error("E202", f"unknown name `{name}`", path, "not defined", at=at,
+                       help=did_you_mean(name, candidates) or "define it with `name = ...` or `param name = ...`")
+        return A.Num(0.0), SCALAR
+
+    def value(self, d: _Def) -> tuple[A.Expr, Shape]:
+        base = _base(d.name)
+        if base in self.values:
+            return self.values[base]
+        if base in self.stack:
+            self.error("E209", f"`{d.name}` is defined in terms of itself", d.path + ("name",),
+                       "recursive definition", help=" -> ".join(self.stack + [base]))
+            return A.Num(0.0), SCALAR
+        self.stack.append(base)
+        expr, shape = self.resolve(d.node.body, d.path + ("body",), {})
+        self.stack.pop()
+        if "i" in shape and not d.name.endswith("_i"):
+            self.error("E208", f"`{d.name}` varies with the component", d.path + ("name",),
+                       "per-component value", help=f"name it `{d.name}_i` to say so")
+        self.values[base] = (expr, shape)
+        return expr, shape
+
+    def call(self, call: A.Call, path, scope, site) -> tuple[A.Expr, Shape]:
+        at = site if site is not None else path
+        fat = site if site is not None else path + ("func",)
+        f = call.func
+        nargs = len(call.args)
+        if f in FEATURES:
+            if call.kwargs or nargs != 1 or call.args[0] != A.Name("i"):
+                self.error("E214", f"a feature takes the component index: write {f}(i)", path,
+                           "expected (i)", at=site)
+            elif f not in self.offered:
+                offers = ", ".join(sorted(self.offered))
+                why = " (PCA offers chan only with channels = \"separate\")" if f == "chan" and \
+                    self.basis_kind == "pca" else ""
+                self.error("E207", f"the {self.basis_kind} basis has no feature `{f}`{why}", fat,
+                           "not offered", help=f"{self.basis_kind} offers: {offers}")
+            self.features_used.add(f)
+            return A.Call(f, (A.Name("i"),)), frozenset("i")
+        if f in REDUCTIONS and nargs == 1 and not call.kwargs:
+            arg, shape = self.resolve(call.args[0], path + ("args", 0), scope, site)
+            if "t" in shape and f in {"max", "min"}:
+                self.error("E208", f"{f}(...) over components of a time-dependent value is not supported",
+                           path, "depends on t", help="reduce a value that does not depend on t", at=site)
+            return A.Call(f, (arg,)), shape - {"i"}
+        if f in ELEMENTWISE:
+            if call.kwargs:
+                self.error("E205", f"`{f}` takes no keyword arguments", path + ("kwargs", 0), "keyword",
+                           at=site)
+            want = ELEMENTWISE[f]
+            if nargs != want:
+                extra = " (or one argument: the reduction over components)" if f in REDUCTIONS else ""
+                self.error("E204", f"`{f}` takes {want} argument(s){extra}, got {nargs}", fat,
+                           "wrong number of arguments")
+                return A.Num(0.0), SCALAR
+            args, shape = [], SCALAR
+            for k, a in enumerate(call.args):
+                if f == "where" and k == 0 and isinstance(a, A.Compare):
+                    left, ls = self.resolve(a.left, path + ("args", 0, "left"), scope, site)
+                    right, rs = self.resolve(a.right, path + ("args", 0, "right"), scope, site)
+                    args.append(A.Compare(a.op, left, right))
+                    shape |= ls | rs
+                    continue
+                if f == "where" and k == 0:
+                    self.error("E213", "where(...) needs a comparison first", path + ("args", 0),
+                               "not a comparison", help="write where(x < y, a, b)", at=site)
+                e, s = self.resolve(a, path + ("args", k), scope, site)
+                args.append(e)
+                shape |= s
+            return A.Call(f, tuple(args)), shape
+        target = self.defs.get(_base(f)) or self.library.get(f)
+        if target is None or not target.is_function:
+            for k, a in enumerate(call.args):  # report errors inside the arguments too
+                self.resolve(a, path + ("args", k), scope, site)
+            if target is not None:
+                self.error("E208", f"`{f}` is a value, not a function", fat, "not a function",
+                           help=f"write `{f}` without arguments")
+            else:
+                self.error("E201", f"unknown function `{f}`", fat, "not a known function",
+                           help=did_you_mean(f, known_function_names() | {d.name for d in self.defs.values()
+                                                                           if d.is_function})
+                           or "see `gud explain --builtins` for the functions gud knows")
+            return A.Num(0.0), SCALAR
+        return self.inline(target, call, path, scope, site)
+
+    def inline(self, d: _Def, call: A.Call, path, scope, site) -> tuple[A.Expr, Shape]:
+        at = site if site is not None else path
+        formals = d.node.formals
+        names = [fm.name for fm in formals]
+        if len(call.args) > len(formals):
+            self.error("E204", f"`{d.name}` takes {len(formals)} argument(s), got {len(call.args)}",
+                       path + ("args", len(formals)), "extra argument",
+                       help=f"{d.name}({', '.join(names)})", at=site)
+        bound: dict[str, tuple[A.Expr, Shape]] = {}
+        for k, a in enumerate(call.args[:len(formals)]):
+            bound[names[k]] = self.resolve(a, path + ("args", k), scope, site)
+        for k, kw in enumerate(call.kwargs):
+            kpath = path + ("kwargs", k, "value")
+            if kw.name not in names:
+                self.error("E205", f"`{d.name}` has no argument `{kw.name}`", path + ("kwargs", k),
+                           "unknown argument", help=did_you_mean(kw.name, names)
+                           or f"{d.name}({', '.join(names)})", at=site)
+                continue
+            if kw.name in bound:
+                self.error("E205", f"argument `{kw.name}` of `{d.name}` given twice", path + ("kwargs", k),
+                           "given again", at=site)
+                continue
+            bound[kw.name] = self.resolve(kw.value, kpath, scope, site)
+        if d.name in self.stack:
+            self.error("E209", f"`{d.name}` calls itself", at, "recursive call",
+                       help=" -> ".join(self.stack + [d.name]))
+            return A.Num(0.0), SCALAR
+        inner_site = site if site is not None else (path if d.library else None)
+        for k, fm in enumerate(formals):
+            if fm.name in bound:
+                continue
+            if fm.default is None:
+                self.error("E206", f"`{d.name}` needs argument `{fm.name}`", at, "missing argument",
+                           help=f"{d.name}({', '.join(names)})")
+                bound[fm.name] = (A.Num(0.0), SCALAR)
+            else:
+                bound[fm.name] = self.resolve(fm.default, d.path + ("formals", k, "default"), {},
+                                              inner_site)
+        self.stack.append(d.name)
+        result = self.resolve(d.node.body, d.path + ("body",), bound, inner_site)
+        self.stack.pop()
+        return result
+
+
+# --------------------------------------------------------------------------- entry points
+def apply_overrides(text_overrides: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((text_overrides or {}).items()))
+
+
+def check_spec(spec: Spec, smap: A.SourceMap, overrides: tuple[tuple[str, str], ...] = (),
+               prior_errors: list[Diagnostic] = ()) -> CheckedSpec:
+    """Spec -> CheckedSpec, or GudError with every problem found (after `prior_errors`,
+    those of the earlier stages)."""
+    r = _Resolver(spec, smap)
+    for d in r.defs.values():  # report errors in every definition, used or not
+        if d.is_function:
+            scope = {fm.name: (A.Name(fm.name), SCALAR) for fm in d.node.formals}
+            if d.node.formals and [fm.name for fm in d.node.formals] == ["t"]:
+                scope["t"] = (A.Name("t"), frozenset("t"))
+            r.stack.append(d.name)
+            r.resolve(d.node.body, d.path + ("body",), scope)
+            r.stack.pop()
+        else:
+            r.value(d)
+    gamma, gamma_shape = A.Num(0.0), SCALAR
+    g = r.defs.get("gamma")
+    if g is None:
+        r.error("E206", "the spec has no schedule", (), help="add one, e.g. `gamma_i(t) = linear(t)`")
+    elif not g.is_function or [(fm.name, fm.default) for fm in g.node.formals] != [("t", None)]:
+        r.error("E210", f"the schedule must be declared as `{g.name}(t) = ...`", g.path + ("name",),
+                "expected (t)")
+    else:
+        gamma, gamma_shape = r.resolve(g.node.body, g.path + ("body",), {"t": (A.Name("t"), frozenset("t"))})
+        if "i" in gamma_shape and g.name == "gamma":
+            r.error("E208", "the schedule varies with the component", g.path + ("name",),
+                    "per-component", help="name it `gamma_i(t)` to say so")
+        if "t" not in gamma_shape:
+            r.error("E208", "the schedule does not depend on t", g.path + ("body",), "constant in t",
+                    help="gamma must rise from low noise at t = 0 to high noise at t = 1, e.g. linear(t)")
+    prior_scale = None
+    if spec.prior.kind == "scale":
+        prior_path = smap.anchors.get(("prior", "s"), smap.anchors.get(("prior",), ()))
+        gamma_features = set(r.features_used)
+        r.features_used = set()
+        if not isinstance(spec.prior.s, (A.Num, A.Name, A.Call, A.BinOp, A.Neg)):
+            r.error("E213", "scale(...) needs a per-component expression", prior_path)
+        else:
+            prior_scale, shape = r.resolve(spec.prior.s, prior_path, {})
+            if shape - {"i"}:
+                r.error("E208", "the prior scale must not depend on t or drawn params", prior_path,
+                        describe_shape(shape))
+            if "wvar" in r.features_used:
+                r.error("E208", "the prior scale cannot use wvar(i), which is defined by the prior",
+                        prior_path, "circular", help="use var(i)")
+        r.features_used |= gamma_features
+    if r.errors or prior_errors:
+        errors = list(prior_errors) + list(r.errors.values())
+        errors.sort(key=lambda d: (d.span.line, d.span.col) if d.span else (0, 0))
+        raise GudError(errors)
+    drawn = tuple(sorted(n for n, p in spec.params.items() if not isinstance(p, FixedParam)
+                         and _mentions(gamma, n)))
+    return CheckedSpec(spec, gamma, gamma_shape, prior_scale, frozenset(r.features_used), drawn, smap,
+                       overrides)
+
+
+def _mentions(expr: A.Expr, name: str) -> bool:
+    return any(isinstance(n, A.Name) and n.id == name for _, n in A.walk(expr))
+
+
+def _parse_override(key: str, value: str) -> Any:
+    try:
+        return float(value)
+    except ValueError:
+        low = value.lower()
+        if low in {"true", "false"}:
+            return low == "true"
+        return value
+
+
+def override_spec(spec: Spec, overrides: Mapping[str, str]) -> Spec:
+    """Apply `-s key=value` overrides: `name=value` for params (a drawn param becomes fixed),
+    `block.key=value` for settings (train, sample, runtime). Raises GudError E202 / E210."""
+    if not overrides:
+        return spec
+    data = spec.model_dump()
+    data["definitions"] = spec.definitions
+    if spec.prior.kind == "scale":
+        data["prior"] = {"kind": "scale", "s": spec.prior.s}
+    errors = []
+    for key, raw in overrides.items():
+        value = _parse_override(key, raw)
+        if "." in key:
+            block, _, setting = key.partition(".")
+            if block not in {"train", "sample", "runtime"} or setting not in data[block]:
+                errors.append(Diagnostic("E202", f"cannot override `{key}`: no such setting",
+                                         help="settings are train.*, sample.*, runtime.*; "
+                                              "params are overridden by name"))
+                continue
+            data[block][setting] = value
+        elif key in spec.params:
+            if not isinstance(value, float):
+                errors.append(Diagnostic("E210", f"override `{key}={raw}` is not a number"))
+                continue
+            data["params"][key] = {"kind": "fixed", "value": value}
+        else:
+            errors.append(Diagnostic("E202", f"cannot override `{key}`: the spec has no param `{key}`",
+                                     help=did_you_mean(key, spec.params) or
+                                     f"params: {', '.join(spec.params) or 'none'}"))
+    if errors:
+        raise GudError(errors)
+    from pydantic import ValidationError
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as e:
+        raise GudError([Diagnostic("E210", f"override gives an invalid value for "
+                                           f"`{'.'.join(str(x) for x in err['loc'])}`: {err['msg']}")
+                        for err in e.errors()]) from None
+
+
+def check_text(text: str | bytes, path: str | None = None,
+               overrides: Mapping[str, str] | None = None) -> CheckedSpec:
+    """Source text -> CheckedSpec: parse, lower, validate, override, check."""
+    program, smap = parse_program(text, path)
+    spec, errors = validate_program(program, smap)
+    if spec is None:
+        raise GudError(errors)
+    try:
+        spec = override_spec(spec, overrides or {})
+    except GudError as e:
+        raise GudError(errors + e.with_path(path).diagnostics) from None
+    return check_spec(spec, smap, apply_overrides(overrides), errors)
+
+
+def check_file(path: str, overrides: Mapping[str, str] | None = None) -> CheckedSpec:
+    """Read and check a spec file; unreadable files give E001."""
+    return check_text(read_source(path), path, overrides)
+
+
+def read_source(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2_000_001)
+    except FileNotFoundError:
+        raise GudError.one("E001", f"no such file: {path}", help="check the path") from None
+    except IsADirectoryError:
+        raise GudError.one("E001", f"{path} is a directory, not a spec file") from None
+    except OSError as e:
+        raise GudError.one("E001", f"cannot read {path}: {e.strerror}") from None

@@ -1,0 +1,533 @@
+"""Data sources: the images a spec is trained and evaluated on.
+
+Input: a source kind and its arguments, e.g. `load_data("digits")` or
+`load_data("npz", path="faces.npz", range=None)`.
+Output: a `DataSet` with float32 arrays `train` and `test` of shape (N, C, H, W), the value
+range (for display), the number of discrete levels per value (for dequantisation; None for
+continuous data), the arguments (`params`) and `fingerprint`, the sha256 "data identity"
+that goes into the spec hash.
+
+Sources (each a function with checked arguments; `load_data` dispatches by kind):
+    digits   scikit-learn's 8x8 digits, bundled: values 0..16 -> x / 16 * 2 - 1, 17 levels
+    grf      stationary periodic Gaussian random fields with a power-law spectrum; their
+             mean and covariance are known exactly, which makes them the test oracle
+    npz      one array of a .npz (or .npy) file
+    images   a folder of PNG / JPEG images, resized and center-cropped
+    dataset  MNIST / FashionMNIST (IDX files) and CIFAR-10 (binary version) from a folder
+
+Nothing is downloaded and nothing is unpickled (a data file must never run code). The
+train / test split is a seeded permutation (`test_fraction`, `seed`); `dataset` keeps the
+official split. 8-bit sources map 0..255 to [-1, 1] with 256 levels.
+
+Errors (GudError, raised before any training):
+    E400 invalid source argument (unknown kind or dataset name, wrong type or value)
+    E401 file or folder not found (for `dataset`: which files to put where)
+    E402 unreadable or corrupt file (not an npz, bad image, bad or truncated IDX / CIFAR file)
+    E403 array key missing from an npz file, or ambiguous
+    E404 wrong shape or dtype (ndim, declared shape, object / ragged arrays)
+    E405 NaN or infinite values
+    E406 values outside the declared range
+    E407 no data (empty folder or array, too few samples to split)
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.resources
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .datasets.readers import (CIFAR_URL, find_file, read_cifar_batch, read_idx_images,
+                               read_image, read_npz_array)
+from .diagnostics import GudError
+
+FINGERPRINT_SCHEME = "gudlang-data-v1"
+# Arguments that say where the data lives, not what it is: moving a file keeps its identity.
+_LOCATION_PARAMS = ("path", "folder", "root")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Relative slack (of hi - lo) allowed outside a declared range, for rounding in saved floats.
+RANGE_TOLERANCE = 1e-3
+_GRF_CHUNK = 4096
+
+
+@dataclass(frozen=True, eq=False)
+class DataSet:
+    """Train and test images of one source, with their identity and display metadata.
+
+    `mean` (C, H, W) float64 and `spectrum` (H, W) float64 are set for Gaussian sources
+    (grf): `spectrum[k]` is the variance of Fourier mode k of each channel (channels are
+    independent), which gives the exact covariance `cov`.
+    """
+
+    name: str
+    train: np.ndarray
+    test: np.ndarray
+    shape: tuple[int, int, int]
+    params: dict
+    fingerprint: str
+    value_range: tuple[float, float]
+    levels: int | None
+    mean: np.ndarray | None = None
+    spectrum: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def dim(self) -> int:
+        """D = C * H * W."""
+        return int(np.prod(self.shape))
+
+    @property
+    def cov(self) -> np.ndarray | None:
+        """Exact (D, D) float64 covariance of a Gaussian source, in (C, H, W) order; else None."""
+        if self.spectrum is None:
+            return None
+        return _circulant_covariance(self.spectrum, self.shape[0])
+
+    def describe(self) -> str:
+        """One-line summary."""
+        lo, hi = self.value_range
+        levels = f"{self.levels} levels" if self.levels is not None else "continuous"
+        return (f"{self.name}: {len(self.train)} train + {len(self.test)} test of shape "
+                f"{self.shape}, values in [{lo:g}, {hi:g}], {levels}, "
+                f"fingerprint {self.fingerprint[:12]}")
+
+
+def fingerprint(train: np.ndarray, test: np.ndarray, params: dict,
+                value_range: tuple[float, float], levels: int | None) -> str:
+    """sha256 over the scheme tag, the content-defining params, shapes, dtype and array bytes."""
+    header = {
+        "scheme": FINGERPRINT_SCHEME,
+        "params": {k: v for k, v in params.items() if k not in _LOCATION_PARAMS},
+        "train_shape": list(train.shape),
+        "test_shape": list(test.shape),
+        "dtype": "<f4",
+        "value_range": [float(v) for v in value_range],
+        "levels": levels,
+    }
+    h = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    for a in (train, test):
+        h.update(b"\0")
+        h.update(np.ascontiguousarray(a, dtype="<f4").tobytes())
+    return h.hexdigest()
+
+
+def _dataset(name: str, train: np.ndarray, test: np.ndarray, params: dict,
+             value_range: tuple[float, float], levels: int | None, *,
+             mean: np.ndarray | None = None, spectrum: np.ndarray | None = None) -> DataSet:
+    train = np.ascontiguousarray(train, dtype=np.float32)
+    test = np.ascontiguousarray(test, dtype=np.float32)
+    value_range = (float(value_range[0]), float(value_range[1]))
+    return DataSet(name=name, train=train, test=test, shape=tuple(int(s) for s in train.shape[1:]),
+                   params=params, fingerprint=fingerprint(train, test, params, value_range, levels),
+                   value_range=value_range, levels=levels, mean=mean, spectrum=spectrum)
+
+
+# ----------------------------------------------------------------------------- arguments
+
+def _bad_arg(message: str, help: str | None = None) -> GudError:
+    return GudError.one("E400", message, help=help)
+
+
+def _int_arg(name: str, value, lo: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise _bad_arg(f"`{name}` must be an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def _float_arg(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+            or not np.isfinite(value):
+        raise _bad_arg(f"`{name}` must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _split_args(test_fraction, seed) -> tuple[float, int]:
+    f = _float_arg("test_fraction", test_fraction)
+    if not 0.0 <= f < 1.0:
+        raise _bad_arg(f"`test_fraction` must be in [0, 1), got {test_fraction!r}",
+                       help="e.g. test_fraction=0.1 keeps 10% of the samples for testing")
+    return f, _int_arg("seed", seed, lo=0)
+
+
+def _path_arg(name: str, value) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise _bad_arg(f"`{name}` must be a path, got {value!r}")
+    return Path(value)
+
+
+def _range_arg(value) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise _bad_arg(f"`range` must be a pair (lo, hi) or None, got {value!r}")
+    lo, hi = _float_arg("range[0]", value[0]), _float_arg("range[1]", value[1])
+    if not lo < hi:
+        raise _bad_arg(f"`range` must have lo < hi, got {value!r}")
+    return lo, hi
+
+
+def _hw_arg(size) -> tuple[int, int]:
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        return _int_arg("size[0]", size[0]), _int_arg("size[1]", size[1])
+    if isinstance(size, (tuple, list)):
+        raise _bad_arg(f"`size` must be an integer or a pair (H, W), got {size!r}")
+    s = _int_arg("size", size)
+    return s, s
+
+
+def _choice_arg(name: str, value, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise _bad_arg(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- shared steps
+
+def split(x: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split: a permutation by `seed`; its first round(N * test_fraction) are the test set.
+
+    Both parts keep the source order, so the result depends only on (N, test_fraction, seed).
+    """
+    n = len(x)
+    n_test = int(round(n * test_fraction))
+    if n - n_test < 1:
+        raise GudError.one("E407", f"{n} sample(s) leave no training data with "
+                                   f"test_fraction={test_fraction}",
+                           help="provide more samples or lower test_fraction")
+    order = np.random.default_rng(seed).permutation(n)
+    return x[np.sort(order[n_test:])], x[np.sort(order[:n_test])]
+
+
+def _from_levels(x: np.ndarray, top: int) -> np.ndarray:
+    """Map integers 0..top to [-1, 1] (x / top * 2 - 1) in float32."""
+    return x.astype(np.float32) / np.float32(top) * np.float32(2) - np.float32(1)
+
+
+def _check_finite(x: np.ndarray, what: str) -> None:
+    bad = ~np.isfinite(x)
+    count = int(bad.sum())
+    if count:
+        first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), x.shape))
+        raise GudError.one("E405", f"{what} has {count} NaN or infinite value(s); the first at "
+                                   f"index {first} is {x[first]}",
+                           help="remove or repair those samples before training")
+
+
+def _check_range(x: np.ndarray, bounds: tuple[float, float], what: str) -> None:
+    lo, hi = bounds
+    slack = RANGE_TOLERANCE * (hi - lo)
+    x_min, x_max = float(x.min()), float(x.max())
+    if x_min < lo - slack or x_max > hi + slack:
+        raise GudError.one(
+            "E406", f"{what} has values in [{x_min:g}, {x_max:g}], outside the declared "
+                    f"range [{lo:g}, {hi:g}]",
+            help=f"rescale the data to [{lo:g}, {hi:g}], declare the range it has "
+                 f"(range=({x_min:g}, {x_max:g})), or pass range=None to skip the check")
+
+
+# ----------------------------------------------------------------------------- digits
+
+def digits(test_fraction: float = 0.1, seed: int = 0) -> DataSet:
+    """scikit-learn's 1,797 handwritten 8x8 digits (bundled), shape (1, 8, 8), 17 levels."""
+    test_fraction, seed = _split_args(test_fraction, seed)
+    resource = importlib.resources.files("gudlang.datasets") / "digits.npz"
+    with resource.open("rb") as f, np.load(f, allow_pickle=False) as npzfile:
+        x = npzfile["x"]
+    train, test = split(_from_levels(x[:, None], 16), test_fraction, seed)
+    params = {"test_fraction": test_fraction, "seed": seed}
+    return _dataset("digits", train, test, params, (-1.0, 1.0), 17)
+
+
+# ----------------------------------------------------------------------------- grf
+
+def grf_spectrum(size: int, slope: float) -> np.ndarray:
+    """(size, size) float64 power of each Fourier mode, normalised to mean 1.
+
+    P(k) = (|k|^2 + 1)^(-slope / 2) with k the integer wave vector (numpy's fftfreq * size):
+    the +1 keeps the constant mode finite. The per-pixel variance of the field is mean(P),
+    so normalising to mean 1 makes it exactly 1.
+    """
+    k = np.fft.fftfreq(size, d=1.0 / size)
+    power = (k[:, None] ** 2 + k[None, :] ** 2 + 1.0) ** (-slope / 2.0)
+    return power / power.mean()
+
+
+def _circulant_covariance(spectrum: np.ndarray, channels: int) -> np.ndarray:
+    """Covariance of a stationary periodic field with this spectrum, channels independent.
+
+    Cov[(y1, x1), (y2, x2)] = c((y1 - y2) mod H, (x1 - x2) mod W), c = inverse DFT of P
+    (Wiener-Khinchin); the blocks of the C channels sit on the diagonal.
+    """
+    h, w = spectrum.shape
+    c = np.fft.ifft2(spectrum).real
+    y, x = np.divmod(np.arange(h * w), w)
+    block = c[(y[:, None] - y[None, :]) % h, (x[:, None] - x[None, :]) % w]
+    block = (block + block.T) / 2  # exact symmetry; the FFT leaves rounding-level asymmetry
+    return np.kron(np.eye(channels), block)
+
+
+def grf_covariance(size: int, slope: float, channels: int = 1) -> np.ndarray:
+    """Exact (D, D) float64 covariance of `grf(size, slope, channels=channels)`, D = C * size^2."""
+    size, channels = _int_arg("size", size), _int_arg("channels", channels)
+    return _circulant_covariance(grf_spectrum(size, _slope_arg(slope)), channels)
+
+
+def _slope_arg(value) -> float:
+    slope = _float_arg("slope", value)
+    if slope < 0:
+        raise _bad_arg(f"`slope` must be >= 0, got {slope}",
+                       help="slope=0 gives white noise; larger slopes give smoother fields")
+    return slope
+
+
+def grf(size: int = 8, slope: float = 2.0, n: int = 2000, channels: int = 1, seed: int = 0,
+        test_fraction: float = 0.1) -> DataSet:
+    """`n` periodic Gaussian random fields (channels, size, size), mean 0, spectrum `grf_spectrum`.
+
+    Each channel is white noise filtered by sqrt(P) in Fourier space, so its covariance is
+    exactly `grf_covariance`. Generated in float64 from numpy's PCG64 (`seed`), then cast to
+    float32. `value_range` is (-4, 4), a display window of +-4 standard deviations.
+    """
+    size, n, channels = _int_arg("size", size), _int_arg("n", n), _int_arg("channels", channels)
+    slope = _slope_arg(slope)
+    test_fraction, seed = _split_args(test_fraction, seed)
+    spectrum = grf_spectrum(size, slope)
+    amplitude = np.sqrt(spectrum)[:, : size // 2 + 1]  # the rfft half-plane
+    rng = np.random.default_rng(seed)
+    chunks = []
+    # Chunks bound the memory; the random stream, and so the samples, do not depend on them.
+    for start in range(0, n, _GRF_CHUNK):
+        white = rng.standard_normal((min(_GRF_CHUNK, n - start), channels, size, size))
+        fields = np.fft.irfft2(amplitude * np.fft.rfft2(white), s=(size, size))
+        # Casting to float32 also absorbs last-bit FFT differences between machines, which
+        # keeps the fingerprint stable (bar a rounding tie, vanishingly rare).
+        chunks.append(fields.astype(np.float32))
+    train, test = split(np.concatenate(chunks), test_fraction, seed)
+    params = {"size": size, "slope": slope, "n": n, "channels": channels, "seed": seed,
+              "test_fraction": test_fraction}
+    return _dataset("grf", train, test, params, (-4.0, 4.0), None,
+                    mean=np.zeros((channels, size, size)), spectrum=spectrum)
+
+
+# ----------------------------------------------------------------------------- npz
+
+def _channels_last(shape: tuple[int, ...], layout: str, declared: tuple[int, ...] | None,
+                   what: str) -> bool:
+    """Whether a 4-D array is (N, H, W, C); `auto` uses the declared shape if given."""
+    first, last = tuple(shape[1:]), (shape[3], shape[1], shape[2])
+    if layout != "auto":
+        return layout == "channels_last"
+    if declared is not None:
+        if declared not in (first, last):
+            raise GudError.one("E404", f"{what} has shape {tuple(shape)}, which is neither "
+                                       f"(N, {declared[0]}, {declared[1]}, {declared[2]}) nor "
+                                       f"(N, {declared[1]}, {declared[2]}, {declared[0]}), as "
+                                       f"declared by shape={declared}",
+                               help="declare the shape the data has, or fix the data")
+        return declared != first
+    channel_sizes = (1, 3, 4)
+    # A channel-sized last axis means channels-last, unless axis 1 is channel-sized too
+    # and the trailing two axes look like a square image.
+    return shape[3] in channel_sizes and (shape[1] not in channel_sizes
+                                          or shape[1] == shape[2] != shape[3])
+
+
+def npz(path, key: str | None = None, layout: str = "auto",
+        shape: tuple[int, int, int] | None = None, range: tuple[float, float] | None = (-1, 1),
+        levels: int | None = None, test_fraction: float = 0.1, seed: int = 0) -> DataSet:
+    """One array of a .npz / .npy file: (N, H, W) (C = 1) or (N, C, H, W) / (N, H, W, C).
+
+    `key=None` takes the only array. uint8 data map 0..255 to [-1, 1] with 256 levels; other
+    real data are used as they are and checked against `range` (None: no check).
+    `layout="auto"` reads a last axis of size 1, 3 or 4 as channels.
+    """
+    path = _path_arg("path", path)
+    if key is not None and not isinstance(key, str):
+        raise _bad_arg(f"`key` must be a string or None, got {key!r}")
+    layout = _choice_arg("layout", layout, ("auto", "channels_first", "channels_last"))
+    if shape is not None:
+        if not isinstance(shape, (tuple, list)) or len(shape) != 3:
+            raise _bad_arg(f"`shape` must be (C, H, W), got {shape!r}")
+        shape = tuple(_int_arg(f"shape[{i}]", s) for i, s in enumerate(shape))
+    bounds = _range_arg(range)
+    if levels is not None:
+        levels = _int_arg("levels", levels, lo=2)
+    test_fraction, seed = _split_args(test_fraction, seed)
+
+    x, what = read_npz_array(path, key)
+    if x.dtype.kind not in "uif":
+        raise GudError.one("E404", f"{what} has dtype {x.dtype}, not a real number type",
+                           help="save the images as uint8 (0..255) or float arrays")
+    if x.ndim not in (3, 4):
+        raise GudError.one("E404", f"{what} has shape {x.shape} ({x.ndim}-D); expected "
+                                   "(N, H, W), (N, C, H, W) or (N, H, W, C)",
+                           help="a single image needs a leading sample axis: x[None]")
+    if x.shape[0] == 0 or x.size == 0:
+        raise GudError.one("E407", f"{what} is empty (shape {x.shape})")
+    if x.dtype.kind == "f":
+        _check_finite(x, what)
+    if x.ndim == 3:
+        x = x[:, None]
+    elif _channels_last(x.shape, layout, shape, what):
+        x = x.transpose(0, 3, 1, 2)
+    if shape is not None and x.shape[1:] != shape:
+        raise GudError.one("E404", f"{what} has images of shape {x.shape[1:]} (C, H, W), but "
+                                   f"shape={shape} was declared",
+                           help="declare the shape the data has, or set layout= explicitly")
+
+    if x.dtype == np.uint8:
+        if levels not in (None, 256):
+            raise _bad_arg(f"{what} is uint8, which has 256 levels, not levels={levels}")
+        x, value_range, levels = _from_levels(x, 255), (-1.0, 1.0), 256
+    else:
+        x = x.astype(np.float32)
+        if bounds is not None:
+            _check_range(x, bounds, what)
+        value_range = bounds if bounds is not None else (float(x.min()), float(x.max()))
+    train, test = split(x, test_fraction, seed)
+    params = {"path": str(path), "key": key, "layout": layout, "shape": shape, "range": bounds,
+              "levels": levels, "test_fraction": test_fraction, "seed": seed}
+    return _dataset(path.stem, train, test, params, value_range, levels)
+
+
+# ----------------------------------------------------------------------------- images
+
+def images(folder, size: int | tuple[int, int] = 32, channels: int = 3, recursive: bool = False,
+           test_fraction: float = 0.1, seed: int = 0) -> DataSet:
+    """The PNG / JPEG images of a folder (sorted by path), as RGB (3) or grey (1), 256 levels.
+
+    Each image's shorter side is resized (bicubic) to fit `size`, then it is center-cropped.
+    """
+    root = _path_arg("folder", folder)
+    hw = _hw_arg(size)
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise _bad_arg(f"`channels` must be 1 (grey) or 3 (RGB), got {channels!r}")
+    if not isinstance(recursive, bool):
+        raise _bad_arg(f"`recursive` must be true or false, got {recursive!r}")
+    test_fraction, seed = _split_args(test_fraction, seed)
+    if not root.is_dir():
+        raise GudError.one("E401", f"image folder {root} not found",
+                           help="check the path (relative paths start at the working directory)")
+    found = root.rglob("*") if recursive else root.iterdir()
+    files = sorted((p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise GudError.one("E407", f"no PNG or JPEG images in {root}",
+                           help=None if recursive else "pass recursive=True to search subfolders")
+    mode = "RGB" if channels == 3 else "L"
+    x = np.stack([read_image(p, mode, hw) for p in files])
+    x = x[:, None] if channels == 1 else x.transpose(0, 3, 1, 2)
+    train, test = split(_from_levels(x, 255), test_fraction, seed)
+    params = {"folder": str(root), "size": list(hw), "channels": channels, "recursive": recursive,
+              "test_fraction": test_fraction, "seed": seed}
+    return _dataset(root.name or "images", train, test, params, (-1.0, 1.0), 256)
+
+
+# ----------------------------------------------------------------------------- dataset
+
+_IDX_SOURCES = {
+    "mnist": ("MNIST", "https://ossci-datasets.s3.amazonaws.com/mnist/ (or "
+                       "http://yann.lecun.com/exdb/mnist/)"),
+    "fashion_mnist": ("FashionMNIST", "https://github.com/zalandoresearch/fashion-mnist "
+                                      "(folder data/fashion)"),
+}
+_IDX_FILES = ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")
+_CIFAR_DIR = "cifar-10-batches-bin"
+_CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in (1, 2, 3, 4, 5))
+_CIFAR_TEST = "test_batch.bin"
+DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10")
+
+
+def _missing(title: str, root: Path, folders: list[Path], missing: list[str], url: str) -> GudError:
+    where = " or ".join(f"{f}/" for f in folders)
+    return GudError.one("E401", f"{title} files not found under {root}: {', '.join(missing)}",
+                        help=f"put {', '.join(missing)} in {where} (download from {url}; "
+                             "nothing is downloaded automatically)")
+
+
+def _load_idx(name: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    subdir, url = _IDX_SOURCES[name]
+    folders = [root / subdir / "raw", root]
+    paths = [find_file(folders, (f, f + ".gz")) for f in _IDX_FILES]
+    missing = [f + "[.gz]" for f, p in zip(_IDX_FILES, paths) if p is None]
+    if missing:
+        raise _missing(subdir, root, folders, missing, url)
+    train, test = (read_idx_images(p) for p in paths)
+    if train.shape[1:] != test.shape[1:]:
+        raise GudError.one("E404", f"{subdir} train images are {train.shape[1:]} but test "
+                                   f"images are {test.shape[1:]} ({paths[0]}, {paths[1]})")
+    return train[:, None], test[:, None]
+
+
+def _load_cifar10(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    folders = [root / _CIFAR_DIR, root]
+    names = (*_CIFAR_TRAIN, _CIFAR_TEST)
+    paths = [find_file(folders, (f,)) for f in names]
+    missing = [f for f, p in zip(names, paths) if p is None]
+    if missing:
+        raise _missing("CIFAR-10", root, folders, missing,
+                       f"{CIFAR_URL} and unpack it; the python version is not read")
+    batches = [read_cifar_batch(p) for p in paths]
+    return np.concatenate(batches[:-1]), batches[-1]
+
+
+def dataset(name: str, root) -> DataSet:
+    """MNIST / FashionMNIST (IDX) or CIFAR-10 (binary) from local files, official split, 256 levels.
+
+    Looked up in torchvision's layout (root/MNIST/raw, root/FashionMNIST/raw,
+    root/cifar-10-batches-bin) or directly in root.
+    """
+    canonical = {n.replace("_", ""): n for n in DATASET_NAMES}
+    key = name.lower().replace("-", "").replace("_", "") if isinstance(name, str) else None
+    if key not in canonical:
+        raise _bad_arg(f"unknown dataset {name!r}",
+                       help=f"available: {', '.join(DATASET_NAMES)} (others: use npz or images)")
+    name = canonical[key]
+    root = _path_arg("root", root)
+    if not root.is_dir():
+        raise GudError.one("E401", f"data folder {root} not found",
+                           help=f"create it and put the {name} files there")
+    train, test = _load_cifar10(root) if name == "cifar10" else _load_idx(name, root)
+    params = {"name": name, "root": str(root), "split": "official"}
+    return _dataset(name, _from_levels(train, 255), _from_levels(test, 255), params,
+                    (-1.0, 1.0), 256)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+SOURCES = {"digits": digits, "grf": grf, "npz": npz, "images": images, "dataset": dataset}
+
+
+def load_data(kind: str, **kwargs) -> DataSet:
+    """Load the source `kind` (digits, grf, npz, images, dataset) with its arguments."""
+    source = SOURCES.get(kind)
+    if source is None:
+        close = difflib.get_close_matches(str(kind), SOURCES, n=1)
+        raise _bad_arg(f"unknown data source {kind!r}",
+                       help=(f"did you mean {close[0]!r}? " if close else "")
+                            + f"sources: {', '.join(SOURCES)}")
+    accepted = inspect.signature(source).parameters
+    for arg in kwargs:
+        if arg not in accepted:
+            raise _bad_arg(f"data source {kind!r} has no argument {arg!r}",
+                           help=f"its arguments are: {', '.join(accepted)}")
+    for arg, p in accepted.items():
+        if p.default is inspect.Parameter.empty and arg not in kwargs:
+            raise _bad_arg(f"data source {kind!r} needs the argument {arg!r}")
+    return source(**kwargs)
+
+
+def iterate_batches(array: np.ndarray, batch_size: int,
+                    seed: int | None = None) -> Iterator[np.ndarray]:
+    """Consecutive batches of `array` along axis 0 (the last may be smaller); shuffled if `seed`."""
+    batch_size = _int_arg("batch_size", batch_size)
+    n = len(array)
+    order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
+    for start in range(0, n, batch_size):
+        yield array[order[start:start + batch_size]]

@@ -1,0 +1,1 @@
+"""Bundled data (digits.npz, see README.md) and the file readers of `gudlang.data`."""

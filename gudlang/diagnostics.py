@@ -1,0 +1,135 @@
+"""Diagnostics: the one error type of gudlang and how it is shown.
+
+Every stage (parse, validate, check, compile, data, bases, training) reports problems as
+`Diagnostic` objects collected into a `GudError`. A diagnostic carries an error code, a
+message, an optional source span (1-based line / column, end exclusive) and an optional
+help line. `render_text` prints them gcc-style with an excerpt and a caret;
+`render_json` gives the same objects as JSON. The CLI catches `GudError` and never shows
+a Python traceback for user input.
+
+Error codes (each has at least one failing example under tests/golden/errors/):
+    E0xx input / usage      E1xx syntax            E2xx names, types, shapes
+    E3xx schedule numerics  E4xx data              E5xx bases and priors
+    E6xx runs and checkpoints, W-prefixed codes are warnings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Span:
+    """A region of source text: 1-based line and column, end column exclusive."""
+
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    @staticmethod
+    def point(line: int, col: int) -> "Span":
+        return Span(line, col, line, col + 1)
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem found in a spec, its data, or a run."""
+
+    code: str
+    message: str
+    severity: str = ERROR
+    span: Span | None = None
+    label: str = ""
+    help: str | None = None
+    path: str | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == ERROR
+
+    def with_path(self, path: str | None) -> "Diagnostic":
+        if self.path is not None or path is None:
+            return self
+        return Diagnostic(self.code, self.message, self.severity, self.span, self.label,
+                          self.help, path, self.notes)
+
+    def with_span(self, span: Span | None) -> "Diagnostic":
+        if self.span is not None or span is None:
+            return self
+        return Diagnostic(self.code, self.message, self.severity, span, self.label,
+                          self.help, self.path, self.notes)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["notes"] = list(self.notes)
+        return d
+
+
+class GudError(Exception):
+    """One or more diagnostics, at least one of them an error."""
+
+    def __init__(self, diagnostics: list[Diagnostic] | Diagnostic):
+        if isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics = list(diagnostics)
+        super().__init__("\n".join(f"{d.code}: {d.message}" for d in self.diagnostics))
+
+    @classmethod
+    def one(cls, code: str, message: str, *, help: str | None = None,
+            span: Span | None = None, label: str = "", path: str | None = None) -> "GudError":
+        return cls(Diagnostic(code, message, span=span, label=label, help=help, path=path))
+
+    def with_path(self, path: str | None) -> "GudError":
+        return GudError([d.with_path(path) for d in self.diagnostics])
+
+    def with_span(self, span: Span | None) -> "GudError":
+        return GudError([d.with_span(span) for d in self.diagnostics])
+
+
+def _excerpt(d: Diagnostic, lines: list[str]) -> list[str]:
+    span = d.span
+    if span is None or not (1 <= span.line <= len(lines)):
+        return []
+    text = lines[span.line - 1].expandtabs(1)
+    if len(text) > 200:  # keep excerpts of huge lines readable
+        start = max(0, span.col - 80)
+        text = ("..." if start else "") + text[start:start + 160]
+        col = span.col - start + (3 if start else 0)
+    else:
+        col = span.col
+    width = len(str(span.line))
+    end = span.end_col if span.end_line == span.line else len(text) + 1
+    carets = "^" * max(1, min(end, len(text) + 1) - col)
+    pad = " " * width
+    out = [f"{pad} |", f"{span.line} | {text}", f"{pad} | {' ' * (col - 1)}{carets}"]
+    if d.label:
+        out[-1] += f" {d.label}"
+    return out
+
+
+def render_text(diagnostics: list[Diagnostic], source: str | None = None) -> str:
+    """Format diagnostics as `path:line:col: severity[CODE]: message` plus excerpt and help."""
+    lines = source.splitlines() if source is not None else []
+    out: list[str] = []
+    for d in diagnostics:
+        where = d.path or "<input>"
+        if d.span is not None:
+            where += f":{d.span.line}:{d.span.col}"
+        out.append(f"{where}: {d.severity}[{d.code}]: {d.message}")
+        out.extend(_excerpt(d, lines))
+        for note in d.notes:
+            out.append(f"   = note: {note}")
+        if d.help:
+            out.append(f"   = help: {d.help}")
+    return "\n".join(out)
+
+
+def render_json(diagnostics: list[Diagnostic]) -> str:
+    """The same diagnostics as a JSON list of objects."""
+    return json.dumps([d.to_dict() for d in diagnostics], indent=2)

@@ -1,0 +1,436 @@
+"""Compile a checked schedule expression into a torch module, and check it numerically.
+
+Input: the inlined `gamma` of a `CheckedSpec`, per-component feature vectors
+(name -> float64 array of length D, e.g. from the fitted basis) and fixed param values.
+Output: `CompiledSchedule`, an `nn.Module` with
+    forward(t: (B,), params: {name: (B,)} | None) -> (gamma (B, D), beta (B, D)),
+beta = sigmoid(gamma) * dgamma/dt. Everything that does not depend on t or on a drawn
+param is folded at compile time into (1, D) buffers; dgamma/dt is a symbolic derivative;
+the remaining arithmetic is emitted as straight-line torch code (shown by `gud explain`),
+so the module runs on CPU and CUDA, in float32 and float64, and under `torch.compile`.
+
+`check_schedule` evaluates it on a dense grid in float64 and raises `GudError`
+E301 (gamma decreases in t), E302 (NaN / inf); it returns warnings W301 / W302 when the
+true SNR is not high at t = 0 or not low at t = 1.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from gudlang import ast as A
+from gudlang.diagnostics import WARNING, Diagnostic, GudError
+
+SNR_HIGH = 10.0  # true SNR every component should exceed at t = 0
+SNR_LOW = 0.1  # ... and stay below at t = 1
+GRID = 1001
+
+
+@dataclass(frozen=True)
+class Vec:
+    """A folded per-component constant: row `index` of the constant table."""
+
+    index: int
+
+
+_NP = {
+    "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs, "cos": np.cos, "sin": np.sin,
+    "tan": np.tan, "atan": np.arctan, "expm1": np.expm1, "log1p": np.log1p, "tanh": np.tanh,
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)), "logit": lambda x: np.log(x) - np.log1p(-x),
+    "softplus": lambda x: np.logaddexp(0.0, x), "clip": lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
+    "min": np.minimum, "max": np.maximum, "where": np.where,
+}
+_TORCH = {
+    "log": "torch.log", "exp": "torch.exp", "sqrt": "torch.sqrt", "abs": "torch.abs", "cos": "torch.cos",
+    "sin": "torch.sin", "tan": "torch.tan", "atan": "torch.atan", "expm1": "torch.expm1",
+    "log1p": "torch.log1p", "tanh": "torch.tanh", "sigmoid": "torch.sigmoid", "logit": "torch.logit",
+    "softplus": "torch.nn.functional.softplus",
+}
+_CMP = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal,
+        "!=": np.not_equal}
+_BIN = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide, "^": np.power}
+_REDUCE = {"max": np.max, "min": np.min, "mean": np.mean, "sum": np.sum}
+
+
+class _Folder:
+    """Substitutes features and fixed params, folds constants, builds the derivative."""
+
+    def __init__(self, features: Mapping[str, np.ndarray], fixed: Mapping[str, float], drawn, dim: int):
+        self.features, self.fixed, self.drawn, self.dim = features, fixed, set(drawn), dim
+        self.table: list[np.ndarray] = []
+        self._index: dict[bytes, int] = {}
+
+    # constants ----------------------------------------------------------------------
+    def const(self, value) -> A.Expr | Vec:
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.ndim == 0 or arr.size == 1 or np.all(arr == arr.flat[0]):
+            return A.Num(float(arr.flat[0]))
+        key = arr.tobytes()
+        if key not in self._index:
+            self._index[key] = len(self.table)
+            self.table.append(arr)
+        return Vec(self._index[key])
+
+    def value(self, node):
+        """The numeric value of a constant node, or None if it is symbolic."""
+        if isinstance(node, A.Num):
+            return node.value
+        if isinstance(node, Vec):
+            return self.table[node.index]
+        return None
+
+    # folding --------------------------------------------------------------------------
+    def fold(self, e) -> A.Expr | Vec:
+        if isinstance(e, (A.Num, Vec)):
+            return e
+        if isinstance(e, A.Name):
+            if e.id in self.fixed:
+                return A.Num(float(self.fixed[e.id]))
+            return e  # t or a drawn param
+        if isinstance(e, A.Neg):
+            x = self.fold(e.operand)
+            v = self.value(x)
+            return self.const(-v) if v is not None else A.Neg(x)
+        if isinstance(e, A.BinOp):
+            left, right = self.fold(e.left), self.fold(e.right)
+            lv, rv = self.value(left), self.value(right)
+            if lv is not None and rv is not None:
+                with np.errstate(all="ignore"):
+                    return self.const(_BIN[e.op](lv, rv))
+            return _simplify(A.BinOp(e.op, left, right))
+        if isinstance(e, A.Compare):
+            return A.Compare(e.op, self.fold(e.left), self.fold(e.right))
+        if isinstance(e, A.Call):
+            f = e.func
+            if f in self.features:
+                return self.const(self.features[f])
+            args = [self.fold(a) for a in e.args]
+            if f in _REDUCE and len(args) == 1:
+                v = self.value(args[0])
+                if v is not None:
+                    arr = np.broadcast_to(np.asarray(v, dtype=np.float64), (self.dim,))
+                    return A.Num(float(_REDUCE[f](arr)))
+                if not self.depends_on_i(args[0]):  # the same value for every component
+                    return _simplify(A.BinOp("*", A.Num(float(self.dim)), args[0])) if f == "sum" else args[0]
+                return A.Call(f, (args[0],))
+            if f == "where" and isinstance(args[0], A.Compare):
+                c = args[0]
+                cl, cr = self.value(c.left), self.value(c.right)
+                if cl is not None and cr is not None:
+                    cond = _CMP[c.op](cl, cr)
+                    if np.all(cond):
+                        return args[1]
+                    if not np.any(cond):
+                        return args[2]
+                    values = [self.value(a) for a in args[1:]]
+                    if all(v is not None for v in values):
+                        return self.const(np.where(cond, *values))
+                return A.Call(f, tuple(args))
+            values = [self.value(a) for a in args]
+            if all(v is not None for v in values):
+                with np.errstate(all="ignore"):
+                    return self.const(_NP[f](*values))
+            return A.Call(f, tuple(args))
+        raise AssertionError(e)
+
+    def depends_on_i(self, e) -> bool:
+        if isinstance(e, Vec):
+            return True
+        if isinstance(e, A.Call) and e.func in _REDUCE and len(e.args) == 1:
+            return False
+        return any(self.depends_on_i(c) for _, c in A.children(e)) if hasattr(e, "__dataclass_fields__") \
+            and not isinstance(e, (A.Num, A.Name)) else False
+
+    # derivative ---------------------------------------------------------------------
+    def diff(self, e) -> A.Expr | Vec:
+        """d e / d t, simplified."""
+        if isinstance(e, (A.Num, Vec)):
+            return ZERO
+        if isinstance(e, A.Name):
+            return ONE if e.id == "t" else ZERO
+        if isinstance(e, A.Neg):
+            return _neg(self.diff(e.operand))
+        if isinstance(e, A.BinOp):
+            a, b = e.left, e.right
+            da, db = self.diff(a), self.diff(b)
+            if e.op in "+-":
+                return _simplify(A.BinOp(e.op, da, db))
+            if e.op == "*":
+                return _add(_mul(da, b), _mul(a, db))
+            if e.op == "/":
+                return _sub(_div(da, b), _div(_mul(a, db), _mul(b, b)))
+            if e.op == "^":
+                if db == ZERO:
+                    return _mul(_mul(b, _pow(a, _sub(b, ONE))), da)
+                return _mul(e, _add(_mul(db, A.Call("log", (a,))), _div(_mul(b, da), a)))
+        if isinstance(e, A.Call):
+            f, args = e.func, e.args
+            if f in _REDUCE:
+                d = self.diff(args[0])
+                return ZERO if d == ZERO else A.Call(f, (d,))  # only sum / mean reach here with t
+            if f == "where":
+                d1, d2 = self.diff(args[1]), self.diff(args[2])
+                return ZERO if d1 == ZERO and d2 == ZERO else A.Call("where", (args[0], d1, d2))
+            if f in ("min", "max"):
+                a, b = args
+                da, db = self.diff(a), self.diff(b)
+                if da == ZERO and db == ZERO:
+                    return ZERO
+                return A.Call("where", (A.Compare("<=" if f == "min" else ">=", a, b), da, db))
+            if f == "clip":
+                x, lo, hi = args
+                dx, dlo, dhi = self.diff(x), self.diff(lo), self.diff(hi)
+                # Strict comparisons: at a kink the component counts as moving, so that
+                # e.g. linear(t) has beta > 0 at t = 1, where samplers take their first step.
+                inner = A.Call("where", (A.Compare(">", x, hi), dhi, dx)) if dhi != ZERO or dx != ZERO else ZERO
+                if inner == ZERO and dlo == ZERO:
+                    return ZERO
+                return A.Call("where", (A.Compare("<", x, lo), dlo, inner))
+            x = args[0]
+            dx = self.diff(x)
+            if dx == ZERO:
+                return ZERO
+            outer = {
+                "log": lambda: _div(ONE, x),
+                "exp": lambda: e,
+                "expm1": lambda: A.Call("exp", (x,)),
+                "log1p": lambda: _div(ONE, _add(ONE, x)),
+                "sqrt": lambda: _div(A.Num(0.5), e),
+                "abs": lambda: A.Call("where", (A.Compare(">=", x, ZERO), ONE, A.Num(-1.0))),
+                "sigmoid": lambda: _mul(e, _sub(ONE, e)),
+                "logit": lambda: _div(ONE, _mul(x, _sub(ONE, x))),
+                "softplus": lambda: A.Call("sigmoid", (x,)),
+                "cos": lambda: _neg(A.Call("sin", (x,))),
+                "sin": lambda: A.Call("cos", (x,)),
+                "tan": lambda: _add(ONE, _mul(e, e)),
+                "atan": lambda: _div(ONE, _add(ONE, _mul(x, x))),
+                "tanh": lambda: _sub(ONE, _mul(e, e)),
+            }[f]()
+            return _mul(outer, dx)
+        raise AssertionError(e)
+
+
+ZERO, ONE = A.Num(0.0), A.Num(1.0)
+
+
+def _simplify(e: A.BinOp):
+    a, b = e.left, e.right
+    if e.op == "+":
+        return b if a == ZERO else a if b == ZERO else e
+    if e.op == "-":
+        return a if b == ZERO else _neg(b) if a == ZERO else e
+    if e.op == "*":
+        if a == ZERO or b == ZERO:
+            return ZERO
+        return b if a == ONE else a if b == ONE else e
+    if e.op == "/":
+        return ZERO if a == ZERO else a if b == ONE else e
+    if e.op == "^":
+        return ONE if b == ZERO else a if b == ONE else e
+    return e
+
+
+def _neg(x):
+    if isinstance(x, A.Num):
+        return A.Num(-x.value)
+    return x.operand if isinstance(x, A.Neg) else A.Neg(x)
+
+
+def _add(a, b): return _num_or(A.BinOp("+", a, b))
+def _sub(a, b): return _num_or(A.BinOp("-", a, b))
+def _mul(a, b): return _num_or(A.BinOp("*", a, b))
+def _div(a, b): return _num_or(A.BinOp("/", a, b))
+def _pow(a, b): return _num_or(A.BinOp("^", a, b))
+
+
+def _num_or(e: A.BinOp):
+    if isinstance(e.left, A.Num) and isinstance(e.right, A.Num):
+        with np.errstate(all="ignore"):
+            return A.Num(float(_BIN[e.op](e.left.value, e.right.value)))
+    return _simplify(e)
+
+
+# --------------------------------------------------------------------------- code generation
+class _Emitter:
+    def __init__(self, params: list[str]):
+        self.lines: list[str] = []
+        self.memo: dict = {}
+        self.params = params
+        self.consts: set[int] = set()
+
+    def atom(self, e) -> str:
+        if isinstance(e, A.Num):
+            return f"({e.value!r})" if e.value < 0 or not np.isfinite(e.value) else repr(e.value)
+        if isinstance(e, Vec):
+            self.consts.add(e.index)
+            return f"c{e.index}"
+        if isinstance(e, A.Name):
+            return "t" if e.id == "t" else f"p_{e.id}"
+        return self.emit(e)
+
+    def emit(self, e) -> str:
+        if isinstance(e, (A.Num, Vec, A.Name)):
+            return self.atom(e)
+        if e in self.memo:
+            return self.memo[e]
+        if isinstance(e, A.Neg):
+            code = f"-{self.atom(e.operand)}"
+        elif isinstance(e, A.BinOp):
+            op = "**" if e.op == "^" else e.op
+            code = f"{self.atom(e.left)} {op} {self.atom(e.right)}"
+        elif isinstance(e, A.Compare):
+            code = f"{self.atom(e.left)} {e.op} {self.atom(e.right)}"
+        elif isinstance(e, A.Call):
+            args = [self.atom(a) for a in e.args]
+            f = e.func
+            if f in _REDUCE:
+                fn = {"max": "torch.amax", "min": "torch.amin", "mean": "torch.mean", "sum": "torch.sum"}[f]
+                code = f"{fn}({args[0]}, dim=-1, keepdim=True)"
+            elif f == "where":
+                a, b = args[1], args[2]
+                if _is_number(a) and _is_number(b):
+                    a, b = _tensor(a), b
+                code = f"torch.where({args[0]}, {a}, {b})"
+            elif f == "clip":
+                if _is_number(args[1]) and _is_number(args[2]):
+                    code = f"torch.clamp({args[0]}, {args[1]}, {args[2]})"
+                else:
+                    code = f"torch.minimum(torch.maximum({args[0]}, {_tensor(args[1])}), {_tensor(args[2])})"
+            elif f in ("min", "max"):
+                code = f"torch.{f}imum({_tensor(args[0])}, {_tensor(args[1])})"
+            else:
+                code = f"{_TORCH[f]}({args[0]})"
+        else:
+            raise AssertionError(e)
+        name = f"v{len(self.memo)}"
+        self.lines.append(f"    {name} = {code}")
+        self.memo[e] = name
+        return name
+
+
+def _is_number(code: str) -> bool:
+    return not code.startswith(("v", "c", "t", "p_"))
+
+
+def _tensor(code: str) -> str:
+    """A Python float where torch needs a tensor: make it one of t's dtype and device."""
+    return f"t.new_tensor({code})" if _is_number(code) else code
+
+
+# --------------------------------------------------------------------------- the module
+class CompiledSchedule(nn.Module):
+    """gamma_i(t) and beta_i(t) of one spec, as straight-line torch code.
+
+    forward(t: (B,), params: dict name -> (B,) for drawn params, optional) ->
+    (gamma (B, D), beta (B, D)). Constants are float64 buffers; `.to(torch.float32)` casts them.
+    """
+
+    def __init__(self, dim: int, table: dict[int, np.ndarray], source: str, drawn: dict[str, float]):
+        super().__init__()
+        self.dim = dim
+        self.source = source
+        self.drawn = tuple(drawn)
+        self.register_buffer("_ref", torch.zeros((), dtype=torch.float64))
+        for k, arr in table.items():
+            self.register_buffer(f"c{k}", torch.tensor(np.array(arr, dtype=np.float64)).reshape(1, dim))
+        for name, default in drawn.items():
+            self.register_buffer(f"default_{name}", torch.tensor(float(default), dtype=torch.float64))
+        self._consts = tuple(f"c{k}" for k in table)
+        namespace: dict = {"torch": torch}
+        exec(compile(source, "<gud schedule>", "exec"), namespace)  # code built from a checked AST
+        self._fn = namespace["schedule"]
+
+    def gamma_and_slope(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
+        """(gamma, dgamma/dt), both (B, D)."""
+        ref = self._ref
+        t = t.reshape(-1, 1).to(dtype=ref.dtype, device=ref.device)
+        batch = t.shape[0]
+        consts = [getattr(self, name) for name in self._consts]
+        values = []
+        for name in self.drawn:
+            if params is not None and name in params:
+                values.append(torch.as_tensor(params[name], dtype=ref.dtype, device=ref.device)
+                              .reshape(-1, 1).expand(batch, 1))
+            else:
+                values.append(getattr(self, f"default_{name}").expand(batch, 1))
+        gamma, slope = self._fn(t, *consts, *values)
+        shape = (batch, self.dim)
+        return _full(gamma, shape, t), _full(slope, shape, t)
+
+    def forward(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
+        gamma, slope = self.gamma_and_slope(t, params)
+        return gamma, torch.sigmoid(gamma) * slope
+
+
+def _full(x, shape, like: torch.Tensor) -> torch.Tensor:
+    if not torch.is_tensor(x):
+        return like.new_full(shape, float(x))
+    return x.expand(shape)
+
+
+def compile_schedule(gamma: A.Expr, features: Mapping[str, np.ndarray], fixed: Mapping[str, float],
+                     drawn: Mapping[str, float], dim: int) -> CompiledSchedule:
+    """Fold, differentiate and emit `gamma`. `drawn` maps each drawn param used to its
+    default value (the mean of its distribution)."""
+    folder = _Folder({k: np.asarray(v, dtype=np.float64) for k, v in features.items()},
+                     fixed, drawn, dim)
+    g = folder.fold(gamma)
+    dg = folder.fold(folder.diff(g))
+    params = list(drawn)
+    em = _Emitter(params)
+    g_code = em.emit(g)
+    dg_code = em.emit(dg)
+    used = {k: folder.table[k] for k in sorted(em.consts)}
+    signature = ", ".join(["t"] + [f"c{k}" for k in used] + [f"p_{p}" for p in params])
+    source = "\n".join([f"def schedule({signature}):"] + em.lines + [f"    return {g_code}, {dg_code}", ""])
+    return CompiledSchedule(dim, used, source, dict(drawn))
+
+
+# --------------------------------------------------------------------------- numeric checks
+def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: Mapping[str, tuple[float, float]],
+                   order_names=None) -> list[Diagnostic]:
+    """Evaluate on a dense t grid (float64) for the corners and centre of every drawn param's
+    range. Raise GudError E302 on NaN / inf, E301 where gamma decreases; return warnings when
+    the true SNR = wvar * exp(-gamma) is not >= SNR_HIGH at t = 0 or not <= SNR_LOW at t = 1."""
+    sched = schedule.to(torch.float64)
+    t = torch.linspace(0.0, 1.0, GRID, dtype=torch.float64)
+    combos = list(itertools.product(*[(lo, 0.5 * (lo + hi), hi) for lo, hi in drawn_ranges.values()]))
+    warnings: list[Diagnostic] = []
+    log_wvar = np.log(np.asarray(wvar, dtype=np.float64))
+    for combo in combos or [()]:
+        params = {n: torch.full((GRID,), v, dtype=torch.float64) for n, v in zip(drawn_ranges, combo)}
+        where = (" with " + ", ".join(f"{n} = {v:g}" for n, v in zip(drawn_ranges, combo))) if combo else ""
+        with torch.no_grad():
+            gamma, slope = sched.gamma_and_slope(t, params)
+        g, s = gamma.numpy(), slope.numpy()
+        bad = ~(np.isfinite(g) & np.isfinite(s))
+        if bad.any():
+            k, i = np.argwhere(bad)[0]
+            raise GudError.one("E302", f"gamma is not finite for component {i} at t = {t[k].item():.3f}{where}",
+                               help="check logs of values <= 0, divisions by zero and overflowing exp")
+        tol = 1e-9 * (1.0 + np.abs(g))
+        dec = (s < -tol)[:-1] | (np.diff(g, axis=0) < -1e-9 * (1.0 + np.abs(g[1:])))
+        if dec.any():
+            k, i = np.argwhere(dec)[0]
+            raise GudError.one("E301", f"gamma decreases in t for component {i} at t = {t[k].item():.3f}"
+                                       f"{where} (dgamma/dt = {s[k, i]:.3g})",
+                               help="gamma_i(t) must be non-decreasing: noise only grows in forward time")
+        log_snr0 = log_wvar - g[0]
+        log_snr1 = log_wvar - g[-1]
+        if log_snr0.min() < np.log(SNR_HIGH):
+            i = int(np.argmin(log_snr0))
+            warnings.append(Diagnostic("W301", f"component {i} starts with true SNR {np.exp(log_snr0[i]):.3g} "
+                                               f"at t = 0{where} (want >= {SNR_HIGH:g})", severity=WARNING,
+                                       help="lower gamma at t = 0, or the data is never seen clearly"))
+        if log_snr1.max() > np.log(SNR_LOW):
+            i = int(np.argmax(log_snr1))
+            warnings.append(Diagnostic("W302", f"component {i} ends with true SNR {np.exp(log_snr1[i]):.3g} "
+                                               f"at t = 1{where} (want <= {SNR_LOW:g})", severity=WARNING,
+                                       help="raise gamma at t = 1, or the prior will not match the noised data"))
+    return warnings

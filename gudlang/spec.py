@@ -1,0 +1,525 @@
+"""Validate a lowered program into a `Spec` with Pydantic v2.
+
+Input: `(Program, SourceMap)` from `gudlang.lower`.
+Output: `Spec`: the declarations (data, basis, prior, network as discriminated unions on
+`kind`), the settings blocks with their defaults, the params, and the definitions (their
+expressions stay AST nodes; `gudlang.check` resolves them).
+Errors (all collected, each with the span of the offending text): E203 set twice,
+E204 too many arguments, E205 unknown keyword, E206 missing statement, E210 invalid value,
+E211 unknown setting, E213 expression where a constant is needed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gudlang import ast as A
+from gudlang.diagnostics import Diagnostic, GudError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+# --------------------------------------------------------------------------- data
+_Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class DigitsData(_Model):
+    """scikit-learn's 8x8 handwritten digits, shipped with gudlang, scaled to [-1, 1]."""
+    kind: Literal["digits"] = "digits"
+    test_fraction: _Fraction = 0.1
+    seed: int = 0
+
+
+class GrfData(_Model):
+    """Stationary periodic Gaussian random fields with a power-law spectrum (exact oracle)."""
+    kind: Literal["grf"] = "grf"
+    size: Annotated[int, Field(ge=2, le=256)] = 8
+    slope: Annotated[float, Field(ge=0.0)] = 2.0
+    n: Annotated[int, Field(ge=2)] = 2000
+    channels: Annotated[int, Field(ge=1, le=4)] = 1
+    test_fraction: _Fraction = 0.1
+    seed: int = 0
+
+
+class NpzData(_Model):
+    """An array in an .npz file, channels-first or channels-last."""
+    kind: Literal["npz"] = "npz"
+    path: str
+    key: str | None = None
+    layout: Literal["auto", "channels_first", "channels_last"] = "auto"
+    shape: tuple[int, int, int] | None = None
+    range: tuple[float, float] | None = (-1.0, 1.0)
+    levels: Annotated[int, Field(ge=2)] | None = None
+    test_fraction: _Fraction = 0.1
+    seed: int = 0
+
+
+class ImagesData(_Model):
+    """A folder of PNG / JPEG images, resized and centre-cropped deterministically."""
+    kind: Literal["images"] = "images"
+    folder: str
+    size: Annotated[int, Field(ge=2, le=1024)] = 32
+    channels: Literal[1, 3] = 3
+    test_fraction: _Fraction = 0.1
+    seed: int = 0
+
+
+class StandardData(_Model):
+    """MNIST, FashionMNIST or CIFAR-10 read from local files in torchvision's layout."""
+    kind: Literal["dataset"] = "dataset"
+    name: Literal["mnist", "fashion_mnist", "cifar10"]
+    root: str
+    test_fraction: _Fraction = 0.1
+    seed: int = 0
+
+
+DataDecl = Annotated[Union[DigitsData, GrfData, NpzData, ImagesData, StandardData],
+                     Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- bases
+class PixelBasis(_Model):
+    kind: Literal["pixel"] = "pixel"
+
+
+class PcaBasis(_Model):
+    kind: Literal["pca"] = "pca"
+    channels: Literal["mix", "separate"] = "mix"
+
+
+class DctBasis(_Model):
+    kind: Literal["dct"] = "dct"
+
+
+class FourierBasis(_Model):
+    kind: Literal["fourier"] = "fourier"
+
+
+class WaveletBasis(_Model):
+    kind: Literal["wavelet"] = "wavelet"
+    family: str = "haar"
+    levels: Annotated[int, Field(ge=1, le=10)] = 1
+
+
+BasisDecl = Annotated[Union[PixelBasis, PcaBasis, DctBasis, FourierBasis, WaveletBasis],
+                      Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- priors
+class WhitePrior(_Model):
+    """s_i = 1: the diffusion ends at N(0, I) in the basis."""
+    kind: Literal["white"] = "white"
+
+
+class MatchedPrior(_Model):
+    """s_i^2 = var(i): the diffusion ends at the Gaussian with the data's variances."""
+    kind: Literal["matched"] = "matched"
+
+
+class ScalePrior(_Model):
+    """s_i given by a per-component expression, e.g. scale(sqrt(var(i)) + 0.1)."""
+    kind: Literal["scale"] = "scale"
+    s: Any  # an AST expression, resolved by the checker
+
+
+PriorDecl = Annotated[Union[WhitePrior, MatchedPrior, ScalePrior], Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- networks
+class MlpNetwork(_Model):
+    kind: Literal["mlp"] = "mlp"
+    hidden: Annotated[int, Field(ge=1)] = 256
+    depth: Annotated[int, Field(ge=1)] = 3
+
+
+class UNetNetwork(_Model):
+    kind: Literal["unet"] = "unet"
+    channels: Annotated[int, Field(ge=1)] = 32
+    channel_mult: tuple[int, ...] = (1, 2)
+    num_res_blocks: Annotated[int, Field(ge=1)] = 1
+    attention_resolutions: tuple[int, ...] = ()
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    groups: Annotated[int, Field(ge=1)] = 8
+
+
+class OracleNetwork(_Model):
+    """The exact epsilon predictor for Gaussian data (`grf`): no training needed."""
+    kind: Literal["oracle"] = "oracle"
+
+
+NetworkDecl = Annotated[Union[MlpNetwork, UNetNetwork, OracleNetwork], Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- blocks
+class TrainSettings(_Model):
+    steps: Annotated[int, Field(ge=0)] = 3000
+    batch: Annotated[int, Field(ge=1)] = 128
+    lr: Annotated[float, Field(gt=0)] = 2e-4
+    ema: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    seed: int = 0
+    warmup: Annotated[int, Field(ge=0)] = 100
+    grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    log_every: Annotated[int, Field(ge=1)] = 50
+    sample_every: Annotated[int, Field(ge=0)] = 1000
+    checkpoint_every: Annotated[int, Field(ge=1)] = 1000
+
+
+class SampleSettings(_Model):
+    sampler: Literal["em", "heun", "ddim", "dpm2", "adaptive"] = "heun"
+    steps: Annotated[int, Field(ge=1)] = 50
+    n: Annotated[int, Field(ge=1)] = 64
+    seed: int = 0
+    rtol: Annotated[float, Field(gt=0)] = 1e-4
+    atol: Annotated[float, Field(gt=0)] = 1e-4
+    denoise: bool = True
+
+
+class RuntimeSettings(_Model):
+    """How to run, never what is computed: excluded from every hash."""
+    device: str = "auto"
+    dtype: Literal["float32", "bfloat16", "float64"] = "float32"
+    compile: bool = False
+    workers: Annotated[int, Field(ge=0)] = 0
+
+
+# --------------------------------------------------------------------------- params, spec
+class FixedParam(_Model):
+    kind: Literal["fixed"] = "fixed"
+    value: float
+
+
+class UniformParam(_Model):
+    """Drawn per training example; at sampling time fixed to `-s name=value` or its mean."""
+    kind: Literal["uniform"] = "uniform"
+    lo: float
+    hi: float
+
+    @property
+    def mean(self) -> float:
+        return 0.5 * (self.lo + self.hi)
+
+
+ParamDecl = Annotated[Union[FixedParam, UniformParam], Field(discriminator="kind")]
+
+
+class Spec(_Model):
+    """A validated spec: declarations and settings, expressions still unresolved."""
+    version: int
+    data: DataDecl
+    basis: BasisDecl = PixelBasis()
+    prior: PriorDecl = WhitePrior()
+    network: NetworkDecl = UNetNetwork()
+    params: dict[str, ParamDecl] = {}
+    definitions: tuple[Any, ...] = ()  # gudlang.ast.Define, in source order
+    train: TrainSettings = TrainSettings()
+    sample: SampleSettings = SampleSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+
+
+# Positional argument order of the declaration constructors (= field order).
+_DECLS: dict[str, dict[str, type[_Model]]] = {
+    "data": {"digits": DigitsData, "grf": GrfData, "npz": NpzData, "images": ImagesData,
+             "dataset": StandardData},
+    "basis": {"pixel": PixelBasis, "pca": PcaBasis, "dct": DctBasis, "fourier": FourierBasis,
+              "wavelet": WaveletBasis},
+    "prior": {"white": WhitePrior, "matched": MatchedPrior, "scale": ScalePrior},
+    "network": {"mlp": MlpNetwork, "unet": UNetNetwork, "oracle": OracleNetwork},
+}
+_BLOCKS = {"train": TrainSettings, "sample": SampleSettings, "runtime": RuntimeSettings}
+
+
+def constructor_names(section: str) -> list[str]:
+    return list(_DECLS[section])
+
+
+def constructor_fields(section: str, kind: str) -> list[str]:
+    return [f for f in _DECLS[section][kind].model_fields if f != "kind"]
+
+
+def block_fields(kind: str) -> list[str]:
+    return list(_BLOCKS[kind].model_fields)
+
+
+def did_you_mean(name: str, candidates) -> str | None:
+    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else None
+
+
+class ConstantError(Exception):
+    def __init__(self, path, message: str):
+        self.path, self.message = path, message
+
+
+def constant(expr: A.Expr, path, names: dict[str, Any] | None = None):
+    """Fold a constant expression (numbers, strings, names as words, lists, arithmetic on
+    numbers) to a Python value; raise ConstantError naming the offending node."""
+    names = names or {}
+    if isinstance(expr, A.Num):
+        v = expr.value
+        plain = expr.text and all(c.isdigit() for c in expr.text)
+        return int(v) if plain else v
+    if isinstance(expr, A.Str):
+        return expr.value
+    if isinstance(expr, A.Name):
+        if expr.id in names:
+            return names[expr.id]
+        return {"true": True, "false": False, "none": None}.get(expr.id, expr.id)
+    if isinstance(expr, A.List):
+        return [constant(x, path + ("items", k), names) for k, x in enumerate(expr.items)]
+    if isinstance(expr, A.Neg):
+        v = constant(expr.operand, path + ("operand",), names)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return -v
+        raise ConstantError(path, "expected a number after `-`")
+    if isinstance(expr, A.BinOp):
+        left = constant(expr.left, path + ("left",), names)
+        right = constant(expr.right, path + ("right",), names)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (left, right)):
+            raise ConstantError(path, f"`{expr.op}` needs numbers on both sides here")
+        try:
+            return {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
+                    "/": lambda: left / right, "^": lambda: float(left) ** right}[expr.op]()
+        except (ZeroDivisionError, OverflowError, ValueError) as e:
+            raise ConstantError(path, f"cannot evaluate this constant: {e}") from None
+    raise ConstantError(path, "expected a constant value (a number, a word, a string or a list)")
+
+
+class _Builder:
+    """Collects plain data for Pydantic plus a map from data locations to AST paths."""
+
+    def __init__(self, program: A.Program, smap: A.SourceMap):
+        self.program, self.smap = program, smap
+        self.errors: list[Diagnostic] = []
+        self.locs: dict[tuple, tuple] = {}
+        self.seen: dict[str, tuple] = {}
+
+    def error(self, code, message, path, label="", help=None):
+        self.errors.append(Diagnostic(code, message, span=self.smap.span(path), label=label,
+                                      help=help, path=self.smap.path))
+
+    def once(self, key: str, path) -> bool:
+        if key in self.seen:
+            first = self.smap.span(self.seen[key])
+            where = f" (first set at line {first.line})" if first else ""
+            self.error("E203", f"`{key}` is set twice{where}", path, "set again here",
+                       help="keep one of them")
+            return False
+        self.seen[key] = path
+        return True
+
+    def decl(self, section: str, expr: A.Expr, path) -> dict | None:
+        kinds = _DECLS[section]
+        if isinstance(expr, A.Name):
+            call = A.Call(expr.id)
+            fpath = path
+        elif isinstance(expr, A.Call):
+            call, fpath = expr, path + ("func",)
+        else:
+            self.error("E210", f"`{section}` expects one of: {', '.join(kinds)}", path, "not a declaration",
+                       help=f"for example `{section} = {next(iter(kinds))}()`")
+            return None
+        if call.func not in kinds:
+            self.error("E201", f"unknown {section} `{call.func}`", fpath, f"not a known {section}",
+                       help=did_you_mean(call.func, kinds) or f"known: {', '.join(kinds)}")
+            return None
+        fields = constructor_fields(section, call.func)
+        out: dict[str, Any] = {"kind": call.func}
+        self.locs[(section,)] = path
+        if len(call.args) > len(fields):
+            extra = path + ("args", len(fields))
+            self.error("E204", f"`{call.func}` takes at most {len(fields)} positional argument(s), "
+                               f"got {len(call.args)}", extra, "extra argument",
+                       help=f"arguments: {', '.join(fields) or 'none'}")
+        for k, arg in enumerate(call.args[:len(fields)]):
+            apath = path + ("args", k)
+            if section == "prior" and call.func == "scale":
+                out[fields[k]] = arg
+            else:
+                self._put(out, fields[k], arg, apath)
+            self.locs[(section, fields[k])] = apath
+        for k, kw in enumerate(call.kwargs):
+            kpath = path + ("kwargs", k)
+            if kw.name not in fields:
+                self.error("E205", f"`{call.func}` has no argument `{kw.name}`", kpath, "unknown argument",
+                           help=did_you_mean(kw.name, fields) or f"arguments: {', '.join(fields) or 'none'}")
+                continue
+            if kw.name in out:
+                self.error("E205", f"argument `{kw.name}` given twice", kpath, "given again")
+                continue
+            if section == "prior" and call.func == "scale":
+                out[kw.name] = kw.value
+            else:
+                self._put(out, kw.name, kw.value, kpath + ("value",))
+            self.locs[(section, kw.name)] = kpath + ("value",)
+        return out
+
+    def _put(self, out: dict, key: str, expr: A.Expr, path) -> None:
+        try:
+            out[key] = constant(expr, path)
+        except ConstantError as e:
+            self.error("E213", e.message, e.path, "not a constant")
+
+    def block(self, block: A.Block, path) -> dict:
+        fields = block_fields(block.kind)
+        out: dict[str, Any] = {}
+        for k, s in enumerate(block.settings):
+            spath = path + ("settings", k)
+            if s.key not in fields:
+                self.error("E211", f"unknown setting `{s.key}` in `{block.kind}`", spath + ("key",),
+                           "unknown setting",
+                           help=did_you_mean(s.key, fields) or f"settings: {', '.join(fields)}")
+                continue
+            if s.key in out:
+                self.error("E203", f"`{s.key}` is set twice in `{block.kind}`", spath, "set again here")
+                continue
+            self._put(out, s.key, s.value, spath + ("value",))
+            self.locs[(block.kind, s.key)] = spath + ("value",)
+        return out
+
+    def param(self, p: A.Param, path, fixed: dict[str, float]) -> dict | None:
+        if p.value is not None:
+            try:
+                v = constant(p.value, path + ("value",), fixed)
+            except ConstantError as e:
+                self.error("E213", e.message + " (a param's value is a constant; it may use "
+                           "earlier fixed params)", e.path, "not a constant")
+                return None
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                self.error("E210", f"param `{p.name}` must be a number", path + ("value",), "not a number")
+                return None
+            fixed[p.name] = float(v)
+            self.locs[("params", p.name)] = path + ("value",)
+            return {"kind": "fixed", "value": float(v)}
+        dist = p.dist
+        from gudlang.builtins import DISTRIBUTIONS
+        if dist.func not in DISTRIBUTIONS:
+            self.error("E201", f"unknown distribution `{dist.func}`", path + ("dist", "func"),
+                       "not a known distribution", help=did_you_mean(dist.func, DISTRIBUTIONS)
+                       or f"known: {', '.join(DISTRIBUTIONS)}")
+            return None
+        names = DISTRIBUTIONS[dist.func]
+        values = {}
+        args = [(names[k] if k < len(names) else None, a, path + ("dist", "args", k))
+                for k, a in enumerate(dist.args)]
+        args += [(kw.name, kw.value, path + ("dist", "kwargs", k, "value")) for k, kw in enumerate(dist.kwargs)]
+        for name, expr, apath in args:
+            if name is None:
+                self.error("E204", f"`{dist.func}` takes {len(names)} arguments", apath, "extra argument")
+                continue
+            if name not in names:
+                self.error("E205", f"`{dist.func}` has no argument `{name}`", apath, "unknown argument",
+                           help=f"arguments: {', '.join(names)}")
+                continue
+            try:
+                values[name] = float(constant(expr, apath, fixed))
+            except (ConstantError, TypeError, ValueError):
+                self.error("E213", f"`{name}` must be a constant number", apath, "not a constant")
+        missing = [n for n in names if n not in values]
+        if missing:
+            self.error("E206", f"`{dist.func}` is missing {', '.join(f'`{m}`' for m in missing)}",
+                       path + ("dist",), "incomplete", help=f"write {dist.func}({', '.join(names)})")
+            return None
+        if not values["lo"] < values["hi"]:
+            self.error("E210", f"uniform({values['lo']:g}, {values['hi']:g}) needs lo < hi", path + ("dist",),
+                       "empty range")
+            return None
+        self.locs[("params", p.name)] = path + ("dist",)
+        return {"kind": "uniform", **values}
+
+
+def build_spec(program: A.Program, smap: A.SourceMap) -> Spec:
+    """Program -> Spec, or GudError with every problem found."""
+    spec, errors = validate_program(program, smap)
+    if errors:
+        raise GudError(errors)
+    return spec
+
+
+def validate_program(program: A.Program, smap: A.SourceMap) -> tuple[Spec | None, list[Diagnostic]]:
+    """Program -> (Spec with invalid entries left at their defaults, diagnostics), so that the
+    checker can go on and report the rest of the file's errors in the same run."""
+    b = _Builder(program, smap)
+    plain: dict[str, Any] = {"version": int(program.version.value) if program.version else 1}
+    params: dict[str, Any] = {}
+    fixed: dict[str, float] = {}
+    definitions = []
+    for k, st in enumerate(program.statements):
+        path = ("statements", k)
+        if isinstance(st, A.Assign):
+            if b.once(st.section, path):
+                decl = b.decl(st.section, st.value, path + ("value",))
+                if decl is not None:
+                    plain[st.section] = decl
+        elif isinstance(st, A.Block):
+            if b.once(st.kind, path):
+                plain[st.kind] = b.block(st, path)
+        elif isinstance(st, A.Param):
+            if b.once(st.name, path + ("name",)):
+                b.locs[("param_name", st.name)] = path + ("name",)
+                decl = b.param(st, path, fixed)
+                if decl is not None:
+                    params[st.name] = decl
+        elif isinstance(st, A.Define):
+            if b.once(st.name, path + ("name",)):
+                definitions.append((k, st))
+    plain["params"] = params
+    plain["definitions"] = tuple(definitions)
+    smap.anchors.update(b.locs)
+    errors = list(b.errors)
+    if "data" not in plain and "data" not in b.seen:
+        errors.append(Diagnostic("E206", "the spec has no `data = ...` statement", path=smap.path,
+                                 help="add for example `data = digits()`"))
+        plain["data"] = {"kind": "digits"}  # stand-in so the checker can go on
+    for _ in range(8):
+        try:
+            return Spec.model_validate(plain), errors
+        except ValidationError as e:
+            for err in e.errors():
+                errors.append(_pydantic_diagnostic(err, b, smap))
+                _drop(plain, err["loc"])
+    return None, errors
+
+
+def _drop(plain: dict, loc: tuple) -> None:
+    """Remove the entry at a Pydantic error location so that its default applies."""
+    key = loc[0]
+    if key in ("data", "basis", "prior", "network"):
+        entry = plain.get(key)
+        if isinstance(entry, dict) and len(loc) >= 3 and loc[2] in entry:
+            entry.pop(loc[2])
+        elif key == "data":
+            plain[key] = {"kind": "digits"}
+        else:
+            plain.pop(key, None)
+    elif key in ("train", "sample", "runtime", "params") and len(loc) >= 2:
+        plain.get(key, {}).pop(loc[1], None)
+    else:
+        plain.pop(key, None)
+
+
+def _pydantic_diagnostic(err: dict, b: _Builder, smap: A.SourceMap) -> Diagnostic:
+    loc = tuple(str(x) for x in err["loc"])
+    # Discriminated unions put the tag in the location: ("data", "npz", "path").
+    if len(loc) >= 2 and loc[0] in _DECLS and loc[1] in _DECLS[loc[0]]:
+        loc = (loc[0],) + loc[2:]
+    if loc[:1] == ("params",) and len(loc) >= 2:
+        loc = loc[:2]
+    path = None
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in b.locs:
+            path = b.locs[loc[:n]]
+            break
+    where = ".".join(x for x in loc if not x.isdigit() and x not in {"int", "float", "str"}) or "spec"
+    msg = err.get("msg", "invalid value")
+    if err.get("type") == "missing":
+        return Diagnostic("E206", f"`{where}` is required", span=smap.span(path) if path else None,
+                          path=smap.path, label="missing argument",
+                          help=f"give it, for example `{loc[-1]} = ...`")
+    return Diagnostic("E210", f"invalid value for `{where}`: {msg}", span=smap.span(path) if path else None,
+                      path=smap.path, label="invalid value")
