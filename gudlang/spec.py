@@ -65,17 +65,17 @@ class ImagesData(_Model):
     folder: str
     size: Annotated[int, Field(ge=2, le=1024)] = 32
     channels: Literal[1, 3] = 3
+    recursive: bool = False
     test_fraction: _Fraction = 0.1
     seed: int = 0
 
 
 class StandardData(_Model):
-    """MNIST, FashionMNIST or CIFAR-10 read from local files in torchvision's layout."""
+    """MNIST, FashionMNIST or CIFAR-10 read from local files in torchvision's layout
+    (official train / test split)."""
     kind: Literal["dataset"] = "dataset"
     name: Literal["mnist", "fashion_mnist", "cifar10"]
     root: str
-    test_fraction: _Fraction = 0.1
-    seed: int = 0
 
 
 DataDecl = Annotated[Union[DigitsData, GrfData, NpzData, ImagesData, StandardData],

@@ -1,0 +1,126 @@
+"""`gud explain`: what a spec means, in words and numbers.
+
+Input: a `Model` (`gudlang.pipeline.build_model`).
+Output: text: the resolved spec (every default explicit; it parses and hashes like the
+original), D and shapes, the generation order, a table of gamma, sigma and true SNR at a
+few t for a few components, and the generated schedule code. `resolved_text` is also what
+a run directory stores as `resolved.gud`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gudlang import ast as A
+from gudlang.check import describe_shape
+from gudlang.fmt import format_program
+from gudlang.lower import parse_program
+from gudlang.spec import FixedParam, Spec
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def _call(kind: str, fields: dict, words: set[str] = frozenset()) -> str:
+    args = ", ".join(f"{k} = {v if k in words else _value(v)}" for k, v in fields.items())
+    return f"{kind}({args})"
+
+
+def resolved_text(spec: Spec, source: A.SourceMap) -> str:
+    """The spec with every default written out, canonically formatted."""
+    lines = ["gud 1", ""]
+    data = spec.data.model_dump()
+    lines.append(f"data = {_call(data.pop('kind'), data)}")
+    basis = spec.basis.model_dump()
+    lines.append(f"basis = {_call(basis.pop('kind'), basis)}")
+    if spec.prior.kind == "scale":
+        from gudlang.fmt import format_expr
+        lines.append(f"prior = scale({format_expr(spec.prior.s)})")
+    else:
+        lines.append(f"prior = {spec.prior.kind}")
+    net = spec.network.model_dump()
+    lines.append(f"network = {_call(net.pop('kind'), net)}")
+    lines.append("")
+    for name, p in spec.params.items():
+        if isinstance(p, FixedParam):
+            lines.append(f"param {name} = {p.value!r}")
+        else:
+            lines.append(f"param {name} ~ uniform({p.lo!r}, {p.hi!r})")
+    definitions = A.Program(None, tuple(d for _, d in spec.definitions))
+    body = format_program(definitions, A.SourceMap()).splitlines()
+    lines.extend(line for line in body if line.strip() and not line.startswith("gud "))
+    lines.append("")
+    for block in ("train", "sample", "runtime"):
+        settings = getattr(spec, block).model_dump()
+        inner = "; ".join(f"{k} = {_value(v)}" for k, v in settings.items())
+        lines.append(f"{block} {{ {inner} }}")
+    text = "\n".join(lines) + "\n"
+    program, smap = parse_program(text, "<resolved>")
+    return format_program(program, smap)
+
+
+def _order_words(model, order: np.ndarray) -> list[str]:
+    feats = model.features
+    names = [n for n in ("rank", "var", "level", "freq", "row", "col", "chan") if n in feats]
+
+    def describe(i: int) -> str:
+        return f"component {i} (" + ", ".join(f"{n} {feats[n][i]:.3g}" for n in names) + ")"
+
+    d = len(order)
+    out = [f"  first generated: {describe(int(order[0]))}",
+           f"  then:            {describe(int(order[min(1, d - 1)]))}",
+           f"  middle:          {describe(int(order[d // 2]))}",
+           f"  last generated:  {describe(int(order[-1]))}"]
+    return out
+
+
+def explain_text(model) -> str:
+    spec = model.spec
+    checked = model.checked
+    out = ["# resolved spec", resolved_text(spec, checked.source).rstrip(), ""]
+    c, h, w = model.data.shape
+    out += ["# shapes",
+            f"data:      {model.data.describe()}",
+            f"D:         {model.dim} = {c} x {h} x {w} (channels x height x width)",
+            f"basis:     {spec.basis.kind}; prior: {spec.prior.kind}",
+            f"schedule:  {describe_shape(checked.gamma_shape)}; features used: "
+            f"{', '.join(sorted(checked.features)) or 'none'}",
+            f"drawn params: {', '.join(checked.drawn) or 'none'}",
+            f"model hash: {model.model_hash}",
+            ""]
+    order = model.generation_order()
+    out += ["# generation order (reverse of noising: the component whose true SNR falls below 1 "
+            "last in forward time is generated first)"] + _order_words(model, order) + [""]
+    picks = [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
+    ts = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+    with torch.no_grad():
+        gamma = model.schedule.to(torch.float64).gamma_and_slope(ts)[0].numpy()
+    wvar = model.features["wvar"]
+    out.append("# gamma, sigma and true SNR = wvar * exp(-gamma) (first, middle, last generated)")
+    out.append(f"{'component':>10} {'t':>5} {'gamma':>9} {'sigma':>9} {'true SNR':>10}")
+    for i in picks:
+        for k, t in enumerate(ts.tolist()):
+            g = gamma[k, i]
+            sigma = float(np.sqrt(1.0 / (1.0 + np.exp(-g))))
+            snr = float(wvar[i] * np.exp(-g))
+            out.append(f"{i:>10} {t:>5.2f} {g:>9.3f} {sigma:>9.4f} {snr:>10.3g}")
+    out.append("")
+    for w in model.warnings:
+        out.append(f"warning[{w.code}]: {w.message}")
+    if model.warnings:
+        out.append("")
+    out += ["# generated schedule code (c*: per-component constants, p_*: drawn params)",
+            model.schedule.source.rstrip()]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,92 @@
+"""`gud plot`: pictures of a schedule and of the forward process.
+
+Input: a `Model`. Output: PNG files.
+- `plot_schedule`: gamma_i(t), sigma_i(t), beta_i(t) and the true SNR_i(t) for every
+  component, coloured by generation order (dark = generated first), like the paper's Fig. 2.
+- `plot_forward`: one training image noised to several t, shown in data space (Fig. 4).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_schedule(model, out: str, max_lines: int = 400, grid: int = 256) -> None:
+    plt = _pyplot()
+    t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
+    sched = model.schedule.to(torch.float64)
+    with torch.no_grad():
+        gamma, beta = sched(t)
+    gamma, beta = gamma.numpy(), beta.numpy()
+    order = model.generation_order()
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    shown = order[np.linspace(0, len(order) - 1, min(max_lines, len(order))).round().astype(int)]
+    sigma = np.sqrt(1.0 / (1.0 + np.exp(-gamma)))
+    snr = model.features["wvar"][None, :] * np.exp(-gamma)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    cmap = plt.get_cmap("viridis")
+    panels = [(axes[0, 0], gamma, r"$\gamma_i(t)$", False), (axes[0, 1], sigma, r"$\sigma_i(t)$", False),
+              (axes[1, 0], beta, r"$\beta_i(t)$", True), (axes[1, 1], snr, r"true SNR$_i(t)$", True)]
+    for ax, values, title, log in panels:
+        for i in shown[::-1]:
+            ax.plot(t.numpy(), values[:, i], color=cmap(position[i] / max(1, len(order) - 1)), lw=0.8)
+        ax.set_title(title)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("t (0 = data, 1 = noise)")
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
+    fig.colorbar(sm, ax=axes, label="generation order (0 = first)", shrink=0.8)
+    fig.suptitle(f"{model.checked.source.path or 'spec'}: {model.spec.basis.kind} basis, "
+                 f"{model.spec.prior.kind} prior, D = {model.dim}")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def forward_images(model, image: np.ndarray, ts, seed: int = 0) -> np.ndarray:
+    """Noise one image (C, H, W) to each t; returns (len(ts), C, H, W) in data space."""
+    x = torch.as_tensor(image, dtype=torch.float64)[None]
+    mean = torch.as_tensor(model.stats.mean, dtype=torch.float64)[None]
+    basis = model.basis.to(torch.float64)
+    prior = model.prior.to(torch.float64)
+    chi_hat = prior.whiten(basis(x - mean))
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(chi_hat.shape, generator=g, dtype=torch.float64)
+    out = []
+    with torch.no_grad():
+        for t in ts:
+            gamma = model.schedule.to(torch.float64).gamma_and_slope(torch.tensor([float(t)]))[0]
+            alpha, sigma = torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
+            noisy = alpha * chi_hat + sigma * eps
+            out.append((basis.inverse(prior.unwhiten(noisy)) + mean)[0].numpy())
+    return np.stack(out)
+
+
+def plot_forward(model, out: str, index: int = 0, steps: int = 6) -> None:
+    plt = _pyplot()
+    ts = np.linspace(0.0, 1.0, steps)
+    imgs = forward_images(model, model.data.train[index], ts)
+    lo, hi = model.data.value_range
+    fig, axes = plt.subplots(1, steps, figsize=(2 * steps, 2.3))
+    for ax, img, t in zip(axes, imgs, ts):
+        img = np.clip((img - lo) / (hi - lo), 0, 1)
+        ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"t = {t:.2f}")
+        ax.axis("off")
+    fig.suptitle("forward process in data space")
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
