@@ -338,11 +338,13 @@ def check_spec(spec: Spec, smap: A.SourceMap, overrides: tuple[tuple[str, str], 
         r.error("E210", f"the schedule must be declared as `{g.name}(t) = ...`", g.path + ("name",),
                 "expected (t)")
     else:
+        before = len(r.errors)
         gamma, gamma_shape = r.resolve(g.node.body, g.path + ("body",), {"t": (A.Name("t"), frozenset("t"))})
+        clean = len(r.errors) == before
         if "i" in gamma_shape and g.name == "gamma":
             r.error("E208", "the schedule varies with the component", g.path + ("name",),
                     "per-component", help="name it `gamma_i(t)` to say so")
-        if "t" not in gamma_shape:
+        if "t" not in gamma_shape and clean:
             r.error("E208", "the schedule does not depend on t", g.path + ("body",), "constant in t",
                     help="gamma must rise from low noise at t = 0 to high noise at t = 1, e.g. linear(t)")
     prior_scale = None

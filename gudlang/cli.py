@@ -80,7 +80,6 @@ def _source(path: str) -> str | None:
 # --------------------------------------------------------------------------- commands
 def cmd_check(args) -> int:
     from gudlang.check import check_file
-    from gudlang.pipeline import build_model
     rep = _Reporter(args.format)
     for path in args.files:
         try:
@@ -88,6 +87,7 @@ def cmd_check(args) -> int:
             if args.static:
                 msg = "ok (static checks)"
             else:
+                from gudlang.pipeline import build_model
                 model = build_model(checked)
                 rep.show(model.warnings, _source(path))
                 msg = f"ok: D = {model.dim}, {model.spec.basis.kind} basis, {model.spec.prior.kind} prior"

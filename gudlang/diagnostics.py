@@ -18,6 +18,39 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+# Every error code of the language front end, with its meaning. Data (E4xx), bases and
+# priors (E5xx) and runs (E6xx) document theirs in their own modules.
+CODES: dict[str, str] = {
+    "E001": "cannot read a file (missing, a directory, no permission)",
+    "E002": "not a text file (binary, NUL bytes, not UTF-8)",
+    "E003": "malformed command-line override (-s key=value)",
+    "E101": "unexpected character (including non-ASCII outside strings and comments)",
+    "E102": "unclosed or mismatched bracket",
+    "E103": "missing `gud 1` version line",
+    "E104": "unsupported language version",
+    "E105": "unexpected token",
+    "E106": "unexpected end of input",
+    "E107": "input too large or nested too deeply",
+    "E201": "unknown function, constructor or distribution",
+    "E202": "unknown name",
+    "E203": "set or defined twice",
+    "E204": "wrong number of positional arguments",
+    "E205": "unknown or repeated keyword argument",
+    "E206": "missing statement or argument",
+    "E207": "feature not offered by the chosen basis",
+    "E208": "shape error (per-time / per-component where not allowed)",
+    "E209": "recursive definition",
+    "E210": "invalid value",
+    "E211": "unknown setting in a block",
+    "E212": "reserved name",
+    "E213": "value of the wrong kind (string, list, comparison, non-constant)",
+    "E214": "misuse of the component index i or of a feature",
+    "E301": "gamma decreases in t",
+    "E302": "gamma is not finite",
+    "W301": "true SNR not high at t = 0",
+    "W302": "true SNR not low at t = 1",
+}
+
 ERROR = "error"
 WARNING = "warning"
 

@@ -1,0 +1,58 @@
+"""Every error code of the front end has a failing example with its exact expected output
+(tests/golden/errors/CODE_*.gud -> .expected); no input produces anything but GudError."""
+
+from pathlib import Path
+
+import pytest
+
+from golden_util import check_golden
+from gudlang.check import check_text
+from gudlang.diagnostics import CODES, GudError, render_json, render_text
+
+GOLDEN = Path(__file__).parent / "golden" / "errors"
+EXAMPLES = sorted(GOLDEN.glob("*.gud"))
+FRONT_END_CODES = {c for c in CODES if c[1] in "12" and c not in {"E001", "E003"}}
+
+
+def diagnose(path: Path):
+    raw = path.read_bytes()
+    name = f"errors/{path.name}"
+    with pytest.raises(GudError) as info:
+        check_text(raw, name)
+    text = raw.decode("utf-8", errors="replace")
+    return info.value.diagnostics, text
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_error_example_matches_golden_output(path):
+    diagnostics, text = diagnose(path)
+    code = path.stem.split("_")[0]
+    assert code in {d.code for d in diagnostics}, render_text(diagnostics, text)
+    check_golden(path.with_suffix(".expected"), render_text(diagnostics, text) + "\n")
+
+
+def test_every_front_end_code_has_an_example():
+    covered = {p.stem.split("_")[0] for p in EXAMPLES}
+    assert FRONT_END_CODES - covered == set()
+
+
+def test_all_errors_of_a_file_are_reported_in_one_run():
+    diagnostics, _ = diagnose(GOLDEN / "E210_invalid_value.gud")
+    assert len(diagnostics) >= 3
+    diagnostics, _ = diagnose(GOLDEN / "E105_unexpected_token.gud")
+    assert len(diagnostics) == 3
+
+
+def test_did_you_mean_suggests_close_names():
+    diagnostics, _ = diagnose(GOLDEN / "E201_unknown_function.gud")
+    assert diagnostics[0].help == "did you mean `linear`?"
+    assert diagnostics[0].span.line == 6 and diagnostics[0].span.col == 14
+
+
+def test_json_output_has_the_same_objects():
+    import json
+    diagnostics, _ = diagnose(GOLDEN / "E202_unknown_name.gud")
+    records = json.loads(render_json(diagnostics))
+    assert records[0]["code"] == "E202"
+    assert records[0]["span"] == {"line": 4, "col": 19, "end_line": 4, "end_col": 24}
+    assert records[0]["path"] == "errors/E202_unknown_name.gud"

@@ -1,0 +1,247 @@
+"""Compiled schedules against independent NumPy formulas (float64), the soft-conditioning
+family's promises, generation order, and the compile-time numeric checks."""
+
+import numpy as np
+import pytest
+import torch
+from torch.func import jvp
+
+from gudlang.check import check_text
+from gudlang.diagnostics import GudError
+from gudlang.schedules import check_schedule, compile_schedule, generation_order
+
+D = 48
+RNG = np.random.default_rng(0)
+VAR = np.sort(RNG.uniform(0.01, 3.0, D))[::-1].copy()
+T = np.linspace(0.0, 1.0, 101)
+# pixel-like features of a 1 x 6 x 8 image
+ROWS, COLS = np.divmod(np.arange(D), 8)
+FEATURES = {"var": VAR, "wvar": VAR, "rank": np.arange(D) / (D - 1), "row": ROWS / 5.0,
+            "col": COLS / 7.0, "chan": np.zeros(D), "freq": RNG.uniform(0, 1, D),
+            "level": np.minimum(np.arange(D) // 12, 3).astype(float)}
+
+
+def compiled(gamma: str, params: str = "", basis: str = "pixel", features=None):
+    text = f"gud 1\ndata = digits()\nbasis = {basis}()\n{params}\ngamma_i(t) = {gamma}\n"
+    checked = check_text(text, "test.gud")
+    drawn = {n: checked.spec.params[n].mean for n in checked.drawn}
+    return compile_schedule(checked.gamma, features or FEATURES, checked.fixed_params, drawn, D), checked
+
+
+def evaluate(schedule, t=T, params=None):
+    with torch.no_grad():
+        gamma, beta = schedule(torch.as_tensor(t, dtype=torch.float64), params)
+        _, slope = schedule.gamma_and_slope(torch.as_tensor(t, dtype=torch.float64), params)
+    return gamma.numpy(), beta.numpy(), slope.numpy()
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def clip01(x):
+    return np.clip(x, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- library schedules
+def test_linear_matches_numpy():
+    s, _ = compiled("linear(2*t - rank(i), lo = -9, hi = 4)")
+    g, beta, _ = evaluate(s)
+    u = 2 * T[:, None] - FEATURES["rank"][None, :]
+    ref = -9 + 13 * clip01(u)
+    np.testing.assert_allclose(g, ref, rtol=0, atol=1e-12)
+    inside = (u > 0) & (u < 1)
+    np.testing.assert_allclose(beta[inside], (sigmoid(ref) * 26)[inside], rtol=1e-12)
+    assert np.all(beta[(u < 0) | (u > 1)] == 0)
+
+
+def test_vp_matches_ddpm_definition():
+    s, _ = compiled("vp(t, b_min = 0.1, b_max = 20)")
+    g, beta, _ = evaluate(s)
+    tp = 0.001 + 0.999 * T
+    integral = 0.1 * tp + 0.5 * (20 - 0.1) * tp ** 2
+    sigma2 = 1 - np.exp(-integral)
+    np.testing.assert_allclose(g[:, 0], np.log(sigma2) - np.log1p(-sigma2), rtol=1e-9)
+    # beta of the whitened process is the DDPM beta(t') times dt'/dt
+    np.testing.assert_allclose(beta[:, 0], (0.1 + (20 - 0.1) * tp) * 0.999, rtol=1e-9)
+
+
+def test_cosine_matches_alpha_cos_squared():
+    s, _ = compiled("cosine(t, s = 0.008, hi = 10)")
+    g, _, _ = evaluate(s)
+    th0 = 0.008 / 1.008 * np.pi / 2
+    th1 = np.arctan(np.exp(5.0))
+    alpha2 = np.cos(th0 + T * (th1 - th0)) ** 2
+    np.testing.assert_allclose(g[:, 0], np.log1p(-alpha2) - np.log(alpha2), rtol=1e-9, atol=1e-9)
+    assert abs(g[-1, 0] - 10) < 1e-9
+    # at t = 0 this is the original cosine schedule's angle
+    assert abs(alpha2[0] - np.cos((0.008 / 1.008) * np.pi / 2) ** 2) < 1e-15
+
+
+def soft_reference(t, label, wvar, a, g_den=-7.0, g_noise=3.0, clipped=False):
+    lmax, lmin = label.max(), label.min()
+    line = g_den + a * (label[None] - lmax) + t[:, None] * (g_noise - g_den + a * (lmax - lmin))
+    if clipped:
+        line = np.clip(line, g_den, g_noise)
+    return np.log(wvar)[None] + line
+
+
+@pytest.mark.parametrize("a", [0.0, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize("clipped", [False, True])
+def test_soft_matches_the_paper_formula(a, clipped):
+    s, _ = compiled(f"soft(t, l_i, a = {a}, clipped = {'true' if clipped else 'false'})",
+                    "l_i = -log(var(i))")
+    g, _, _ = evaluate(s)
+    np.testing.assert_allclose(g, soft_reference(T, -np.log(VAR), VAR, a, clipped=clipped), rtol=0, atol=1e-10)
+
+
+def test_soft_at_a1_with_log_variance_label_is_standard_diffusion():
+    s, _ = compiled("soft(t, l_i, a = 1)", "l_i = -log(var(i))")
+    g, _, _ = evaluate(s)
+    # one scalar gamma for every component: standard diffusion with a white prior
+    scalar = -7 + np.log(VAR.min()) + T * (10 + np.log(VAR.max()) - np.log(VAR.min()))
+    np.testing.assert_allclose(g, np.repeat(scalar[:, None], D, axis=1), atol=1e-10)
+    true_log_snr = np.log(VAR)[None] - g
+    np.testing.assert_allclose(true_log_snr, np.log(VAR)[None] - scalar[:, None], atol=1e-10)
+
+
+def test_soft_at_a0_gives_every_component_the_same_true_snr():
+    s, _ = compiled("soft(t, l_i, a = 0)", "l_i = -log(var(i))")
+    g, _, _ = evaluate(s)
+    log_snr = np.log(VAR)[None] - g
+    np.testing.assert_allclose(log_snr, np.repeat(log_snr[:, :1], D, axis=1), atol=1e-10)
+
+
+@pytest.mark.parametrize("a", [0.0, 0.7, 1.0, 3.0])
+def test_soft_snr_targets_are_met(a):
+    s, _ = compiled(f"soft(t, l_i, a = {a}, g_den = -6, g_noise = 4)", "l_i = -log(var(i))")
+    g, _, _ = evaluate(s, np.array([0.0, 1.0]))
+    log_snr = np.log(VAR)[None] - g
+    assert np.all(log_snr[0] >= 6 - 1e-10)
+    assert np.all(log_snr[1] <= -4 + 1e-10)
+
+
+def test_clipped_soft_with_large_a_is_autoregressive_in_label_order():
+    label = FEATURES["rank"]
+    s, _ = compiled("soft(t, rank(i), a = 600, clipped = true)")
+    t = np.linspace(0, 1, 20001)
+    _, beta, _ = evaluate(s, t)
+    active = beta > 0
+    starts = np.array([t[active[:, i]].min() for i in range(D)])
+    ends = np.array([t[active[:, i]].max() for i in range(D)])
+    order = np.argsort(starts)
+    # higher label = noised earlier: forward time visits labels in decreasing order
+    assert np.array_equal(order, np.argsort(-label, kind="stable"))
+    # a * (label spacing) = 600 / 47 > g_noise - g_den = 10: the windows are disjoint
+    assert np.all(ends[order][:-1] <= starts[order][1:] + 1e-4)
+
+
+def test_sequential_generates_the_left_column_first():
+    s, _ = compiled("sequential(t, col(i), b = 0.3)")
+    order = generation_order(s, VAR * 0 + 1.0)
+    first, last = order[:6], order[-6:]
+    assert np.all(FEATURES["col"][first] == 0.0)
+    assert np.all(FEATURES["col"][last] == 1.0)
+    g, _, _ = evaluate(s)
+    np.testing.assert_allclose(g, -7 + 10 * clip01((T[:, None] - (1 - FEATURES["col"][None]) * 0.7) / 0.3),
+                               atol=1e-12)
+
+
+def test_design_card_line_noises_rank_zero_first():
+    s, checked = compiled("linear(a*t - b*rank(i))", "param a = 2\nparam b = 1")
+    assert checked.fixed_params == {"a": 2.0, "b": 1.0}
+    g, _, _ = evaluate(s)
+    u = 2 * T[:, None] - FEATURES["rank"][None]
+    np.testing.assert_allclose(g, -13.3 + 18.3 * clip01(u), atol=1e-12)
+    order = generation_order(s, np.ones(D))
+    assert order[-1] == 0 and order[0] == D - 1  # rank 0 is noised first, generated last
+
+
+# --------------------------------------------------------------------------- derivatives
+@pytest.mark.parametrize("gamma,params", [
+    ("vp(t)", ""), ("cosine(t)", ""), ("linear(t)", ""),
+    ("soft(t, l_i, a = 1.3)", "l_i = -log(var(i))"),
+    ("log(exp(3*t) + var(i)) + sqrt(1 + t^2) * sigmoid(t - rank(i)) + softplus(t)^1.5", ""),
+    ("where(t < 0.5, 4*t, 2 + 8*(t - 0.5)) + tanh(t) + atan(t * var(i)) + log1p(t) + expm1(t)", ""),
+    ("max(t, rank(i)) + min(2*t, 1) + abs(t - 0.3) + t * mean(var(i)) + sum(rank(i)) * t / 100", ""),
+    ("(1 + t)^(1 + t) + logit(0.1 + 0.8*t) + sin(t) - cos(t) + tan(t/2)", ""),
+])
+def test_beta_equals_forward_mode_autodiff(gamma, params):
+    s, _ = compiled(gamma, params)
+    t = torch.tensor(np.random.default_rng(1).uniform(0.01, 0.99, 64), dtype=torch.float64)
+    gam, beta = s(t)
+    _, dgamma = jvp(lambda tt: s(tt)[0], (t,), (torch.ones_like(t),))
+    np.testing.assert_allclose(beta.numpy(), (torch.sigmoid(gam) * dgamma).numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_drawn_params_take_one_value_per_example():
+    s, checked = compiled("linear(b*t - 0.5*rank(i))", "param b ~ uniform(1.5, 2.5)")
+    assert checked.drawn == ("b",)
+    b = torch.tensor([1.5, 2.0, 2.5], dtype=torch.float64)
+    t = torch.tensor([0.4, 0.4, 0.4], dtype=torch.float64)
+    g, _ = s(t, {"b": b})
+    ref = -13.3 + 18.3 * clip01(b.numpy()[:, None] * 0.4 - 0.5 * FEATURES["rank"][None])
+    np.testing.assert_allclose(g.numpy(), ref, atol=1e-12)
+    g_default, _ = s(t)  # default: the distribution's mean
+    np.testing.assert_allclose(g_default.numpy(), np.repeat(ref[1:2], 3, axis=0), atol=1e-12)
+
+
+def test_float32_agrees_with_float64():
+    s, _ = compiled("soft(t, l_i, a = 2)", "l_i = -log(var(i))")
+    t = torch.rand(32, dtype=torch.float64)
+    g64, b64 = s(t)
+    g32, b32 = s.to(torch.float32)(t.float())
+    assert g32.dtype == torch.float32
+    np.testing.assert_allclose(g32.numpy(), g64.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b32.numpy(), b64.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_runs_on_cuda():
+    s, _ = compiled("soft(t, l_i, a = 2)", "l_i = -log(var(i))")
+    t = torch.rand(16, dtype=torch.float64)
+    g_cpu, b_cpu = s(t)
+    g_gpu, b_gpu = s.to("cuda")(t.cuda())
+    np.testing.assert_allclose(g_gpu.cpu().numpy(), g_cpu.numpy(), atol=1e-10)
+
+
+@pytest.mark.slow
+def test_runs_under_torch_compile():
+    s, _ = compiled("soft(t, l_i, a = 2, clipped = true)", "l_i = -log(var(i))")
+    s = s.to(torch.float32)
+    fast = torch.compile(s)
+    t = torch.rand(16)
+    g, b = fast(t)
+    g_ref, b_ref = s(t)
+    np.testing.assert_allclose(g.numpy(), g_ref.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(b.numpy(), b_ref.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- numeric checks
+def test_decreasing_gamma_is_an_error_naming_component_and_time():
+    s, _ = compiled("linear(t) - 20*t*rank(i)")
+    with pytest.raises(GudError) as info:
+        check_schedule(s, VAR, {})
+    d = info.value.diagnostics[0]
+    assert d.code == "E301" and "component" in d.message and "t = 0.000" in d.message
+
+
+def test_non_finite_gamma_is_an_error():
+    s, _ = compiled("log(t - 0.5) + t")
+    with pytest.raises(GudError) as info:
+        check_schedule(s, VAR, {})
+    assert info.value.diagnostics[0].code == "E302"
+
+
+def test_snr_coverage_warns_with_numbers():
+    s, _ = compiled("linear(t, lo = -1, hi = 0)")
+    warnings = check_schedule(s, VAR, {})
+    assert {w.code for w in warnings} == {"W301", "W302"}
+    assert all(w.severity == "warning" for w in warnings)
+    assert "true SNR" in warnings[0].message
+
+
+def test_drawn_param_ranges_are_checked_at_their_ends():
+    s, _ = compiled("linear(b*t - 0.5*rank(i))", "param b ~ uniform(0.2, 2)")
+    warnings = check_schedule(s, VAR, {"b": (0.2, 2.0)})
+    assert any("b = 0.2" in w.message for w in warnings)
