@@ -33,6 +33,15 @@ GRID = 1001
 
 
 @dataclass(frozen=True)
+class Between:
+    """lo <= x <= hi, elementwise (the interior of a clip, where it passes the slope on)."""
+
+    x: object
+    lo: object
+    hi: object
+
+
+@dataclass(frozen=True)
 class Vec:
     """A folded per-component constant: row `index` of the constant table."""
 
@@ -103,9 +112,13 @@ class _Folder:
             if lv is not None and rv is not None:
                 with np.errstate(all="ignore"):
                     return self.const(_BIN[e.op](lv, rv))
+            if e.op == "+":
+                return self.reassociate(left, right)
             return _simplify(A.BinOp(e.op, left, right))
         if isinstance(e, A.Compare):
             return A.Compare(e.op, self.fold(e.left), self.fold(e.right))
+        if isinstance(e, Between):
+            return Between(self.fold(e.x), self.fold(e.lo), self.fold(e.hi))
         if isinstance(e, A.Call):
             f = e.func
             if f in self.features:
@@ -138,6 +151,21 @@ class _Folder:
                     return self.const(_NP[f](*values))
             return A.Call(f, tuple(args))
         raise AssertionError(e)
+
+    def reassociate(self, left, right):
+        """c1 + (c2 + x) -> (c1 + c2) + x for constants c: one full-size pass fewer."""
+        for const, other in ((left, right), (right, left)):
+            cv = self.value(const)
+            if cv is None or not isinstance(other, A.BinOp) or other.op not in "+-":
+                continue
+            inner_left, inner_right = self.value(other.left), self.value(other.right)
+            with np.errstate(all="ignore"):
+                if inner_left is not None:  # c1 + (c2 +- x)
+                    return _simplify(A.BinOp(other.op, self.const(cv + inner_left), other.right))
+                if inner_right is not None:  # c1 + (x +- c2)
+                    c = cv + inner_right if other.op == "+" else cv - inner_right
+                    return _simplify(A.BinOp("+", self.const(c), other.left))
+        return _simplify(A.BinOp("+", left, right))
 
     def depends_on_i(self, e) -> bool:
         if isinstance(e, Vec):
@@ -186,8 +214,10 @@ class _Folder:
             if f == "clip":
                 x, lo, hi = args
                 dx, dlo, dhi = self.diff(x), self.diff(lo), self.diff(hi)
-                # Strict comparisons: at a kink the component counts as moving, so that
+                # Closed interval: at a kink the component counts as moving, so that
                 # e.g. linear(t) has beta > 0 at t = 1, where samplers take their first step.
+                if dlo == ZERO and dhi == ZERO:
+                    return _mul(A.Call("where", (Between(x, lo, hi), ONE, ZERO)), dx)
                 inner = A.Call("where", (A.Compare(">", x, hi), dhi, dx)) if dhi != ZERO or dx != ZERO else ZERO
                 if inner == ZERO and dlo == ZERO:
                     return ZERO
@@ -253,6 +283,11 @@ def _num_or(e: A.BinOp):
     if isinstance(e.left, A.Num) and isinstance(e.right, A.Num):
         with np.errstate(all="ignore"):
             return A.Num(float(_BIN[e.op](e.left.value, e.right.value)))
+    if e.op == "*":  # push constants into a where of constants: one pass instead of two
+        for num, other in ((e.left, e.right), (e.right, e.left)):
+            if isinstance(num, A.Num) and isinstance(other, A.Call) and other.func == "where" \
+                    and all(isinstance(a, A.Num) for a in other.args[1:]):
+                return A.Call("where", (other.args[0], _mul(num, other.args[1]), _mul(num, other.args[2])))
     return _simplify(e)
 
 
@@ -286,6 +321,8 @@ class _Emitter:
             code = f"{self.atom(e.left)} {op} {self.atom(e.right)}"
         elif isinstance(e, A.Compare):
             code = f"{self.atom(e.left)} {e.op} {self.atom(e.right)}"
+        elif isinstance(e, Between):
+            code = f"({self.atom(e.x)} >= {self.atom(e.lo)}) & ({self.atom(e.x)} <= {self.atom(e.hi)})"
         elif isinstance(e, A.Call):
             args = [self.atom(a) for a in e.args]
             f = e.func
@@ -346,26 +383,35 @@ class CompiledSchedule(nn.Module):
         exec(compile(source, "<gud schedule>", "exec"), namespace)  # code built from a checked AST
         self._fn = namespace["schedule"]
 
-    def gamma_and_slope(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
-        """(gamma, dgamma/dt), both (B, D)."""
-        ref = self._ref
-        t = t.reshape(-1, 1).to(dtype=ref.dtype, device=ref.device)
-        batch = t.shape[0]
-        consts = [getattr(self, name) for name in self._consts]
-        values = []
+    def _raw(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None):
+        """(gamma, dgamma/dt, t) broadcastable to (B, D) (no copies for scalar parts)."""
+        buffers = self._buffers  # direct access: this runs at every training step
+        ref = buffers["_ref"]
+        t = t.reshape(-1, 1)
+        if t.dtype != ref.dtype or t.device != ref.device:
+            t = t.to(dtype=ref.dtype, device=ref.device)
+        args = [t] + [buffers[name] for name in self._consts]
         for name in self.drawn:
             if params is not None and name in params:
-                values.append(torch.as_tensor(params[name], dtype=ref.dtype, device=ref.device)
-                              .reshape(-1, 1).expand(batch, 1))
+                args.append(torch.as_tensor(params[name], dtype=ref.dtype, device=ref.device)
+                            .reshape(-1, 1).expand(t.shape[0], 1))
             else:
-                values.append(getattr(self, f"default_{name}").expand(batch, 1))
-        gamma, slope = self._fn(t, *consts, *values)
-        shape = (batch, self.dim)
+                args.append(buffers[f"default_{name}"].expand(t.shape[0], 1))
+        gamma, slope = self._fn(*args)
+        return gamma, slope, t
+
+    def gamma_and_slope(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
+        """(gamma, dgamma/dt), both (B, D)."""
+        gamma, slope, t = self._raw(t, params)
+        shape = (t.shape[0], self.dim)
         return _full(gamma, shape, t), _full(slope, shape, t)
 
     def forward(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
-        gamma, slope = self.gamma_and_slope(t, params)
-        return gamma, torch.sigmoid(gamma) * slope
+        gamma, slope, t = self._raw(t, params)
+        shape = (t.shape[0], self.dim)
+        gamma = _full(gamma, (t.shape[0], 1), t) if not torch.is_tensor(gamma) else gamma
+        beta = torch.sigmoid(gamma) * slope
+        return _full(gamma, shape, t), _full(beta, shape, t)
 
 
 def _full(x, shape, like: torch.Tensor) -> torch.Tensor:
