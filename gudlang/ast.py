@@ -182,3 +182,22 @@ def walk(node, path: Path = ()) -> Iterator[tuple[Path, object]]:
         kids = list(children(n))
         for rel, child in reversed(kids):
             stack.append((p + rel, child))
+
+
+def dump(node, smap: SourceMap | None = None, path: Path = (), indent: int = 0, label: str = "") -> str:
+    """An indented, human-readable tree (for golden tests and debugging); with a source map,
+    each node's span is shown as @line:col-end_line:end_col."""
+    scalars = []
+    for f in fields(node):
+        value = getattr(node, f.name)
+        if isinstance(value, (str, float, int)) and not (isinstance(node, Num) and f.name == "text"):
+            scalars.append(f"{f.name}={value!r}")
+    where = ""
+    if smap is not None and tuple(path) in smap.spans:
+        s = smap.spans[tuple(path)]
+        where = f" @{s.line}:{s.col}-{s.end_line}:{s.end_col}"
+    head = f"{label}: " if label else ""
+    lines = [f"{'  ' * indent}{head}{type(node).__name__}{' ' if scalars else ''}{' '.join(scalars)}{where}"]
+    for rel, child in children(node):
+        lines.append(dump(child, smap, tuple(path) + rel, indent + 1, ".".join(str(r) for r in rel)))
+    return "\n".join(lines)

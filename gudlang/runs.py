@@ -1,0 +1,385 @@
+"""Run directories and the `gud train`, `gud sample` and `gud nll` commands.
+
+Input: a spec file (train) or a run directory / checkpoint file (sample, nll), and
+`-s key=value` overrides. Output: a run directory
+
+    RUN/spec.gud               the spec as given
+    RUN/resolved.gud           the spec with every default explicit (hashes the same)
+    RUN/run.json               hashes, overrides, data identity, device, world size
+    RUN/metrics.csv            step, loss, grad_norm, lr, seconds
+    RUN/checkpoint.safetensors weights, EMA weights, basis state, statistics, prior (+ spec, hash)
+    RUN/training_state.pt      optimizer state and step (torch.load(weights_only=True))
+    RUN/samples/               PNG grids and .npz arrays
+
+Every file is written atomically. Errors: GudError E6xx (E630 non-finite loss, E640 run
+directory problems, E641 checkpoint and data disagree), plus those of every stage.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gudlang import checkpoint as ckpt
+from gudlang.check import check_text, read_source
+from gudlang.diagnostics import GudError, render_text
+
+CHECKPOINT = "checkpoint.safetensors"
+STATE = "training_state.pt"
+
+
+# --------------------------------------------------------------------------- helpers
+def _device(runtime) -> torch.device:
+    if runtime.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(runtime.device)
+    except RuntimeError:
+        raise GudError.one("E640", f"unknown device `{runtime.device}`",
+                           help="use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GudError.one("E640", "runtime.device asks for CUDA but no CUDA device is available",
+                           help="use runtime { device = auto } or -s runtime.device=cpu")
+    return device
+
+
+def _dist_info() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _new_run_dir(parent: Path, stem: str, model_hash: str) -> Path:
+    base = parent / f"{stem}-{model_hash.split(':')[1][:8]}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = Path(f"{base}-{k}")
+    return path
+
+
+def _network(model):
+    from gudlang.networks import make_network
+    net = model.spec.network
+    if net.kind == "oracle":
+        raise GudError.one("E640", "network = oracle() needs no training",
+                           help="sample it directly: gud sample SPEC (the oracle is exact for Gaussian data)")
+    options = net.model_dump()
+    kind = options.pop("kind")
+    return make_network(kind, model.data.shape, **options)
+
+
+def _metadata(model, spec_text: str, overrides: dict, step: int) -> dict[str, str]:
+    from gudlang.explain import resolved_text
+    d = model.data
+    return {
+        "gudlang_spec": spec_text,
+        "gudlang_hash": model.model_hash,
+        "gudlang_resolved": resolved_text(model.spec, model.checked.source),
+        "gudlang_overrides": json.dumps(overrides, sort_keys=True),
+        "gudlang_data": json.dumps({"fingerprint": d.fingerprint, "shape": list(d.shape), "name": d.name,
+                                    "levels": d.levels, "value_range": list(d.value_range)}),
+        "gudlang_step": str(step),
+    }
+
+
+def _checkpoint_tensors(model, network, ema) -> dict[str, torch.Tensor]:
+    return ckpt.pack_tensors(
+        model={k: v.detach().cpu() for k, v in network.state_dict().items()},
+        ema={k: v.detach().cpu() for k, v in ema.module.state_dict().items()},
+        basis=model.basis.state_tensors(),
+        stats=model.stats.to_tensors(),
+        prior={"scales": model.prior.scales.detach().cpu()},
+    )
+
+
+# --------------------------------------------------------------------------- train
+def train(args, overrides: dict) -> int:
+    """`gud train SPEC` / `gud train --resume RUN`."""
+    from gudlang.pipeline import build_model
+    from gudlang.train import EMA, Objective, make_batch, train_step
+
+    rank, world = _dist_info()
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "spec.gud").is_file():
+            raise GudError.one("E640", f"{run} is not a run directory (no spec.gud)",
+                               help="pass the folder that `gud train` created")
+        info = json.loads((run / "run.json").read_text())
+        overrides = {**info.get("overrides", {}), **overrides}
+        spec_path = run / "spec.gud"
+    else:
+        if not args.spec:
+            raise GudError.one("E003", "gud train needs a spec file or --resume RUN")
+        spec_path = Path(args.spec)
+        run = None
+    spec_text = read_source(str(spec_path)).decode("utf-8", errors="replace")
+    checked = check_text(spec_text, str(spec_path), overrides)
+    model = build_model(checked)
+    for w in model.warnings:
+        if rank == 0:
+            print(render_text([w], spec_text), file=sys.stderr)
+    spec = model.spec
+    settings = spec.train
+    device = _device(spec.runtime)
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend)
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+    torch.manual_seed(settings.seed)
+    network = _network(model)
+    ema = EMA(network, settings.ema)
+    start = 0
+    if run is None:
+        run = _new_run_dir(Path(args.out), spec_path.stem, model.model_hash)
+        if rank == 0:
+            _init_run(run, spec_text, model, overrides, world)
+    else:
+        tensors, meta = ckpt.load_checkpoint(run / CHECKPOINT)
+        if meta["gudlang_hash"] != model.model_hash:
+            raise GudError.one("E641", "the run's checkpoint was made from a different spec or data",
+                               help="start a new run instead of --resume")
+        groups = ckpt.unpack_tensors(tensors)
+        network.load_state_dict(groups["model"])
+        ema.module.load_state_dict(groups["ema"])
+        state = ckpt.load_training_state(run / STATE)
+        start = int(state["step"])
+    network.to(device)
+    ema.module.to(device)
+    objective = Objective(model, network).to(device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    if start:
+        optimizer.load_state_dict(state["optimizer"])
+    ddp_net = network
+    if world > 1:
+        ddp_net = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device.index]
+                                                            if device.type == "cuda" else None)
+        objective.network = ddp_net
+    autocast = torch.bfloat16 if spec.runtime.dtype == "bfloat16" and device.type == "cuda" else None
+    if spec.runtime.compile:
+        objective.network = torch.compile(objective.network)
+    data = torch.as_tensor(model.data.train)
+    per_rank = max(1, settings.batch // world)
+    metrics_path = run / "metrics.csv"
+    interrupted = {"flag": False}
+
+    def on_sigint(signum, frame):
+        interrupted["flag"] = True
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if rank == 0 else None
+    losses = []
+    t0 = time.time()
+    bar = _progress(start, settings.steps, quiet=args.quiet or rank != 0)
+    step = start
+    try:
+        rows = []
+        while step < settings.steps:
+            batch = make_batch(data, spec, model.checked.drawn, step, per_rank, settings.seed, rank, device)
+            try:
+                loss, norm = train_step(objective, optimizer, batch, settings, step, autocast,
+                                        list(network.parameters()))
+            except GudError:
+                if rank == 0:
+                    _append_metrics(metrics_path, rows)
+                raise
+            ema.update(network)
+            losses.append(loss)
+            step += 1
+            rows.append((step, loss, norm, optimizer.param_groups[0]["lr"], time.time() - t0))
+            bar.update(loss)
+            if rank == 0 and (step % settings.checkpoint_every == 0 or step == settings.steps):
+                _append_metrics(metrics_path, rows)
+                rows = []
+                _save(run, model, spec_text, overrides, network, ema, optimizer, step)
+            if rank == 0 and settings.sample_every and step % settings.sample_every == 0 and step < settings.steps:
+                _sample_grid(model, ema.module, run / "samples" / f"step_{step:06d}.png", device)
+            if interrupted["flag"]:
+                if rank == 0:
+                    _append_metrics(metrics_path, rows)
+                    _save(run, model, spec_text, overrides, network, ema, optimizer, step)
+                    print(f"\ninterrupted at step {step}: checkpoint saved; continue with "
+                          f"`gud train --resume {run}`", file=sys.stderr)
+                return 130
+        bar.close()
+        if rank == 0:
+            _append_metrics(metrics_path, rows)
+            if step == start:  # nothing to train: still leave a checkpoint
+                _save(run, model, spec_text, overrides, network, ema, optimizer, step)
+            _sample_grid(model, ema.module, run / "samples" / "final.png", device)
+            elapsed = time.time() - t0
+            last = np.mean(losses[-50:]) if losses else float("nan")
+            print(f"trained {run}: {step} steps in {elapsed:.0f} s, final loss {last:.4f}")
+            print(f"model hash {model.model_hash}")
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def _init_run(run: Path, spec_text: str, model, overrides: dict, world: int) -> None:
+    from gudlang.explain import resolved_text
+    run.mkdir(parents=True)
+    (run / "samples").mkdir()
+    ckpt.atomic_write_text(run / "spec.gud", spec_text)
+    ckpt.atomic_write_text(run / "resolved.gud", resolved_text(model.spec, model.checked.source))
+    info = {"model_hash": model.model_hash, "full_hash": model.full_hash, "overrides": overrides,
+            "data": {"name": model.data.name, "fingerprint": model.data.fingerprint,
+                     "shape": list(model.data.shape), "params": _jsonable(model.data.params)},
+            "world_size": world, "torch": torch.__version__}
+    ckpt.atomic_write_text(run / "run.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    ckpt.atomic_write_text(run / "metrics.csv", "step,loss,grad_norm,lr,seconds\n")
+    print(f"run directory: {run}", file=sys.stderr)
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return {k: str(v) for k, v in dict(value).items()}
+
+
+def _append_metrics(path: Path, rows) -> None:
+    if not rows:
+        return
+    old = path.read_text() if path.exists() else "step,loss,grad_norm,lr,seconds\n"
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for step, loss, norm, lr, seconds in rows:
+        writer.writerow([step, repr(loss), f"{norm:.6g}", f"{lr:.6g}", f"{seconds:.3f}"])
+    ckpt.atomic_write_text(path, old + buf.getvalue())
+
+
+def _save(run: Path, model, spec_text, overrides, network, ema, optimizer, step: int) -> None:
+    ckpt.save_checkpoint(run / CHECKPOINT, _checkpoint_tensors(model, network, ema),
+                         _metadata(model, spec_text, overrides, step))
+    ckpt.save_training_state(run / STATE, {"step": step, "optimizer": optimizer.state_dict()})
+
+
+class _progress:
+    """A tqdm bar with loss, it/s and time left (silent when quiet)."""
+
+    def __init__(self, start: int, total: int, quiet: bool):
+        self.bar = None
+        if not quiet:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                            file=sys.stderr)
+        self.avg = None
+
+    def update(self, loss: float) -> None:
+        self.avg = loss if self.avg is None else 0.95 * self.avg + 0.05 * loss
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{self.avg:.4f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------- loading a run
+def load_run(target: str, overrides: dict | None = None):
+    """A run directory or checkpoint file -> (Model, EpsModel (EMA weights), metadata).
+    The checkpoint alone suffices: spec, statistics and basis state are inside it."""
+    from gudlang.data import DataSet
+    from gudlang.hashing import model_hash
+    from gudlang.networks import make_network
+    from gudlang.pipeline import build_model
+    from gudlang.stats import ComponentStats
+    from gudlang.train import EpsModel
+
+    path = Path(target)
+    file = path / CHECKPOINT if path.is_dir() else path
+    tensors, meta = ckpt.load_checkpoint(file)
+    spec_text = meta["gudlang_spec"]
+    stored_overrides = json.loads(meta.get("gudlang_overrides", "{}"))
+    data_info = json.loads(meta["gudlang_data"])
+
+    def recompute(text: str) -> str:
+        return model_hash(check_text(text, f"{file}:spec", stored_overrides), data_info["fingerprint"])
+
+    ckpt.verify_checkpoint(meta, recompute)
+    sample_overrides = {**stored_overrides, **(overrides or {})}
+    checked = check_text(spec_text, f"{file}:spec", sample_overrides)
+    groups = ckpt.unpack_tensors(tensors)
+    shape = tuple(data_info["shape"])
+    empty = np.zeros((0,) + shape, dtype=np.float32)
+    data = DataSet(name=data_info["name"], train=empty, test=empty, shape=shape, params={},
+                   fingerprint=data_info["fingerprint"], value_range=tuple(data_info["value_range"]),
+                   levels=data_info["levels"])
+    stats = ComponentStats.from_tensors(groups["stats"])
+    model = build_model(checked, data, stats=stats, basis_state=groups.get("basis"))
+    options = model.spec.network.model_dump()
+    kind = options.pop("kind")
+    network = make_network(kind, shape, **options)
+    network.load_state_dict(groups["ema"])
+    network.eval()
+    return model, EpsModel(network, model.basis, shape), meta
+
+
+def _sample_grid(model, network, out: Path, device, n: int = 64) -> None:
+    """A PNG grid of samples with the spec's sample settings (used during training)."""
+    from gudlang.train import EpsModel
+    eps_model = EpsModel(network, model.basis, model.data.shape).to(device)
+    x = draw_samples(model, eps_model, n, model.spec.sample, device, seed=model.spec.sample.seed)
+    save_grid(x, out, model.data.value_range)
+
+
+def draw_samples(model, eps_model, n: int, settings, device, seed: int, sampler: str | None = None,
+                 steps: int | None = None) -> np.ndarray:
+    """n samples in data space, (n, C, H, W) float32."""
+    from gudlang.samplers import sample
+    schedule = model.schedule.to(device=device, dtype=torch.float32)
+    basis = model.basis.to(device)
+    prior = model.prior.to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        result = sample(sampler or settings.sampler, eps_model, schedule, (n, model.dim), steps or settings.steps,
+                        generator=gen, **_sampler_options(sampler or settings.sampler, settings))
+        chi = prior.unwhiten(result.x0.float())
+        x = basis.inverse(chi) + torch.as_tensor(np.asarray(model.stats.mean), dtype=torch.float32,
+                                                  device=device)[None]
+    return x.cpu().numpy()
+
+
+def _sampler_options(name: str, settings) -> dict:
+    if name == "adaptive":
+        return {"rtol": settings.rtol, "atol": settings.atol}
+    return {"denoise": settings.denoise}
+
+
+def save_grid(x: np.ndarray, out: Path, value_range) -> None:
+    """Save samples (N, C, H, W) as one PNG grid, values mapped from value_range to [0, 255]."""
+    from PIL import Image
+    lo, hi = value_range
+    n, c, h, w = x.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    pad = 1
+    grid = np.ones((c, rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.float32)
+    img = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    for k in range(n):
+        r, q = divmod(k, cols)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = img[k]
+    arr = (grid * 255).round().astype(np.uint8)
+    image = Image.fromarray(arr[0] if c == 1 else arr[:3].transpose(1, 2, 0))
+    scale = max(1, 256 // max(image.size))
+    if scale > 1:
+        image = image.resize((image.size[0] * scale, image.size[1] * scale), Image.NEAREST)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    ckpt.atomic_write_bytes(out, buf.getvalue())

@@ -1,0 +1,149 @@
+"""The generic trainer: epsilon prediction in whitened components for any compiled spec.
+
+Input: a `Model` (`gudlang.pipeline`), a network with the call `net(x, gamma)` (image-shaped
+data_white in, predicted noise in the same space out), the spec's `train` settings.
+Output: trained weights and their EMA, one loss per step, checkpoints in a run directory.
+
+Maths (see ../shared/notes/gud-method.md): chi_0 = S^-1 U (x - mean); t is stratified over
+the batch, t_k = (k + u) / B permuted; params drawn per example for `param x ~ uniform`;
+chi_t = alpha(t) chi_0 + sigma(t) eps with alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma);
+the network sees U^T chi_t and predicts U^T eps; the loss is the unweighted MSE, which equals
+the MSE in whitened components because U is orthonormal.
+
+Reproducibility: every step draws its randomness from generators seeded by (seed, step,
+rank), so a resumed run repeats an uninterrupted one step for step, and two ranks of a DDP
+run see different batches.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from gudlang.diagnostics import GudError
+
+
+class EpsModel(nn.Module):
+    """A data_white network as an epsilon model in whitened components:
+    eps_model(chi (B, D), t (B,), gamma (B, D)) -> eps (B, D), the samplers' interface."""
+
+    def __init__(self, network: nn.Module, basis: nn.Module, shape):
+        super().__init__()
+        self.network, self.basis, self.shape = network, basis, tuple(shape)
+
+    def forward(self, chi: torch.Tensor, t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        x = self.basis.inverse(chi)
+        return self.basis(self.network(x, gamma))
+
+
+def step_generator(seed: int, step: int, rank: int = 0, device="cpu") -> torch.Generator:
+    """The random stream of one training step (independent of everything before it)."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step * 7919 + rank * 104_729) % (2 ** 63 - 1))
+    return g
+
+
+def draw_params(spec, drawn, batch: int, gen: torch.Generator, device, dtype) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in drawn:
+        p = spec.params[name]
+        u = torch.rand(batch, generator=gen, device=gen.device, dtype=torch.float64)
+        out[name] = (p.lo + (p.hi - p.lo) * u).to(device=device, dtype=dtype)
+    return out
+
+
+def stratified_times(batch: int, gen: torch.Generator) -> torch.Tensor:
+    u = torch.rand(batch, generator=gen, device=gen.device, dtype=torch.float64)
+    t = (torch.arange(batch, device=gen.device, dtype=torch.float64) + u) / batch
+    return t[torch.randperm(batch, generator=gen, device=gen.device)]
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (B, C, H, W) data
+    t: torch.Tensor  # (B,)
+    eps: torch.Tensor  # (B, C, H, W), standard normal (= U^T of whitened-component noise)
+    params: dict
+
+
+class Objective(nn.Module):
+    """loss(batch) for a model: the basis, prior and schedule as modules on one device."""
+
+    def __init__(self, model, network: nn.Module):
+        super().__init__()
+        self.basis, self.prior, self.schedule = model.basis, model.prior, model.schedule
+        self.network = network
+        self.register_buffer("mean", torch.as_tensor(np.asarray(model.stats.mean), dtype=torch.float32)[None])
+
+    def forward(self, batch: Batch, autocast_dtype=None) -> torch.Tensor:
+        chi0 = self.prior.whiten(self.basis(batch.x - self.mean))
+        gamma, _ = self.schedule(batch.t, batch.params)
+        gamma = gamma.to(chi0.dtype)
+        alpha, sigma = torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
+        chi_t = alpha * chi0 + sigma * self.basis(batch.eps)
+        x_t = self.basis.inverse(chi_t)
+        if autocast_dtype is not None:
+            with torch.autocast(device_type=x_t.device.type, dtype=autocast_dtype):
+                pred = self.network(x_t, gamma)
+        else:
+            pred = self.network(x_t, gamma)
+        return torch.mean((pred.float() - batch.eps) ** 2)
+
+
+def make_batch(data: torch.Tensor, spec, drawn, step: int, batch: int, seed: int, rank: int, device) -> Batch:
+    """The batch of one step: indices, times, noise and params from the step's generator."""
+    gen = step_generator(seed, step, rank)
+    idx = torch.randint(0, data.shape[0], (batch,), generator=gen)
+    t = stratified_times(batch, gen)
+    eps = torch.randn((batch,) + tuple(data.shape[1:]), generator=gen)
+    params = draw_params(spec, drawn, batch, gen, device, torch.float64)
+    return Batch(data[idx].to(device), t.to(device), eps.to(device), params)
+
+
+def learning_rate(step: int, settings) -> float:
+    """Linear warm-up to lr, then constant."""
+    if settings.warmup and step < settings.warmup:
+        return settings.lr * (step + 1) / settings.warmup
+    return settings.lr
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (buffers copied)."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(module).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for e, p in zip(self.module.parameters(), module.parameters()):
+            e.lerp_(p.detach(), 1.0 - self.decay)
+        for e, b in zip(self.module.buffers(), module.buffers()):
+            e.copy_(b)
+
+
+def train_step(objective: Objective, optimizer, batch: Batch, settings, step: int, autocast_dtype=None,
+               parameters=None) -> tuple[float, float]:
+    """One optimisation step; returns (loss, gradient norm). Raises GudError E630 on a
+    non-finite loss, before the weights are touched."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, settings)
+    optimizer.zero_grad(set_to_none=True)
+    loss = objective(batch, autocast_dtype)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise GudError.one("E630", f"the loss is {value} at step {step}",
+                           help="lower train.lr, raise train.warmup, or check the data and the schedule "
+                                "(gud check); the last good checkpoint is kept")
+    loss.backward()
+    params = parameters if parameters is not None else [p for g in optimizer.param_groups for p in g["params"]]
+    norm = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip))
+    optimizer.step()
+    return value, norm
