@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import math
 import os
 from abc import ABC, abstractmethod
 from typing import Iterable
@@ -55,7 +54,6 @@ import numpy as np
 import pywt
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .diagnostics import GudError
 
@@ -237,7 +235,8 @@ class PcaBasis(Basis):
             raise GudError.one("E500", f"pca: `channels` must be \"mix\" or \"separate\", "
                                f"got {channels!r}")
         if isinstance(max_dim, bool) or not isinstance(max_dim, int) or max_dim < 1:
-            raise GudError.one("E500", f"pca: `max_dim` must be a positive integer, got {max_dim!r}")
+            raise GudError.one("E500", f"pca: `max_dim` must be a positive integer, "
+                               f"got {max_dim!r}")
         self.channels, self.max_dim = channels, max_dim
         self.groups = 1 if channels == "mix" else self.shape[0]
         n = self.dim // self.groups
@@ -466,7 +465,8 @@ def _wavelet_filters(family) -> pywt.Wavelet:
         close = difflib.get_close_matches(str(family), known, n=3)
         raise GudError.one("E500", f"unknown wavelet family {family!r}",
                            help=f"did you mean {', '.join(close)}?" if close else
-                           "use an orthogonal wavelet: haar, db1 .. db38 or coif1 .. coif17") from None
+                           "use an orthogonal wavelet: haar, db1 .. db38 or coif1 .. coif17"
+                           ) from None
     if not wav.orthogonal:
         raise GudError.one("E500", f"wavelet {family!r} is not orthogonal",
                            help="use an orthogonal wavelet: haar, dbN or coifN")
@@ -485,10 +485,10 @@ class WaveletBasis(Basis):
 
     One level along an axis of length n computes, for the PyWavelets filters f = rec_lo
     (approximation) and rec_hi (detail) of length L and shift s = 1 - L / 2,
-        c[m] = sum_j f[j] x[(2 m + s + j) mod n],
-    which is pywt's "periodization" mode. In polyphase form (even / odd samples as two
-    channels) that is a stride-1 conv1d with a 2 x 2 x L/2 kernel over a periodically
-    extended signal, and its transpose the same with the kernel flipped: O(D L) per level.
+        c[m] = sum_i f[i] x[(2 m + s + i) mod n],
+    which is pywt's "periodization" mode: one gather of the L periodic taps of every output
+    and one (n/2, L) x (L, 2) matmul. Its transpose gathers the L / 2 lags of both bands for
+    each pair of outputs (2 m, 2 m + 1) and multiplies by the same filters: O(D L) per level.
     """
 
     kind = "wavelet"
@@ -505,42 +505,36 @@ class WaveletBasis(Basis):
                                help=f"use fewer levels, or crop / resize the images to a "
                                     f"multiple of {2 ** levels}")
         self.family, self.levels = family, levels
-        filt = torch.tensor([wav.rec_lo, wav.rec_hi], dtype=torch.float64)  # (2, L)
-        half = filt.shape[1] // 2
-        # kernel[o, p, j] = f_o[2 j + p]: output band o from polyphase input p at lag j.
-        self.register_buffer("kernel", filt.reshape(2, half, 2).transpose(1, 2).contiguous(),
-                             persistent=False)
-        # Per axis length n: `ext_n` (2, n/2 + L/2 - 1) reads polyphase sample (p, m) =
-        # x[(2 m + p + s) mod n], extended periodically on the right; `wrap_n` extends a band
-        # periodically on the left (for the transpose); `perm_n` puts polyphase samples back.
+        self.register_buffer("filters", torch.tensor([wav.rec_lo, wav.rec_hi], dtype=torch.float64),
+                             persistent=False)  # (2, L)
+        length = self.filters.shape[1]
+        self.shift = 1 - length // 2
+        # Per axis length n: `taps_n` (n/2 * L) indexes x[(2 m + s + i) mod n] for (m, i);
+        # `lags_n` indexes the bands (2, n/2) flattened at (o, (m - j) mod n/2) for (m, o, j).
         for n in {h >> k for k in range(levels)} | {w >> k for k in range(levels)}:
-            m = np.arange(n // 2 + half - 1)
-            ext = (2 * m[None, :] + np.arange(2)[:, None] + 1 - half) % n
-            self.register_buffer(f"ext_{n}", torch.as_tensor(ext), persistent=False)
-            self.register_buffer(f"wrap_{n}", torch.as_tensor((m - half + 1) % (n // 2)),
-                                 persistent=False)
-            self.register_buffer(f"perm_{n}", torch.as_tensor(np.argsort(ext[:, : n // 2].reshape(-1))),
-                                 persistent=False)
+            m, i = np.arange(n // 2)[:, None], np.arange(length)[None, :]
+            taps = (2 * m + self.shift + i) % n
+            o, j = np.divmod(np.arange(length), length // 2)
+            lags = o * (n // 2) + (m - j) % (n // 2)
+            self.register_buffer(f"taps_{n}", torch.as_tensor(taps.reshape(-1)), persistent=False)
+            self.register_buffer(f"lags_{n}", torch.as_tensor(lags.reshape(-1)), persistent=False)
 
     def _analyse(self, x: torch.Tensor) -> torch.Tensor:
         """(..., n) -> (..., 2, n/2): approximation and detail along the last axis."""
         n = x.shape[-1]
-        lead = x.shape[:-1]
-        ext = x.reshape(-1, n)[:, getattr(self, f"ext_{n}")]  # (M, 2, n/2 + L/2 - 1)
-        out = F.conv1d(ext, _cast(self.kernel, x))
-        return out.reshape(*lead, 2, n // 2)
+        taps = x[..., getattr(self, f"taps_{n}")].reshape(*x.shape[:-1], n // 2, -1)
+        return (taps @ _cast(self.filters, x).T).transpose(-1, -2)
 
     def _synthesise(self, c: torch.Tensor) -> torch.Tensor:
         """(..., 2, n/2) -> (..., n): the transpose of `_analyse`."""
-        half_n = c.shape[-1]
-        n, lead = 2 * half_n, c.shape[:-2]
-        ext = c.reshape(-1, 2, half_n)[..., getattr(self, f"wrap_{n}")]
-        kernel = _cast(self.kernel, c).transpose(0, 1).flip(-1)
-        poly = F.conv1d(ext, kernel)  # (M, 2, n/2): polyphase samples
-        return poly.reshape(-1, n)[:, getattr(self, f"perm_{n}")].reshape(*lead, n)
+        lead, n = c.shape[:-2], 2 * c.shape[-1]
+        lags = c.reshape(*lead, n)[..., getattr(self, f"lags_{n}")].reshape(*lead, n // 2, -1)
+        # Row (o, j) of the filters reshaped (L, 2) is f_o[2 j + p], p = output parity.
+        shifted = (lags @ _cast(self.filters, c).reshape(-1, 2)).reshape(*lead, n)
+        return torch.roll(shifted, self.shift, -1)  # shifted[q] = x[(q + s) mod n]
 
     def _forward(self, x):
-        b, c = x.shape[:2]
+        b = x.shape[0]
         approx, bands = x, []
         for _ in range(self.levels):
             y = self._analyse(approx)                            # (B, C, h, bw, w/2)
@@ -548,7 +542,7 @@ class WaveletBasis(Basis):
             y = y.permute(0, 1, 4, 2, 5, 3)                      # (B, C, bh, bw, h/2, w/2)
             approx = y[:, :, 0, 0]
             details = torch.stack([y[:, :, 1, 0], y[:, :, 0, 1], y[:, :, 1, 1]], dim=1)
-            bands.append(details.reshape(b, -1))                        # (H, V, D) x (C, h, w)
+            bands.append(details.reshape(b, -1))                 # (H, V, D) x (C, h, w)
         bands.append(approx.reshape(b, -1))
         return torch.cat(bands[::-1], dim=1)
 
@@ -621,5 +615,5 @@ def load_basis(config: dict, tensors: dict[str, torch.Tensor]) -> Basis:
     return basis.load_state_tensors(tensors)
 
 
-__all__ = ["as_float64", "Basis", "PixelBasis", "PcaBasis", "DctBasis", "FourierBasis", "WaveletBasis",
-           "BASES", "CODES", "PCA_MAX_DIM", "make_basis", "load_basis"]
+__all__ = ["as_float64", "Basis", "PixelBasis", "PcaBasis", "DctBasis", "FourierBasis",
+           "WaveletBasis", "BASES", "CODES", "PCA_MAX_DIM", "make_basis", "load_basis"]

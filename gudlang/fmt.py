@@ -44,6 +44,8 @@ _BINARY = {  # op -> (own level, left operand needs, right operand needs, separa
     "^": (POWER, PRIMARY, UNARY, "^"),
 }
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t"}
+# Synthesized programs (`gud explain`) have no positions; they have no comments either.
+_NO_SPAN = Span(0, 0, 0, 0)
 
 
 # --------------------------------------------------------------------------- expressions
@@ -156,7 +158,7 @@ class _Attached:
             else:
                 self.after.append(c)
 
-    def any(self) -> bool:
+    def holds_comments(self) -> bool:
         return bool(self.after) or any(self.before) or any(self.inside) or any(self.trailing)
 
 
@@ -178,8 +180,9 @@ class _Writer:
             return False
         return not self.source[line - 2].strip() and not self.source[line - 1][:col - 1].strip()
 
-    def emit(self, text: str, line: int = 0, col: int = 1, blank: bool = False) -> None:
-        blank = blank or self.force_blank or self.blank_before(line, col)
+    def emit(self, text: str, line: int = 0, col: int = 1) -> None:
+        """Append a line; `line` and `col` (0 for none) locate it in the source."""
+        blank = self.force_blank or self.blank_before(line, col)
         self.force_blank = False
         if blank and self.lines and self.lines[-1]:
             self.lines.append("")
@@ -200,7 +203,7 @@ def format_program(program: A.Program, smap: A.SourceMap) -> str:
     paths = [("statements", k) for k in range(len(program.statements))]
     if program.version is not None:
         paths.insert(0, ("version",))
-    spans = [out.span(p) or Span(0, 0, 0, 0) for p in paths]
+    spans = [out.span(p) or _NO_SPAN for p in paths]
     attached = _Attached(smap.comments, spans)
     offset = 0
     if program.version is not None:
@@ -229,10 +232,10 @@ def format_program(program: A.Program, smap: A.SourceMap) -> str:
 def _block(out: _Writer, block: A.Block, path: tuple, span: Span,
            comments: list[A.Comment], trailing: A.Comment | None) -> None:
     """A block: one line if it holds no comments and fits, else one setting per line."""
-    spans = [out.span(path + ("settings", k)) or Span(0, 0, 0, 0) for k in range(len(block.settings))]
+    spans = [out.span(path + ("settings", k)) or _NO_SPAN for k in range(len(block.settings))]
     inner = _Attached(comments, spans)
     one_line = format_statement(block)
-    if not inner.any() and len(one_line) <= WIDTH:
+    if not inner.holds_comments() and len(one_line) <= WIDTH:
         out.emit(_with_trailing(one_line, trailing), span.line, span.col)
         return
     out.emit(f"{block.kind} {{", span.line, span.col)

@@ -61,7 +61,96 @@ class Model:
     def full_hash(self) -> str:
         return full_hash(self.checked, self.data.fingerprint)
 
-    def fixed_param_values(spec: Spec) -> dict[str, float]:
+    def generation_order(self) -> np.ndarray:
+        """Component indices, first generated first: by when each component's true SNR
+        first rises above 1 in reverse time (later noising = earlier generation)."""
+        return generation_order(self.schedule, self.features["wvar"])
+
+
+def _anchored(err: GudError, checked: CheckedSpec, section: str) -> GudError:
+    smap = checked.source
+    path = smap.anchors.get((section,))
+    return err.with_span(smap.span(path) if path else None).with_path(smap.path)
+
+
+def load_spec_data(checked: CheckedSpec) -> DataSet:
+    """The data a spec declares (E4xx errors point at its `data = ...` line)."""
+    decl = checked.spec.data.model_dump()
+    kind = decl.pop("kind")
+    try:
+        return load_data(kind, **decl)
+    except GudError as e:
+        raise _anchored(e, checked, "data") from None
+
+
+def schedule_features(basis: Basis, stats: ComponentStats, prior: Prior) -> dict[str, np.ndarray]:
+    """Feature vectors for the language: the basis's, `var`, and `wvar` = var / s^2."""
+    feats = component_features(basis, stats)
+    var = np.maximum(np.asarray(stats.var, dtype=np.float64), VAR_FLOOR * float(np.max(stats.var)))
+    feats["var"] = var
+    scales = prior.scales.detach().double().cpu().numpy()
+    feats["wvar"] = var / scales ** 2
+    return feats
+
+
+def build_prior(checked: CheckedSpec, var: np.ndarray, feats: dict[str, np.ndarray]) -> Prior:
+    spec = checked.spec
+    kind = spec.prior.kind
+    try:
+        if kind == "white":
+            return white(len(var))
+        if kind == "matched":
+            return matched(torch.as_tensor(var))
+        sched = compile_schedule(A.BinOp("+", checked.prior_scale, A.BinOp("*", A.Num(0.0), A.Name("t"))),
+                                 feats, checked.fixed_params, {}, len(var))
+        with torch.no_grad():
+            s = sched.gamma_and_slope(torch.zeros(1, dtype=torch.float64))[0][0]
+        return scaled(s)
+    except GudError as e:
+        raise _anchored(e, checked, "prior") from None
+
+
+def build_model(checked: CheckedSpec, data: DataSet | None = None, *, stats: ComponentStats | None = None,
+                basis_state: dict | None = None, use_cache: bool = True) -> Model:
+    """CheckedSpec -> Model. `stats` / `basis_state` come from a checkpoint when given."""
+    spec = checked.spec
+    data = data if data is not None else load_spec_data(checked)
+    options = spec.basis.model_dump()
+    kind = options.pop("kind")
+    try:
+        basis = make_basis(kind, data.shape, **options)
+        if basis_state is not None:
+            basis.load_state_tensors(basis_state)
+        if stats is None:
+            stats = fit_stats(data, basis, use_cache=use_cache)
+    except GudError as e:
+        raise _anchored(e, checked, "basis") from None
+    var = np.maximum(np.asarray(stats.var, dtype=np.float64), VAR_FLOOR * float(np.max(stats.var)))
+    base_feats = component_features(basis, stats)
+    base_feats["var"] = var
+    prior = build_prior(checked, var, base_feats)
+    feats = schedule_features(basis, stats, prior)
+    drawn = {n: spec.params[n].mean for n in checked.drawn}
+    gamma_path = _gamma_path(checked)
+    try:
+        schedule = compile_schedule(checked.gamma, feats, checked.fixed_params, drawn, len(var))
+        ranges = {n: (spec.params[n].lo, spec.params[n].hi) for n in checked.drawn}
+        warnings = check_schedule(schedule, feats["wvar"], ranges)
+    except GudError as e:
+        raise e.with_span(checked.source.span(gamma_path)).with_path(checked.source.path) from None
+    span = checked.source.span(gamma_path)
+    warnings = [w.with_span(span).with_path(checked.source.path) for w in warnings]
+    return Model(checked, data, basis, stats, prior, feats, schedule, warnings)
+
+
+def _gamma_path(checked: CheckedSpec):
+    for k, d in checked.spec.definitions:
+        if d.name in ("gamma_i", "gamma"):
+            return ("statements", k, "body")
+    return ()
+
+
+def fixed_param_values(spec: Spec) -> dict[str, float]:
     return {k: p.value for k, p in spec.params.items() if isinstance(p, FixedParam)}
 
 

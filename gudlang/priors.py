@@ -35,7 +35,8 @@ def _vector(values, what: str) -> torch.Tensor:
         v = torch.as_tensor(np.asarray(values.detach().cpu() if torch.is_tensor(values) else values,
                                        dtype=np.float64))
     except (TypeError, ValueError):
-        raise GudError.one("E510", f"prior {what} must be numbers, got {type(values).__name__}") from None
+        raise GudError.one("E510", f"prior {what} must be numbers, got "
+                           f"{type(values).__name__}") from None
     if v.dim() != 1 or len(v) == 0:
         raise GudError.one("E510", f"prior {what} must be a non-empty vector (D,), got shape "
                            f"{tuple(v.shape)}")

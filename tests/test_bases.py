@@ -28,7 +28,8 @@ CASES = [
     pytest.param("pca", (3, 32, 32), {"channels": "separate"}, marks=pytest.mark.slow),
     pytest.param("pca", (3, 32, 32), {}, marks=pytest.mark.slow),
     ("wavelet", (1, 8, 8), {"levels": 3}), ("wavelet", (1, 28, 28), {"levels": 2}),
-    ("wavelet", (3, 32, 32), {"levels": 3}), ("wavelet", (3, 32, 32), {"family": "db2", "levels": 2}),
+    ("wavelet", (3, 32, 32), {"levels": 3}),
+    ("wavelet", (3, 32, 32), {"family": "db2", "levels": 2}),
     ("wavelet", (1, 16, 8), {"levels": 2}), ("wavelet", (1, 16, 8), {"family": "db2", "levels": 2}),
     ("wavelet", (1, 8, 8), {"family": "db4", "levels": 3}),
     ("wavelet", (2, 12, 20), {"family": "coif2", "levels": 2}),
@@ -134,8 +135,8 @@ def pywt_coefficients(x: np.ndarray, family: str, levels: int) -> np.ndarray:
         warnings.simplefilter("ignore")  # pywt warns when a level exceeds its "useful" depth
         coeffs = pywt.wavedec2(x, family, mode="periodization", level=levels)
     n = len(x)
-    return np.concatenate([coeffs[0].reshape(n, -1)]
-                          + [np.stack(bands, axis=1).reshape(n, -1) for bands in coeffs[1:]], axis=1)
+    details = [np.stack(bands, axis=1).reshape(n, -1) for bands in coeffs[1:]]
+    return np.concatenate([coeffs[0].reshape(n, -1)] + details, axis=1)
 
 
 @pytest.mark.parametrize("shape,family,levels", [
@@ -165,7 +166,8 @@ def test_wavelet_features_label_pywavelets_bands():
     assert feats["row"][first_c1] == pytest.approx(3.5 / 15)
     assert feats["col"][first_c1] == pytest.approx(3.5 / 7)
     # The last finest diagonal coefficient covers the bottom-right 2 x 2 block.
-    assert feats["row"][-1] == pytest.approx(14.5 / 15) and feats["col"][-1] == pytest.approx(6.5 / 7)
+    assert feats["row"][-1] == pytest.approx(14.5 / 15)
+    assert feats["col"][-1] == pytest.approx(6.5 / 7)
 
 
 def test_pca_diagonalises_the_sample_covariance():

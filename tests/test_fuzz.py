@@ -20,7 +20,7 @@ from gudlang.fmt import format_program, format_text
 from gudlang.lower import parse_program
 
 KEYWORDS = ["gud", "data", "basis", "prior", "network", "param", "train", "sample", "runtime"]
-# About 4,000 cases in all, under a minute on two cores; test_many_more_layouts is the long run.
+# About 5,000 cases in all, under a minute on two cores; test_many_more_layouts is the long run.
 AST_FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TEXT_FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -126,6 +126,18 @@ soup_pieces = st.one_of(
 soups = st.lists(soup_pieces, max_size=40).map("".join)
 
 
+@st.composite
+def mutants(draw):
+    """Valid text with a few characters deleted, replaced or inserted: near misses that
+    drive the parser's error recovery."""
+    _, text = draw(laid_out())
+    for _ in range(draw(st.integers(1, 3))):
+        start = draw(st.integers(0, len(text)))
+        end = draw(st.integers(start, min(len(text), start + 3)))
+        text = text[:start] + draw(st.just("") | soup_pieces) + text[end:]
+    return text
+
+
 def parses_or_reports(text):
     """`parse_program` gives a program or a GudError; when it succeeds, the formatter
     keeps the AST and comments and is idempotent."""
@@ -149,6 +161,12 @@ def test_token_soup_parses_or_raises_gud_error(text):
 @given(soups)
 def test_token_soup_after_a_version_line_parses_or_raises_gud_error(text):
     parses_or_reports("gud 1\n" + text)
+
+
+@AST_FUZZ
+@given(mutants())
+def test_near_miss_text_parses_or_raises_gud_error(text):
+    parses_or_reports(text)
 
 
 @settings(max_examples=500, deadline=None)

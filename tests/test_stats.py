@@ -128,7 +128,8 @@ def test_cache_entry_for_another_key_is_ignored(cache):
     # Pretend y's entry is x's file: the key inside does not match, so y is computed.
     os.replace(path, cache / f"{S.cache_key(S.array_fingerprint(y), basis)}.safetensors")
     stats = fit_stats(y, basis)
-    np.testing.assert_allclose(stats.mean, y.astype(np.float64).mean(axis=0), rtol=1e-12, atol=1e-12)
+    expected = y.astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(stats.mean, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_unwritable_cache_only_costs_recomputation(monkeypatch, tmp_path):
@@ -144,7 +145,8 @@ def test_dataset_uses_its_train_split_and_fingerprint(cache):
     data = load_data("digits")
     stats = fit_stats(data, make_basis("dct", data.shape))
     assert stats.n == len(data.train)
-    assert (cache / f"{S.cache_key(data.fingerprint, make_basis('dct', data.shape))}.safetensors").exists()
+    key = S.cache_key(data.fingerprint, make_basis("dct", data.shape))
+    assert (cache / f"{key}.safetensors").exists()
 
 
 def test_iterables_are_not_cached_without_a_fingerprint(cache):
