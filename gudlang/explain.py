@@ -9,6 +9,8 @@ a run directory stores as `resolved.gud`.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 
@@ -25,6 +27,8 @@ def _value(v) -> str:
     if v is None:
         return "none"
     if isinstance(v, str):
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) and v not in {"true", "false", "none"}:
+            return v  # a word, as a user writes `sampler = heun`
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_value(x) for x in v) + "]"

@@ -135,7 +135,8 @@ def build_model(checked: CheckedSpec, data: DataSet | None = None, *, stats: Com
     try:
         schedule = compile_schedule(checked.gamma, feats, checked.fixed_params, drawn, len(var))
         ranges = {n: (spec.params[n].lo, spec.params[n].hi) for n in checked.drawn}
-        warnings = check_schedule(schedule, feats["wvar"], ranges)
+        constant = np.asarray(stats.var) <= VAR_FLOOR * float(np.max(stats.var))
+        warnings = check_schedule(schedule, feats["wvar"], ranges, constant)
     except GudError as e:
         raise e.with_span(checked.source.span(gamma_path)).with_path(checked.source.path) from None
     span = checked.source.span(gamma_path)

@@ -440,15 +440,17 @@ def compile_schedule(gamma: A.Expr, features: Mapping[str, np.ndarray], fixed: M
 
 # --------------------------------------------------------------------------- numeric checks
 def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: Mapping[str, tuple[float, float]],
-                   order_names=None) -> list[Diagnostic]:
+                   constant: np.ndarray | None = None) -> list[Diagnostic]:
     """Evaluate on a dense t grid (float64) for the corners and centre of every drawn param's
     range. Raise GudError E302 on NaN / inf, E301 where gamma decreases; return warnings when
-    the true SNR = wvar * exp(-gamma) is not >= SNR_HIGH at t = 0 or not <= SNR_LOW at t = 1."""
+    the true SNR = wvar * exp(-gamma) is not >= SNR_HIGH at t = 0 or not <= SNR_LOW at t = 1
+    (components marked `constant`, whose data never varies, are left out of that test)."""
     sched = schedule.to(torch.float64)
     t = torch.linspace(0.0, 1.0, GRID, dtype=torch.float64)
     combos = list(itertools.product(*[(lo, 0.5 * (lo + hi), hi) for lo, hi in drawn_ranges.values()]))
     warnings: list[Diagnostic] = []
     log_wvar = np.log(np.asarray(wvar, dtype=np.float64))
+    varying = np.ones(len(log_wvar), bool) if constant is None else ~np.asarray(constant, bool)
     for combo in combos or [()]:
         params = {n: torch.full((GRID,), v, dtype=torch.float64) for n, v in zip(drawn_ranges, combo)}
         where = (" with " + ", ".join(f"{n} = {v:g}" for n, v in zip(drawn_ranges, combo))) if combo else ""
@@ -467,8 +469,8 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
             raise GudError.one("E301", f"gamma decreases in t for component {i} at t = {t[k].item():.3f}"
                                        f"{where} (dgamma/dt = {s[k, i]:.3g})",
                                help="gamma_i(t) must be non-decreasing: noise only grows in forward time")
-        log_snr0 = log_wvar - g[0]
-        log_snr1 = log_wvar - g[-1]
+        log_snr0 = np.where(varying, log_wvar - g[0], np.inf)
+        log_snr1 = np.where(varying, log_wvar - g[-1], -np.inf)
         if log_snr0.min() < np.log(SNR_HIGH):
             i = int(np.argmin(log_snr0))
             warnings.append(Diagnostic("W301", f"component {i} starts with true SNR {np.exp(log_snr0[i]):.3g} "

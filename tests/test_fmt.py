@@ -125,13 +125,7 @@ def test_golden_output(path):
     check_golden(path.with_suffix(".expected"), format_text(path.read_text(encoding="utf-8"), str(path)))
 
 
-# Shipped specs that predate the formatter; `gud fmt specs/NAME.gud` fixes each.
-NOT_YET_FORMATTED = {"wavelet_levels.gud": "`level(i) / 2` is written `level(i)/2`"}
-
-
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(reason=NOT_YET_FORMATTED[p.name])) if p.name in NOT_YET_FORMATTED
-    else p for p in SPECS], ids=[p.name for p in SPECS])
+@pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
 def test_shipped_spec_is_in_canonical_form(path):
     text = path.read_text(encoding="utf-8")
     assert format_text(text) == text, unified_diff(text, format_text(text), str(path))
