@@ -105,8 +105,8 @@ def explain_text(model) -> str:
             f"model hash: {model.model_hash}",
             ""]
     order = model.generation_order()
-    out += ["# generation order (reverse of noising: the component whose true SNR falls below 1 "
-            "last in forward time is generated first)"] + _order_words(model, order) + [""]
+    out += ["# generation order (the reverse of noising: the component whose gamma is half-way "
+            "latest in forward time is generated first; ties by true SNR)"] + _order_words(model, order) + [""]
     picks = [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
     ts = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
     with torch.no_grad():

@@ -86,7 +86,7 @@ class GaussianOracle(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """E[eps | chi_t = x] = Sig Cov_t^-1 (x - A m); t is unused (gamma is the whole state)."""
         gamma64 = self._gamma(gamma, x)
-        return (-torch.sigmoid(gamma64).sqrt() * self._solve(x, gamma64)[0]).to(x.dtype)
+        return (torch.sigmoid(gamma64).sqrt() * self._solve(x, gamma64)[0]).to(x.dtype)
 
     def score(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """grad log p_t(x) = -Cov_t^-1 (x - A m), shape (B, D)."""

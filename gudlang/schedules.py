@@ -484,16 +484,23 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
     return warnings
 
 
-def generation_order(schedule: CompiledSchedule, wvar: np.ndarray, params=None, grid: int = 513) -> np.ndarray:
-    """Component indices in the order they are generated (first first): sorted by the time
-    at which the true SNR of the forward process falls below 1, latest first; ties by index."""
+def generation_order(schedule: CompiledSchedule, wvar: np.ndarray, params=None, grid: int = 1025) -> np.ndarray:
+    """Component indices in generation order (first generated first).
+
+    Generation runs forward time backwards, so a component noised later is generated
+    earlier. A component's noising time is when its gamma is halfway between its values at
+    t = 0 and t = 1; ties (e.g. a scalar gamma, or parallel lines) are broken by the mean
+    true log-SNR over time (higher = visible longer = generated first), then by index."""
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
     sched = schedule.to(torch.float64)
     with torch.no_grad():
         gamma = sched.gamma_and_slope(t, params)[0].numpy()
-    log_snr = np.log(np.asarray(wvar, dtype=np.float64))[None, :] - gamma
-    below = log_snr < 0.0
-    crossing = np.where(below.any(axis=0), below.argmax(axis=0), grid)
-    # Sub-grid tie-break: the mean log-SNR over time (higher = noised later = generated first).
-    key = crossing + 1e-6 * np.tanh(log_snr.mean(axis=0))
-    return np.lexsort((np.arange(len(key)), -key))
+    span = gamma[-1] - gamma[0]
+    progress = (gamma - gamma[0]) / np.where(span > 0, span, 1.0)
+    k = np.clip((progress < 0.5).sum(axis=0), 1, grid - 1)  # gamma is non-decreasing
+    cols = np.arange(gamma.shape[1])
+    p0, p1 = progress[k - 1, cols], progress[k, cols]
+    frac = np.clip((0.5 - p0) / np.where(p1 > p0, p1 - p0, 1.0), 0.0, 1.0)
+    t_mid = np.round((k - 1 + frac) / (grid - 1), 6)
+    mean_log_snr = np.round(np.log(np.asarray(wvar, dtype=np.float64)) - gamma.mean(axis=0), 9)
+    return np.lexsort((cols, -mean_log_snr, -t_mid))

@@ -1,0 +1,145 @@
+"""The `gud` command: exit codes, output formats, and that no input gives a traceback."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from golden_util import check_golden
+from gudlang.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+GOLDEN = ROOT / "tests" / "golden"
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_check_passes_on_every_shipped_spec(capsys):
+    code, out, err = run(capsys, "check", *map(str, sorted(SPECS.glob("*.gud"))))
+    assert code == 0, err
+    assert out.count(": ok") == len(list(SPECS.glob("*.gud")))
+
+
+def test_check_reports_errors_with_exit_1(capsys):
+    code, _, err = run(capsys, "check", str(GOLDEN / "errors" / "E201_unknown_function.gud"))
+    assert code == 1
+    assert "E201_unknown_function.gud:6:14: error[E201]: unknown function `lienar`" in err
+    assert "did you mean `linear`?" in err
+
+
+def test_check_json_format(capsys):
+    code, out, _ = run(capsys, "check", "--format", "json", str(GOLDEN / "errors" / "E202_unknown_name.gud"))
+    assert code == 1
+    records = json.loads(out)
+    assert records[0]["code"] == "E202" and records[0]["span"]["line"] == 4
+
+
+def test_missing_file_is_a_usage_error(capsys, tmp_path):
+    code, _, err = run(capsys, "check", str(tmp_path / "nope.gud"))
+    assert code == 2 and "E001" in err and "Traceback" not in err
+
+
+def test_directory_and_binary_inputs(capsys, tmp_path):
+    code, _, err = run(capsys, "check", str(tmp_path))
+    assert code == 2 and "E001" in err
+    junk = tmp_path / "junk.gud"
+    junk.write_bytes(bytes(range(256)) * 10)
+    code, _, err = run(capsys, "check", str(junk))
+    assert code == 2 and "E002" in err
+
+
+def test_bad_override_syntax_and_unknown_param(capsys):
+    code, _, err = run(capsys, "check", str(SPECS / "digits.gud"), "-s", "nonsense")
+    assert code == 2 and "E003" in err
+    code, _, err = run(capsys, "check", str(SPECS / "digits.gud"), "-s", "aa=2")
+    assert code == 1 and "did you mean `a`?" in err
+
+
+def test_data_errors_point_at_the_data_line(capsys, tmp_path):
+    spec = tmp_path / "s.gud"
+    spec.write_text('gud 1\ndata = npz("missing.npz")\ngamma(t) = linear(t)\n')
+    code, _, err = run(capsys, "check", str(spec))
+    assert code == 1
+    assert f"{spec}:2:8: error[E401]" in err
+
+
+def test_fmt_check_and_diff(capsys, tmp_path):
+    messy = tmp_path / "m.gud"
+    messy.write_text("gud 1\ndata=digits()   gamma(t)=linear( t )\n")
+    code, _, err = run(capsys, "fmt", "--check", str(messy))
+    assert code == 1 and "would reformat" in err
+    code, out, _ = run(capsys, "fmt", "--diff", str(messy))
+    assert code == 1 and "+gamma(t) = linear(t)" in out
+    code, _, _ = run(capsys, "fmt", str(messy))
+    assert code == 0 and messy.read_text() == "gud 1\n\ndata = digits()\ngamma(t) = linear(t)\n"
+    code, _, _ = run(capsys, "fmt", "--check", str(messy))
+    assert code == 0
+
+
+def test_fmt_refuses_to_rewrite_a_broken_file(capsys, tmp_path):
+    broken = tmp_path / "b.gud"
+    broken.write_text("gud 1\ndata = digits(\n")
+    code, _, err = run(capsys, "fmt", str(broken))
+    assert code == 1 and "E102" in err
+    assert broken.read_text() == "gud 1\ndata = digits(\n"
+
+
+def test_hash_model_full_and_show(capsys):
+    code, model, _ = run(capsys, "hash", str(SPECS / "digits.gud"))
+    assert code == 0 and model.startswith("gud1-sha256:")
+    code, full, _ = run(capsys, "hash", "--full", str(SPECS / "digits.gud"))
+    assert full != model
+    code, shown, _ = run(capsys, "hash", "--show", str(SPECS / "digits.gud"))
+    assert json.loads(shown)["basis"] == {"kind": "pca", "channels": "mix"}
+    code, other, _ = run(capsys, "hash", str(SPECS / "digits.gud"), "-s", "a=2")
+    assert other != model
+
+
+@pytest.mark.parametrize("name", ["standard_linear", "sequential_columns"])
+def test_explain_matches_golden(capsys, name):
+    code, out, err = run(capsys, "explain", str(SPECS / f"{name}.gud"))
+    assert code == 0, err
+    check_golden(GOLDEN / "explain" / f"{name}.expected", out.replace(str(SPECS), "specs"))
+
+
+def test_explain_resolved_spec_hashes_like_the_original(capsys, tmp_path):
+    code, out, _ = run(capsys, "explain", str(SPECS / "digits.gud"))
+    resolved = out.split("# shapes")[0].split("# resolved spec\n")[1]
+    path = tmp_path / "resolved.gud"
+    path.write_text(resolved)
+    _, h1, _ = run(capsys, "hash", "--full", str(SPECS / "digits.gud"))
+    _, h2, _ = run(capsys, "hash", "--full", str(path))
+    assert h1 == h2
+
+
+@pytest.mark.parametrize("kind", ["--schedule", "--forward"])
+def test_plot_writes_a_png(capsys, tmp_path, kind):
+    out = tmp_path / "p.png"
+    code, _, err = run(capsys, "plot", str(SPECS / "wavelet_levels.gud"), kind, "-o", str(out))
+    assert code == 0, err
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_into_missing_folder_is_a_clear_error(capsys, tmp_path):
+    code, _, err = run(capsys, "plot", str(SPECS / "digits.gud"), "-o", str(tmp_path / "no" / "p.png"))
+    assert code == 2 and "E001" in err
+
+
+def test_usage_errors_exit_2():
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+
+
+def test_python_m_gudlang_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "gudlang", "check", "--static", str(SPECS / "digits.gud")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok" in proc.stdout
