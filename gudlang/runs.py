@@ -339,8 +339,8 @@ def _sample_grid(model, network, out: Path, device, n: int = 64) -> None:
 
 
 def draw_samples(model, eps_model, n: int, settings, device, seed: int, sampler: str | None = None,
-                 steps: int | None = None) -> np.ndarray:
-    """n samples in data space, (n, C, H, W) float32."""
+                 steps: int | None = None, with_nfe: bool = False):
+    """n samples in data space, (n, C, H, W) float32 (and the number of network evaluations)."""
     from gudlang.samplers import sample
     schedule = model.schedule.to(device=device, dtype=torch.float32)
     basis = model.basis.to(device)
@@ -352,12 +352,12 @@ def draw_samples(model, eps_model, n: int, settings, device, seed: int, sampler:
         chi = prior.unwhiten(result.x0.float())
         x = basis.inverse(chi) + torch.as_tensor(np.asarray(model.stats.mean), dtype=torch.float32,
                                                   device=device)[None]
-    return x.cpu().numpy()
+    return (x.cpu().numpy(), result.nfe) if with_nfe else x.cpu().numpy()
 
 
 def _sampler_options(name: str, settings) -> dict:
     if name == "adaptive":
-        return {"rtol": settings.rtol, "atol": settings.atol}
+        return {"rtol": settings.rtol, "atol": settings.atol, "denoise": settings.denoise}
     return {"denoise": settings.denoise}
 
 
@@ -383,3 +383,61 @@ def save_grid(x: np.ndarray, out: Path, value_range) -> None:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     ckpt.atomic_write_bytes(out, buf.getvalue())
+
+
+# --------------------------------------------------------------------------- sample
+def oracle_eps_model(model):
+    """The exact eps predictor for a spec whose data are Gaussian (`grf`)."""
+    from gudlang.oracle import GaussianOracle, whitened_moments
+    d = model.data
+    if d.cov is None:
+        raise GudError.one("E642", f"network = oracle() needs Gaussian data with a known covariance, "
+                                   f"and {d.name} has none", help="use data = grf(...), or train a network")
+    dim = model.dim
+    eye = torch.eye(dim, dtype=torch.float64).reshape((dim,) + tuple(d.shape))
+    with torch.no_grad():
+        u = model.basis.to(torch.float64)(eye).T  # chi = U phi: column j of U is basis(e_j)
+    mean = np.asarray(d.mean, dtype=np.float64).reshape(-1) - np.asarray(model.stats.mean).reshape(-1)
+    m_hat, c_hat = whitened_moments(mean, d.cov, u, model.prior.scales.double())
+    return GaussianOracle(m_hat, c_hat)
+
+
+def _eps_model_for(target: str, overrides: dict):
+    """(model, eps_model, output folder, metadata) for a run, a checkpoint or an oracle spec."""
+    from gudlang.pipeline import build_model
+    path = Path(target)
+    if path.suffix == ".gud":
+        checked = check_text(read_source(target), target, overrides)
+        if checked.spec.network.kind != "oracle":
+            raise GudError.one("E640", f"{target} declares a network that must be trained first",
+                               help=f"gud train {target}, then gud sample RUN")
+        model = build_model(checked)
+        return model, oracle_eps_model(model), Path("samples") / path.stem, {"gudlang_hash": model.model_hash}
+    model, eps_model, meta = load_run(target, overrides)
+    folder = (path if path.is_dir() else path.parent) / "samples"
+    return model, eps_model, folder, meta
+
+
+def sample(args, overrides: dict) -> int:
+    """`gud sample RUN`: a PNG grid and an .npz of samples in data space."""
+    model, eps_model, folder, meta = _eps_model_for(args.run, overrides)
+    settings = model.spec.sample
+    device = _device(model.spec.runtime)
+    method = args.sampler or settings.sampler
+    steps = args.steps or settings.steps
+    n = args.n or settings.n
+    seed = settings.seed if args.seed is None else args.seed
+    eps_model = eps_model.to(device)
+    start = time.time()
+    x, nfe = draw_samples(model, eps_model, n, settings, device, seed, method, steps, with_nfe=True)
+    stem = Path(args.output) if args.output else folder / f"{method}-{steps}steps-seed{seed}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    record = {"sampler": method, "steps": steps, "nfe": nfe, "seed": seed, "n": n,
+              "model_hash": meta["gudlang_hash"], "overrides": overrides, "seconds": time.time() - start}
+    buf = io.BytesIO()
+    np.savez(buf, x=x, **{k: np.asarray(str(v)) for k, v in record.items()})
+    ckpt.atomic_write_bytes(stem.with_suffix(".npz"), buf.getvalue())
+    save_grid(x, stem.with_suffix(".png"), model.data.value_range)
+    print(f"wrote {stem.with_suffix('.png')} and {stem.with_suffix('.npz')}: {n} samples, {method}, "
+          f"{steps} steps, {nfe} network evaluations, seed {seed}")
+    return 0
