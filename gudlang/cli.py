@@ -247,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("spec", nargs="?")
     q.add_argument("--out", default="runs", help="parent folder of run directories (default runs/)")
     q.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
+    q.add_argument("--until", type=int, metavar="STEP",
+                   help="stop after STEP steps with a checkpoint (continue later with --resume)")
     q.add_argument("--quiet", action="store_true")
     with_set(q)
     q.set_defaults(func=_run_command("train"))

@@ -181,9 +181,10 @@ def train(args, overrides: dict) -> int:
     t0 = time.time()
     bar = _progress(start, settings.steps, quiet=args.quiet or rank != 0)
     step = start
+    stop = settings.steps if args.until is None else min(settings.steps, args.until)
     try:
         rows = []
-        while step < settings.steps:
+        while step < stop:
             batch = make_batch(data, spec, model.checked.drawn, step, per_rank, settings.seed, rank, device)
             try:
                 loss, norm = train_step(objective, optimizer, batch, settings, step, autocast,
@@ -211,14 +212,21 @@ def train(args, overrides: dict) -> int:
                           f"`gud train --resume {run}`", file=sys.stderr)
                 return 130
         bar.close()
+        agree = _ranks_agree(network) if world > 1 else None
         if rank == 0:
             _append_metrics(metrics_path, rows)
-            if step == start:  # nothing to train: still leave a checkpoint
+            if step == start or step % settings.checkpoint_every:  # leave a checkpoint of the last step
                 _save(run, model, spec_text, overrides, network, ema, optimizer, step)
-            _sample_grid(model, ema.module, run / "samples" / "final.png", device)
             elapsed = time.time() - t0
             last = np.mean(losses[-50:]) if losses else float("nan")
+            if step < settings.steps:
+                print(f"stopped {run} at step {step} of {settings.steps} (--until) in {elapsed:.0f} s; "
+                      f"continue with `gud train --resume {run}`")
+                return 0
+            _sample_grid(model, ema.module, run / "samples" / "final.png", device)
             print(f"trained {run}: {step} steps in {elapsed:.0f} s, final loss {last:.4f}")
+            if agree is not None:
+                print(f"DDP: {world} ranks, weights identical on every rank: {agree}")
             print(f"model hash {model.model_hash}")
     finally:
         if old_handler is not None:
@@ -226,6 +234,16 @@ def train(args, overrides: dict) -> int:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0
+
+
+def _ranks_agree(network) -> bool:
+    """Whether every DDP rank holds the same weights (checksums compared across ranks)."""
+    with torch.no_grad():
+        total = torch.stack([p.double().sum() for p in network.parameters()]).sum().reshape(1)
+    lo, hi = total.clone(), total.clone()
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    return bool(lo == hi)
 
 
 def _init_run(run: Path, spec_text: str, model, overrides: dict, world: int) -> None:

@@ -1,0 +1,171 @@
+"""Training, resuming, sampling and checkpoints end to end, on tiny settings."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gudlang import checkpoint as ckpt
+from gudlang.cli import main
+from gudlang.diagnostics import GudError
+from gudlang.train import Objective
+
+TINY = """gud 1
+data = digits()
+basis = pca()
+prior = white
+network = mlp(hidden = 32, depth = 1)
+param a = 1.0
+l_i = -log(var(i))
+gamma_i(t) = soft(t, l_i, a = a)
+train { steps = 12; batch = 16; warmup = 2; checkpoint_every = 4; sample_every = 0 }
+sample { sampler = ddim; steps = 4; n = 4 }
+"""
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "tiny.gud"
+    path.write_text(TINY)
+    return path
+
+
+def train(capsys, *argv):
+    code = main(["train", "--quiet", *map(str, argv)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def losses(run: Path) -> list[str]:
+    lines = (run / "metrics.csv").read_text().splitlines()[1:]
+    return [line.split(",")[1] for line in lines]
+
+
+def only_run(parent: Path) -> Path:
+    (run,) = [p for p in parent.iterdir() if p.is_dir()]
+    return run
+
+
+def test_train_writes_a_complete_run_directory(capsys, spec, tmp_path):
+    code, out, err = train(capsys, spec, "--out", tmp_path / "runs")
+    assert code == 0, err
+    run = only_run(tmp_path / "runs")
+    for name in ("spec.gud", "resolved.gud", "run.json", "metrics.csv", "checkpoint.safetensors",
+                 "training_state.pt", "samples/final.png"):
+        assert (run / name).is_file(), name
+    assert (run / "spec.gud").read_text() == TINY
+    info = json.loads((run / "run.json").read_text())
+    assert info["model_hash"] in out
+    assert len(losses(run)) == 12
+    tensors, meta = ckpt.load_checkpoint(run / "checkpoint.safetensors")
+    assert meta["gudlang_step"] == "12" and meta["gudlang_hash"] == info["model_hash"]
+    assert any(k.startswith("ema.") for k in tensors) and "stats.var" in tensors
+    state = torch.load(run / "training_state.pt", weights_only=True)
+    assert state["step"] == 12
+
+
+def test_resume_repeats_an_uninterrupted_run_step_for_step(capsys, spec, tmp_path):
+    assert train(capsys, spec, "--out", tmp_path / "a")[0] == 0
+    assert train(capsys, spec, "--out", tmp_path / "b", "--until", "6")[0] == 0
+    run_b = only_run(tmp_path / "b")
+    assert len(losses(run_b)) == 6
+    code, out, err = train(capsys, "--resume", run_b)
+    assert code == 0, err
+    assert losses(run_b) == losses(only_run(tmp_path / "a"))
+    weights_a = ckpt.load_checkpoint(only_run(tmp_path / "a") / "checkpoint.safetensors")[0]
+    weights_b = ckpt.load_checkpoint(run_b / "checkpoint.safetensors")[0]
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(capsys, spec, tmp_path, monkeypatch):
+    real = Objective.forward
+    calls = {"n": 0}
+
+    def exploding(self, batch, autocast_dtype=None):
+        calls["n"] += 1
+        loss = real(self, batch, autocast_dtype)
+        return loss * float("nan") if calls["n"] == 7 else loss
+
+    monkeypatch.setattr(Objective, "forward", exploding)
+    code, _, err = train(capsys, spec, "--out", tmp_path / "runs")
+    assert code == 1 and "E630" in err and "at step 6" in err
+    run = only_run(tmp_path / "runs")
+    _, meta = ckpt.load_checkpoint(run / "checkpoint.safetensors")
+    assert meta["gudlang_step"] == "4"
+    assert len(losses(run)) == 6
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    parent = tmp_path_factory.mktemp("trained")
+    spec = parent / "tiny.gud"
+    spec.write_text(TINY)
+    assert main(["train", "--quiet", str(spec), "--out", str(parent / "runs")]) == 0
+    return only_run(parent / "runs")
+
+
+@pytest.mark.parametrize("sampler", ["em", "heun", "ddim", "dpm2", "adaptive"])
+def test_sample_with_every_sampler(capsys, trained, tmp_path, sampler):
+    out = tmp_path / f"s-{sampler}"
+    code = main(["sample", str(trained), "-n", "3", "--sampler", sampler, "--steps", "3", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    with np.load(out.with_suffix(".npz")) as f:
+        x = f["x"]
+        assert x.shape == (3, 1, 8, 8) and np.isfinite(x).all()
+        assert str(f["sampler"]) == sampler and int(f["nfe"]) > 0
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_copied_checkpoint_alone_samples_identically(capsys, trained, tmp_path):
+    elsewhere = tmp_path / "elsewhere" / "model.safetensors"
+    elsewhere.parent.mkdir()
+    shutil.copy(trained / "checkpoint.safetensors", elsewhere)
+    assert main(["sample", str(trained), "-n", "4", "--seed", "3", "-o", str(tmp_path / "a")]) == 0
+    assert main(["sample", str(elsewhere), "-n", "4", "--seed", "3", "-o", str(tmp_path / "b")]) == 0
+    a = np.load(tmp_path / "a.npz")["x"]
+    b = np.load(tmp_path / "b.npz")["x"]
+    assert np.array_equal(a, b)
+
+
+def test_a_tampered_checkpoint_is_refused(capsys, trained, tmp_path):
+    tensors, meta = ckpt.load_checkpoint(trained / "checkpoint.safetensors")
+    meta = dict(meta, gudlang_spec=meta["gudlang_spec"].replace("param a = 1.0", "param a = 2.0"))
+    bad = tmp_path / "bad.safetensors"
+    ckpt.save_checkpoint(bad, tensors, meta)
+    code = main(["sample", str(bad), "-n", "2"])
+    err = capsys.readouterr().err
+    assert code == 1 and "E624" in err
+
+
+def test_sample_override_picks_a_family_member(capsys, trained, tmp_path):
+    code = main(["sample", str(trained), "-n", "2", "-s", "a=0.5", "-o", str(tmp_path / "o")])
+    assert code == 0, capsys.readouterr().err
+    with np.load(tmp_path / "o.npz") as f:
+        assert "0.5" in str(f["overrides"])
+
+
+def test_resume_of_a_missing_run_is_a_clear_error(capsys, tmp_path):
+    code, _, err = train(capsys, "--resume", tmp_path / "nothing")
+    assert code == 1 and "E640" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(tmp_path):
+    spec = tmp_path / "tiny.gud"
+    spec.write_text(TINY.replace("steps = 12", "steps = 6"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_port=29533", "-m", "gudlang", "train", "--quiet", str(spec),
+                           "--out", str(tmp_path / "runs")], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DDP: 2 ranks, weights identical on every rank: True" in proc.stdout
+    runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 1 and (runs[0] / "checkpoint.safetensors").is_file()
+    assert len(losses(runs[0])) == 6
