@@ -114,6 +114,9 @@ def log_likelihood(eps_model, schedule, x0: torch.Tensor, exact_trace: bool | No
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             eps = eps_model(xg, tt, gamma)
+            if not bool(torch.isfinite(eps).all()):
+                # dopri5 would otherwise shrink its step until it underflows.
+                raise GudError.one("E661", f"the model's eps is not finite at t = {float(t):.4g}")
             vjp = torch.autograd.grad(weight * eps, xg, probes, is_grads_batched=True)[0]
         if exact_trace:
             trace = vjp.diagonal(dim1=0, dim2=2).sum(-1)

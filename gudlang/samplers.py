@@ -34,9 +34,10 @@ Methods (one function each, same signature; `SAMPLERS` maps names to them):
     adaptive  dopri5 on the PF-ODE (torchdiffeq), options rtol and atol; `steps` only sets the
               first trial step (1 - t_end) / steps. NFE as counted.
 
-Components that stand still (gamma flat, beta = 0 over a step) come out bit-for-bit unchanged
-in every method: em and heun add beta-weighted terms, ddim and dpm2 have alpha_s / alpha_t = 1
-and weights expm1(0) = phi(0) = 0.
+Components that stand still (gamma flat, beta = 0 over a step) come out bit-for-bit unchanged:
+em and heun add beta-weighted terms, ddim and dpm2 have alpha_s / alpha_t = 1 and weights
+expm1(0) = phi(0) = 0, nothing divides by h. adaptive keeps them to rounding only (dopri5's
+dense-output interpolation at t_end).
 
 Time grid: uniform in t, t_k = 1 - k (1 - t_end) / steps, k = 0 .. steps.
 Final denoising (`denoise=True`, the default): one more model call at t_end returns the
@@ -209,6 +210,9 @@ def sample_adaptive(eps_model, schedule, x1, steps, generator=None, t_end=0.0, d
         nonlocal nfe
         nfe += 1
         eps, gamma, beta = _call(eps_model, schedule, x, float(t))
+        if not bool(torch.isfinite(eps).all()):
+            # dopri5 would otherwise shrink its step until it underflows.
+            raise GudError.one("E652", f"the model's eps is not finite at t = {float(t):.4g}")
         return _drift(x, eps, gamma, beta)
 
     span = torch.tensor([1.0, t_end], dtype=x1.dtype, device=x1.device)
