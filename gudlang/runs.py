@@ -154,6 +154,8 @@ def train(args, overrides: dict) -> int:
         ema.module.load_state_dict(groups["ema"])
         state = ckpt.load_training_state(run / STATE)
         start = int(state["step"])
+        if rank == 0:
+            _truncate_metrics(run / "metrics.csv", start)
     network.to(device)
     ema.module.to(device)
     objective = Objective(model, network).to(device)
@@ -198,6 +200,9 @@ def train(args, overrides: dict) -> int:
             step += 1
             rows.append((step, loss, norm, optimizer.param_groups[0]["lr"], time.time() - t0))
             bar.update(loss)
+            if rank == 0 and step % settings.log_every == 0:
+                _append_metrics(metrics_path, rows)
+                rows = []
             if rank == 0 and (step % settings.checkpoint_every == 0 or step == settings.steps):
                 _append_metrics(metrics_path, rows)
                 rows = []
@@ -267,6 +272,16 @@ def _jsonable(value):
         return value
     except TypeError:
         return {k: str(v) for k, v in dict(value).items()}
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint a resumed run restarts from."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = lines[:1] + [line for line in lines[1:] if line.split(",")[0].isdigit()
+                        and int(line.split(",")[0]) <= step]
+    ckpt.atomic_write_text(path, "".join(kept))
 
 
 def _append_metrics(path: Path, rows) -> None:
