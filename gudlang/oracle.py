@@ -13,7 +13,8 @@ The model's own data distribution is the t = 0 marginal p_0 = N(A0 m, A0 C A0 + 
 gamma(0) included: a finite gamma(0) leaves a little noise on the data (`log_prob_data`).
 Everything is computed in float64 with one Cholesky factorisation per distinct gamma row
 (one for the whole batch when all rows share a time, as in the samplers), batched otherwise.
-Results come back in the dtype of the input.
+Results come back in the dtype of the input. The moments are float64 buffers: move the module
+with `.to(device)` only, since `.to(float32)` would round them.
 
 `whitened_moments` maps data-space moments to whitened components: with chi_hat = M phi,
 M = S^-1 U (U (D, D) with the basis vectors as rows, S = diag(scales)),
@@ -41,7 +42,9 @@ CODES: dict[str, str] = {
 # Batched factorisations are split into chunks of at most this many matrix entries
 # (128 MiB in float64), so that per-example times never need B * D^2 memory at once.
 _CHUNK_ENTRIES = 2 ** 24
-# Relative tolerance for symmetry and for negative eigenvalues of the covariance.
+# Relative tolerances (of the largest entry) for asymmetry, which rounding in a user's
+# covariance estimate can leave, and for negative eigenvalues.
+_SYMMETRY_TOL = 1e-7
 _PSD_TOL = 1e-10
 
 
@@ -62,7 +65,7 @@ class GaussianOracle(nn.Module):
         if not (torch.isfinite(mean).all() and torch.isfinite(cov).all()):
             raise GudError.one("E670", "oracle mean and covariance must be finite")
         scale = float(cov.abs().max()) or 1.0
-        if float((cov - cov.T).abs().max()) > _PSD_TOL * scale * 1e3:
+        if float((cov - cov.T).abs().max()) > _SYMMETRY_TOL * scale:
             raise GudError.one("E670", "oracle covariance is not symmetric")
         cov = 0.5 * (cov + cov.T)
         low = float(torch.linalg.eigvalsh(cov)[0])

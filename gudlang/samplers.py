@@ -12,9 +12,16 @@ Per component i, with gamma_i(t) the negative log-SNR (t = 1 noise, t = 0 data):
                    - sigma_i(s) int_{lambda_i(t)}^{lambda_i(s)} e^{lambda_i(s) - lambda} eps_i dlambda
 
 Methods (one function each, same signature; `SAMPLERS` maps names to them):
-    em        Euler-Maruyama on the reverse SDE (the reference code's sampler). 1 NFE / step.
-    heun      PF-ODE, Heun's trapezoid rule; the last step is plain Euler. 2 NFE / step
-              (one less in total). Second order.
+    em        Euler-Maruyama on the reverse SDE (the reference code's sampler); noise is added in
+              every step, the last included (denoise removes what is left). 1 NFE / step.
+    heun      Heun's method (Euler predictor, trapezoid corrector) on the PF-ODE written with
+              each component's own clock gamma_i, since beta_i dt = sigma_i^2 dgamma_i:
+                  d chi_i = 1/2 (sigma_i eps_i - sigma_i^2 chi_i) dgamma_i.
+              The increments gamma_i(s) - gamma_i(t) are exact, so a jump of beta (the corner of
+              a clipped schedule) costs O(dt^2) in the one step that holds it, where the
+              trapezoid in t, sampling beta at points, loses O(dt); the method stays second
+              order. For linear gamma it is exactly Heun in t. The last step is plain Euler.
+              2 NFE / step (one less in total).
     ddim      exponential integrator with eps constant over a step (DPM-Solver-1), per component:
               chi_s = alpha_s / alpha_t chi_t - sigma_s expm1(h) eps_t, h_i = lambda_i(s) - lambda_i(t).
               Deterministic, first order. 1 NFE / step.
@@ -35,9 +42,9 @@ Methods (one function each, same signature; `SAMPLERS` maps names to them):
               first trial step (1 - t_end) / steps. NFE as counted.
 
 Components that stand still (gamma flat, beta = 0 over a step) come out bit-for-bit unchanged:
-em and heun add beta-weighted terms, ddim and dpm2 have alpha_s / alpha_t = 1 and weights
-expm1(0) = phi(0) = 0, nothing divides by h. adaptive keeps them to rounding only (dopri5's
-dense-output interpolation at t_end).
+em adds beta-weighted terms, heun gamma-increment-weighted ones, ddim and dpm2 have
+alpha_s / alpha_t = 1 and weights expm1(0) = phi(0) = 0; nothing divides by h. adaptive keeps
+them to rounding only (dopri5's dense-output interpolation at t_end).
 
 Time grid: uniform in t, t_k = 1 - k (1 - t_end) / steps, k = 0 .. steps.
 Final denoising (`denoise=True`, the default): one more model call at t_end returns the
@@ -144,23 +151,30 @@ def sample_em(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise
     return _finish(eps_model, schedule, x, t_end, denoise, steps)
 
 
+def _slope_in_gamma(x, eps, gamma):
+    """d chi / d gamma = 1/2 (sigma eps - sigma^2 chi), per component."""
+    var = torch.sigmoid(gamma)
+    return 0.5 * (var.sqrt() * eps - var * x)
+
+
 @torch.no_grad()
 def sample_heun(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True) -> SampleResult:
-    """Heun (trapezoid) on the PF-ODE; the last step is Euler. `generator` is unused."""
+    """Heun on the PF-ODE with exact per-component gamma increments; the last step is Euler.
+    `generator` is unused."""
     ts = _grid(steps, t_end)
-    x, nfe = x1, 0
+    x = x1
     for k, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-        eps, gamma, beta = _call(eps_model, schedule, x, t)
-        d = _drift(x, eps, gamma, beta)
-        x_euler = x + (s - t) * d
-        nfe += 1
+        eps, gamma_t, _ = _call(eps_model, schedule, x, t)
+        gamma_s, _ = schedule(_times(x, s))
+        dgamma = gamma_s - gamma_t
+        d = _slope_in_gamma(x, eps, gamma_t)
         if k == steps - 1:
-            x = x_euler
+            x = x + dgamma * d
             break
-        eps, gamma, beta = _call(eps_model, schedule, x_euler, s)
-        x = x + (s - t) * 0.5 * (d + _drift(x_euler, eps, gamma, beta))
-        nfe += 1
-    return _finish(eps_model, schedule, x, t_end, denoise, nfe)
+        x_euler = x + dgamma * d
+        eps = eps_model(x_euler, _times(x, s), gamma_s)
+        x = x + dgamma * 0.5 * (d + _slope_in_gamma(x_euler, eps, gamma_s))
+    return _finish(eps_model, schedule, x, t_end, denoise, 2 * steps - 1)
 
 
 @torch.no_grad()

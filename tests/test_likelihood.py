@@ -97,8 +97,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(2 * dim, 32), nn.Tanh(), nn.Linear(32, dim)).double()
+        with torch.random.fork_rng():  # a fixed network without touching the global stream
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(2 * dim, 32), nn.Tanh(), nn.Linear(32, dim)).double()
 
     def forward(self, x, t, gamma):
         return self.net(torch.cat([x, torch.sigmoid(gamma)], -1))
