@@ -430,6 +430,14 @@ def override_spec(spec: Spec, overrides: Mapping[str, str]) -> Spec:
 def check_text(text: str | bytes, path: str | None = None,
                overrides: Mapping[str, str] | None = None) -> CheckedSpec:
     """Source text -> CheckedSpec: parse, lower, validate, override, check."""
+    try:
+        return _check_text(text, path, overrides)
+    except RecursionError:
+        raise GudError.one("E107", "definitions nest too deeply to check", path=path,
+                           help="flatten long chains of definitions") from None
+
+
+def _check_text(text, path, overrides) -> CheckedSpec:
     program, smap = parse_program(text, path)
     spec, errors = validate_program(program, smap)
     if spec is None:

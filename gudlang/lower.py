@@ -34,9 +34,18 @@ def _number(tok: Token) -> A.Num:
     return A.Num(float(text), text)
 
 
+MAX_DEPTH = 200  # expression nesting; deeper input is refused (E107) before any recursion limit
+
+
+class _TooDeep(Exception):
+    def __init__(self, item):
+        self.item = item
+
+
 class _Lowerer:
     def __init__(self, smap: A.SourceMap):
         self.smap = smap
+        self.depth = 0
 
     def mark(self, path, item) -> None:
         span = _span(item)
@@ -104,6 +113,15 @@ class _Lowerer:
 
     # ------------------------------------------------------------------ expressions
     def expr(self, item, path) -> A.Expr:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _TooDeep(item)
+            return self._expr(item, path)
+        finally:
+            self.depth -= 1
+
+    def _expr(self, item, path) -> A.Expr:
         self.mark(path, item)
         if isinstance(item, Token):  # only via ?rules that inline a token; not expected
             raise AssertionError(f"bare token {item.type}")
@@ -162,6 +180,9 @@ def lower(tree: Tree, comments=(), text: str = "", path: str | None = None) -> t
     smap = A.SourceMap(comments=list(comments), text=text, path=path)
     try:
         program = _Lowerer(smap).program(tree)
+    except _TooDeep as e:
+        raise GudError.one("E107", f"expression nested more than {MAX_DEPTH} levels deep", path=path,
+                           span=_span(e.item), help="split it into named definitions") from None
     except RecursionError:
         raise GudError.one("E107", "expression nested too deeply", path=path,
                            help="split it into named definitions") from None

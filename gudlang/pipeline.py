@@ -113,6 +113,14 @@ def build_prior(checked: CheckedSpec, var: np.ndarray, feats: dict[str, np.ndarr
 def build_model(checked: CheckedSpec, data: DataSet | None = None, *, stats: ComponentStats | None = None,
                 basis_state: dict | None = None, use_cache: bool = True) -> Model:
     """CheckedSpec -> Model. `stats` / `basis_state` come from a checkpoint when given."""
+    try:
+        return _build_model(checked, data, stats, basis_state, use_cache)
+    except RecursionError:
+        raise GudError.one("E107", "the schedule is nested too deeply to compile", path=checked.source.path,
+                           help="simplify the schedule expression") from None
+
+
+def _build_model(checked, data, stats, basis_state, use_cache) -> Model:
     spec = checked.spec
     data = data if data is not None else load_spec_data(checked)
     options = spec.basis.model_dump()
