@@ -3,7 +3,30 @@
 A `.gud` spec declares data, basis, prior, a component-wise noise schedule, the network and
 the training and sampling settings; `gudlang` parses, validates, checks and compiles it into
 torch modules. See README.md and docs/architecture.md.
+
+Python API (imported on first use, so that `gud check` starts fast):
+    check_file(path, overrides) / check_text(text, path, overrides) -> CheckedSpec
+    build_model(checked) -> Model          data, basis, stats, prior, compiled schedule
+    train_run(spec, overrides, out=..., network=None) -> TrainResult
+    load_run(run_or_checkpoint, overrides, network=None) -> (Model, eps model, metadata)
+    sample(method, eps_model, schedule, start, steps, generator) -> SampleResult
 """
 
 __version__ = "0.1.0"
 LANGUAGE_VERSION = 1
+
+_API = {
+    "check_file": "gudlang.check", "check_text": "gudlang.check", "build_model": "gudlang.pipeline",
+    "train_run": "gudlang.runs", "load_run": "gudlang.runs", "sample": "gudlang.samplers",
+    "GudError": "gudlang.diagnostics",
+}
+
+
+def __getattr__(name):
+    if name in _API:
+        import importlib
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'gudlang' has no attribute {name!r}")
+
+
+__all__ = sorted(_API) + ["LANGUAGE_VERSION", "__version__"]

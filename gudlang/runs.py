@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -103,13 +104,32 @@ def _checkpoint_tensors(model, network, ema) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------- train
 def train(args, overrides: dict) -> int:
-    """`gud train SPEC` / `gud train --resume RUN`."""
+    """`gud train SPEC` / `gud train --resume RUN` (exit code 130 when interrupted)."""
+    result = train_run(args.spec, overrides, out=args.out, resume=args.resume, until=args.until,
+                       quiet=args.quiet)
+    return 130 if result.interrupted else 0
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    step: int
+    interrupted: bool = False
+
+
+def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: str | Path = "runs",
+              resume: str | Path | None = None, until: int | None = None, quiet: bool = False,
+              network: torch.nn.Module | None = None) -> TrainResult:
+    """Train a spec (or resume a run) and return where it went. `network` replaces the spec's
+    network by any module with the call `net(x (B, C, H, W), gamma (B, D)) -> eps (B, C, H, W)`;
+    pass the same module to `load_run` to sample from the checkpoint."""
     from gudlang.pipeline import build_model
     from gudlang.train import EMA, Objective, make_batch, train_step
 
+    overrides = dict(overrides or {})
     rank, world = _dist_info()
-    if args.resume:
-        run = Path(args.resume)
+    if resume:
+        run = Path(resume)
         if not (run / "spec.gud").is_file():
             raise GudError.one("E640", f"{run} is not a run directory (no spec.gud)",
                                help="pass the folder that `gud train` created")
@@ -117,9 +137,9 @@ def train(args, overrides: dict) -> int:
         overrides = {**info.get("overrides", {}), **overrides}
         spec_path = run / "spec.gud"
     else:
-        if not args.spec:
+        if not spec:
             raise GudError.one("E003", "gud train needs a spec file or --resume RUN")
-        spec_path = Path(args.spec)
+        spec_path = Path(spec)
         run = None
     spec_text = read_source(str(spec_path)).decode("utf-8", errors="replace")
     checked = check_text(spec_text, str(spec_path), overrides)
@@ -137,13 +157,15 @@ def train(args, overrides: dict) -> int:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
     torch.manual_seed(settings.seed)
-    network = _network(model)
+    custom = network is not None
+    network = network if custom else _network(model)
     ema = EMA(network, settings.ema)
     start = 0
     if run is None:
-        run = _new_run_dir(Path(args.out), spec_path.stem, model.model_hash)
+        run = _new_run_dir(Path(out), spec_path.stem, model.model_hash)
         if rank == 0:
             _init_run(run, spec_text, model, overrides, world)
+    network_name = type(network).__qualname__ if custom else model.spec.network.kind
     else:
         tensors, meta = ckpt.load_checkpoint(run / CHECKPOINT)
         if meta["gudlang_hash"] != model.model_hash:
@@ -181,9 +203,9 @@ def train(args, overrides: dict) -> int:
     old_handler = signal.signal(signal.SIGINT, on_sigint) if rank == 0 else None
     losses = []
     t0 = time.time()
-    bar = _progress(start, settings.steps, quiet=args.quiet or rank != 0)
+    bar = _progress(start, settings.steps, quiet=quiet or rank != 0)
     step = start
-    stop = settings.steps if args.until is None else min(settings.steps, args.until)
+    stop = settings.steps if until is None else min(settings.steps, until)
     try:
         rows = []
         while step < stop:
@@ -206,28 +228,28 @@ def train(args, overrides: dict) -> int:
             if rank == 0 and (step % settings.checkpoint_every == 0 or step == settings.steps):
                 _append_metrics(metrics_path, rows)
                 rows = []
-                _save(run, model, spec_text, overrides, network, ema, optimizer, step)
+                _save(run, model, spec_text, overrides, network, ema, optimizer, step, custom and network_name)
             if rank == 0 and settings.sample_every and step % settings.sample_every == 0 and step < settings.steps:
                 _sample_grid(model, ema.module, run / "samples" / f"step_{step:06d}.png", device)
             if interrupted["flag"]:
                 if rank == 0:
                     _append_metrics(metrics_path, rows)
-                    _save(run, model, spec_text, overrides, network, ema, optimizer, step)
+                    _save(run, model, spec_text, overrides, network, ema, optimizer, step, custom and network_name)
                     print(f"\ninterrupted at step {step}: checkpoint saved; continue with "
                           f"`gud train --resume {run}`", file=sys.stderr)
-                return 130
+                return TrainResult(run, step, interrupted=True)
         bar.close()
         agree = _ranks_agree(network) if world > 1 else None
         if rank == 0:
             _append_metrics(metrics_path, rows)
             if step == start or step % settings.checkpoint_every:  # leave a checkpoint of the last step
-                _save(run, model, spec_text, overrides, network, ema, optimizer, step)
+                _save(run, model, spec_text, overrides, network, ema, optimizer, step, custom and network_name)
             elapsed = time.time() - t0
             last = np.mean(losses[-50:]) if losses else float("nan")
             if step < settings.steps:
                 print(f"stopped {run} at step {step} of {settings.steps} (--until) in {elapsed:.0f} s; "
                       f"continue with `gud train --resume {run}`")
-                return 0
+                return TrainResult(run, step)
             _sample_grid(model, ema.module, run / "samples" / "final.png", device)
             print(f"trained {run}: {step} steps in {elapsed:.0f} s, final loss {last:.4f}")
             if agree is not None:
@@ -238,7 +260,7 @@ def train(args, overrides: dict) -> int:
             signal.signal(signal.SIGINT, old_handler)
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    return 0
+    return TrainResult(run, step)
 
 
 def _ranks_agree(network) -> bool:
@@ -295,9 +317,12 @@ def _append_metrics(path: Path, rows) -> None:
     ckpt.atomic_write_text(path, old + buf.getvalue())
 
 
-def _save(run: Path, model, spec_text, overrides, network, ema, optimizer, step: int) -> None:
-    ckpt.save_checkpoint(run / CHECKPOINT, _checkpoint_tensors(model, network, ema),
-                         _metadata(model, spec_text, overrides, step))
+def _save(run: Path, model, spec_text, overrides, network, ema, optimizer, step: int,
+          custom_network: str | bool = False) -> None:
+    meta = _metadata(model, spec_text, overrides, step)
+    if custom_network:
+        meta["gudlang_custom_network"] = str(custom_network)
+    ckpt.save_checkpoint(run / CHECKPOINT, _checkpoint_tensors(model, network, ema), meta)
     ckpt.save_training_state(run / STATE, {"step": step, "optimizer": optimizer.state_dict()})
 
 
@@ -324,9 +349,10 @@ class _progress:
 
 
 # --------------------------------------------------------------------------- loading a run
-def load_run(target: str, overrides: dict | None = None):
+def load_run(target: str | Path, overrides: dict | None = None, network: torch.nn.Module | None = None):
     """A run directory or checkpoint file -> (Model, EpsModel (EMA weights), metadata).
-    The checkpoint alone suffices: spec, statistics and basis state are inside it."""
+    The checkpoint alone suffices: spec, statistics and basis state are inside it. A run
+    trained with a custom network needs that module again as `network`."""
     from gudlang.data import DataSet
     from gudlang.hashing import model_hash
     from gudlang.networks import make_network
@@ -355,9 +381,14 @@ def load_run(target: str, overrides: dict | None = None):
                    levels=data_info["levels"])
     stats = ComponentStats.from_tensors(groups["stats"])
     model = build_model(checked, data, stats=stats, basis_state=groups.get("basis"))
-    options = model.spec.network.model_dump()
-    kind = options.pop("kind")
-    network = make_network(kind, shape, **options)
+    custom = meta.get("gudlang_custom_network")
+    if network is None and custom:
+        raise GudError.one("E643", f"{file} was trained with a custom network ({custom})",
+                           help="load it from Python: load_run(path, network=YourModule(...))")
+    if network is None:
+        options = model.spec.network.model_dump()
+        kind = options.pop("kind")
+        network = make_network(kind, shape, **options)
     network.load_state_dict(groups["ema"])
     network.eval()
     return model, EpsModel(network, model.basis, shape), meta

@@ -169,3 +169,53 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     assert len(runs) == 1 and (runs[0] / "checkpoint.safetensors").is_file()
     assert len(losses(runs[0])) == 6
+
+
+class TinyNet(torch.nn.Module):
+    """A user's own network: the same call signature, nothing from gudlang."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(64 + 64, 64)
+
+    def forward(self, x, gamma):
+        flat = torch.cat([x.flatten(1), torch.sigmoid(gamma)], dim=1)
+        return self.lin(flat).reshape(x.shape)
+
+
+def test_a_custom_network_from_python(capsys, spec, tmp_path):
+    import gudlang
+    result = gudlang.train_run(spec, {"train.steps": "3"}, out=tmp_path / "runs", quiet=True, network=TinyNet())
+    assert result.step == 3 and not result.interrupted
+    with pytest.raises(GudError) as info:
+        gudlang.load_run(result.run)
+    assert info.value.diagnostics[0].code == "E643"
+    model, eps_model, meta = gudlang.load_run(result.run, network=TinyNet())
+    assert meta["gudlang_custom_network"] == "TinyNet"
+    out = gudlang.sample("ddim", eps_model, model.schedule.to(torch.float32), (2, 64), 3)
+    assert out.x0.shape == (2, 64) and torch.isfinite(out.x0).all()
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    import signal
+    import time
+    spec = tmp_path / "long.gud"
+    spec.write_text(TINY.replace("steps = 12", "steps = 100000").replace("checkpoint_every = 4",
+                                                                          "checkpoint_every = 100000; log_every = 5"))
+    proc = subprocess.Popen([sys.executable, "-m", "gudlang", "train", "--quiet", str(spec), "--out",
+                             str(tmp_path / "runs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        runs = list((tmp_path / "runs").glob("*/metrics.csv")) if (tmp_path / "runs").exists() else []
+        if runs and len(runs[0].read_text().splitlines()) > 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "checkpoint saved" in err and "Traceback" not in err
+    run = only_run(tmp_path / "runs")
+    _, meta = ckpt.load_checkpoint(run / "checkpoint.safetensors")
+    assert int(meta["gudlang_step"]) >= 10
+    assert len(losses(run)) == int(meta["gudlang_step"])

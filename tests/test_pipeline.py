@@ -1,0 +1,68 @@
+"""From a checked spec to the model: the language's feature registry agrees with the bases,
+priors are built as declared, and data / basis errors point at their spec line."""
+
+import numpy as np
+import pytest
+import torch
+
+from gudlang.bases import make_basis
+from gudlang.builtins import BASIS_FEATURES
+from gudlang.check import check_text
+from gudlang.diagnostics import GudError
+from gudlang.pipeline import VAR_FLOOR, build_model
+
+BASES = {"pixel": "pixel()", "pca": "pca()", "dct": "dct()", "fourier": "fourier()",
+         "wavelet": 'wavelet("haar", levels = 2)'}
+
+
+def model_for(basis: str, prior: str = "white", gamma: str = "linear(t)"):
+    text = f"gud 1\ndata = digits()\nbasis = {basis}\nprior = {prior}\ngamma_i(t) = {gamma}\n"
+    return build_model(check_text(text, "p.gud"))
+
+
+@pytest.mark.parametrize("kind", sorted(BASES))
+def test_every_feature_the_checker_allows_is_provided_by_the_basis(kind):
+    model = model_for(BASES[kind])
+    offered = set(BASIS_FEATURES[kind]) - ({"chan"} if kind == "pca" else set())
+    assert offered <= set(model.features)
+    for name in offered:
+        values = model.features[name]
+        assert values.shape == (64,) and np.isfinite(values).all()
+        if name in ("rank", "freq", "row", "col", "chan"):
+            assert values.min() >= 0 and values.max() <= 1
+
+
+def test_pca_separate_channels_offers_chan():
+    basis = make_basis("pca", (2, 4, 4), channels="separate")
+    basis.fit([torch.randn(64, 2, 4, 4, dtype=torch.float64)])
+    assert "chan" in basis.features()
+
+
+def test_scale_prior_is_the_declared_expression():
+    model = model_for("pca()", "scale(sqrt(var(i)) + 0.1)")
+    var = np.maximum(model.stats.var, VAR_FLOOR * model.stats.var.max())
+    np.testing.assert_allclose(model.prior.scales.numpy(), np.sqrt(var) + 0.1, rtol=1e-12)
+    np.testing.assert_allclose(model.features["wvar"], var / (np.sqrt(var) + 0.1) ** 2, rtol=1e-12)
+
+
+def test_matched_prior_whitens_to_unit_variance():
+    model = model_for("dct()", "matched")
+    np.testing.assert_allclose(model.features["wvar"], 1.0, rtol=1e-12)
+    x = torch.as_tensor(model.data.train, dtype=torch.float64) - torch.as_tensor(model.stats.mean)[None]
+    chi = model.prior.to(torch.float64).whiten(model.basis.to(torch.float64)(x))
+    varying = model.stats.var > VAR_FLOOR * model.stats.var.max()
+    np.testing.assert_allclose(chi.var(0, unbiased=False).numpy()[varying], 1.0, rtol=1e-8)
+
+
+def test_prior_scale_must_be_positive():
+    with pytest.raises(GudError) as info:
+        model_for("pixel()", "scale(var(i) - 1)")
+    d = info.value.diagnostics[0]
+    assert d.code == "E510" and d.span is not None and d.span.line == 4
+
+
+def test_basis_errors_point_at_the_basis_line():
+    with pytest.raises(GudError) as info:
+        model_for('wavelet("haar", levels = 4)')
+    d = info.value.diagnostics[0]
+    assert d.code.startswith("E5") and d.span.line == 3
