@@ -160,12 +160,12 @@ def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: st
     custom = network is not None
     network = network if custom else _network(model)
     ema = EMA(network, settings.ema)
+    network_name = type(network).__qualname__ if custom else model.spec.network.kind
     start = 0
     if run is None:
         run = _new_run_dir(Path(out), spec_path.stem, model.model_hash)
         if rank == 0:
             _init_run(run, spec_text, model, overrides, world)
-    network_name = type(network).__qualname__ if custom else model.spec.network.kind
     else:
         tensors, meta = ckpt.load_checkpoint(run / CHECKPOINT)
         if meta["gudlang_hash"] != model.model_hash:

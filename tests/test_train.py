@@ -159,12 +159,17 @@ def test_resume_of_a_missing_run_is_a_clear_error(capsys, tmp_path):
 def test_ddp_with_two_cpu_processes(tmp_path):
     spec = tmp_path / "tiny.gud"
     spec.write_text(TINY.replace("steps = 12", "steps = 6"))
+    import socket
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_port=29533", "-m", "gudlang", "train", "--quiet", str(spec),
+                           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "gudlang", "train",
+                           "--quiet", str(spec),
                            "--out", str(tmp_path / "runs")], capture_output=True, text=True,
                           timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "DDP: 2 ranks, weights identical on every rank: True" in proc.stdout
     runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     assert len(runs) == 1 and (runs[0] / "checkpoint.safetensors").is_file()
