@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gudlang import ast as A
 from gudlang.diagnostics import Diagnostic, GudError
@@ -26,6 +26,7 @@ class _Model(BaseModel):
 
 # --------------------------------------------------------------------------- data
 _Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+GRF_MAX_VALUES = 100_000_000  # 400 MB of float32
 
 
 class DigitsData(_Model):
@@ -44,6 +45,14 @@ class GrfData(_Model):
     channels: Annotated[int, Field(ge=1, le=4)] = 1
     test_fraction: _Fraction = 0.1
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self):
+        values = self.n * self.size * self.size * self.channels
+        if values > GRF_MAX_VALUES:
+            raise ValueError(f"n * size^2 * channels = {values:,} values is more than the "
+                             f"{GRF_MAX_VALUES:,} a generated data set may hold; lower n or size")
+        return self
 
 
 class NpzData(_Model):
