@@ -331,9 +331,16 @@ class _Emitter:
                 code = f"{fn}({args[0]}, dim=-1, keepdim=True)"
             elif f == "where":
                 a, b = args[1], args[2]
-                if _is_number(a) and _is_number(b):
-                    a, b = _tensor(a), b
-                code = f"torch.where({args[0]}, {a}, {b})"
+                on, off = e.args[1], e.args[2]
+                if isinstance(on, A.Num) and isinstance(off, A.Num) and np.isfinite([on.value, off.value]).all():
+                    # a step function: a cast and a multiply, no tensor constants to build
+                    code = f"{args[0]}.to(t.dtype) * {on.value - off.value!r}"
+                    if off.value != 0.0:
+                        code += f" + {off.value!r}"
+                elif _is_number(a) and _is_number(b):
+                    code = f"torch.where({args[0]}, {_tensor(a)}, {b})"
+                else:
+                    code = f"torch.where({args[0]}, {a}, {b})"
             elif f == "clip":
                 if _is_number(args[1]) and _is_number(args[2]):
                     code = f"torch.clamp({args[0]}, {args[1]}, {args[2]})"
@@ -368,7 +375,8 @@ class CompiledSchedule(nn.Module):
     (gamma (B, D), beta (B, D)). Constants are float64 buffers; `.to(torch.float32)` casts them.
     """
 
-    def __init__(self, dim: int, table: dict[int, np.ndarray], source: str, drawn: dict[str, float]):
+    def __init__(self, dim: int, table: dict[int, np.ndarray], source: str, drawn: dict[str, float],
+                 forward_source: str):
         super().__init__()
         self.dim = dim
         self.source = source
@@ -380,11 +388,13 @@ class CompiledSchedule(nn.Module):
             self.register_buffer(f"default_{name}", torch.tensor(float(default), dtype=torch.float64))
         self._consts = tuple(f"c{k}" for k in table)
         namespace: dict = {"torch": torch}
-        exec(compile(source, "<gud schedule>", "exec"), namespace)  # code built from a checked AST
+        # Code built from a checked AST: only numbers and names the emitter made appear in it.
+        exec(compile(source + "\n" + forward_source, "<gud schedule>", "exec"), namespace)
         self._fn = namespace["schedule"]
+        self._forward = namespace["schedule_forward"]
 
-    def _raw(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None):
-        """(gamma, dgamma/dt, t) broadcastable to (B, D) (no copies for scalar parts)."""
+    def _args(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None) -> list:
+        """[t (B, 1), constants (1, D)..., drawn params (B, 1)...] in the buffers' dtype."""
         buffers = self._buffers  # direct access: this runs at every training step
         ref = buffers["_ref"]
         t = t.reshape(-1, 1)
@@ -397,21 +407,17 @@ class CompiledSchedule(nn.Module):
                             .reshape(-1, 1).expand(t.shape[0], 1))
             else:
                 args.append(buffers[f"default_{name}"].expand(t.shape[0], 1))
-        gamma, slope = self._fn(*args)
-        return gamma, slope, t
+        return args
 
     def gamma_and_slope(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
         """(gamma, dgamma/dt), both (B, D)."""
-        gamma, slope, t = self._raw(t, params)
-        shape = (t.shape[0], self.dim)
-        return _full(gamma, shape, t), _full(slope, shape, t)
+        args = self._args(t, params)
+        gamma, slope = self._fn(*args)
+        shape = (args[0].shape[0], self.dim)
+        return _full(gamma, shape, args[0]), _full(slope, shape, args[0])
 
     def forward(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
-        gamma, slope, t = self._raw(t, params)
-        shape = (t.shape[0], self.dim)
-        gamma = _full(gamma, (t.shape[0], 1), t) if not torch.is_tensor(gamma) else gamma
-        beta = torch.sigmoid(gamma) * slope
-        return _full(gamma, shape, t), _full(beta, shape, t)
+        return self._forward(*self._args(t, params))
 
 
 def _full(x, shape, like: torch.Tensor) -> torch.Tensor:
@@ -435,7 +441,14 @@ def compile_schedule(gamma: A.Expr, features: Mapping[str, np.ndarray], fixed: M
     used = {k: folder.table[k] for k in sorted(em.consts)}
     signature = ", ".join(["t"] + [f"c{k}" for k in used] + [f"p_{p}" for p in params])
     source = "\n".join([f"def schedule({signature}):"] + em.lines + [f"    return {g_code}, {dg_code}", ""])
-    return CompiledSchedule(dim, used, source, dict(drawn))
+    # forward in one generated call (beta and the broadcast to (B, D) included): a schedule is
+    # evaluated at every training and sampling step, so Python overhead counts.
+    gamma_value = g_code if g_code.startswith(("v", "c", "t", "p_")) else f"t.new_full((t.shape[0], 1), {g_code})"
+    forward_source = "\n".join(
+        [f"def schedule_forward({signature}):"] + em.lines
+        + [f"    gamma = {gamma_value}", f"    beta = torch.sigmoid(gamma) * {dg_code}",
+           f"    shape = (t.shape[0], {dim})", "    return gamma.expand(shape), beta.expand(shape)", ""])
+    return CompiledSchedule(dim, used, source, dict(drawn), forward_source)
 
 
 # --------------------------------------------------------------------------- numeric checks
