@@ -181,6 +181,9 @@ def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: st
     network.to(device)
     ema.module.to(device)
     objective = Objective(model, network).to(device)
+    if spec.runtime.dtype == "float64":
+        objective.to(torch.float64)
+        ema.module.to(torch.float64)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     if start:
         optimizer.load_state_dict(state["optimizer"])
@@ -406,13 +409,16 @@ def draw_samples(model, eps_model, n: int, settings, device, seed: int, sampler:
                  steps: int | None = None, with_nfe: bool = False):
     """n samples in data space, (n, C, H, W) float32 (and the number of network evaluations)."""
     from gudlang.samplers import sample
-    schedule = model.schedule.to(device=device, dtype=torch.float32)
+    weights = next(eps_model.parameters(), None)
+    dtype = weights.dtype if weights is not None and weights.is_floating_point() else torch.float32
+    schedule = model.schedule.to(device=device, dtype=dtype)
     basis = model.basis.to(device)
     prior = model.prior.to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         result = sample(sampler or settings.sampler, eps_model, schedule, (n, model.dim), steps or settings.steps,
-                        generator=gen, **_sampler_options(sampler or settings.sampler, settings))
+                        generator=gen, dtype=dtype,
+                        **_sampler_options(sampler or settings.sampler, settings))
         chi = prior.unwhiten(result.x0.float())
         x = basis.inverse(chi) + torch.as_tensor(np.asarray(model.stats.mean), dtype=torch.float32,
                                                   device=device)[None]

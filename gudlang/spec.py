@@ -194,7 +194,6 @@ class RuntimeSettings(_Model):
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"
     compile: bool = False
-    workers: Annotated[int, Field(ge=0)] = 0
 
 
 # --------------------------------------------------------------------------- params, spec

@@ -224,3 +224,13 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     _, meta = ckpt.load_checkpoint(run / "checkpoint.safetensors")
     assert int(meta["gudlang_step"]) >= 10
     assert len(losses(run)) == int(meta["gudlang_step"])
+
+
+def test_runtime_dtype_changes_neither_hash_nor_results_beyond_float_tolerance(capsys, spec, tmp_path):
+    assert train(capsys, spec, "--out", tmp_path / "f32", "-s", "train.steps=4")[0] == 0
+    assert train(capsys, spec, "--out", tmp_path / "f64", "-s", "train.steps=4",
+                 "-s", "runtime.dtype=float64")[0] == 0
+    a, b = only_run(tmp_path / "f32"), only_run(tmp_path / "f64")
+    assert json.loads((a / "run.json").read_text())["model_hash"] == \
+        json.loads((b / "run.json").read_text())["model_hash"]
+    np.testing.assert_allclose([float(x) for x in losses(a)], [float(x) for x in losses(b)], rtol=1e-4)
