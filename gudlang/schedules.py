@@ -258,11 +258,35 @@ def _simplify(e: A.BinOp):
     if e.op == "*":
         if a == ZERO or b == ZERO:
             return ZERO
-        return b if a == ONE else a if b == ONE else e
+        if a == ONE or b == ONE:
+            return b if a == ONE else a
+        for one_over, other in ((a, b), (b, a)):  # (1 / y) * z -> z / y: one pass fewer
+            if isinstance(one_over, A.BinOp) and one_over.op == "/" and one_over.left == ONE:
+                return A.BinOp("/", other, one_over.right)
+        return _scaled(e)
     if e.op == "/":
-        return ZERO if a == ZERO else a if b == ONE else e
+        if a == ZERO or b == ONE:
+            return ZERO if a == ZERO else a
+        if isinstance(b, A.Num) and b.value != 0.0:  # x / c -> (1 / c) * x
+            return _scaled(A.BinOp("*", A.Num(1.0 / b.value), a))
+        return e
     if e.op == "^":
         return ONE if b == ZERO else a if b == ONE else e
+    return e
+
+
+def _scaled(e: A.BinOp):
+    """c1 * (c2 * x), c1 * (x * c2), c1 * (x / c2) -> c * x for scalar constants: each
+    constant factor folded away saves one full pass at run time."""
+    c, x = (e.left, e.right) if isinstance(e.left, A.Num) else (e.right, e.left)
+    if not isinstance(c, A.Num) or not isinstance(x, A.BinOp) or x.op not in "*/":
+        return e
+    if x.op == "*" and isinstance(x.left, A.Num):
+        return A.BinOp("*", A.Num(c.value * x.left.value), x.right)
+    if x.op == "*" and isinstance(x.right, A.Num):
+        return A.BinOp("*", A.Num(c.value * x.right.value), x.left)
+    if x.op == "/" and isinstance(x.right, A.Num) and x.right.value != 0.0:
+        return A.BinOp("*", A.Num(c.value / x.right.value), x.left)
     return e
 
 
@@ -417,7 +441,15 @@ class CompiledSchedule(nn.Module):
         return _full(gamma, shape, args[0]), _full(slope, shape, args[0])
 
     def forward(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
-        return self._forward(*self._args(t, params))
+        if self.drawn:
+            return self._forward(*self._args(t, params))
+        # the common case, inlined: no drawn params (this runs at every step)
+        buffers = self._buffers
+        ref = buffers["_ref"]
+        t = t.reshape(-1, 1)
+        if t.dtype != ref.dtype or t.device != ref.device:
+            t = t.to(dtype=ref.dtype, device=ref.device)
+        return self._forward(t, *[buffers[name] for name in self._consts])
 
 
 def _full(x, shape, like: torch.Tensor) -> torch.Tensor:
