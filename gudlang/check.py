@@ -262,7 +262,7 @@ class _Resolver:
                 self.error("E201", f"unknown function `{f}`", fat, "not a known function",
                            help=did_you_mean(f, known_function_names() | {d.name for d in self.defs.values()
                                                                            if d.is_function})
-                           or "see `gud explain --builtins` for the functions gud knows")
+                           or "built-in functions: " + ", ".join(sorted(known_function_names())))
             return A.Num(0.0), SCALAR
         return self.inline(target, call, path, scope, site)
 
@@ -320,7 +320,9 @@ def check_spec(spec: Spec, smap: A.SourceMap, overrides: tuple[tuple[str, str], 
     """Spec -> CheckedSpec, or GudError with every problem found (after `prior_errors`,
     those of the earlier stages)."""
     r = _Resolver(spec, smap)
-    for d in r.defs.values():  # report errors in every definition, used or not
+    for base, d in r.defs.items():  # report errors in every definition, used or not
+        if base == "gamma":
+            continue  # the schedule is resolved below, with t bound
         if d.is_function:
             scope = {fm.name: (A.Name(fm.name), SCALAR) for fm in d.node.formals}
             if d.node.formals and [fm.name for fm in d.node.formals] == ["t"]:
