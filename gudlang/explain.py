@@ -101,7 +101,9 @@ def explain_text(model) -> str:
             f"basis:     {spec.basis.kind}; prior: {spec.prior.kind}",
             f"schedule:  {describe_shape(checked.gamma_shape)}; features used: "
             f"{', '.join(sorted(checked.features)) or 'none'}",
-            f"drawn params: {', '.join(checked.drawn) or 'none'}",
+            "drawn params: " + (", ".join(
+                f"{n} ~ uniform({spec.params[n].lo:g}, {spec.params[n].hi:g}), shown at its mean "
+                f"{spec.params[n].mean:g} (pick a member with -s {n}=...)" for n in checked.drawn) or "none"),
             f"model hash: {model.model_hash}",
             ""]
     order = model.generation_order()
