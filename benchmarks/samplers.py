@@ -30,6 +30,7 @@ import torch
 
 from gudlang.check import check_text
 from gudlang.oracle import GaussianOracle
+from gudlang.oracle import gaussian_kl as kl
 from gudlang.samplers import SAMPLERS
 from gudlang.schedules import compile_schedule
 
@@ -72,15 +73,6 @@ def marginal(oracle, schedule, t: float):
         gamma, _ = schedule(torch.full((1,), t, dtype=torch.float64))
     mean, cov = oracle.marginal(gamma)
     return mean[0], cov[0]
-
-
-def kl(m1, c1, m2, c2) -> float:
-    """KL(N(m1, c1) || N(m2, c2))."""
-    chol = torch.linalg.cholesky(c2)
-    dm = (m2 - m1)[:, None]
-    quad = (dm * torch.cholesky_solve(dm, chol)).sum()
-    logdet = 2 * chol.diagonal().log().sum() - torch.linalg.slogdet(c1)[1]
-    return float(0.5 * (torch.cholesky_solve(c1, chol).trace() - len(m1) + quad + logdet))
 
 
 def deterministic(method, oracle, schedule, steps, **options):

@@ -158,3 +158,14 @@ def whitened_moments(mean, cov, basis, scales) -> tuple[torch.Tensor, torch.Tens
     m = basis / scales[:, None]
     c_hat = m @ cov @ m.T
     return m @ mean, 0.5 * (c_hat + c_hat.T)
+
+
+def gaussian_kl(mean1, cov1, mean2, cov2) -> float:
+    """KL(N(mean1, cov1) || N(mean2, cov2)) in nats, float64 (the samplers' accuracy measure)."""
+    m1, c1, m2, c2 = _as64(mean1), _as64(cov1), _as64(mean2), _as64(cov2)
+    chol = torch.linalg.cholesky(c2)
+    dm = (m2 - m1)[:, None]
+    quad = (dm * torch.cholesky_solve(dm, chol)).sum()
+    logdet = 2 * chol.diagonal().log().sum() - torch.linalg.slogdet(c1)[1]
+    return float(0.5 * (torch.cholesky_solve(c1, chol).trace() - len(m1) + quad + logdet))
+

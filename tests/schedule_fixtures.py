@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 
@@ -80,3 +81,13 @@ def gaussian_data(dim: int, seed: int = 0):
     cov = (q * eig) @ q.T
     mean = 0.5 * torch.randn(dim, generator=g, dtype=torch.float64)
     return mean, 0.5 * (cov + cov.T)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small matrices: one thread avoids oversubscribing the cores (results do not change).
+    Import it into a test module to apply it there."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

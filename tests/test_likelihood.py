@@ -20,19 +20,10 @@ from gudlang.diagnostics import GudError
 from gudlang.likelihood import (bits_per_dim, dequantise, log_likelihood, mean_and_stderr,
                                 standard_normal_logp)
 from gudlang.oracle import GaussianOracle, whitened_moments
-from schedule_fixtures import LinearSchedule, gaussian_data, schedules
+from schedule_fixtures import LinearSchedule, gaussian_data, schedules, one_thread  # noqa: F401 (autouse fixture)
 
 D = 16
 TOL = dict(rtol=1e-8, atol=1e-8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matrices: one thread avoids oversubscribing the cores (results do not change)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

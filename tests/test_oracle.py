@@ -11,18 +11,9 @@ from scipy.stats import multivariate_normal
 from gudlang import oracle as oracle_module
 from gudlang.diagnostics import GudError
 from gudlang.oracle import GaussianOracle, whitened_moments
-from schedule_fixtures import LinearSchedule, gaussian_data, schedules
+from schedule_fixtures import LinearSchedule, gaussian_data, schedules, one_thread  # noqa: F401 (autouse fixture)
 
 D = 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matrices: one thread avoids oversubscribing the cores (results do not change)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +150,17 @@ def test_wrong_input_shapes_are_E671(oracle):
         with pytest.raises(GudError) as err:
             oracle(x, torch.zeros(2), gamma)
         assert err.value.diagnostics[0].code == "E671"
+
+
+def test_gaussian_kl_matches_the_closed_form():
+    from gudlang.oracle import gaussian_kl
+    import numpy as np
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(2, 5, 5))
+    c1, c2 = a @ a.T + np.eye(5), b @ b.T + np.eye(5)
+    m1, m2 = rng.normal(size=(2, 5))
+    inv = np.linalg.inv(c2)
+    ref = 0.5 * (np.trace(inv @ c1) - 5 + (m2 - m1) @ inv @ (m2 - m1)
+                 + np.linalg.slogdet(c2)[1] - np.linalg.slogdet(c1)[1])
+    assert abs(gaussian_kl(m1, c1, m2, c2) - ref) < 1e-10
+    assert abs(gaussian_kl(m1, c1, m1, c1)) < 1e-12

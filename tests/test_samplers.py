@@ -19,20 +19,12 @@ import torch
 
 from gudlang.diagnostics import GudError
 from gudlang.oracle import GaussianOracle
+from gudlang.oracle import gaussian_kl as kl
 from gudlang.samplers import OPTIONS, SAMPLERS, sample
-from schedule_fixtures import gaussian_data, schedules
+from schedule_fixtures import gaussian_data, schedules, one_thread  # noqa: F401 (autouse fixture)
 
 D = 16
 ORDERS = {"ddim": 1.0, "heun": 2.0, "dpm2": 2.0}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matrices: one thread avoids oversubscribing the cores (results do not change)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +36,6 @@ def marginal(oracle, schedule, t: float):
     gamma, _ = schedule(torch.full((1,), t, dtype=torch.float64))
     mean, cov = oracle.marginal(gamma)
     return mean[0], cov[0]
-
-
-def kl(m1, c1, m2, c2) -> float:
-    """KL(N(m1, c1) || N(m2, c2))."""
-    chol = torch.linalg.cholesky(c2)
-    dm = (m2 - m1)[:, None]
-    quad = (dm * torch.cholesky_solve(dm, chol)).sum()
-    logdet = 2 * chol.diagonal().log().sum() - torch.linalg.slogdet(c1)[1]
-    return float(0.5 * (torch.cholesky_solve(c1, chol).trace() - len(m1) + quad + logdet))
 
 
 def exact_output(method, oracle, schedule, steps, **options):
