@@ -203,7 +203,7 @@ def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: st
     def on_sigint(signum, frame):
         interrupted["flag"] = True
 
-    old_handler = signal.signal(signal.SIGINT, on_sigint) if rank == 0 else None
+    old_handler = signal.signal(signal.SIGINT, on_sigint)
     losses = []
     t0 = time.time()
     bar = _progress(start, settings.steps, quiet=quiet or rank != 0)
@@ -234,7 +234,7 @@ def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: st
                 _save(run, model, spec_text, overrides, network, ema, optimizer, step, custom and network_name)
             if rank == 0 and settings.sample_every and step % settings.sample_every == 0 and step < settings.steps:
                 _sample_grid(model, ema.module, run / "samples" / f"step_{step:06d}.png", device)
-            if interrupted["flag"]:
+            if _any_rank(interrupted["flag"], world, device):  # every rank stops at the same step
                 if rank == 0:
                     _append_metrics(metrics_path, rows)
                     _save(run, model, spec_text, overrides, network, ema, optimizer, step, custom and network_name)
@@ -262,8 +262,20 @@ def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: st
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
         if world > 1 and torch.distributed.is_initialized():
+            if sys.exc_info()[0] is None:
+                # rank 0 is still writing after the loop: tearing gloo down under it aborts
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
     return TrainResult(run, step)
+
+
+def _any_rank(flag: bool, world: int, device) -> bool:
+    """Whether `flag` is set on any rank (one small all-reduce per step under DDP)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _ranks_agree(network) -> bool:
