@@ -18,28 +18,27 @@ import numpy as np
 import torch
 
 from gudlang.check import check_text
-from gudlang.data import DataSet
 from gudlang.networks import make_network
 from gudlang.pipeline import build_model
 from gudlang.train import Objective, make_batch, train_step
 
 CASES = {
-    "digits U-Net, pca, 1x8x8, batch 128": ("""gud 1
+    "digits U-Net, pca, 1x8x8, batch 128": """gud 1
 data = digits()
 basis = pca()
 network = unet(channels = 32, channel_mult = [1, 2])
 l_i = -log(var(i))
 gamma_i(t) = soft(t, l_i, a = 2)
 train { batch = 128 }
-""", None),
-    "U-Net, wavelet, 3x32x32, batch 32": ("""gud 1
+""",
+    "U-Net, wavelet, 3x32x32, batch 32": """gud 1
 data = grf(size = 32, channels = 3, n = 256)
 basis = wavelet("haar", levels = 3)
 prior = matched
 network = unet(channels = 32, channel_mult = [1, 2, 2])
 gamma_i(t) = soft(t, level(i) / 3, a = 4)
 train { batch = 32 }
-""", None),
+""",
 }
 
 
@@ -75,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"training step, median of {args.repeat}, {torch.get_num_threads()} threads, CPU")
     print(f"{'case':<38} {'bare (ms)':>10} {'gud (ms)':>10} {'overhead':>9}  target <= 10%")
-    for name, (text, _) in CASES.items():
+    for name, text in CASES.items():
         model = build_model(check_text(text, name))
         settings = model.spec.train
         net = model.spec.network.model_dump()

@@ -204,7 +204,6 @@ class _Resolver:
         return expr, shape
 
     def call(self, call: A.Call, path, scope, site) -> tuple[A.Expr, Shape]:
-        at = site if site is not None else path
         fat = site if site is not None else path + ("func",)
         f = call.func
         nargs = len(call.args)
@@ -379,7 +378,7 @@ def _mentions(expr: A.Expr, name: str) -> bool:
     return any(isinstance(n, A.Name) and n.id == name for _, n in A.walk(expr))
 
 
-def _parse_override(key: str, value: str) -> Any:
+def _parse_override(value: str) -> Any:
     try:
         return float(value)
     except ValueError:
@@ -400,7 +399,7 @@ def override_spec(spec: Spec, overrides: Mapping[str, str]) -> Spec:
         data["prior"] = {"kind": "scale", "s": spec.prior.s}
     errors = []
     for key, raw in overrides.items():
-        value = _parse_override(key, raw)
+        value = _parse_override(raw)
         if "." in key:
             block, _, setting = key.partition(".")
             if block not in {"train", "sample", "runtime"} or setting not in data[block]:

@@ -60,13 +60,13 @@ class _Reporter:
         if not diagnostics:
             return
         if self.fmt == "json":
-            self.records.extend(d.to_dict() for d in diagnostics)
+            self.records.extend(diagnostics)
         else:
             print(render_text(diagnostics, source), file=sys.stderr)
 
     def finish(self) -> int:
         if self.fmt == "json":
-            print(json.dumps(self.records, indent=2))
+            print(render_json(self.records))
         return self.worst
 
 

@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from gudlang import ast as A
 from gudlang.bases import Basis, make_basis
 from gudlang.check import CheckedSpec
 from gudlang.data import DataSet, load_data
 from gudlang.diagnostics import Diagnostic, GudError
-from gudlang.hashing import full_hash, model_hash, normal_form
+from gudlang.hashing import full_hash, model_hash
 from gudlang.priors import Prior, matched, scaled, white
-from gudlang.schedules import CompiledSchedule, check_schedule, compile_schedule, generation_order
-from gudlang.spec import FixedParam, Spec
+from gudlang.schedules import (CompiledSchedule, check_schedule, compile_schedule, evaluate_constant,
+                               generation_order)
+from gudlang.spec import Spec
 from gudlang.stats import ComponentStats, component_features, fit_stats
 
 VAR_FLOOR = 1e-5
@@ -83,29 +83,15 @@ def load_spec_data(checked: CheckedSpec) -> DataSet:
         raise _anchored(e, checked, "data") from None
 
 
-def schedule_features(basis: Basis, stats: ComponentStats, prior: Prior) -> dict[str, np.ndarray]:
-    """Feature vectors for the language: the basis's, `var`, and `wvar` = var / s^2."""
-    feats = component_features(basis, stats)
-    var = np.maximum(np.asarray(stats.var, dtype=np.float64), VAR_FLOOR * float(np.max(stats.var)))
-    feats["var"] = var
-    scales = prior.scales.detach().double().cpu().numpy()
-    feats["wvar"] = var / scales ** 2
-    return feats
-
-
-def build_prior(checked: CheckedSpec, var: np.ndarray, feats: dict[str, np.ndarray]) -> Prior:
-    spec = checked.spec
-    kind = spec.prior.kind
+def build_prior(checked: CheckedSpec, feats: dict[str, np.ndarray]) -> Prior:
+    """The declared prior; `feats` are the basis features with the (floored) `var`."""
+    var = feats["var"]
     try:
-        if kind == "white":
+        if checked.spec.prior.kind == "white":
             return white(len(var))
-        if kind == "matched":
+        if checked.spec.prior.kind == "matched":
             return matched(torch.as_tensor(var))
-        sched = compile_schedule(A.BinOp("+", checked.prior_scale, A.BinOp("*", A.Num(0.0), A.Name("t"))),
-                                 feats, checked.fixed_params, {}, len(var))
-        with torch.no_grad():
-            s = sched.gamma_and_slope(torch.zeros(1, dtype=torch.float64))[0][0]
-        return scaled(s)
+        return scaled(evaluate_constant(checked.prior_scale, feats, checked.fixed_params, len(var)))
     except GudError as e:
         raise _anchored(e, checked, "prior") from None
 
@@ -134,10 +120,10 @@ def _build_model(checked, data, stats, basis_state, use_cache) -> Model:
     except GudError as e:
         raise _anchored(e, checked, "basis") from None
     var = np.maximum(np.asarray(stats.var, dtype=np.float64), VAR_FLOOR * float(np.max(stats.var)))
-    base_feats = component_features(basis, stats)
-    base_feats["var"] = var
-    prior = build_prior(checked, var, base_feats)
-    feats = schedule_features(basis, stats, prior)
+    feats = component_features(basis, stats)
+    feats["var"] = var
+    prior = build_prior(checked, feats)
+    feats["wvar"] = var / prior.scales.detach().double().cpu().numpy() ** 2
     drawn = {n: spec.params[n].mean for n in checked.drawn}
     gamma_path = _gamma_path(checked)
     try:
@@ -159,9 +145,4 @@ def _gamma_path(checked: CheckedSpec):
     return ()
 
 
-def fixed_param_values(spec: Spec) -> dict[str, float]:
-    return {k: p.value for k, p in spec.params.items() if isinstance(p, FixedParam)}
-
-
-__all__ = ["Model", "build_model", "load_spec_data", "generation_order", "normal_form",
-           "fixed_param_values", "VAR_FLOOR"]
+__all__ = ["Model", "build_model", "build_prior", "load_spec_data", "VAR_FLOOR"]

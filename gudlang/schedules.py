@@ -483,6 +483,17 @@ def compile_schedule(gamma: A.Expr, features: Mapping[str, np.ndarray], fixed: M
     return CompiledSchedule(dim, used, source, dict(drawn), forward_source)
 
 
+def evaluate_constant(expr: A.Expr, features: Mapping[str, np.ndarray], fixed: Mapping[str, float],
+                      dim: int) -> np.ndarray:
+    """The value (D,) of an expression that depends on neither t nor a drawn param, such as
+    a prior's `scale(...)`, folded exactly as a schedule's constants are."""
+    folder = _Folder({k: np.asarray(v, dtype=np.float64) for k, v in features.items()}, fixed, (), dim)
+    value = folder.value(folder.fold(expr))
+    if value is None:
+        raise TypeError("evaluate_constant needs an expression without t or drawn params")
+    return np.broadcast_to(np.asarray(value, dtype=np.float64), (dim,)).copy()
+
+
 # --------------------------------------------------------------------------- numeric checks
 def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: Mapping[str, tuple[float, float]],
                    constant: np.ndarray | None = None) -> list[Diagnostic]:

@@ -242,10 +242,6 @@ _DECLS: dict[str, dict[str, type[_Model]]] = {
 _BLOCKS = {"train": TrainSettings, "sample": SampleSettings, "runtime": RuntimeSettings}
 
 
-def constructor_names(section: str) -> list[str]:
-    return list(_DECLS[section])
-
-
 def constructor_fields(section: str, kind: str) -> list[str]:
     return [f for f in _DECLS[section][kind].model_fields if f != "kind"]
 

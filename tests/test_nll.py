@@ -3,7 +3,6 @@ Gaussian NLL of the same images, and a trained run reports a finite, dequantised
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
