@@ -66,3 +66,25 @@ def test_basis_errors_point_at_the_basis_line():
         model_for('wavelet("haar", levels = 4)')
     d = info.value.diagnostics[0]
     assert d.code.startswith("E5") and d.span.line == 3
+
+
+def test_fourier_variances_on_grf_data_match_the_spectrum_and_pca():
+    from gudlang.data import grf, grf_spectrum
+    from gudlang.stats import fit_stats
+    data = grf(size=8, slope=2.0, n=6000, seed=1)
+    fourier = fit_stats(data, make_basis("fourier", data.shape), use_cache=False)
+    pca = fit_stats(data, make_basis("pca", data.shape), use_cache=False)
+    # a stationary field: each real Fourier mode's variance is the power of its wave vector
+    expected = np.sort(grf_spectrum(8, 2.0).ravel())
+    np.testing.assert_allclose(np.sort(fourier.var), expected, rtol=0.1)
+    np.testing.assert_allclose(np.sort(pca.var), np.sort(fourier.var), rtol=0.15)
+
+
+def test_formatting_never_changes_a_hash():
+    from pathlib import Path
+    from gudlang.fmt import format_text
+    from gudlang.hashing import full_hash
+    specs = sorted((Path(__file__).parent.parent / "specs").glob("*.gud"))
+    messy = [p.read_text().replace(" = ", "=").replace("\n\n", "\n  # note\n") for p in specs]
+    for text in messy:
+        assert full_hash(check_text(format_text(text)), "0" * 64) == full_hash(check_text(text), "0" * 64)
