@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 from pathlib import Path
 
 from gudlang.diagnostics import GudError, render_json, render_text
+from gudlang.spec import SamplerName
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2
 
@@ -256,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("sample", help="sample from a trained run")
     q.add_argument("run")
     q.add_argument("-n", type=int, default=None, help="number of samples")
-    q.add_argument("--sampler", choices=["em", "heun", "ddim", "dpm2", "adaptive"])
+    q.add_argument("--sampler", choices=typing.get_args(SamplerName))
     q.add_argument("--steps", type=int)
     q.add_argument("--seed", type=int)
     q.add_argument("-o", "--output", help="output prefix (default RUN/samples/...)")

@@ -179,8 +179,12 @@ class TrainSettings(_Model):
     checkpoint_every: Annotated[int, Field(ge=1)] = 1000
 
 
+# The methods of gudlang.samplers.SAMPLERS (kept torch-free here; a test keeps the two equal).
+SamplerName = Literal["em", "heun", "midpoint", "ddim", "dpm2", "adaptive"]
+
+
 class SampleSettings(_Model):
-    sampler: Literal["em", "heun", "ddim", "dpm2", "adaptive"] = "heun"
+    sampler: SamplerName = "heun"
     steps: Annotated[int, Field(ge=1)] = 50
     n: Annotated[int, Field(ge=1)] = 64
     seed: int = 0

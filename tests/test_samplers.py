@@ -12,6 +12,7 @@ sampler itself is checked against by Monte Carlo.
 from __future__ import annotations
 
 import math
+import typing
 
 import numpy as np
 import pytest
@@ -21,10 +22,11 @@ from gudlang.diagnostics import GudError
 from gudlang.oracle import GaussianOracle
 from gudlang.oracle import gaussian_kl as kl
 from gudlang.samplers import OPTIONS, SAMPLERS, sample
+from gudlang.spec import SamplerName
 from schedule_fixtures import gaussian_data, schedules, one_thread  # noqa: F401 (autouse fixture)
 
 D = 16
-ORDERS = {"ddim": 1.0, "heun": 2.0, "dpm2": 2.0}
+ORDERS = {"ddim": 1.0, "heun": 2.0, "midpoint": 2.0, "dpm2": 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +103,41 @@ def test_heun_is_textbook_heun_in_t_when_gamma_is_linear(oracle, schedule_name):
     assert torch.allclose(got, heun_in_t(oracle, schedule, x1, 12), atol=1e-12)
 
 
+def midpoint_in_t(oracle, schedule, x, steps):
+    """Textbook explicit midpoint rule on d chi / dt = 1/2 beta (eps / sigma - chi)."""
+    def velocity(x, t):
+        gamma, beta = schedule(torch.full((len(x),), t, dtype=x.dtype))
+        return 0.5 * beta * (oracle(x, None, gamma) / torch.sigmoid(gamma).sqrt() - x)
+    dt = 1.0 / steps
+    for k in range(steps):
+        t = 1.0 - k * dt
+        x = x - dt * velocity(x - 0.5 * dt * velocity(x, t), t - 0.5 * dt)
+    return x
+
+
+@pytest.mark.parametrize("schedule_name", ["linear", "soft"])
+def test_midpoint_is_the_textbook_midpoint_rule_in_t_when_gamma_is_linear(oracle, schedule_name):
+    schedule = schedules(D)[schedule_name]
+    x1 = torch.randn(8, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = SAMPLERS["midpoint"](oracle, schedule, x1, 12, denoise=False).x0
+    assert torch.allclose(got, midpoint_in_t(oracle, schedule, x1, 12), atol=1e-12)
+
+
+def test_runge_kutta_samplers_are_exact_for_white_data_and_exponential_integrators_are_not():
+    # Unit-variance white data: eps = sigma chi, so the PF-ODE velocity in whitened components
+    # is zero and chi(1) is already a sample of p_0. heun and midpoint integrate the whole
+    # velocity and keep chi; ddim and dpm2 split it into two cancelling parts and move chi.
+    white = GaussianOracle(torch.zeros(D, dtype=torch.float64), torch.eye(D, dtype=torch.float64))
+    x1 = torch.randn(8, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for name, schedule in schedules(D).items():
+        for method in ("heun", "midpoint"):
+            out = SAMPLERS[method](white, schedule, x1, 10, denoise=False).x0
+            assert torch.allclose(out, x1, rtol=0, atol=1e-12), (method, name)
+        for method in ("ddim", "dpm2"):
+            out = SAMPLERS[method](white, schedule, x1, 10, denoise=False).x0
+            assert (out - x1).abs().max() > 1e-4, (method, name)
+
+
 def test_heun_in_t_drops_to_first_order_where_beta_jumps(oracle):
     # Why heun steps in gamma: the clipped schedule's beta jumps, and the trapezoid in t
     # samples it at points and loses an order there (heun keeps 2, tested above).
@@ -160,7 +197,7 @@ def test_euler_maruyama_sample_kl_falls_at_first_order(oracle, schedule_name):
     assert fitted_order(steps, errors) == pytest.approx(1.0, abs=0.3)
 
 
-@pytest.mark.parametrize("method", ["heun", "dpm2", "adaptive"])
+@pytest.mark.parametrize("method", ["heun", "midpoint", "dpm2", "adaptive"])
 def test_samples_from_standard_normal_noise_match_the_data_marginal(oracle, method):
     # gamma(1) = 8 makes p_1 = N(0, I) up to 3e-4 in variance, far below the sampling noise.
     schedule = schedules(D)["soft"]
@@ -205,7 +242,8 @@ class Counting:
         return self.model(x, t, gamma)
 
 
-@pytest.mark.parametrize("method,expected", [("em", 11), ("heun", 20), ("ddim", 11), ("dpm2", 21),
+@pytest.mark.parametrize("method,expected", [("em", 11), ("heun", 20), ("midpoint", 21), ("ddim", 11),
+                                             ("dpm2", 21),
                                              ("adaptive", None)])
 def test_nfe_counts_every_model_call_including_the_final_denoise(oracle, method, expected):
     model = Counting(oracle)
@@ -277,6 +315,6 @@ def test_non_finite_samples_are_E652(oracle):
     assert err.value.diagnostics[0].code == "E652"
 
 
-def test_every_method_lists_its_options():
-    assert set(OPTIONS) == set(SAMPLERS)
+def test_every_method_lists_its_options_and_the_spec_and_cli_know_it():
+    assert set(OPTIONS) == set(SAMPLERS) == set(typing.get_args(SamplerName))
     assert all({"t_end", "denoise"} <= set(v) for v in OPTIONS.values())

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from gudlang import checkpoint as ckpt
 from gudlang.cli import main
 from gudlang.diagnostics import GudError
+from gudlang.spec import SamplerName
 from gudlang.train import Objective
 
 TINY = """gud 1
@@ -110,7 +112,7 @@ def trained(tmp_path_factory):
     return only_run(parent / "runs")
 
 
-@pytest.mark.parametrize("sampler", ["em", "heun", "ddim", "dpm2", "adaptive"])
+@pytest.mark.parametrize("sampler", typing.get_args(SamplerName))
 def test_sample_with_every_sampler(capsys, trained, tmp_path, sampler):
     out = tmp_path / f"s-{sampler}"
     code = main(["sample", str(trained), "-n", "3", "--sampler", sampler, "--steps", "3", "-o", str(out)])
