@@ -12,7 +12,8 @@ Input: a spec file (train) or a run directory / checkpoint file (sample, nll), a
     RUN/samples/               PNG grids and .npz arrays
 
 Every file is written atomically. Errors: GudError E6xx (E630 non-finite loss, E640 run
-directory problems, E641 checkpoint and data disagree), plus those of every stage.
+directory problems, E641 checkpoint and data disagree), plus those of every stage. Warning
+W630: runtime.dtype = bfloat16 on a device without bf16 autocast (training goes on in float32).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 
 from gudlang import checkpoint as ckpt
 from gudlang.check import check_text, read_source
-from gudlang.diagnostics import GudError, render_text
+from gudlang.diagnostics import WARNING, Diagnostic, GudError, render_text
 
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "training_state.pt"
@@ -193,6 +194,10 @@ def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: st
                                                             if device.type == "cuda" else None)
         objective.network = ddp_net
     autocast = torch.bfloat16 if spec.runtime.dtype == "bfloat16" and device.type == "cuda" else None
+    if spec.runtime.dtype == "bfloat16" and autocast is None and rank == 0:
+        print(render_text([Diagnostic("W630", f"runtime.dtype = bfloat16 autocasts on CUDA only; "
+                                      f"training on {device.type} in float32", severity=WARNING,
+                                      path=str(spec_path))]), file=sys.stderr)
     if spec.runtime.compile:
         objective.network = torch.compile(objective.network)
     data = torch.as_tensor(model.data.train)

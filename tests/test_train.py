@@ -236,3 +236,44 @@ def test_runtime_dtype_changes_neither_hash_nor_results_beyond_float_tolerance(c
     assert json.loads((a / "run.json").read_text())["model_hash"] == \
         json.loads((b / "run.json").read_text())["model_hash"]
     np.testing.assert_allclose([float(x) for x in losses(a)], [float(x) for x in losses(b)], rtol=1e-4)
+
+
+def test_bfloat16_on_cpu_warns_and_trains_exactly_as_float32(capsys, spec, tmp_path):
+    assert train(capsys, spec, "--out", tmp_path / "f32", "-s", "train.steps=4")[0] == 0
+    code, _, err = train(capsys, spec, "--out", tmp_path / "bf16", "-s", "train.steps=4",
+                         "-s", "runtime.dtype=bfloat16")
+    assert code == 0 and "warning[W630]" in err and "float32" in err
+    assert losses(only_run(tmp_path / "f32")) == losses(only_run(tmp_path / "bf16"))
+
+
+def test_objective_under_bfloat16_autocast_is_close_to_float32():
+    # The autocast branch the CUDA path takes, run on CPU (CPU autocast supports bf16 matmuls).
+    from gudlang.check import check_text
+    from gudlang.pipeline import build_model
+    from gudlang.runs import _network
+    from gudlang.train import make_batch
+
+    model = build_model(check_text(TINY, "<tiny>"))
+    torch.manual_seed(0)
+    objective = Objective(model, _network(model))
+    torch.nn.init.normal_(objective.network.out.weight, std=0.1)  # zero-initialised: eps = 0 else
+    batch = make_batch(torch.as_tensor(model.data.train), model.spec, model.checked.drawn, 0, 64, 0, 0, "cpu")
+    full = objective(batch).item()
+    half = objective(batch, torch.bfloat16)
+    assert half.dtype == torch.float32 and half.item() != full
+    assert half.item() == pytest.approx(full, rel=1e-3)
+    half.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in objective.network.parameters())
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager_with_the_same_hash(capsys, spec, tmp_path):
+    assert train(capsys, spec, "--out", tmp_path / "eager", "-s", "train.steps=6")[0] == 0
+    code, _, err = train(capsys, spec, "--out", tmp_path / "compiled", "-s", "train.steps=6",
+                         "-s", "runtime.compile=true")
+    assert code == 0, err
+    a, b = only_run(tmp_path / "eager"), only_run(tmp_path / "compiled")
+    assert a.name == b.name  # the directory name carries the model hash
+    np.testing.assert_allclose([float(x) for x in losses(a)], [float(x) for x in losses(b)], rtol=1e-4)
+    # The checkpoint holds the plain module's weights: it samples without torch.compile.
+    assert main(["sample", str(b), "-n", "2", "-o", str(tmp_path / "s")]) == 0
