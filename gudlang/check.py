@@ -17,6 +17,8 @@ E212 reserved name, E213 value of the wrong kind, E214 misuse of `i`, plus those
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Mapping
@@ -409,8 +411,8 @@ def override_spec(spec: Spec, overrides: Mapping[str, str]) -> Spec:
                 continue
             data[block][setting] = value
         elif key in spec.params:
-            if not isinstance(value, float):
-                errors.append(Diagnostic("E210", f"override `{key}={raw}` is not a number"))
+            if not isinstance(value, float) or not math.isfinite(value):
+                errors.append(Diagnostic("E210", f"override `{key}={raw}` is not a finite number"))
                 continue
             data["params"][key] = {"kind": "fixed", "value": value}
         else:

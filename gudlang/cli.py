@@ -35,6 +35,17 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 would otherwise fall back to a default or mean nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _overrides(items) -> dict[str, str]:
     out = {}
     for item in items or ():
@@ -249,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("spec", nargs="?")
     q.add_argument("--out", default="runs", help="parent folder of run directories (default runs/)")
     q.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
-    q.add_argument("--until", type=int, metavar="STEP",
+    q.add_argument("--until", type=_positive_int, metavar="STEP",
                    help="stop after STEP steps with a checkpoint (continue later with --resume)")
     q.add_argument("--quiet", action="store_true")
     with_set(q)
@@ -257,9 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("sample", help="sample from a trained run")
     q.add_argument("run")
-    q.add_argument("-n", type=int, default=None, help="number of samples")
+    q.add_argument("-n", type=_positive_int, default=None, help="number of samples")
     q.add_argument("--sampler", choices=typing.get_args(SamplerName))
-    q.add_argument("--steps", type=int)
+    q.add_argument("--steps", type=_positive_int)
     q.add_argument("--seed", type=int)
     q.add_argument("-o", "--output", help="output prefix (default RUN/samples/...)")
     with_set(q)
@@ -268,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("nll", help="negative log-likelihood in bits/dim by the probability-flow ODE")
     q.add_argument("run")
     q.add_argument("--split", choices=["train", "test"], default="test")
-    q.add_argument("-n", type=int, default=256)
+    q.add_argument("-n", type=_positive_int, default=256)
     q.add_argument("--seed", type=int, default=0)
     with_set(q)
     q.set_defaults(func=_run_command("nll"))

@@ -151,10 +151,10 @@ def render_text(diagnostics: list[Diagnostic], source: str | None = None) -> str
     lines = source.splitlines() if source is not None else []
     out: list[str] = []
     for d in diagnostics:
-        where = d.path or "<input>"
+        where = d.path or ("<input>" if d.span is not None else "")
         if d.span is not None:
             where += f":{d.span.line}:{d.span.col}"
-        out.append(f"{where}: {d.severity}[{d.code}]: {d.message}")
+        out.append(f"{where + ': ' if where else ''}{d.severity}[{d.code}]: {d.message}")
         out.extend(_excerpt(d, lines))
         for note in d.notes:
             out.append(f"   = note: {note}")

@@ -9,6 +9,8 @@ E107 (expression nested too deeply for the compiler).
 
 from __future__ import annotations
 
+import math
+
 from lark import Token, Tree
 
 from gudlang import LANGUAGE_VERSION
@@ -31,7 +33,10 @@ def _span(item) -> Span | None:
 
 def _number(tok: Token) -> A.Num:
     text = str(tok)
-    return A.Num(float(text), text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise _OutOfRange(tok)
+    return A.Num(value, text)
 
 
 MAX_DEPTH = 200  # expression nesting; deeper input is refused (E107) before any recursion limit
@@ -40,6 +45,10 @@ MAX_DEPTH = 200  # expression nesting; deeper input is refused (E107) before any
 class _TooDeep(Exception):
     def __init__(self, item):
         self.item = item
+
+
+class _OutOfRange(_TooDeep):
+    """A number literal beyond the float64 range (it would read as inf)."""
 
 
 class _Lowerer:
@@ -180,6 +189,10 @@ def lower(tree: Tree, comments=(), text: str = "", path: str | None = None) -> t
     smap = A.SourceMap(comments=list(comments), text=text, path=path)
     try:
         program = _Lowerer(smap).program(tree)
+    except _OutOfRange as e:
+        raise GudError.one("E210", f"number `{e.item}` is out of range", path=path, span=_span(e.item),
+                           label="reads as infinity",
+                           help="numbers must lie within +-1.8e308 (64-bit floats)") from None
     except _TooDeep as e:
         raise GudError.one("E107", f"expression nested more than {MAX_DEPTH} levels deep", path=path,
                            span=_span(e.item), help="split it into named definitions") from None

@@ -17,6 +17,8 @@ true SNR is not high at t = 0 or not low at t = 1.
 from __future__ import annotations
 
 import itertools
+import math
+import sys
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -267,8 +269,8 @@ def _simplify(e: A.BinOp):
     if e.op == "/":
         if a == ZERO or b == ONE:
             return ZERO if a == ZERO else a
-        if isinstance(b, A.Num) and b.value != 0.0:  # x / c -> (1 / c) * x
-            return _scaled(A.BinOp("*", A.Num(1.0 / b.value), a))
+        if isinstance(b, A.Num) and b.value != 0.0 and _representable(1.0 / b.value, b.value):
+            return _scaled(A.BinOp("*", A.Num(1.0 / b.value), a))  # x / c -> (1 / c) * x
         return e
     if e.op == "^":
         return ONE if b == ZERO else a if b == ONE else e
@@ -282,12 +284,32 @@ def _scaled(e: A.BinOp):
     if not isinstance(c, A.Num) or not isinstance(x, A.BinOp) or x.op not in "*/":
         return e
     if x.op == "*" and isinstance(x.left, A.Num):
-        return A.BinOp("*", A.Num(c.value * x.left.value), x.right)
-    if x.op == "*" and isinstance(x.right, A.Num):
-        return A.BinOp("*", A.Num(c.value * x.right.value), x.left)
-    if x.op == "/" and isinstance(x.right, A.Num) and x.right.value != 0.0:
-        return A.BinOp("*", A.Num(c.value / x.right.value), x.left)
-    return e
+        d, rest = x.left.value, x.right
+        combined = c.value * d
+    elif x.op == "*" and isinstance(x.right, A.Num):
+        d, rest = x.right.value, x.left
+        combined = c.value * d
+    elif x.op == "/" and isinstance(x.right, A.Num) and x.right.value != 0.0:
+        d, rest = x.right.value, x.left
+        combined = c.value / d
+    else:
+        return e
+    return A.BinOp("*", A.Num(combined), rest) if _representable(combined, c.value, d) else e
+
+
+def _exact_step(on: float, off: float) -> bool:
+    """Whether cond * (on - off) + off gives exactly on and off (no overflow, no rounding)."""
+    jump = on - off
+    return math.isfinite(jump) and jump + off == on and 0.0 * jump + off == off
+
+
+def _representable(combined: float, *factors: float) -> bool:
+    """Whether a constant folded from `factors` keeps their value: finite, and not flushed to
+    zero or into the subnormal range from non-zero factors (folding must not create inf or nan
+    where the formula as written has none)."""
+    if not math.isfinite(combined):
+        return False
+    return combined == 0.0 if 0.0 in factors else abs(combined) >= sys.float_info.min
 
 
 def _neg(x):
@@ -325,7 +347,9 @@ class _Emitter:
 
     def atom(self, e) -> str:
         if isinstance(e, A.Num):
-            return f"({e.value!r})" if e.value < 0 or not np.isfinite(e.value) else repr(e.value)
+            if not np.isfinite(e.value):  # folded from finite inputs (exp(1000)); E302 reports it
+                return f"float('{e.value!r}')"
+            return f"({e.value!r})" if e.value < 0 else repr(e.value)
         if isinstance(e, Vec):
             self.consts.add(e.index)
             return f"c{e.index}"
@@ -356,7 +380,7 @@ class _Emitter:
             elif f == "where":
                 a, b = args[1], args[2]
                 on, off = e.args[1], e.args[2]
-                if isinstance(on, A.Num) and isinstance(off, A.Num) and np.isfinite([on.value, off.value]).all():
+                if isinstance(on, A.Num) and isinstance(off, A.Num) and _exact_step(on.value, off.value):
                     # a step function: a cast and a multiply, no tensor constants to build
                     code = f"{args[0]}.to(t.dtype) * {on.value - off.value!r}"
                     if off.value != 0.0:
@@ -495,6 +519,7 @@ def evaluate_constant(expr: A.Expr, features: Mapping[str, np.ndarray], fixed: M
 
 
 # --------------------------------------------------------------------------- numeric checks
+@np.errstate(all="ignore")  # overflow in a user's formula is reported as E302, not a RuntimeWarning
 def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: Mapping[str, tuple[float, float]],
                    constant: np.ndarray | None = None) -> list[Diagnostic]:
     """Evaluate on a dense t grid (float64) for the corners and centre of every drawn param's
@@ -529,15 +554,20 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
         log_snr1 = np.where(varying, log_wvar - g[-1], -np.inf)
         if log_snr0.min() < np.log(SNR_HIGH):
             i = int(np.argmin(log_snr0))
-            warnings.append(Diagnostic("W301", f"component {i} starts with true SNR {np.exp(log_snr0[i]):.3g} "
+            warnings.append(Diagnostic("W301", f"component {i} starts with true SNR {_snr_text(log_snr0[i])} "
                                                f"at t = 0{where} (want >= {SNR_HIGH:g})", severity=WARNING,
                                        help="lower gamma at t = 0, or the data is never seen clearly"))
         if log_snr1.max() > np.log(SNR_LOW):
             i = int(np.argmax(log_snr1))
-            warnings.append(Diagnostic("W302", f"component {i} ends with true SNR {np.exp(log_snr1[i]):.3g} "
+            warnings.append(Diagnostic("W302", f"component {i} ends with true SNR {_snr_text(log_snr1[i])} "
                                                f"at t = 1{where} (want <= {SNR_LOW:g})", severity=WARNING,
                                        help="raise gamma at t = 1, or the prior will not match the noised data"))
     return warnings
+
+
+def _snr_text(log_snr: float) -> str:
+    """exp(log_snr) to 3 digits, or as exp(...) where it would overflow a float."""
+    return f"{np.exp(log_snr):.3g}" if abs(log_snr) < 700 else f"exp({log_snr:.4g})"
 
 
 def generation_order(schedule: CompiledSchedule, wvar: np.ndarray, params=None, grid: int = 1025) -> np.ndarray:

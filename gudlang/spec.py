@@ -21,7 +21,7 @@ from gudlang.diagnostics import Diagnostic, GudError
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- data

@@ -62,6 +62,31 @@ def test_bad_override_syntax_and_unknown_param(capsys):
     assert code == 1 and "did you mean `a`?" in err
 
 
+@pytest.mark.parametrize("override", ["a=nan", "a=inf", "a=-1e999", "train.lr=inf", "sample.rtol=nan"])
+def test_non_finite_overrides_are_E210(capsys, override):
+    code, _, err = run(capsys, "check", "--static", str(SPECS / "digits.gud"), "-s", override)
+    assert code == 1 and "error[E210]" in err and "finite" in err and "Traceback" not in err
+
+
+def test_a_formula_that_overflows_is_E302_not_a_crash(capsys, tmp_path):
+    # exp(1000) folds to inf at compile time; the generated code must still run and the
+    # numeric check must name the problem.
+    spec = tmp_path / "overflow.gud"
+    spec.write_text("gud 1\ndata = digits()\nbasis = pca()\nprior = white\n"
+                    "gamma_i(t) = linear(t) + exp(1000) * rank(i)\n")
+    code, _, err = run(capsys, "check", str(spec))
+    assert code == 1 and "error[E302]" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["sample", "RUN", "-n", "0"], ["sample", "RUN", "--steps", "0"],
+                                  ["sample", "RUN", "--steps", "many"], ["nll", "RUN", "-n", "-1"],
+                                  ["train", "SPEC", "--until", "0"]])
+def test_counts_below_one_are_usage_errors(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and "gud: error: argument" in capsys.readouterr().err
+
+
 def test_data_errors_point_at_the_data_line(capsys, tmp_path):
     spec = tmp_path / "s.gud"
     spec.write_text('gud 1\ndata = npz("missing.npz")\ngamma(t) = linear(t)\n')

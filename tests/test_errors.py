@@ -7,7 +7,7 @@ import pytest
 
 from golden_util import check_golden
 from gudlang.check import check_text
-from gudlang.diagnostics import CODES, GudError, render_json, render_text
+from gudlang.diagnostics import CODES, GudError, Span, render_json, render_text
 
 GOLDEN = Path(__file__).parent / "golden" / "errors"
 EXAMPLES = sorted(GOLDEN.glob("*.gud"))
@@ -56,3 +56,11 @@ def test_json_output_has_the_same_objects():
     assert records[0]["code"] == "E202"
     assert records[0]["span"] == {"line": 4, "col": 19, "end_line": 4, "end_col": 24}
     assert records[0]["path"] == "errors/E202_unknown_name.gud"
+
+
+def test_a_diagnostic_without_file_or_position_starts_with_its_severity():
+    # Run-time errors (a corrupt checkpoint) have no spec position: no made-up "<input>:" prefix.
+    line = render_text([GudError.one("E621", "checkpoint x is corrupt").diagnostics[0]])
+    assert line == "error[E621]: checkpoint x is corrupt"
+    spanned = render_text(GudError.one("E105", "unexpected token", span=Span(2, 3, 2, 4)).diagnostics, "a\nbcd\n")
+    assert spanned.startswith("<input>:2:3: error[E105]")

@@ -37,7 +37,7 @@ INLINE = {
     "unary_and_power": "gud 1\nx = -a^2 - (-a)^2 + a^-b^c - (-(a^b))^c + --a - - -a + +a*-b/-c\n",
     "associativity": "gud 1\nx = (a - b) - c + (a - (b - c)) * ((a / b) / c) / (a / (b / c))\n",
     "comparisons": "gud 1\nx = where((a < b) == (c >= d), a != b, (a + 1) <= [b > c])\n",
-    "numbers": "gud 1\nx = 1 + 1.0 + 1. + .5 + 2e-4 + 2E+04 + 1e999 + 0007 + 3.25e0\n",
+    "numbers": "gud 1\nx = 1 + 1.0 + 1. + .5 + 2e-4 + 2E+04 + 1e308 + 0007 + 3.25e0\n",
     "strings": 'gud 1\ndata = npz("a \\"b\\" \\\\ c\\nd\\te\tf é # not a comment")\n',
     "keywords_before_positionals": "gud 1\nx = f(a = 1, 2, b = 3, 4)\n",
     "crlf_and_tabs": "gud 1\r\n\r\n\tdata = digits()\t# tabbed\r\ntrain {\r\n\tsteps = 1\r\n}\r\n",

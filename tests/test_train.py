@@ -212,11 +212,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
                                                                           "checkpoint_every = 100000; log_every = 5"))
     proc = subprocess.Popen([sys.executable, "-m", "gudlang", "train", "--quiet", str(spec), "--out",
                              str(tmp_path / "runs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
+    deadline, seen = time.time() + 120, 0
+    while time.time() < deadline and seen < 10:
         runs = list((tmp_path / "runs").glob("*/metrics.csv")) if (tmp_path / "runs").exists() else []
-        if runs and len(runs[0].read_text().splitlines()) > 3:
-            break
+        seen = len(runs[0].read_text().splitlines()) - 1 if runs else 0
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -224,7 +223,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert "checkpoint saved" in err and "Traceback" not in err
     run = only_run(tmp_path / "runs")
     _, meta = ckpt.load_checkpoint(run / "checkpoint.safetensors")
-    assert int(meta["gudlang_step"]) >= 10
+    # No periodic checkpoint is due before step 100000: this one was written at the interrupt,
+    # after every step already logged when the signal was sent.
+    assert int(meta["gudlang_step"]) >= seen >= 10
     assert len(losses(run)) == int(meta["gudlang_step"])
 
 
