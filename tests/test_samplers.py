@@ -81,11 +81,16 @@ def test_deterministic_samplers_converge_at_their_order(oracle, method, schedule
     assert fitted_order(steps, errors) == pytest.approx(ORDERS[method], abs=0.2)
 
 
+def pf_velocity(oracle, schedule, x, t):
+    """d chi / dt = 1/2 beta (eps / sigma - chi), written out independently of the samplers."""
+    gamma, beta = schedule(torch.full((len(x),), t, dtype=x.dtype))
+    return 0.5 * beta * (oracle(x, None, gamma) / torch.sigmoid(gamma).sqrt() - x)
+
+
 def heun_in_t(oracle, schedule, x, steps):
-    """Textbook Heun on d chi / dt = 1/2 beta (eps / sigma - chi), last step Euler."""
+    """Textbook Heun on the PF-ODE in t, last step Euler."""
     def velocity(x, t):
-        gamma, beta = schedule(torch.full((len(x),), t, dtype=x.dtype))
-        return 0.5 * beta * (oracle(x, None, gamma) / torch.sigmoid(gamma).sqrt() - x)
+        return pf_velocity(oracle, schedule, x, t)
     dt = 1.0 / steps
     for k in range(steps):
         t = 1.0 - k * dt
@@ -104,10 +109,9 @@ def test_heun_is_textbook_heun_in_t_when_gamma_is_linear(oracle, schedule_name):
 
 
 def midpoint_in_t(oracle, schedule, x, steps):
-    """Textbook explicit midpoint rule on d chi / dt = 1/2 beta (eps / sigma - chi)."""
+    """Textbook explicit midpoint rule on the PF-ODE in t."""
     def velocity(x, t):
-        gamma, beta = schedule(torch.full((len(x),), t, dtype=x.dtype))
-        return 0.5 * beta * (oracle(x, None, gamma) / torch.sigmoid(gamma).sqrt() - x)
+        return pf_velocity(oracle, schedule, x, t)
     dt = 1.0 / steps
     for k in range(steps):
         t = 1.0 - k * dt
