@@ -185,9 +185,7 @@ def cmd_plot(args) -> int:
     from gudlang.plot import plot_forward, plot_schedule
     rep = _Reporter("text")
     try:
-        out = Path(args.output)
-        if not out.parent.exists():
-            raise GudError.one("E001", f"folder {out.parent} does not exist", help="create it first")
+        out = _plot_path(args.output)
         model = build_model(check_file(args.file, _overrides(args.set)))
         if args.forward:
             plot_forward(model, str(out))
@@ -197,6 +195,25 @@ def cmd_plot(args) -> int:
     except GudError as e:
         rep.report(e.with_path(args.file), _source(args.file))
     return rep.finish()
+
+
+def _plot_path(text: str) -> Path:
+    """The file `gud plot -o` writes: .png added when there is no extension; E001 when the
+    format is unknown or the folder is missing."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(text)
+    if not out.suffix:
+        out = out.with_suffix(".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix[1:].lower() not in formats:
+        raise GudError.one("E001", f"cannot write {out}: `{out.suffix}` is not an image format", path=str(out),
+                           help="use .png, .pdf or .svg (or any of " + ", ".join(sorted(formats)) + ")")
+    if not out.parent.is_dir():
+        what = "is not a folder" if out.parent.exists() else "does not exist"
+        raise GudError.one("E001", f"cannot write {out}: {out.parent} {what}", path=str(out),
+                           help="create the folder first")
+    return out
 
 
 def _run_command(name: str):

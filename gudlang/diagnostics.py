@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 # Every error code of the language front end, with its meaning. Data (E4xx), bases and
 # priors (E5xx) and runs (E6xx) document theirs in their own modules.
 CODES: dict[str, str] = {
-    "E001": "cannot read a file (missing, a directory, no permission)",
+    "E001": "cannot read or write a file (missing, a directory, no permission, unknown format)",
     "E002": "not a text file (binary, NUL bytes, not UTF-8)",
     "E003": "malformed command-line override (-s key=value)",
     "E101": "unexpected character (including non-ASCII outside strings and comments)",

@@ -38,6 +38,7 @@ from gudlang.diagnostics import WARNING, Diagnostic, GudError, render_text
 
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "training_state.pt"
+METRICS_HEADER = "step,loss,grad_norm,lr,seconds\n"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -49,6 +50,9 @@ def _device(runtime) -> torch.device:
     except RuntimeError:
         raise GudError.one("E640", f"unknown device `{runtime.device}`",
                            help="use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise GudError.one("E640", f"runtime.device `{runtime.device}` is not supported",
+                           help="use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GudError.one("E640", "runtime.device asks for CUDA but no CUDA device is available",
                            help="use runtime { device = auto } or -s runtime.device=cpu")
@@ -57,6 +61,25 @@ def _device(runtime) -> torch.device:
 
 def _dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _stored_overrides(run: Path) -> dict[str, str]:
+    """The `-s` overrides recorded in RUN/run.json; E640 when the file is missing or damaged."""
+    path = run / "run.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GudError.one("E640", f"{path} is missing", help="a run directory made by `gud train` has one; "
+                           "without it the run cannot be resumed") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GudError.one("E640", f"{path} is not readable JSON ({e})",
+                           help="restore it from a copy; `gud train` wrote it when the run began") from None
+    overrides = info.get("overrides", {}) if isinstance(info, dict) else None
+    if not isinstance(overrides, dict) or not all(
+            isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in overrides.items()):
+        raise GudError.one("E640", f"{path} does not hold a run record (`overrides` must map names to values)",
+                           help="restore it from a copy; `gud train` wrote it when the run began")
+    return {k: str(v) for k, v in overrides.items()}
 
 
 def _new_run_dir(parent: Path, stem: str, model_hash: str) -> Path:
@@ -134,8 +157,7 @@ def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: st
         if not (run / "spec.gud").is_file():
             raise GudError.one("E640", f"{run} is not a run directory (no spec.gud)",
                                help="pass the folder that `gud train` created")
-        info = json.loads((run / "run.json").read_text())
-        overrides = {**info.get("overrides", {}), **overrides}
+        overrides = {**_stored_overrides(run), **overrides}
         spec_path = run / "spec.gud"
     else:
         if not spec:
@@ -173,10 +195,10 @@ def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: st
             raise GudError.one("E641", "the run's checkpoint was made from a different spec or data",
                                help="start a new run instead of --resume")
         groups = ckpt.unpack_tensors(tensors)
-        network.load_state_dict(groups["model"])
-        ema.module.load_state_dict(groups["ema"])
+        _load_weights(network, groups, "model", run / CHECKPOINT)
+        _load_weights(ema.module, groups, "ema", run / CHECKPOINT)
         state = ckpt.load_training_state(run / STATE)
-        start = int(state["step"])
+        start = _resume_step(state, meta, settings.steps, run)
         if rank == 0:
             _truncate_metrics(run / "metrics.csv", start)
     network.to(device)
@@ -187,7 +209,11 @@ def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: st
         ema.module.to(torch.float64)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     if start:
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise GudError.one("E621", f"the optimizer state in {run / STATE} does not fit this model ({e})",
+                               help="restore the run from a copy, or start a new run") from None
     ddp_net = network
     if world > 1:
         ddp_net = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device.index]
@@ -253,7 +279,10 @@ def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: st
             if step == start or step % settings.checkpoint_every:  # leave a checkpoint of the last step
                 _save(run, model, spec_text, overrides, network, ema, optimizer, step, custom and network_name)
             elapsed = time.time() - t0
-            last = np.mean(losses[-50:]) if losses else float("nan")
+            if not losses:
+                print(f"nothing to train: {run} is at step {step} of {settings.steps}")
+                return TrainResult(run, step)
+            last = np.mean(losses[-50:])
             if step < settings.steps:
                 print(f"stopped {run} at step {step} of {settings.steps} (--until) in {elapsed:.0f} s; "
                       f"continue with `gud train --resume {run}`")
@@ -272,6 +301,38 @@ def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: st
                 torch.distributed.barrier()
             torch.distributed.destroy_process_group()
     return TrainResult(run, step)
+
+
+def _resume_step(state: dict, meta: dict, total: int, run: Path) -> int:
+    """The step a resumed run continues from: the training state's, which must equal the
+    checkpoint's (both are written at every save) and lie in [0, train.steps]. E621 otherwise."""
+    step, saved = state.get("step"), meta.get("gudlang_step", "")
+    if isinstance(step, bool) or not isinstance(step, int) or not saved.isdigit():
+        raise GudError.one("E621", f"{run / STATE} or {run / CHECKPOINT} does not record a step",
+                           help="restore the run from a copy, or start a new run")
+    if step != int(saved):
+        raise GudError.one("E621", f"{run / STATE} is at step {step} but {run / CHECKPOINT} at step {saved}: "
+                           "a save was cut short", help="the checkpoint still samples; to train on, "
+                           "restore both files from a copy or start a new run")
+    if not 0 <= step <= total:
+        raise GudError.one("E621", f"{run / STATE} is at step {step}, outside 0..{total} (train.steps)",
+                           help="restore the run from a copy, or start a new run")
+    return step
+
+
+def _load_weights(module: torch.nn.Module, groups: dict, group: str, file: Path) -> None:
+    """Load one weight group of a checkpoint; E621 when it is missing or does not fit."""
+    if group not in groups:
+        raise GudError.one("E621", f"checkpoint {file} has no `{group}` weights",
+                           help="restore it from a copy or retrain")
+    try:
+        module.load_state_dict(groups[group])
+    except RuntimeError as e:
+        lines = str(e).strip().splitlines()
+        detail = (lines[1] if len(lines) > 1 else lines[0]).strip()
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        raise GudError.one("E621", f"the `{group}` weights in {file} do not fit the network its spec "
+                           f"describes ({detail})", help="restore it from a copy or retrain") from None
 
 
 def _any_rank(flag: bool, world: int, device) -> bool:
@@ -295,8 +356,7 @@ def _ranks_agree(network) -> bool:
 
 def _init_run(run: Path, spec_text: str, model, overrides: dict, world: int) -> None:
     from gudlang.explain import resolved_text
-    run.mkdir(parents=True)
-    (run / "samples").mkdir()
+    _make_folder(run / "samples", "run directory")
     ckpt.atomic_write_text(run / "spec.gud", spec_text)
     ckpt.atomic_write_text(run / "resolved.gud", resolved_text(model.spec, model.checked.source))
     info = {"model_hash": model.model_hash, "full_hash": model.full_hash, "overrides": overrides,
@@ -304,8 +364,18 @@ def _init_run(run: Path, spec_text: str, model, overrides: dict, world: int) -> 
                      "shape": list(model.data.shape), "params": _jsonable(model.data.params)},
             "world_size": world, "torch": torch.__version__}
     ckpt.atomic_write_text(run / "run.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
-    ckpt.atomic_write_text(run / "metrics.csv", "step,loss,grad_norm,lr,seconds\n")
+    ckpt.atomic_write_text(run / "metrics.csv", METRICS_HEADER)
     print(f"run directory: {run}", file=sys.stderr)
+
+
+def _make_folder(folder: Path, what: str) -> None:
+    """mkdir -p, with E620 naming the folder when it cannot be made (a file in the way, no
+    permission, a read-only disk)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GudError.one("E620", f"cannot create the {what} {folder}: {e.strerror or e}",
+                           help="choose another output folder") from None
 
 
 def _jsonable(value):
@@ -319,8 +389,13 @@ def _jsonable(value):
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop rows logged after the checkpoint a resumed run restarts from."""
     if not path.exists():
+        ckpt.atomic_write_text(path, METRICS_HEADER)
         return
-    lines = path.read_text().splitlines(keepends=True)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError) as e:
+        raise GudError.one("E640", f"{path} is not readable text ({e})",
+                           help="move it aside; resuming then starts a new metrics.csv") from None
     kept = lines[:1] + [line for line in lines[1:] if line.split(",")[0].isdigit()
                         and int(line.split(",")[0]) <= step]
     ckpt.atomic_write_text(path, "".join(kept))
@@ -329,7 +404,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def _append_metrics(path: Path, rows) -> None:
     if not rows:
         return
-    old = path.read_text() if path.exists() else "step,loss,grad_norm,lr,seconds\n"
+    old = path.read_text(encoding="utf-8") if path.exists() else METRICS_HEADER
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     for step, loss, norm, lr, seconds in rows:
@@ -385,7 +460,7 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
     tensors, meta = ckpt.load_checkpoint(file)
     spec_text = meta["gudlang_spec"]
     stored_overrides = json.loads(meta.get("gudlang_overrides", "{}"))
-    data_info = json.loads(meta["gudlang_data"])
+    data_info = _data_info(meta, file)
 
     def recompute(text: str) -> str:
         return model_hash(check_text(text, f"{file}:spec", stored_overrides), data_info["fingerprint"])
@@ -409,9 +484,32 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
         options = model.spec.network.model_dump()
         kind = options.pop("kind")
         network = make_network(kind, shape, **options)
-    network.load_state_dict(groups["ema"])
+    _load_weights(network, groups, "ema", file)
     network.eval()
     return model, EpsModel(network, model.basis, shape), meta
+
+
+def _data_info(meta: dict, file: Path) -> dict:
+    """The data description a checkpoint carries (shape, value range, levels, fingerprint);
+    E622 when it is not there or malformed."""
+    def bad(why: str) -> GudError:
+        return GudError.one("E622", f"checkpoint metadata `gudlang_data` of {file} {why}",
+                            help="restore the checkpoint from a copy or retrain")
+    try:
+        info = json.loads(meta.get("gudlang_data", ""))
+    except json.JSONDecodeError:
+        raise bad("is not JSON") from None
+    if not isinstance(info, dict) or not {"name", "fingerprint", "shape", "value_range", "levels"} <= set(info):
+        raise bad("lacks name, fingerprint, shape, value_range or levels")
+    shape, value_range, levels = info["shape"], info["value_range"], info["levels"]
+    if not (isinstance(shape, list) and shape and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise bad(f"has an invalid shape {shape!r}")
+    if not (isinstance(value_range, list) and len(value_range) == 2
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value_range)):
+        raise bad(f"has an invalid value_range {value_range!r}")
+    if levels is not None and not (isinstance(levels, int) and levels > 1):
+        raise bad(f"has an invalid levels {levels!r}")
+    return info
 
 
 def _sample_grid(model, network, out: Path, device, n: int = 64) -> None:
@@ -518,7 +616,7 @@ def sample(args, overrides: dict) -> int:
     start = time.time()
     x, nfe = draw_samples(model, eps_model, n, settings, device, seed, method, steps, with_nfe=True)
     stem = Path(args.output) if args.output else folder / f"{method}-{steps}steps-seed{seed}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(stem.parent, "output folder")
     record = {"sampler": method, "steps": steps, "nfe": nfe, "seed": seed, "n": n,
               "model_hash": meta["gudlang_hash"], "overrides": overrides, "seconds": time.time() - start}
     buf = io.BytesIO()
@@ -577,7 +675,7 @@ def nll(args, overrides: dict) -> int:
               "divergence": method, "dequantised": data.levels is not None, "levels": data.levels,
               "nfe": nfe, "rtol": model.spec.sample.rtol, "atol": model.spec.sample.atol,
               "model_hash": meta["gudlang_hash"], "seconds": time.time() - start}
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folder(folder, "output folder")
     ckpt.atomic_write_text(folder.parent / f"nll-{args.split}.json" if folder.name == "samples"
                            else folder / f"nll-{args.split}.json", json.dumps(record, indent=2) + "\n")
     what = "exact divergence" if method == "exact" else f"{method} divergence estimate"

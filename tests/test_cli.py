@@ -157,6 +157,17 @@ def test_plot_into_missing_folder_is_a_clear_error(capsys, tmp_path):
     assert code == 2 and "E001" in err
 
 
+def test_plot_output_names(capsys, tmp_path):
+    code, _, err = run(capsys, "plot", str(SPECS / "digits.gud"), "--schedule", "-o", str(tmp_path / "p.xyz"))
+    assert code == 2 and "error[E001]" in err and "not an image format" in err
+    (tmp_path / "a_file").write_text("")
+    code, _, err = run(capsys, "plot", str(SPECS / "digits.gud"), "--schedule", "-o", str(tmp_path / "a_file" / "p.png"))
+    assert code == 2 and "is not a folder" in err
+    code, out, _ = run(capsys, "plot", str(SPECS / "digits.gud"), "--schedule", "-o", str(tmp_path / "bare"))
+    assert code == 0 and out.strip() == f"wrote {tmp_path / 'bare.png'}"
+    assert (tmp_path / "bare.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_usage_errors_exit_2():
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
