@@ -22,12 +22,13 @@ official split. 8-bit sources map 0..255 to [-1, 1] with 256 levels.
 Errors (GudError, raised before any training):
     E400 invalid source argument (unknown kind or dataset name, wrong type or value)
     E401 file or folder not found (for `dataset`: which files to put where)
-    E402 unreadable or corrupt file (not an npz, bad image, bad or truncated IDX / CIFAR file)
+    E402 unreadable or corrupt file (not an npz, bad image, bad or truncated IDX / CIFAR file,
+         a header declaring more data than the file holds), or an array larger than memory
     E403 array key missing from an npz file, or ambiguous
     E404 wrong shape or dtype (ndim, declared shape, object / ragged arrays)
-    E405 NaN or infinite values
+    E405 NaN or infinite values, or values beyond float32 (which become infinite)
     E406 values outside the declared range
-    E407 no data (empty folder or array, too few samples to split)
+    E407 no data (empty folder, array or IDX file, too few samples to split)
 """
 
 from __future__ import annotations
@@ -210,6 +211,10 @@ def _from_levels(x: np.ndarray, top: int) -> np.ndarray:
 
 
 def _check_finite(x: np.ndarray, what: str) -> None:
+    """Raise E405 if a float array has NaN / infinite values, or finite ones beyond float32.
+
+    The data are used as float32, so a float64 1e300 is as bad as an inf: it becomes one.
+    """
     bad = ~np.isfinite(x)
     count = int(bad.sum())
     if count:
@@ -217,6 +222,17 @@ def _check_finite(x: np.ndarray, what: str) -> None:
         raise GudError.one("E405", f"{what} has {count} NaN or infinite value(s); the first at "
                                    f"index {first} is {x[first]}",
                            help="remove or repair those samples before training")
+    if x.dtype.itemsize > 4:
+        with np.errstate(over="ignore"):
+            big = np.isinf(x.astype(np.float32))  # all finite so far: these overflowed
+        count = int(big.sum())
+        if count:
+            first = tuple(int(i) for i in np.unravel_index(int(np.argmax(big)), x.shape))
+            raise GudError.one(
+                "E405", f"{what} has {count} value(s) beyond the float32 range "
+                        f"(|x| > {np.finfo(np.float32).max:.4g}), which become infinite when "
+                        f"the data are cast to float32; the first at index {first} is {x[first]}",
+                help="rescale the data (e.g. to [-1, 1]) or remove those samples")
 
 
 def _check_range(x: np.ndarray, bounds: tuple[float, float], what: str) -> None:
@@ -228,7 +244,7 @@ def _check_range(x: np.ndarray, bounds: tuple[float, float], what: str) -> None:
             "E406", f"{what} has values in [{x_min:g}, {x_max:g}], outside the declared "
                     f"range [{lo:g}, {hi:g}]",
             help=f"rescale the data to [{lo:g}, {hi:g}], declare the range it has "
-                 f"(range=({x_min:g}, {x_max:g})), or pass range=None to skip the check")
+                 f"(range = [{x_min:g}, {x_max:g}]), or pass range = none to skip the check")
 
 
 # ----------------------------------------------------------------------------- digits

@@ -119,6 +119,10 @@ def _build_model(checked, data, stats, basis_state, use_cache) -> Model:
             stats = fit_stats(data, basis, use_cache=use_cache)
     except GudError as e:
         raise _anchored(e, checked, "basis") from None
+    if not float(np.max(stats.var)) > 0.0:
+        raise _anchored(GudError.one("E522", f"the data do not vary: all {len(stats.var)} components have "
+                                     "zero variance", help="check the data: every sample is the same"),
+                        checked, "data")
     var = np.maximum(np.asarray(stats.var, dtype=np.float64), VAR_FLOOR * float(np.max(stats.var)))
     feats = component_features(basis, stats)
     feats["var"] = var

@@ -555,7 +555,7 @@ def save_grid(x: np.ndarray, out: Path, value_range) -> None:
     rows = int(math.ceil(n / cols))
     pad = 1
     grid = np.ones((c, rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.float32)
-    img = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    img = np.clip((x - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
     for k in range(n):
         r, q = divmod(k, cols)
         grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = img[k]

@@ -45,6 +45,7 @@ from .diagnostics import GudError
 CODES: dict[str, str] = {
     "E520": "no data to compute statistics from",
     "E521": "saved statistics do not match",
+    "E522": "the data do not vary (every component has zero variance)",
 }
 
 CACHE_SCHEME = "gudlang-stats-v1"

@@ -10,6 +10,7 @@ import gzip
 import importlib.resources
 import pickle
 import struct
+import zipfile
 from contextlib import contextmanager
 
 import numpy as np
@@ -18,6 +19,7 @@ from PIL import Image
 
 from gudlang.data import (DataSet, dataset, digits, grf, grf_covariance, grf_spectrum, images,
                           iterate_batches, load_data, npz, split)
+from gudlang.datasets import readers
 from gudlang.diagnostics import GudError
 
 
@@ -299,6 +301,68 @@ def test_npz_truncated_file_fails(tmp_path):
         npz(tmp_path / "a.npz")
 
 
+def _npy_with_header(shape, data: bytes, descr: str = "<f4") -> bytes:
+    """A .npy file (format 1.0) whose header declares `shape`, followed by `data`."""
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape!r}, }}"
+    header = header.ljust(118) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + data
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_npz_header_declaring_a_huge_shape_fails_before_allocating(tmp_path, suffix):
+    # 1e11 x 4 x 4 float32 is 5.82 TiB; the file holds 64 bytes. Loading it must not try.
+    member = _npy_with_header((100_000_000_000, 4, 4), bytes(64))
+    path = tmp_path / f"huge{suffix}"
+    if suffix == ".npy":
+        path.write_bytes(member)
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("x.npy", member)
+    with fails("E402", f"huge{suffix}", "truncated", "100000000000x4x4 float32",
+               "5.82 TiB", "only 64 bytes"):
+        npz(path)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_npz_header_whose_size_overflows_int64_is_truncated_not_empty(tmp_path, suffix):
+    # 2^32 * 2^32 * 4 wraps to 0 in int64: numpy alone would read "0 values" and fail to reshape.
+    member = _npy_with_header((2 ** 32, 2 ** 32, 4), b"")
+    path = tmp_path / f"wrap{suffix}"
+    if suffix == ".npy":
+        path.write_bytes(member)
+    else:
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("x.npy", member)
+    with fails("E402", "truncated", "4294967296x4294967296x4", "only 0 bytes"):
+        npz(path)
+
+
+def test_npy_file_cut_inside_its_data_fails(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((10, 4, 4), dtype=np.float32))
+    data = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "a.npy").write_bytes(data[:-100])
+    with fails("E402", "a.npy", "truncated", "10x4x4 float32", "only 540 bytes"):
+        npz(tmp_path / "a.npy")
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_npz_array_larger_than_memory_fails(tmp_path, monkeypatch, suffix):
+    x = np.zeros((10, 8, 8), dtype=np.float32)  # 2,560 bytes of data
+    path = tmp_path / f"a{suffix}"
+    np.save(path, x) if suffix == ".npy" else np.savez(path, x=x)
+    assert npz(path).train.shape == (9, 1, 8, 8)
+    monkeypatch.setattr(readers, "memory_limit", lambda: 2000)
+    with fails("E402", f"a{suffix}", "2.5 KiB", "more than this machine's memory (1.95 KiB)"):
+        npz(path)
+
+
+def test_npz_member_that_is_not_an_npy_array_fails(tmp_path):
+    with zipfile.ZipFile(tmp_path / "a.npz", "w") as z:
+        z.writestr("notes.txt", "not an array")
+    with fails("E402", "'notes.txt'", "not a numpy array"):
+        npz(tmp_path / "a.npz")
+
+
 class _Payload:
     def __reduce__(self):
         return (open, ("PWNED", "w"))
@@ -357,10 +421,25 @@ def test_npz_nan_and_inf_are_counted_with_the_first_index(tmp_path):
         npz(tmp_path / "a.npz")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.longdouble])
+def test_npz_values_beyond_float32_are_caught_before_the_cast(tmp_path, dtype):
+    # 1e300 is finite in float64 but inf in float32, the type the data are used as.
+    x = np.zeros((6, 3, 3), dtype=dtype)
+    x[1, 0, 2], x[3, 1, 1] = 1e300, -1e300
+    x[0, 0, 0] = 3e38  # below float32's max: kept
+    np.savez(tmp_path / "a.npz", x=x)
+    with fails("E405", "2 value(s) beyond the float32 range", "(1, 0, 2)", "1e+300"):
+        npz(tmp_path / "a.npz", range=None)
+    x[1, 0, 2] = x[3, 1, 1] = 0
+    np.savez(tmp_path / "a.npz", x=x)
+    assert npz(tmp_path / "a.npz", range=None, test_fraction=0).train.max() == np.float32(3e38)
+
+
 def test_npz_values_outside_the_range_report_min_and_max(tmp_path):
     x = np.linspace(0, 255, 48).reshape(3, 4, 4)  # floats, though they look like pixels
     np.savez(tmp_path / "a.npz", x=x)
-    with fails("E406", "[0, 255]", "[-1, 1]", "range=None"):
+    # The help uses the spec's spelling: a list and `none` (a spec has no tuples or None).
+    with fails("E406", "[0, 255]", "[-1, 1]", "range = [0, 255]", "range = none"):
         npz(tmp_path / "a.npz")
     assert npz(tmp_path / "a.npz", range=(0, 255)).value_range == (0.0, 255.0)
 
@@ -479,6 +558,16 @@ def test_images_truncated_file_is_named(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
     with fails("E402", "cut.jpg"):
         images(tmp_path, size=8)
+
+
+def test_images_resize_beyond_the_pixel_limit_fails(tmp_path, monkeypatch):
+    # A 1x2000 strip fitted to 8x8 would first be resized to 8x16000 pixels; a 1x65000 strip
+    # fitted to 256x256 would need 12.8 GB. Pillow's pixel limit bounds that intermediate.
+    _png(tmp_path / "strip.png", np.zeros((2000, 1)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    with fails("E402", "strip.png", "(1x2000)", "8x16000", "10000 pixels"):
+        images(tmp_path, size=8, channels=1)
+    assert images(tmp_path, size=(2000, 1), channels=1, test_fraction=0).shape == (1, 2000, 1)
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
@@ -611,6 +700,50 @@ def test_truncated_cifar_batch_fails(tmp_path):
     path = tmp_path / "data_batch_3.bin"
     path.write_bytes(path.read_bytes()[:-7])
     with fails("E402", "data_batch_3.bin", "truncated", "3073"):
+        dataset("cifar10", tmp_path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_header_whose_size_overflows_fails_with_the_true_byte_count(tmp_path, gz):
+    # 4 * 2^31 * 2^31 wraps to 0 in 64-bit numpy arithmetic; the expected size is 2^64 + 16.
+    _write_mnist(tmp_path, _fake_images(4), _fake_images(2), gz=gz)
+    name = "train-images-idx3-ubyte" + (".gz" if gz else "")
+    header = struct.pack(">4I", 0x0803, 4, 2 ** 31, 2 ** 31)
+    (tmp_path / name).write_bytes(gzip.compress(header) if gz else header)
+    with fails("E402", name, "truncated", "4 images of 2147483648x2147483648",
+               "(18446744073709551632 bytes)", "the file has 16 bytes"):
+        dataset("mnist", tmp_path)
+
+
+def test_idx_gzip_file_longer_than_its_header_fails(tmp_path):
+    _write_mnist(tmp_path, _fake_images(4), _fake_images(2), gz=True)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(_idx(_fake_images(2)) + b"extra"))
+    with fails("E402", "t10k-images-idx3-ubyte.gz", "longer than its header says",
+               "more than 1584 bytes uncompressed"):
+        dataset("mnist", tmp_path)
+
+
+def test_idx_file_larger_than_memory_fails(tmp_path, monkeypatch):
+    _write_mnist(tmp_path, _fake_images(4), _fake_images(2), gz=True)
+    monkeypatch.setattr(readers, "memory_limit", lambda: 2000)  # train: 3,152 bytes
+    with fails("E402", "train-images-idx3-ubyte.gz", "3.08 KiB", "more than this machine's memory"):
+        dataset("mnist", tmp_path)
+
+
+@pytest.mark.parametrize("dims", [(0, 28, 28), (4, 0, 0), (4, 28, 0)])
+def test_idx_file_without_image_data_fails(tmp_path, dims):
+    _write_mnist(tmp_path, _fake_images(4), _fake_images(2), gz=False)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">4I", 0x0803, *dims))
+    with fails("E407", "t10k-images-idx3-ubyte", "no image data",
+               f"{dims[0]} images of {dims[1]}x{dims[2]}"):
+        dataset("mnist", tmp_path)
+
+
+def test_cifar_batch_larger_than_memory_fails(tmp_path, monkeypatch):
+    _write_cifar(tmp_path, sizes=(1, 1, 1, 1, 1, 2))
+    monkeypatch.setattr(readers, "memory_limit", lambda: 5000)  # test_batch: 6,146 bytes
+    with fails("E402", "test_batch.bin", "6 KiB", "more than this machine's memory"):
         dataset("cifar10", tmp_path)
 
 

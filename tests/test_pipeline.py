@@ -88,3 +88,22 @@ def test_formatting_never_changes_a_hash():
     messy = [p.read_text().replace(" = ", "=").replace("\n\n", "\n  # note\n") for p in specs]
     for text in messy:
         assert full_hash(check_text(format_text(text)), "0" * 64) == full_hash(check_text(text), "0" * 64)
+
+
+@pytest.mark.parametrize("prior", ["white", "matched"])
+def test_data_that_do_not_vary_are_E522_at_the_data_line(tmp_path, prior):
+    np.savez(tmp_path / "const.npz", x=np.full((20, 1, 4, 4), 0.5, dtype=np.float32))
+    text = (f'gud 1\ndata = npz("{tmp_path / "const.npz"}", range = none)\nbasis = pca()\n'
+            f"prior = {prior}\ngamma_i(t) = linear(t)\n")
+    with pytest.raises(GudError) as err:
+        build_model(check_text(text, "const.gud"), use_cache=False)
+    d = err.value.diagnostics[0]
+    assert d.code == "E522" and "zero variance" in d.message and d.span.line == 2
+
+
+def test_a_sample_grid_of_a_constant_range_is_written(tmp_path):
+    from gudlang.runs import save_grid
+    x = np.full((4, 1, 4, 4), 0.5, dtype=np.float32)
+    with np.errstate(all="raise"):
+        save_grid(x, tmp_path / "g.png", (0.5, 0.5))
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
