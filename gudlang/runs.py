@@ -25,6 +25,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,17 +129,20 @@ def _checkpoint_tensors(model, network, ema) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------- train
 def train(args, overrides: dict) -> int:
-    """`gud train SPEC` / `gud train --resume RUN` (exit code 130 when interrupted)."""
+    """`gud train SPEC` / `gud train --resume RUN` (exit code 128 + signal number when stopped
+    by SIGINT (130) or SIGTERM (143), after saving a checkpoint)."""
     result = train_run(args.spec, overrides, out=args.out, resume=args.resume, until=args.until,
                        quiet=args.quiet)
-    return 130 if result.interrupted else 0
+    return 128 + result.signal if result.interrupted else 0
 
 
 @dataclass
 class TrainResult:
+    """Where a training run went, the step it reached, and whether a signal stopped it."""
     run: Path
     step: int
     interrupted: bool = False
+    signal: int = 0
 
 
 def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: str | Path = "runs",
@@ -229,12 +233,16 @@ def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: st
     data = torch.as_tensor(model.data.train)
     per_rank = max(1, settings.batch // world)
     metrics_path = run / "metrics.csv"
-    interrupted = {"flag": False}
+    interrupted = {"flag": False, "signal": 0}
 
-    def on_sigint(signum, frame):
-        interrupted["flag"] = True
+    def on_signal(signum, frame):
+        interrupted["flag"], interrupted["signal"] = True, signum
 
-    old_handler = signal.signal(signal.SIGINT, on_sigint)
+    # Ctrl-C and a scheduler's SIGTERM (preemption) both stop at the end of the step with a
+    # checkpoint. Handlers can only be set from the main thread; elsewhere signals act as usual.
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    old_handlers = ({sig: signal.signal(sig, on_signal) for sig in stop_signals}
+                    if threading.current_thread() is threading.main_thread() else {})
     losses = []
     t0 = time.time()
     bar = _progress(start, settings.steps, quiet=quiet or rank != 0)
@@ -269,9 +277,11 @@ def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: st
                 if rank == 0:
                     _append_metrics(metrics_path, rows)
                     _save(run, model, spec_text, overrides, network, ema, optimizer, step, custom and network_name)
-                    print(f"\ninterrupted at step {step}: checkpoint saved; continue with "
+                    name = signal.Signals(interrupted["signal"]).name if interrupted["signal"] else "a signal"
+                    print(f"\ninterrupted by {name} at step {step}: checkpoint saved; continue with "
                           f"`gud train --resume {run}`", file=sys.stderr)
-                return TrainResult(run, step, interrupted=True)
+                return TrainResult(run, step, interrupted=True,
+                                   signal=interrupted["signal"] or int(signal.SIGINT))
         bar.close()
         agree = _ranks_agree(network) if world > 1 else None
         if rank == 0:
@@ -293,8 +303,9 @@ def train_run(spec: str | Path | None, overrides: dict | None = None, *, out: st
                 print(f"DDP: {world} ranks, weights identical on every rank: {agree}")
             print(f"model hash {model.model_hash}")
     finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        for sig, handler in old_handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
         if world > 1 and torch.distributed.is_initialized():
             if sys.exc_info()[0] is None:
                 # rank 0 is still writing after the loop: tearing gloo down under it aborts

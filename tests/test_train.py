@@ -204,7 +204,8 @@ def test_a_custom_network_from_python(capsys, spec, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("signame,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, signame, code):
     import signal
     import time
     spec = tmp_path / "long.gud"
@@ -217,10 +218,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
         runs = list((tmp_path / "runs").glob("*/metrics.csv")) if (tmp_path / "runs").exists() else []
         seen = len(runs[0].read_text().splitlines()) - 1 if runs else 0
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "checkpoint saved" in err and "Traceback" not in err
+    assert proc.returncode == code, err[-2000:]
+    assert f"interrupted by {signame}" in err and "checkpoint saved" in err and "Traceback" not in err
     run = only_run(tmp_path / "runs")
     _, meta = ckpt.load_checkpoint(run / "checkpoint.safetensors")
     # No periodic checkpoint is due before step 100000: this one was written at the interrupt,
@@ -278,3 +279,16 @@ def test_torch_compile_trains_like_eager_with_the_same_hash(capsys, spec, tmp_pa
     np.testing.assert_allclose([float(x) for x in losses(a)], [float(x) for x in losses(b)], rtol=1e-4)
     # The checkpoint holds the plain module's weights: it samples without torch.compile.
     assert main(["sample", str(b), "-n", "2", "-o", str(tmp_path / "s")]) == 0
+
+
+def test_train_run_works_from_a_worker_thread(spec, tmp_path):
+    # Signal handlers can only be set in the main thread; training elsewhere must still run.
+    import threading
+
+    from gudlang.runs import train_run
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        r=train_run(spec, {"train.steps": "3"}, out=tmp_path / "runs", quiet=True)))
+    worker.start()
+    worker.join(timeout=120)
+    assert result["r"].step == 3 and not result["r"].interrupted
