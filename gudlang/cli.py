@@ -198,8 +198,8 @@ def cmd_plot(args) -> int:
 
 
 def _plot_path(text: str) -> Path:
-    """The file `gud plot -o` writes: .png added when there is no extension; E001 when the
-    format is unknown or the folder is missing."""
+    """The file `gud plot -o` writes: .png added when there is no extension, its folder made
+    (as `gud sample -o` does); E001 when the format is unknown or the folder cannot be made."""
     from matplotlib.backend_bases import FigureCanvasBase
 
     out = Path(text)
@@ -209,10 +209,11 @@ def _plot_path(text: str) -> Path:
     if out.suffix[1:].lower() not in formats:
         raise GudError.one("E001", f"cannot write {out}: `{out.suffix}` is not an image format", path=str(out),
                            help="use .png, .pdf or .svg (or any of " + ", ".join(sorted(formats)) + ")")
-    if not out.parent.is_dir():
-        what = "is not a folder" if out.parent.exists() else "does not exist"
-        raise GudError.one("E001", f"cannot write {out}: {out.parent} {what}", path=str(out),
-                           help="create the folder first")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GudError.one("E001", f"cannot write {out}: cannot create {out.parent} ({e.strerror or e})",
+                           path=str(out), help="choose another output folder") from None
     return out
 
 
