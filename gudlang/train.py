@@ -38,7 +38,16 @@ class EpsModel(nn.Module):
 
     def forward(self, chi: torch.Tensor, t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         x = self.basis.inverse(chi)
-        return self.basis(self.network(x, gamma))
+        return self.basis(checked_output(self.network(x, gamma), x))
+
+
+def checked_output(pred, x: torch.Tensor) -> torch.Tensor:
+    """A network's prediction, which must be a tensor shaped like its input x (E613)."""
+    if not torch.is_tensor(pred) or pred.shape != x.shape:
+        got = tuple(pred.shape) if torch.is_tensor(pred) else type(pred).__name__
+        raise GudError.one("E613", f"the network returned {got} for an input of shape {tuple(x.shape)}",
+                           help="a network maps (x (B, C, H, W), gamma (B, D)) to eps shaped like x")
+    return pred
 
 
 def step_generator(seed: int, step: int, rank: int = 0, device="cpu") -> torch.Generator:
@@ -92,7 +101,7 @@ class Objective(nn.Module):
                 pred = self.network(x_t, gamma)
         else:
             pred = self.network(x_t, gamma)
-        return torch.mean((pred.float() - batch.eps) ** 2)
+        return torch.mean((checked_output(pred, x_t).float() - batch.eps) ** 2)
 
 
 def make_batch(data: torch.Tensor, spec, drawn, step: int, batch: int, seed: int, rank: int, device) -> Batch:

@@ -203,6 +203,32 @@ def test_a_custom_network_from_python(capsys, spec, tmp_path):
     assert out.x0.shape == (2, 64) and torch.isfinite(out.x0).all()
 
 
+class CroppingNet(torch.nn.Module):
+    """A user's network with a bug: it returns half the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, gamma):
+        return x[..., :4] * self.w
+
+
+def test_a_custom_network_returning_the_wrong_shape_is_E613(spec, tmp_path):
+    import gudlang
+    from gudlang.train import EpsModel
+    with pytest.raises(GudError) as info:
+        gudlang.train_run(spec, {"train.steps": "2"}, out=tmp_path / "runs", quiet=True, network=CroppingNet())
+    d = info.value.diagnostics[0]
+    assert d.code == "E613" and "(16, 1, 8, 4)" in d.message and "(16, 1, 8, 8)" in d.message
+    model, _, _ = gudlang.load_run(gudlang.train_run(spec, {"train.steps": "2"}, out=tmp_path / "ok",
+                                                     quiet=True, network=TinyNet()).run, network=TinyNet())
+    eps_model = EpsModel(CroppingNet(), model.basis, model.data.shape)
+    with pytest.raises(GudError) as info:
+        gudlang.sample("ddim", eps_model, model.schedule.to(torch.float32), (2, 64), 3)
+    assert info.value.diagnostics[0].code == "E613"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signame,code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, signame, code):
