@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 
 from .diagnostics import GudError
+from .samplers import MAX_ADAPTIVE_NFE, MIN_TOLERANCE
 
 CODES: dict[str, str] = {
     "E660": "invalid likelihood argument",
@@ -88,8 +89,8 @@ def log_likelihood(eps_model, schedule, x0: torch.Tensor, exact_trace: bool | No
     if not (isinstance(hutchinson_samples, int) and hutchinson_samples >= 1):
         raise GudError.one("E660", f"hutchinson_samples must be a positive integer, got "
                            f"{hutchinson_samples!r}")
-    if not (rtol > 0 and atol > 0):
-        raise GudError.one("E660", f"rtol and atol must be positive, got {rtol!r} and {atol!r}")
+    if not (rtol >= MIN_TOLERANCE and atol >= MIN_TOLERANCE):
+        raise GudError.one("E660", f"rtol and atol must be >= {MIN_TOLERANCE:g}, got {rtol!r} and {atol!r}")
     batch, dim = x0.shape
     if exact_trace is None:
         exact_trace = dim <= EXACT_TRACE_MAX_DIM
@@ -107,6 +108,9 @@ def log_likelihood(eps_model, schedule, x0: torch.Tensor, exact_trace: bool | No
     def dynamics(t, state):
         nonlocal nfe
         nfe += 1
+        if nfe > MAX_ADAPTIVE_NFE:
+            raise GudError.one("E661", f"the likelihood ODE made {MAX_ADAPTIVE_NFE} model calls and is at "
+                               f"t = {float(t):.4g}", help="loosen rtol and atol")
         x = state[0]
         tt = torch.full((batch,), float(t), dtype=x.dtype, device=x.device)
         gamma, beta = schedule(tt)
@@ -128,7 +132,11 @@ def log_likelihood(eps_model, schedule, x0: torch.Tensor, exact_trace: bool | No
     span = torch.tensor([0.0, 1.0], dtype=x0.dtype, device=x0.device)
     start = (x0.detach(), torch.zeros(batch, dtype=x0.dtype, device=x0.device))
     with torch.no_grad():
-        xs, integrals = odeint(dynamics, start, span, method="dopri5", rtol=rtol, atol=atol)
+        try:
+            xs, integrals = odeint(dynamics, start, span, method="dopri5", rtol=rtol, atol=atol)
+        except AssertionError as e:  # torchdiffeq's "underflow in dt"
+            raise GudError.one("E661", f"the likelihood ODE's step underflowed ({e})",
+                               help="loosen rtol and atol") from None
     x1 = xs[-1]
     logp = (prior_logp or standard_normal_logp)(x1) + integrals[-1]
     if not bool(torch.isfinite(logp).all()):

@@ -93,6 +93,11 @@ CODES: dict[str, str] = {
     "E652": "sampler produced non-finite values",
 }
 
+# dopri5 tolerances below MIN_TOLERANCE ask for more than float64 holds (it stalls or its step
+# underflows); MAX_ADAPTIVE_NFE model calls end a solve that makes no progress.
+MIN_TOLERANCE = 1e-12
+MAX_ADAPTIVE_NFE = 100_000
+
 # Below this |h| phi(h) = (expm1(h) - h) / h is summed as a series: the direct formula
 # cancels catastrophically in float32 for small steps.
 _PHI_SERIES = 1e-2
@@ -254,6 +259,9 @@ def sample_adaptive(eps_model, schedule, x1, steps, generator=None, t_end=0.0, d
     def velocity(t, x):
         nonlocal nfe
         nfe += 1
+        if nfe > MAX_ADAPTIVE_NFE:
+            raise GudError.one("E652", f"the adaptive sampler made {MAX_ADAPTIVE_NFE} model calls and is at "
+                               f"t = {float(t):.4g}", help="loosen rtol and atol, or use a fixed-step sampler")
         eps, gamma, beta = _call(eps_model, schedule, x, float(t))
         if not bool(torch.isfinite(eps).all()):
             # dopri5 would otherwise shrink its step until it underflows.
@@ -261,8 +269,12 @@ def sample_adaptive(eps_model, schedule, x1, steps, generator=None, t_end=0.0, d
         return _drift(x, eps, gamma, beta)
 
     span = torch.tensor([1.0, t_end], dtype=x1.dtype, device=x1.device)
-    x = odeint(velocity, x1, span, method="dopri5", rtol=rtol, atol=atol,
-               options={"first_step": (1.0 - t_end) / steps})[-1]
+    try:
+        x = odeint(velocity, x1, span, method="dopri5", rtol=rtol, atol=atol,
+                   options={"first_step": (1.0 - t_end) / steps})[-1]
+    except AssertionError as e:  # torchdiffeq's "underflow in dt"
+        raise GudError.one("E652", f"the adaptive sampler's step underflowed ({e})",
+                           help="loosen rtol and atol, or use a fixed-step sampler") from None
     return _finish(eps_model, schedule, x, t_end, denoise, nfe)
 
 
@@ -288,8 +300,8 @@ def sample(method: str, eps_model, schedule, start, steps: int, generator=None, 
         raise GudError.one("E651", f"sampler {method!r} has no option {unknown[0]!r}",
                            help=f"its options are {', '.join(OPTIONS[method])}")
     for key in ("rtol", "atol"):
-        if key in options and not (isinstance(options[key], (int, float)) and options[key] > 0):
-            raise GudError.one("E651", f"{key} must be a positive number, got {options[key]!r}")
+        if key in options and not (isinstance(options[key], (int, float)) and options[key] >= MIN_TOLERANCE):
+            raise GudError.one("E651", f"{key} must be a number >= {MIN_TOLERANCE:g}, got {options[key]!r}")
     if torch.is_tensor(start):
         x1 = start
     else:

@@ -188,8 +188,8 @@ class SampleSettings(_Model):
     steps: Annotated[int, Field(ge=1)] = 50
     n: Annotated[int, Field(ge=1)] = 64
     seed: int = 0
-    rtol: Annotated[float, Field(gt=0)] = 1e-4
-    atol: Annotated[float, Field(gt=0)] = 1e-4
+    rtol: Annotated[float, Field(ge=1e-12)] = 1e-4  # >= samplers.MIN_TOLERANCE (a test keeps them equal)
+    atol: Annotated[float, Field(ge=1e-12)] = 1e-4
     denoise: bool = True
 
 

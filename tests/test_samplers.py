@@ -322,3 +322,18 @@ def test_non_finite_samples_are_E652(oracle):
 def test_every_method_lists_its_options_and_the_spec_and_cli_know_it():
     assert set(OPTIONS) == set(SAMPLERS) == set(typing.get_args(SamplerName))
     assert all({"t_end", "denoise"} <= set(v) for v in OPTIONS.values())
+
+
+def test_adaptive_tolerances_below_float64_reach_are_refused_and_runaway_solves_stop(oracle, monkeypatch):
+    import gudlang.samplers as samplers
+    from gudlang.spec import SampleSettings
+    schedule = schedules(D)["soft"]
+    with pytest.raises(GudError) as err:
+        sample("adaptive", oracle, schedule, (2, D), 4, rtol=1e-300, atol=1e-300)
+    assert err.value.diagnostics[0].code == "E651"
+    # The spec's bound is the sampler's (SampleSettings refuses what sample() would).
+    assert SampleSettings.model_fields["rtol"].metadata[0].ge == samplers.MIN_TOLERANCE
+    monkeypatch.setattr(samplers, "MAX_ADAPTIVE_NFE", 20)
+    with pytest.raises(GudError) as err:
+        sample("adaptive", oracle, schedule, (2, D), 4, rtol=1e-10, atol=1e-10)
+    assert err.value.diagnostics[0].code == "E652" and "20 model calls" in err.value.diagnostics[0].message
