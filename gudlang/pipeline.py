@@ -106,9 +106,26 @@ def build_model(checked: CheckedSpec, data: DataSet | None = None, *, stats: Com
                            help="simplify the schedule expression") from None
 
 
+def check_network(checked: CheckedSpec, shape) -> None:
+    """Build the declared network on the meta device (no memory, no time) so that options that
+    cannot work with this data (groups not dividing a width, too many levels, empty lists)
+    are E61x errors at the `network = ...` line when the spec is checked, not at training."""
+    from gudlang.networks import make_network
+    options = checked.spec.network.model_dump()
+    kind = options.pop("kind")
+    if kind == "oracle":
+        return
+    try:
+        with torch.device("meta"):
+            make_network(kind, tuple(shape), **options)
+    except GudError as e:
+        raise _anchored(e, checked, "network") from None
+
+
 def _build_model(checked, data, stats, basis_state, use_cache) -> Model:
     spec = checked.spec
     data = data if data is not None else load_spec_data(checked)
+    check_network(checked, data.shape)
     options = spec.basis.model_dump()
     kind = options.pop("kind")
     try:

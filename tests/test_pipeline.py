@@ -107,3 +107,16 @@ def test_a_sample_grid_of_a_constant_range_is_written(tmp_path):
     with np.errstate(all="raise"):
         save_grid(x, tmp_path / "g.png", (0.5, 0.5))
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("network,phrase", [
+    ("unet(channels = 12)", "divisible by 8"),
+    ("unet(channel_mult = [1, 2, 2, 2, 2])", "too small"),
+    ("unet(attention_resolutions = [0])", "positive integer"),
+])
+def test_network_options_that_cannot_work_are_errors_at_check_time(network, phrase):
+    text = f"gud 1\ndata = digits()\nbasis = pca()\nprior = white\nnetwork = {network}\ngamma(t) = linear(t)\n"
+    with pytest.raises(GudError) as err:
+        build_model(check_text(text, "net.gud"))
+    d = err.value.diagnostics[0]
+    assert d.code == "E612" and phrase in d.message and d.span.line == 5
