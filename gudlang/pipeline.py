@@ -144,7 +144,15 @@ def _build_model(checked, data, stats, basis_state, use_cache) -> Model:
     feats = component_features(basis, stats)
     feats["var"] = var
     prior = build_prior(checked, feats)
-    feats["wvar"] = var / prior.scales.detach().double().cpu().numpy() ** 2
+    with np.errstate(all="ignore"):
+        feats["wvar"] = var / prior.scales.detach().double().cpu().numpy() ** 2
+    bad = ~np.isfinite(feats["wvar"]) | (feats["wvar"] <= 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise _anchored(GudError.one(
+            "E510", f"the prior scale of component {i} ({float(prior.scales[i]):.3g}) gives it the whitened "
+                    f"variance var / scale^2 = {feats['wvar'][i]:.3g}, which must be positive and finite",
+            help="use prior scales of the order of the data's standard deviations"), checked, "prior")
     drawn = {n: spec.params[n].mean for n in checked.drawn}
     gamma_path = _gamma_path(checked)
     try:

@@ -120,3 +120,12 @@ def test_network_options_that_cannot_work_are_errors_at_check_time(network, phra
         build_model(check_text(text, "net.gud"))
     d = err.value.diagnostics[0]
     assert d.code == "E612" and phrase in d.message and d.span.line == 5
+
+
+@pytest.mark.parametrize("scale,shown", [("1e-200", "inf"), ("1e200", "= 0")])
+def test_prior_scales_whose_square_leaves_float64_are_E510(scale, shown):
+    text = f"gud 1\ndata = digits()\nbasis = pca()\nprior = scale({scale})\ngamma(t) = linear(t)\n"
+    with pytest.raises(GudError) as err:
+        build_model(check_text(text, "scale.gud"))
+    d = err.value.diagnostics[0]
+    assert d.code == "E510" and shown in d.message and d.span.line == 4
