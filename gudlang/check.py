@@ -181,6 +181,8 @@ class _Resolver:
         elif name in FEATURES:
             self.error("E214", f"feature `{name}` needs the component", path, "missing (i)",
                        help=f"write {name}(i)", at=at)
+        elif ("param_name", name) in self.smap.anchors:
+            pass  # a declared param whose declaration was refused: that error is already reported
         else:
             candidates = set(scope) | set(self.spec.params) | set(self.defs) | set(CONSTANTS) \
                 | {d.name for d in self.defs.values()}
@@ -227,6 +229,13 @@ class _Resolver:
                 self.error("E208", f"{f}(...) over components of a time-dependent value is not supported",
                            path, "depends on t", help="reduce a value that does not depend on t", at=site)
             return A.Call(f, (arg,)), shape - {"i"}
+        if f in REDUCTIONS and f not in ELEMENTWISE:  # mean, sum: exactly one positional argument
+            for k, a in enumerate(call.args):
+                self.resolve(a, path + ("args", k), scope, site)
+            self.error("E204" if not call.kwargs else "E205",
+                       f"`{f}` takes one positional argument (the value to reduce over components)",
+                       fat, "wrong arguments", help=f"write {f}(x)")
+            return A.Num(0.0), SCALAR
         if f in ELEMENTWISE:
             if call.kwargs:
                 self.error("E205", f"`{f}` takes no keyword arguments", path + ("kwargs", 0), "keyword",

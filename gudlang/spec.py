@@ -12,6 +12,7 @@ E211 unknown setting, E213 expression where a constant is needed.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -277,6 +278,8 @@ def constant(expr: A.Expr, path, names: dict[str, Any] | None = None):
     if isinstance(expr, A.Name):
         if expr.id in names:
             return names[expr.id]
+        if expr.id == "pi":
+            return math.pi
         return {"true": True, "false": False, "none": None}.get(expr.id, expr.id)
     if isinstance(expr, A.List):
         return [constant(x, path + ("items", k), names) for k, x in enumerate(expr.items)]
@@ -416,6 +419,7 @@ class _Builder:
         args = [(names[k] if k < len(names) else None, a, path + ("dist", "args", k))
                 for k, a in enumerate(dist.args)]
         args += [(kw.name, kw.value, path + ("dist", "kwargs", k, "value")) for k, kw in enumerate(dist.kwargs)]
+        given = set()
         for name, expr, apath in args:
             if name is None:
                 self.error("E204", f"`{dist.func}` takes {len(names)} arguments", apath, "extra argument")
@@ -424,10 +428,18 @@ class _Builder:
                 self.error("E205", f"`{dist.func}` has no argument `{name}`", apath, "unknown argument",
                            help=f"arguments: {', '.join(names)}")
                 continue
+            if name in given:
+                self.error("E205", f"argument `{name}` of `{dist.func}` given twice", apath, "given again")
+                continue
+            given.add(name)
             try:
                 values[name] = float(constant(expr, apath, fixed))
-            except (ConstantError, TypeError, ValueError):
+            except ConstantError as e:
+                self.error("E213", f"`{name}` must be a constant number ({e.message})", apath, "not a constant")
+            except (TypeError, ValueError):
                 self.error("E213", f"`{name}` must be a constant number", apath, "not a constant")
+        if given - set(values):
+            return None  # an argument was reported above; a "missing" error would mislead
         missing = [n for n in names if n not in values]
         if missing:
             self.error("E206", f"`{dist.func}` is missing {', '.join(f'`{m}`' for m in missing)}",

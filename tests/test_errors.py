@@ -64,3 +64,38 @@ def test_a_diagnostic_without_file_or_position_starts_with_its_severity():
     assert line == "error[E621]: checkpoint x is corrupt"
     spanned = render_text(GudError.one("E105", "unexpected token", span=Span(2, 3, 2, 4)).diagnostics, "a\nbcd\n")
     assert spanned.startswith("<input>:2:3: error[E105]")
+
+
+def codes_of(text: str) -> list[str]:
+    from gudlang.check import check_text
+    with pytest.raises(GudError) as err:
+        check_text(text, "t.gud")
+    return [d.code for d in err.value.diagnostics]
+
+
+HEAD = "gud 1\ndata = digits()\nbasis = pca()\nprior = white\n"
+
+
+def test_a_distribution_argument_given_twice_is_E205_not_last_wins():
+    assert codes_of(HEAD + "param a ~ uniform(hi = 1.5, lo = 0.5, lo = 0.2)\ngamma(t) = linear(a * t)\n") == ["E205"]
+
+
+def test_a_refused_param_is_reported_once_without_follow_on_errors():
+    assert codes_of(HEAD + "param a ~ uniform(2, 1)\ngamma(t) = linear(a * t)\n") == ["E210"]
+    assert codes_of(HEAD + "param a ~ uniform(0, 10^400)\ngamma(t) = linear(a * t)\n") == ["E213"]
+
+
+def test_reductions_with_extra_arguments_say_so():
+    for call in ("mean(rank(i), 2)", "sum(x = rank(i))"):
+        with pytest.raises(GudError) as err:
+            from gudlang.check import check_text
+            check_text(HEAD + f"gamma_i(t) = linear(t) + {call}\n", "t.gud")
+        d = err.value.diagnostics[0]
+        assert d.code in {"E204", "E205"} and "one positional argument" in d.message and "did you mean" not in (d.help or "")
+
+
+def test_pi_is_a_constant_in_params_and_settings():
+    from gudlang.check import check_text
+    checked = check_text(HEAD + "param a = pi\ntrain { lr = 2e-4 * pi }\ngamma(t) = linear(a * t / 4)\n", "t.gud")
+    assert checked.spec.params["a"].value == pytest.approx(3.141592653589793)
+    assert checked.spec.train.lr == pytest.approx(2e-4 * 3.141592653589793)
