@@ -522,18 +522,19 @@ def evaluate_constant(expr: A.Expr, features: Mapping[str, np.ndarray], fixed: M
 @np.errstate(all="ignore")  # overflow in a user's formula is reported as E302, not a RuntimeWarning
 def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: Mapping[str, tuple[float, float]],
                    constant: np.ndarray | None = None) -> list[Diagnostic]:
-    """Evaluate on a dense t grid (float64) for the corners and centre of every drawn param's
-    range. Raise GudError E302 on NaN / inf, E301 where gamma decreases; return warnings when
+    """Evaluate on a dense t grid (float64; a uniform grid plus a golden-ratio sequence, so that
+    no period aliases with it) for the corners, the centre and a sweep of every drawn param's
+    range (`_param_values`). Narrower features than the grid can still slip through. Raise GudError E302 on NaN / inf, E301 where gamma decreases; return warnings when
     the true SNR = wvar * exp(-gamma) is not >= SNR_HIGH at t = 0 or not <= SNR_LOW at t = 1
     (components marked `constant`, whose data never varies, are left out of that test)."""
     sched = schedule.to(torch.float64)
-    t = torch.linspace(0.0, 1.0, GRID, dtype=torch.float64)
-    combos = list(itertools.product(*[(lo, 0.5 * (lo + hi), hi) for lo, hi in drawn_ranges.values()]))
+    t = _check_grid()
+    combos = _param_values(drawn_ranges)
     warnings: list[Diagnostic] = []
     log_wvar = np.log(np.asarray(wvar, dtype=np.float64))
     varying = np.ones(len(log_wvar), bool) if constant is None else ~np.asarray(constant, bool)
     for combo in combos or [()]:
-        params = {n: torch.full((GRID,), v, dtype=torch.float64) for n, v in zip(drawn_ranges, combo)}
+        params = {n: torch.full((len(t),), v, dtype=torch.float64) for n, v in zip(drawn_ranges, combo)}
         where = (" with " + ", ".join(f"{n} = {v:g}" for n, v in zip(drawn_ranges, combo))) if combo else ""
         with torch.no_grad():
             gamma, slope = sched.gamma_and_slope(t, params)
@@ -547,8 +548,10 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
         dec = (s < -tol)[:-1] | (np.diff(g, axis=0) < -1e-9 * (1.0 + np.abs(g[1:])))
         if dec.any():
             k, i = np.argwhere(dec)[0]
-            raise GudError.one("E301", f"gamma decreases in t for component {i} at t = {t[k].item():.3f}"
-                                       f"{where} (dgamma/dt = {s[k, i]:.3g})",
+            how = (f"dgamma/dt = {s[k, i]:.3g}" if s[k, i] < -tol[k, i] else
+                   f"from {g[k, i]:.6g} to {g[k + 1, i]:.6g} by t = {t[k + 1].item():.4f}")
+            raise GudError.one("E301", f"gamma decreases in t for component {i} at t = {t[k].item():.4f}"
+                                       f"{where} ({how})",
                                help="gamma_i(t) must be non-decreasing: noise only grows in forward time")
         log_snr0 = np.where(varying, log_wvar - g[0], np.inf)
         log_snr1 = np.where(varying, log_wvar - g[-1], -np.inf)
@@ -563,6 +566,27 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
                                                f"at t = 1{where} (want <= {SNR_LOW:g})", severity=WARNING,
                                        help="raise gamma at t = 1, or the prior will not match the noised data"))
     return warnings
+
+
+def _check_grid() -> torch.Tensor:
+    """Sorted times in [0, 1], 0 and 1 included: GRID uniform points and GRID points of the
+    golden-ratio sequence (k * 0.618... mod 1), which no periodic formula can alias with both."""
+    golden = torch.remainder(torch.arange(1, GRID + 1, dtype=torch.float64) * ((math.sqrt(5.0) - 1.0) / 2.0), 1.0)
+    return torch.sort(torch.cat([torch.linspace(0.0, 1.0, GRID, dtype=torch.float64), golden]))[0]
+
+
+def _param_values(ranges: Mapping[str, tuple[float, float]], sweep: int = 9) -> list[tuple[float, ...]]:
+    """Drawn-param values to check a schedule at: every corner of the box, its centre, and for
+    each param `sweep` interior values with the others at their centres."""
+    if not ranges:
+        return []
+    bounds = list(ranges.values())
+    centre = tuple(0.5 * (lo + hi) for lo, hi in bounds)
+    values = set(itertools.product(*bounds)) | {centre}
+    for j, (lo, hi) in enumerate(bounds):
+        for k in range(1, sweep + 1):
+            values.add(centre[:j] + (lo + (hi - lo) * k / (sweep + 1),) + centre[j + 1:])
+    return sorted(values)
 
 
 def _snr_text(log_snr: float) -> str:

@@ -245,3 +245,16 @@ def test_drawn_param_ranges_are_checked_at_their_ends():
     s, _ = compiled("linear(b*t - 0.5*rank(i))", "param b ~ uniform(0.2, 2)")
     warnings = check_schedule(s, VAR, {"b": (0.2, 2.0)})
     assert any("b = 0.2" in w.message for w in warnings)
+
+
+@pytest.mark.parametrize("gamma,params", [
+    ("linear(t) + 0.1 * sin(2000 * pi * t)", ""),  # periodic with the uniform grid: aliases with it
+    ("linear(t) - 5 * exp(-((t - 0.3005) / 0.0001)^2)", ""),  # a dip narrower than the uniform grid
+    ("-7 + 10 * t * cos(pi * a) + log(wvar(i))", "param a ~ uniform(0, 4)"),  # fine at a = 0, 2, 4 only
+])
+def test_decreases_between_uniform_grid_points_or_param_values_are_found(gamma, params):
+    s, checked = compiled(gamma, params)
+    ranges = {n: (checked.spec.params[n].lo, checked.spec.params[n].hi) for n in checked.drawn}
+    with pytest.raises(GudError) as info:
+        check_schedule(s, VAR, ranges)
+    assert info.value.diagnostics[0].code == "E301"
