@@ -111,6 +111,11 @@ class _Resolver:
             if base in self.defs:
                 self.error("E203", f"`{d.name}` is defined twice", path + ("name",), "defined again here")
                 continue
+            names = [f.name for f in d.formals or ()]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                self.error("E203", f"`{d.name}` names its argument `{repeated[0]}` twice", path + ("name",),
+                           "repeated argument", help="give every argument its own name")
             self.defs[base] = _Def(d.name, d, path)
         for name in spec.params:
             if name in RESERVED or name in LIBRARY:

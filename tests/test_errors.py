@@ -99,3 +99,7 @@ def test_pi_is_a_constant_in_params_and_settings():
     checked = check_text(HEAD + "param a = pi\ntrain { lr = 2e-4 * pi }\ngamma(t) = linear(a * t / 4)\n", "t.gud")
     assert checked.spec.params["a"].value == pytest.approx(3.141592653589793)
     assert checked.spec.train.lr == pytest.approx(2e-4 * 3.141592653589793)
+
+
+def test_a_function_naming_an_argument_twice_is_E203():
+    assert codes_of(HEAD + "f(x, x) = x\ngamma(t) = linear(f(0.5, t))\n") == ["E203"]
