@@ -306,6 +306,7 @@ class _Builder:
 
     def __init__(self, program: A.Program, smap: A.SourceMap):
         self.program, self.smap = program, smap
+        self.param_names = {st.name for st in program.statements if isinstance(st, A.Param)}
         self.errors: list[Diagnostic] = []
         self.locs: dict[tuple, tuple] = {}
         self.seen: dict[str, tuple] = {}
@@ -371,6 +372,11 @@ class _Builder:
         return out
 
     def _put(self, out: dict, key: str, expr: A.Expr, path) -> None:
+        used = [n.id for _, n in A.walk(expr) if isinstance(n, A.Name) and n.id in self.param_names]
+        if used:
+            self.error("E213", f"param `{used[0]}` cannot set `{key}`: params only enter formulas",
+                       path, "a param", help="write the number itself here")
+            return
         try:
             out[key] = constant(expr, path)
         except ConstantError as e:

@@ -103,3 +103,13 @@ def test_pi_is_a_constant_in_params_and_settings():
 
 def test_a_function_naming_an_argument_twice_is_E203():
     assert codes_of(HEAD + "f(x, x) = x\ngamma(t) = linear(f(0.5, t))\n") == ["E203"]
+
+
+def test_a_param_used_as_a_setting_says_params_only_enter_formulas():
+    for where in ("network = unet(channels = a)\n", "train { steps = a }\n", "data = grf(size = a)\n"):
+        text = HEAD.replace("data = digits()\n", "" if where.startswith("data") else "data = digits()\n")
+        from gudlang.check import check_text
+        with pytest.raises(GudError) as err:
+            check_text(text + "param a = 4\n" + where + "gamma(t) = linear(t)\n", "t.gud")
+        d = err.value.diagnostics[0]
+        assert d.code == "E213" and "params only enter formulas" in d.message, where
