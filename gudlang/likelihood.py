@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import torch
 
 from .diagnostics import GudError
-from .samplers import MAX_ADAPTIVE_NFE, MIN_TOLERANCE
+from .samplers import MIN_TOLERANCE, solve_dopri5
 
 CODES: dict[str, str] = {
     "E660": "invalid likelihood argument",
@@ -82,8 +82,6 @@ def log_likelihood(eps_model, schedule, x0: torch.Tensor, exact_trace: bool | No
                    hutchinson_samples: int = 1, rtol: float = 1e-5, atol: float = 1e-5,
                    generator: torch.Generator | None = None, prior_logp=None) -> LogLikResult:
     """log p_0(x0) by the PF-ODE from t = 0 to 1 (see the module docstring)."""
-    from torchdiffeq import odeint
-
     if x0.dim() != 2 or not bool(torch.isfinite(x0).all()):
         raise GudError.one("E660", f"x0 must be a finite (B, D) tensor, got shape {tuple(x0.shape)}")
     if not (isinstance(hutchinson_samples, int) and hutchinson_samples >= 1):
@@ -103,14 +101,8 @@ def log_likelihood(eps_model, schedule, x0: torch.Tensor, exact_trace: bool | No
                               device=x0.device)
         probes = (2 * signs - 1).to(x0.dtype)
         method = f"hutchinson({hutchinson_samples})"
-    nfe = 0
 
     def dynamics(t, state):
-        nonlocal nfe
-        nfe += 1
-        if nfe > MAX_ADAPTIVE_NFE:
-            raise GudError.one("E661", f"the likelihood ODE made {MAX_ADAPTIVE_NFE} model calls and is at "
-                               f"t = {float(t):.4g}", help="loosen rtol and atol")
         x = state[0]
         tt = torch.full((batch,), float(t), dtype=x.dtype, device=x.device)
         gamma, beta = schedule(tt)
@@ -132,11 +124,8 @@ def log_likelihood(eps_model, schedule, x0: torch.Tensor, exact_trace: bool | No
     span = torch.tensor([0.0, 1.0], dtype=x0.dtype, device=x0.device)
     start = (x0.detach(), torch.zeros(batch, dtype=x0.dtype, device=x0.device))
     with torch.no_grad():
-        try:
-            xs, integrals = odeint(dynamics, start, span, method="dopri5", rtol=rtol, atol=atol)
-        except AssertionError as e:  # torchdiffeq's "underflow in dt"
-            raise GudError.one("E661", f"the likelihood ODE's step underflowed ({e})",
-                               help="loosen rtol and atol") from None
+        (xs, integrals), nfe = solve_dopri5(dynamics, start, span, rtol, atol, "E661", "the likelihood ODE",
+                                            help="loosen rtol and atol")
     x1 = xs[-1]
     logp = (prior_logp or standard_normal_logp)(x1) + integrals[-1]
     if not bool(torch.isfinite(logp).all()):

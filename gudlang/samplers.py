@@ -251,17 +251,9 @@ def sample_dpm2(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoi
 def sample_adaptive(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True,
                     rtol=1e-5, atol=1e-5) -> SampleResult:
     """dopri5 on the PF-ODE from t = 1 to t_end with torchdiffeq. `generator` is unused."""
-    from torchdiffeq import odeint
-
     _grid(steps, t_end)
-    nfe = 0
 
     def velocity(t, x):
-        nonlocal nfe
-        nfe += 1
-        if nfe > MAX_ADAPTIVE_NFE:
-            raise GudError.one("E652", f"the adaptive sampler made {MAX_ADAPTIVE_NFE} model calls and is at "
-                               f"t = {float(t):.4g}", help="loosen rtol and atol, or use a fixed-step sampler")
         eps, gamma, beta = _call(eps_model, schedule, x, float(t))
         if not bool(torch.isfinite(eps).all()):
             # dopri5 would otherwise shrink its step until it underflows.
@@ -269,13 +261,33 @@ def sample_adaptive(eps_model, schedule, x1, steps, generator=None, t_end=0.0, d
         return _drift(x, eps, gamma, beta)
 
     span = torch.tensor([1.0, t_end], dtype=x1.dtype, device=x1.device)
+    xs, nfe = solve_dopri5(velocity, x1, span, rtol, atol, "E652", "the adaptive sampler",
+                           help="loosen rtol and atol, or use a fixed-step sampler",
+                           options={"first_step": (1.0 - t_end) / steps})
+    return _finish(eps_model, schedule, xs[-1], t_end, denoise, nfe)
+
+
+def solve_dopri5(func, y0, span, rtol: float, atol: float, code: str, what: str, help: str,
+                 options: dict | None = None):
+    """torchdiffeq's dopri5 of func(t, y) over `span` -> (solution at span, calls of func).
+    A solve that passes MAX_ADAPTIVE_NFE calls, or whose step underflows, is GudError `code`."""
+    from torchdiffeq import odeint
+
+    calls = 0
+
+    def counted(t, y):
+        nonlocal calls
+        calls += 1
+        if calls > MAX_ADAPTIVE_NFE:
+            raise GudError.one(code, f"{what} made {MAX_ADAPTIVE_NFE} model calls and is at t = {float(t):.4g}",
+                               help=help)
+        return func(t, y)
+
     try:
-        x = odeint(velocity, x1, span, method="dopri5", rtol=rtol, atol=atol,
-                   options={"first_step": (1.0 - t_end) / steps})[-1]
+        solution = odeint(counted, y0, span, method="dopri5", rtol=rtol, atol=atol, options=options)
     except AssertionError as e:  # torchdiffeq's "underflow in dt"
-        raise GudError.one("E652", f"the adaptive sampler's step underflowed ({e})",
-                           help="loosen rtol and atol, or use a fixed-step sampler") from None
-    return _finish(eps_model, schedule, x, t_end, denoise, nfe)
+        raise GudError.one(code, f"{what}'s step underflowed ({e})", help=help) from None
+    return solution, calls
 
 
 SAMPLERS = {"em": sample_em, "heun": sample_heun, "midpoint": sample_midpoint, "ddim": sample_ddim,
