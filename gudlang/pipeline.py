@@ -2,7 +2,8 @@
 
 Input: a `CheckedSpec` (`gudlang.check`).
 Output: `Model`, holding the loaded `DataSet`, the fitted `Basis`, the `ComponentStats`,
-the `Prior`, the per-component feature vectors the schedule is written in, the
+the `Prior`, the `Space` they make (every map between data and whitened components), the
+per-component feature vectors the schedule is written in, the
 `CompiledSchedule`, the schedule's numeric warnings, and the model hash. `build_model`
 raises `GudError` (E3xx from the schedule checks, E4xx from the data, E5xx from bases and
 priors), with the span of the spec statement that caused it.
@@ -26,6 +27,7 @@ from gudlang.hashing import full_hash, model_hash
 from gudlang.priors import Prior, matched, scaled, white
 from gudlang.schedules import (CompiledSchedule, check_schedule, compile_schedule, evaluate_constant,
                                generation_order)
+from gudlang.space import Space
 from gudlang.spec import Spec
 from gudlang.stats import ComponentStats, component_features, fit_stats
 
@@ -44,6 +46,10 @@ class Model:
     features: dict[str, np.ndarray]
     schedule: CompiledSchedule
     warnings: list[Diagnostic] = field(default_factory=list)
+    space: Space = field(init=False)
+
+    def __post_init__(self):
+        self.space = Space(self.stats.mean, self.basis, self.prior)
 
     @property
     def spec(self) -> Spec:

@@ -13,6 +13,8 @@ import os
 import numpy as np
 import torch
 
+from gudlang.space import noise_levels
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
@@ -59,21 +61,14 @@ def plot_schedule(model, out: str, max_lines: int = 400, grid: int = 256) -> Non
 
 def forward_images(model, image: np.ndarray, ts, seed: int = 0) -> np.ndarray:
     """Noise one image (C, H, W) to each t; returns (len(ts), C, H, W) in data space."""
-    x = torch.as_tensor(image, dtype=torch.float64)[None]
-    mean = torch.as_tensor(model.stats.mean, dtype=torch.float64)[None]
-    basis = model.basis.to(torch.float64)
-    prior = model.prior.to(torch.float64)
-    chi_hat = prior.whiten(basis(x - mean))
+    space = model.space
+    chi_hat = space.encode(torch.as_tensor(image, dtype=torch.float64)[None])
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn(chi_hat.shape, generator=g, dtype=torch.float64)
-    out = []
     with torch.no_grad():
-        for t in ts:
-            gamma = model.schedule.to(torch.float64).gamma_and_slope(torch.tensor([float(t)]))[0]
-            alpha, sigma = torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
-            noisy = alpha * chi_hat + sigma * eps
-            out.append((basis.inverse(prior.unwhiten(noisy)) + mean)[0].numpy())
-    return np.stack(out)
+        gamma, _ = model.schedule(torch.as_tensor(np.asarray(ts, dtype=np.float64)))
+        alpha, sigma = noise_levels(gamma)
+        return space.decode(alpha * chi_hat + sigma * eps).numpy()
 
 
 def plot_forward(model, out: str, index: int = 0, steps: int = 6) -> None:

@@ -497,7 +497,7 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
         network = make_network(kind, shape, **options)
     _load_weights(network, groups, "ema", file)
     network.eval()
-    return model, EpsModel(network, model.basis, shape), meta
+    return model, EpsModel(network, model.space), meta
 
 
 def _data_info(meta: dict, file: Path) -> dict:
@@ -526,7 +526,7 @@ def _data_info(meta: dict, file: Path) -> dict:
 def _sample_grid(model, network, out: Path, device, n: int = 64) -> None:
     """A PNG grid of samples with the spec's sample settings (used during training)."""
     from gudlang.train import EpsModel
-    eps_model = EpsModel(network, model.basis, model.data.shape).to(device)
+    eps_model = EpsModel(network, model.space).to(device)
     x = draw_samples(model, eps_model, n, model.spec.sample, device, seed=model.spec.sample.seed)
     save_grid(x, out, model.data.value_range)
 
@@ -538,16 +538,13 @@ def draw_samples(model, eps_model, n: int, settings, device, seed: int, sampler:
     weights = next(eps_model.parameters(), None)
     dtype = weights.dtype if weights is not None and weights.is_floating_point() else torch.float32
     schedule = model.schedule.to(device=device, dtype=dtype)
-    basis = model.basis.to(device)
-    prior = model.prior.to(device)
+    space = model.space.to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         result = sample(sampler or settings.sampler, eps_model, schedule, (n, model.dim), steps or settings.steps,
                         generator=gen, dtype=dtype,
                         **_sampler_options(sampler or settings.sampler, settings))
-        chi = prior.unwhiten(result.x0.float())
-        x = basis.inverse(chi) + torch.as_tensor(np.asarray(model.stats.mean), dtype=torch.float32,
-                                                  device=device)[None]
+        x = space.decode(result.x0).float()
     return (x.cpu().numpy(), result.nfe) if with_nfe else x.cpu().numpy()
 
 
@@ -584,18 +581,12 @@ def save_grid(x: np.ndarray, out: Path, value_range) -> None:
 # --------------------------------------------------------------------------- sample
 def oracle_eps_model(model):
     """The exact eps predictor for a spec whose data are Gaussian (`grf`)."""
-    from gudlang.oracle import GaussianOracle, whitened_moments
+    from gudlang.oracle import GaussianOracle
     d = model.data
     if d.cov is None:
         raise GudError.one("E642", f"network = oracle() needs Gaussian data with a known covariance, "
                                    f"and {d.name} has none", help="use data = grf(...), or train a network")
-    dim = model.dim
-    eye = torch.eye(dim, dtype=torch.float64).reshape((dim,) + tuple(d.shape))
-    with torch.no_grad():
-        u = model.basis.to(torch.float64)(eye).T  # chi = U phi: column j of U is basis(e_j)
-    mean = np.asarray(d.mean, dtype=np.float64).reshape(-1) - np.asarray(model.stats.mean).reshape(-1)
-    m_hat, c_hat = whitened_moments(mean, d.cov, u, model.prior.scales.double())
-    return GaussianOracle(m_hat, c_hat)
+    return GaussianOracle(*model.space.moments(d.mean, d.cov))
 
 
 def _eps_model_for(target: str, overrides: dict):
@@ -663,18 +654,16 @@ def nll(args, overrides: dict) -> int:
     scale = float(hi - lo)
     if data.levels is not None:
         x = dequantise(x, data.levels, scale, generator=gen)
-    basis = model.basis.to(device=device)
-    prior = model.prior.to(device=device)
+    space = model.space.to(device=device)
     schedule = model.schedule.to(device=device, dtype=dtype)
     eps_model = eps_model.to(device=device, dtype=dtype)
-    mean = torch.as_tensor(np.asarray(model.stats.mean), dtype=dtype, device=device)[None]
-    logabsdet = float(prior.logabsdet() + basis.logabsdet())
+    logabsdet = space.logabsdet()
     bits, nfe, method = [], 0, ""
     start = time.time()
     for chunk in torch.split(x, 64):
         chunk = chunk.to(device=device, dtype=dtype)
         with torch.no_grad():
-            chi = prior.whiten(basis(chunk - mean))
+            chi = space.encode(chunk)
         res = log_likelihood(eps_model, schedule, chi, generator=gen, rtol=model.spec.sample.rtol,
                              atol=model.spec.sample.atol)
         bits.append(bits_per_dim(res.logp.double().cpu(), logabsdet, model.dim, scale, data.levels))

@@ -21,24 +21,25 @@ import copy
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from gudlang.diagnostics import GudError
+from gudlang.space import Space, noise_levels
 
 
 class EpsModel(nn.Module):
     """A data_white network as an epsilon model in whitened components:
-    eps_model(chi (B, D), t (B,), gamma (B, D)) -> eps (B, D), the samplers' interface."""
+    eps_model(chi (B, D), t (B,), gamma (B, D)) -> eps (B, D), the samplers' interface.
+    `space` is the model's `Space` (only its to_network / from_network maps are used)."""
 
-    def __init__(self, network: nn.Module, basis: nn.Module, shape):
+    def __init__(self, network: nn.Module, space: Space):
         super().__init__()
-        self.network, self.basis, self.shape = network, basis, tuple(shape)
+        self.network, self.space = network, space
 
     def forward(self, chi: torch.Tensor, t: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        x = self.basis.inverse(chi)
-        return self.basis(checked_output(self.network(x, gamma), x))
+        x = self.space.to_network(chi)
+        return self.space.from_network(checked_output(self.network(x, gamma.to(x.dtype)), x))
 
 
 def checked_output(pred, x: torch.Tensor) -> torch.Tensor:
@@ -81,21 +82,22 @@ class Batch:
 
 
 class Objective(nn.Module):
-    """loss(batch) for a model: the basis, prior and schedule as modules on one device."""
+    """loss(batch) for a model: its space and schedule as modules on one device."""
 
     def __init__(self, model, network: nn.Module):
         super().__init__()
-        self.basis, self.prior, self.schedule = model.basis, model.prior, model.schedule
+        self.space, self.schedule = model.space, model.schedule
         self.network = network
-        self.register_buffer("mean", torch.as_tensor(np.asarray(model.stats.mean), dtype=torch.float32)[None])
 
     def forward(self, batch: Batch, autocast_dtype=None) -> torch.Tensor:
-        chi0 = self.prior.whiten(self.basis(batch.x - self.mean))
+        weight = next(self.network.parameters(), None)  # the data follow the network's dtype
+        dtype = weight.dtype if weight is not None and weight.is_floating_point() else batch.x.dtype
+        chi0 = self.space.encode(batch.x.to(dtype))
         gamma, _ = self.schedule(batch.t, batch.params)
         gamma = gamma.to(chi0.dtype)
-        alpha, sigma = torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
-        chi_t = alpha * chi0 + sigma * self.basis(batch.eps)
-        x_t = self.basis.inverse(chi_t)
+        alpha, sigma = noise_levels(gamma)
+        chi_t = alpha * chi0 + sigma * self.space.from_network(batch.eps.to(dtype))
+        x_t = self.space.to_network(chi_t)
         if autocast_dtype is not None:
             with torch.autocast(device_type=x_t.device.type, dtype=autocast_dtype):
                 pred = self.network(x_t, gamma)

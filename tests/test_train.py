@@ -223,7 +223,7 @@ def test_a_custom_network_returning_the_wrong_shape_is_E613(spec, tmp_path):
     assert d.code == "E613" and "(16, 1, 8, 4)" in d.message and "(16, 1, 8, 8)" in d.message
     model, _, _ = gudlang.load_run(gudlang.train_run(spec, {"train.steps": "2"}, out=tmp_path / "ok",
                                                      quiet=True, network=TinyNet()).run, network=TinyNet())
-    eps_model = EpsModel(CroppingNet(), model.basis, model.data.shape)
+    eps_model = EpsModel(CroppingNet(), model.space)
     with pytest.raises(GudError) as info:
         gudlang.sample("ddim", eps_model, model.schedule.to(torch.float32), (2, 64), 3)
     assert info.value.diagnostics[0].code == "E613"
