@@ -68,11 +68,23 @@ class Compare:
 
 
 @dataclass(frozen=True)
+class BoolOp:
+    op: str  # and | or
+    left: "Expr"
+    right: "Expr"
+
+
+@dataclass(frozen=True)
+class Not:
+    operand: "Expr"
+
+
+@dataclass(frozen=True)
 class List:
     items: tuple["Expr", ...] = ()
 
 
-Expr = Union[Num, Str, Name, Call, BinOp, Neg, Compare, List]
+Expr = Union[Num, Str, Name, Call, BinOp, Neg, Compare, BoolOp, Not, List]
 
 
 # --------------------------------------------------------------------------- statements

@@ -42,13 +42,45 @@ def describe_shape(shape: Shape) -> str:
 
 
 @dataclass(frozen=True)
+class FormulaSlot:
+    """A formula-valued declaration: its name (the key of `CheckedSpec.formulas` and of the
+    hash), how a spec writes it, whether it is a condition or a number, what it must and may
+    depend on (of {t, i, p}), and whether every spec needs one."""
+
+    name: str
+    what: str
+    example: str
+    condition: bool
+    must: Shape
+    may: Shape
+    required: bool = False
+
+
+# Every formula a spec can declare. The checker resolves each one here, hashing and the
+# resolved spec iterate this table, so a new formula cannot be forgotten by either.
+FORMULAS: tuple[FormulaSlot, ...] = (
+    FormulaSlot("gamma", "schedule", "gamma_i(t) = linear(t)", condition=False,
+                must=frozenset("t"), may=frozenset("tip"), required=True),
+    FormulaSlot("prior_scale", "prior scale", "prior = scale(sqrt(var(i)))", condition=False,
+                must=SCALAR, may=frozenset("i")),
+    FormulaSlot("given", "given mask", "given_i = col(i) < 0.5", condition=True,
+                must=SCALAR, may=frozenset("i")),
+)
+
+
+def is_condition(expr: A.Expr) -> bool:
+    """Whether an inlined expression is a condition (true / false) rather than a number."""
+    return isinstance(expr, (A.Compare, A.BoolOp, A.Not))
+
+
+@dataclass(frozen=True)
 class CheckedSpec:
-    """A spec whose names are resolved and whose schedule is one inlined expression."""
+    """A spec whose names are resolved: each declared formula (`FORMULAS`) is one inlined
+    expression over numbers, t, params, features, reductions and elementwise built-ins."""
 
     spec: Spec
-    gamma: A.Expr
-    gamma_shape: Shape
-    prior_scale: A.Expr | None
+    formulas: dict[str, A.Expr]
+    shapes: dict[str, Shape]
     features: frozenset[str]
     drawn: tuple[str, ...]
     source: A.SourceMap = field(compare=False)
@@ -57,6 +89,22 @@ class CheckedSpec:
     @property
     def fixed_params(self) -> dict[str, float]:
         return {k: p.value for k, p in self.spec.params.items() if isinstance(p, FixedParam)}
+
+    @property
+    def gamma(self) -> A.Expr:
+        return self.formulas["gamma"]
+
+    @property
+    def gamma_shape(self) -> Shape:
+        return self.shapes["gamma"]
+
+    @property
+    def prior_scale(self) -> A.Expr | None:
+        return self.formulas.get("prior_scale")
+
+    @property
+    def given(self) -> A.Expr | None:
+        return self.formulas.get("given")
 
 
 # --------------------------------------------------------------------------- definitions
@@ -146,19 +194,44 @@ class _Resolver:
         if isinstance(expr, A.Name):
             return self.name(expr.id, path, scope, at)
         if isinstance(expr, A.Neg):
-            e, s = self.resolve(expr.operand, path + ("operand",), scope, site)
+            e, s = self.number(expr.operand, path + ("operand",), scope, site, "`-`")
             return A.Neg(e), s
         if isinstance(expr, A.BinOp):
-            left, ls = self.resolve(expr.left, path + ("left",), scope, site)
-            right, rs = self.resolve(expr.right, path + ("right",), scope, site)
+            left, ls = self.number(expr.left, path + ("left",), scope, site, f"`{expr.op}`")
+            right, rs = self.number(expr.right, path + ("right",), scope, site, f"`{expr.op}`")
             return A.BinOp(expr.op, left, right), ls | rs
         if isinstance(expr, A.Compare):
-            self.error("E213", "a comparison can only be the condition of where(...)", path,
-                       "comparison here", help="write where(x < y, value_if_true, value_if_false)", at=site)
-            return A.Num(0.0), SCALAR
+            left, ls = self.number(expr.left, path + ("left",), scope, site, f"`{expr.op}`")
+            right, rs = self.number(expr.right, path + ("right",), scope, site, f"`{expr.op}`")
+            return A.Compare(expr.op, left, right), ls | rs
+        if isinstance(expr, A.BoolOp):
+            left, ls = self.condition(expr.left, path + ("left",), scope, site, f"`{expr.op}`")
+            right, rs = self.condition(expr.right, path + ("right",), scope, site, f"`{expr.op}`")
+            return A.BoolOp(expr.op, left, right), ls | rs
+        if isinstance(expr, A.Not):
+            e, s = self.condition(expr.operand, path + ("operand",), scope, site, "`not`")
+            return A.Not(e), s
         if isinstance(expr, A.Call):
             return self.call(expr, path, scope, site)
         raise AssertionError(type(expr))
+
+    def number(self, expr: A.Expr, path, scope, site, user: str) -> tuple[A.Expr, Shape]:
+        """Resolve an operand that must be a number, not a condition (E213)."""
+        e, shape = self.resolve(expr, path, scope, site)
+        if is_condition(e):
+            self.error("E213", f"{user} needs a number here, not a condition", path, "a condition",
+                       help="turn a condition into a number with where(condition, 1, 0)", at=site)
+            return A.Num(0.0), shape
+        return e, shape
+
+    def condition(self, expr: A.Expr, path, scope, site, user: str) -> tuple[A.Expr, Shape]:
+        """Resolve an operand that must be a condition (a comparison, and, or, not) (E213)."""
+        e, shape = self.resolve(expr, path, scope, site)
+        if not is_condition(e):
+            self.error("E213", f"{user} needs a condition here, not a number", path, "not a condition",
+                       help="write a comparison, e.g. col(i) < 0.5", at=site)
+            return A.Compare("<", A.Num(0.0), A.Num(1.0)), shape
+        return e, shape
 
     def name(self, name: str, path, scope, at) -> tuple[A.Expr, Shape]:
         if name in scope:
@@ -229,7 +302,7 @@ class _Resolver:
             self.features_used.add(f)
             return A.Call(f, (A.Name("i"),)), frozenset("i")
         if f in REDUCTIONS and nargs == 1 and not call.kwargs:
-            arg, shape = self.resolve(call.args[0], path + ("args", 0), scope, site)
+            arg, shape = self.number(call.args[0], path + ("args", 0), scope, site, f"`{f}`")
             if "t" in shape and f in {"max", "min"}:
                 self.error("E208", f"{f}(...) over components of a time-dependent value is not supported",
                            path, "depends on t", help="reduce a value that does not depend on t", at=site)
@@ -253,16 +326,10 @@ class _Resolver:
                 return A.Num(0.0), SCALAR
             args, shape = [], SCALAR
             for k, a in enumerate(call.args):
-                if f == "where" and k == 0 and isinstance(a, A.Compare):
-                    left, ls = self.resolve(a.left, path + ("args", 0, "left"), scope, site)
-                    right, rs = self.resolve(a.right, path + ("args", 0, "right"), scope, site)
-                    args.append(A.Compare(a.op, left, right))
-                    shape |= ls | rs
-                    continue
                 if f == "where" and k == 0:
-                    self.error("E213", "where(...) needs a comparison first", path + ("args", 0),
-                               "not a comparison", help="write where(x < y, a, b)", at=site)
-                e, s = self.resolve(a, path + ("args", k), scope, site)
+                    e, s = self.condition(a, path + ("args", 0), scope, site, "where(...)")
+                else:
+                    e, s = self.number(a, path + ("args", k), scope, site, f"`{f}`")
                 args.append(e)
                 shape |= s
             return A.Call(f, tuple(args)), shape
@@ -281,6 +348,13 @@ class _Resolver:
             return A.Num(0.0), SCALAR
         return self.inline(target, call, path, scope, site)
 
+    def argument(self, d: _Def, expr: A.Expr, path, scope, site) -> tuple[A.Expr, Shape]:
+        """An argument of a call to `d`: library functions take numbers only; a user's own
+        function may take a condition (its body is checked where the condition is used)."""
+        if d.library:
+            return self.number(expr, path, scope, site, f"`{d.name}`")
+        return self.resolve(expr, path, scope, site)
+
     def inline(self, d: _Def, call: A.Call, path, scope, site) -> tuple[A.Expr, Shape]:
         at = site if site is not None else path
         formals = d.node.formals
@@ -291,7 +365,7 @@ class _Resolver:
                        help=f"{d.name}({', '.join(names)})", at=site)
         bound: dict[str, tuple[A.Expr, Shape]] = {}
         for k, a in enumerate(call.args[:len(formals)]):
-            bound[names[k]] = self.resolve(a, path + ("args", k), scope, site)
+            bound[names[k]] = self.argument(d, a, path + ("args", k), scope, site)
         for k, kw in enumerate(call.kwargs):
             kpath = path + ("kwargs", k, "value")
             if kw.name not in names:
@@ -303,7 +377,7 @@ class _Resolver:
                 self.error("E205", f"argument `{kw.name}` of `{d.name}` given twice", path + ("kwargs", k),
                            "given again", at=site)
                 continue
-            bound[kw.name] = self.resolve(kw.value, kpath, scope, site)
+            bound[kw.name] = self.argument(d, kw.value, kpath, scope, site)
         if d.name in self.stack:
             self.error("E209", f"`{d.name}` calls itself", at, "recursive call",
                        help=" -> ".join(self.stack + [d.name]))
@@ -347,47 +421,76 @@ def check_spec(spec: Spec, smap: A.SourceMap, overrides: tuple[tuple[str, str], 
             r.stack.pop()
         else:
             r.value(d)
-    gamma, gamma_shape = A.Num(0.0), SCALAR
-    g = r.defs.get("gamma")
-    if g is None:
-        r.error("E206", "the spec has no schedule", (), help="add one, e.g. `gamma_i(t) = linear(t)`")
-    elif not g.is_function or [(fm.name, fm.default) for fm in g.node.formals] != [("t", None)]:
-        r.error("E210", f"the schedule must be declared as `{g.name}(t) = ...`", g.path + ("name",),
-                "expected (t)")
-    else:
+    formulas: dict[str, A.Expr] = {}
+    shapes: dict[str, Shape] = {}
+    for slot in FORMULAS:
+        located = _locate(slot, spec, smap, r)
+        if located is None:
+            continue
+        body, path, scope, name_path = located
+        outer, r.features_used = r.features_used, set()
         before = len(r.errors)
-        gamma, gamma_shape = r.resolve(g.node.body, g.path + ("body",), {"t": (A.Name("t"), frozenset("t"))})
+        expr, shape = r.resolve(body, path, scope)
         clean = len(r.errors) == before
-        if "i" in gamma_shape and g.name == "gamma":
-            r.error("E208", "the schedule varies with the component", g.path + ("name",),
-                    "per-component", help="name it `gamma_i(t)` to say so")
-        if "t" not in gamma_shape and clean:
-            r.error("E208", "the schedule does not depend on t", g.path + ("body",), "constant in t",
-                    help="gamma must rise from low noise at t = 0 to high noise at t = 1, e.g. linear(t)")
-    prior_scale = None
-    if spec.prior.kind == "scale":
-        prior_path = smap.anchors.get(("prior", "s"), smap.anchors.get(("prior",), ()))
-        gamma_features = set(r.features_used)
-        r.features_used = set()
-        if not isinstance(spec.prior.s, (A.Num, A.Name, A.Call, A.BinOp, A.Neg)):
-            r.error("E213", "scale(...) needs a per-component expression", prior_path)
-        else:
-            prior_scale, shape = r.resolve(spec.prior.s, prior_path, {})
-            if shape - {"i"}:
-                r.error("E208", "the prior scale must not depend on t or drawn params", prior_path,
-                        describe_shape(shape))
-            if "wvar" in r.features_used:
-                r.error("E208", "the prior scale cannot use wvar(i), which is defined by the prior",
-                        prior_path, "circular", help="use var(i)")
-        r.features_used |= gamma_features
+        _check_formula(slot, expr, shape, path, name_path, clean, r)
+        r.features_used |= outer
+        formulas[slot.name], shapes[slot.name] = expr, shape
     if r.errors or prior_errors:
         errors = list(prior_errors) + list(r.errors.values())
         errors.sort(key=lambda d: (d.span.line, d.span.col) if d.span else (0, 0))
         raise GudError(errors)
     drawn = tuple(sorted(n for n, p in spec.params.items() if not isinstance(p, FixedParam)
-                         and _mentions(gamma, n)))
-    return CheckedSpec(spec, gamma, gamma_shape, prior_scale, frozenset(r.features_used), drawn, smap,
-                       overrides)
+                         and _mentions(formulas["gamma"], n)))
+    return CheckedSpec(spec, formulas, shapes, frozenset(r.features_used), drawn, smap, overrides)
+
+
+def _locate(slot: FormulaSlot, spec: Spec, smap: A.SourceMap, r: "_Resolver"):
+    """(body, path, scope, name path) of a formula in the spec, or None when it is absent
+    (a required one missing, or declared with the wrong head, is reported)."""
+    if slot.name == "prior_scale":
+        if spec.prior.kind != "scale":
+            return None
+        path = smap.anchors.get(("prior", "s"), smap.anchors.get(("prior",), ()))
+        return spec.prior.s, path, {}, path
+    d = r.defs.get(slot.name)
+    if d is None:
+        if slot.required:
+            r.error("E206", f"the spec has no {slot.what}", (), help=f"add one, e.g. `{slot.example}`")
+        return None
+    want = [("t", None)] if slot.name == "gamma" else None
+    formals = None if d.node.formals is None else [(fm.name, fm.default) for fm in d.node.formals]
+    if formals != want:
+        r.error("E210", f"the {slot.what} must be declared as `{d.name}{'(t)' if want else ''} = ...`",
+                d.path + ("name",), "expected (t)" if want else "expected no arguments")
+        return None
+    scope = {"t": (A.Name("t"), frozenset("t"))} if want else {}
+    return d.node.body, d.path + ("body",), scope, d.path + ("name",)
+
+
+def _check_formula(slot: FormulaSlot, expr: A.Expr, shape: Shape, path, name_path, clean: bool,
+                   r: "_Resolver") -> None:
+    """The rules of one formula slot: a number or a condition, and what it may depend on."""
+    if clean and is_condition(expr) != slot.condition:
+        kind = "a condition (a comparison, and, or, not)" if slot.condition else "a number"
+        r.error("E213", f"the {slot.what} must be {kind}", path, "wrong kind",
+                help=f"for example `{slot.example}`")
+    if slot.name == "gamma" and "i" in shape and r.defs["gamma"].name == "gamma":
+        r.error("E208", "the schedule varies with the component", name_path, "per-component",
+                help="name it `gamma_i(t)` to say so")
+    if clean and not slot.must <= shape:
+        r.error("E208", f"the {slot.what} does not depend on t", path, "constant in t",
+                help="gamma must rise from low noise at t = 0 to high noise at t = 1, e.g. linear(t)")
+    if shape - slot.may:
+        allowed = describe_shape(slot.may)
+        r.error("E208", f"the {slot.what} must be {allowed}: it must not depend on "
+                        f"{' or '.join(_DEPENDS[x] for x in sorted(shape - slot.may))}", path,
+                describe_shape(shape))
+    if slot.name == "prior_scale" and "wvar" in r.features_used:
+        r.error("E208", "the prior scale cannot use wvar(i), which is defined by the prior",
+                path, "circular", help="use var(i)")
+
+
+_DEPENDS = {"t": "t", "i": "the component", "p": "drawn params"}
 
 
 def _mentions(expr: A.Expr, name: str) -> bool:

@@ -35,13 +35,15 @@ INDENT = "  "
 
 # Precedence levels, loosest first; a node printed where a tighter level is required gets
 # parentheses. Comparisons do not chain, so both their operands must be sums.
-COMPARE, SUM, PRODUCT, UNARY, POWER, PRIMARY = range(6)
+OR, AND, NOT, COMPARE, SUM, PRODUCT, UNARY, POWER, PRIMARY = range(9)
 _BINARY = {  # op -> (own level, left operand needs, right operand needs, separator)
     "+": (SUM, SUM, PRODUCT, " + "),
     "-": (SUM, SUM, PRODUCT, " - "),
     "*": (PRODUCT, PRODUCT, UNARY, "*"),
     "/": (PRODUCT, PRODUCT, UNARY, "/"),
     "^": (POWER, PRIMARY, UNARY, "^"),
+    "or": (OR, OR, AND, " or "),
+    "and": (AND, AND, NOT, " and "),
 }
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t"}
 # Synthesized programs (`gud explain`) have no positions; they have no comments either.
@@ -53,7 +55,7 @@ def format_expr(expr: A.Expr) -> str:
     """One expression in canonical form. Iterative, so that the deepest expression the
     parser accepts never exhausts Python's stack."""
     out: list[str] = []
-    stack: list = [(expr, COMPARE)]
+    stack: list = [(expr, OR)]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
@@ -80,15 +82,20 @@ def _pieces(node) -> tuple[int, list]:
     if isinstance(node, A.BinOp):
         level, left, right, sep = _BINARY[node.op]
         return level, [(node.left, left), sep, (node.right, right)]
+    if isinstance(node, A.BoolOp):
+        level, left, right, sep = _BINARY[node.op]
+        return level, [(node.left, left), sep, (node.right, right)]
+    if isinstance(node, A.Not):
+        return NOT, ["not ", (node.operand, NOT)]
     if isinstance(node, A.Neg):
         return UNARY, ["-", (node.operand, UNARY)]
     if isinstance(node, A.Compare):
         return COMPARE, [(node.left, SUM), f" {node.op} ", (node.right, SUM)]
     if isinstance(node, A.List):
-        return PRIMARY, ["[", *_joined([(x, COMPARE) for x in node.items]), "]"]
+        return PRIMARY, ["[", *_joined([(x, OR) for x in node.items]), "]"]
     if isinstance(node, A.Call):
-        args = [(x, COMPARE) for x in node.args]
-        args += [[f"{k.name} = ", (k.value, COMPARE)] for k in node.kwargs]
+        args = [(x, OR) for x in node.args]
+        args += [[f"{k.name} = ", (k.value, OR)] for k in node.kwargs]
         return PRIMARY, [node.func, "(", *_joined(args), ")"]
     raise TypeError(f"not an expression: {node!r}")
 

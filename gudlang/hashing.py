@@ -17,10 +17,25 @@ from typing import Any
 
 from gudlang import LANGUAGE_VERSION
 from gudlang import ast as A
-from gudlang.check import CheckedSpec
+from gudlang.check import FORMULAS, CheckedSpec
 from gudlang.spec import FixedParam
 
 SCHEME = "gud1-sha256"
+# Where a formula sits in the payload when not at the top level under its own name (the
+# prior scale replaces the raw expression of `prior = scale(...)`).
+FORMULA_PLACES = {"prior_scale": ("prior", "s")}
+# Spec fields that deliberately never enter the model hash, and why (a test checks that every
+# other field does).
+UNHASHED = {
+    "version": "the language version is hashed as `language`",
+    "definitions": "they enter through the formulas (FORMULAS), inlined and folded",
+    "params": "fixed params are substituted into the formulas; drawn ones are hashed",
+    "data.path": "where the data live; the fingerprint hashes what they are",
+    "data.folder": "where the data live; the fingerprint hashes what they are",
+    "data.root": "where the data live; the fingerprint hashes what they are",
+    "sample": "how to sample: only in the full hash",
+    "runtime": "how to run, never what is computed",
+}
 
 _FOLD = {
     "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
@@ -49,6 +64,10 @@ def normal_form(expr: A.Expr, fixed: dict[str, float]) -> Any:
         return [expr.op, left, right]
     if isinstance(expr, A.Compare):
         return ["compare", expr.op, normal_form(expr.left, fixed), normal_form(expr.right, fixed)]
+    if isinstance(expr, A.BoolOp):
+        return [expr.op, normal_form(expr.left, fixed), normal_form(expr.right, fixed)]
+    if isinstance(expr, A.Not):
+        return ["not", normal_form(expr.operand, fixed)]
     if isinstance(expr, A.Call):
         return ["call", expr.func, [normal_form(a, fixed) for a in expr.args]]
     raise TypeError(f"not an inlined expression: {expr!r}")
@@ -71,9 +90,6 @@ def payload(checked: CheckedSpec, data_fingerprint: str, *, full: bool) -> dict:
     """The normal form that is hashed (also shown by `gud hash --show`)."""
     spec = checked.spec
     fixed = checked.fixed_params
-    prior = spec.prior.model_dump()
-    if spec.prior.kind == "scale":
-        prior["s"] = normal_form(checked.prior_scale, fixed)
     data = spec.data.model_dump()
     for location in ("path", "folder", "root"):  # where the data lives is not what it is
         data.pop(location, None)
@@ -82,13 +98,19 @@ def payload(checked: CheckedSpec, data_fingerprint: str, *, full: bool) -> dict:
         "language": LANGUAGE_VERSION,
         "data": {**data, "fingerprint": data_fingerprint},
         "basis": spec.basis.model_dump(),
-        "prior": prior,
-        "gamma": normal_form(checked.gamma, fixed),
+        "prior": spec.prior.model_dump(),
         "params": {n: p.model_dump() for n, p in sorted(spec.params.items())
                    if not isinstance(p, FixedParam) and n in checked.drawn},
         "network": spec.network.model_dump(),
         "train": spec.train.model_dump(),
     }
+    for slot in FORMULAS:  # every formula the spec declares, in its normal form
+        if slot.name in checked.formulas:
+            *outer, key = FORMULA_PLACES.get(slot.name, (slot.name,))
+            place = out
+            for k in outer:
+                place = place[k]
+            place[key] = normal_form(checked.formulas[slot.name], fixed)
     if full:
         out["sample"] = spec.sample.model_dump()
     return _json_floats(out)

@@ -151,6 +151,10 @@ class _Lowerer:
             return A.BinOp(str(ch[1]), self.expr(ch[0], path + ("left",)), self.expr(ch[2], path + ("right",)))
         if kind == "compare":
             return A.Compare(str(ch[1]), self.expr(ch[0], path + ("left",)), self.expr(ch[2], path + ("right",)))
+        if kind == "boolop":
+            return A.BoolOp(str(ch[1]), self.expr(ch[0], path + ("left",)), self.expr(ch[2], path + ("right",)))
+        if kind == "not_":
+            return A.Not(self.expr(ch[1], path + ("operand",)))
         if kind == "neg":
             return A.Neg(self.expr(ch[1], path + ("operand",)))
         if kind == "pos":

@@ -31,7 +31,7 @@ _TERMINAL_WORDS = {
     "LBRACE": "`{`", "RBRACE": "`}`", "COMMA": "`,`", "SEMI": "`;`", "COMPARE": "a comparison",
     "GUD": "`gud`", "DATA": "`data`", "BASIS": "`basis`", "PRIOR": "`prior`",
     "NETWORK": "`network`", "PARAM": "`param`", "TRAIN": "`train`", "SAMPLE": "`sample`",
-    "RUNTIME": "`runtime`", "$END": "end of input",
+    "RUNTIME": "`runtime`", "AND": "`and`", "OR": "`or`", "NOT": "`not`", "$END": "end of input",
 }
 _EXPR_START = {"NAME", "NUMBER", "LPAR", "MINUS"}
 _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "CARET"}
@@ -132,7 +132,7 @@ def _describe_expected(expected: set[str]) -> str:
         closers = sorted(_TERMINAL_WORDS[e] for e in expected & {"RPAR", "RSQB", "RBRACE", "COMMA"})
         words = ["an operator"] + closers + ["the next statement"]
     elif _EXPR_START <= expected:
-        rest = sorted(_TERMINAL_WORDS.get(e, e) for e in expected - _EXPR_START - {"PLUS", "STRING", "LSQB"})
+        rest = sorted(_TERMINAL_WORDS.get(e, e) for e in expected - _EXPR_START - {"PLUS", "STRING", "LSQB", "NOT"})
         words = ["an expression"] + [w for w in rest if w != "a name"]
     elif _STATEMENT_START <= expected:
         words = ["a statement (`data = ...`, `param ...`, `name = ...`, a block, ...)"]
