@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from gudlang import ast as A
 from gudlang.bases import Basis, make_basis
 from gudlang.check import CheckedSpec
+from gudlang.conditioning import GivenSchedule, check_mask
 from gudlang.data import DataSet, load_data
 from gudlang.diagnostics import Diagnostic, GudError
 from gudlang.hashing import full_hash, model_hash
@@ -46,6 +48,7 @@ class Model:
     features: dict[str, np.ndarray]
     schedule: CompiledSchedule
     warnings: list[Diagnostic] = field(default_factory=list)
+    given: np.ndarray | None = None  # bool (D,): the components the spec declares given
     space: Space = field(init=False)
 
     def __post_init__(self):
@@ -66,6 +69,11 @@ class Model:
     @property
     def full_hash(self) -> str:
         return full_hash(self.checked, self.data.fingerprint)
+
+    @property
+    def conditioned_schedule(self):
+        """The schedule as trained and sampled: given components held clean (`GivenSchedule`)."""
+        return self.schedule if self.given is None else GivenSchedule(self.schedule, self.given)
 
     def generation_order(self) -> np.ndarray:
         """Component indices, first generated first: by when each component's true SNR
@@ -159,25 +167,63 @@ def _build_model(checked, data, stats, basis_state, use_cache) -> Model:
             "E510", f"the prior scale of component {i} ({float(prior.scales[i]):.3g}) gives it the whitened "
                     f"variance var / scale^2 = {feats['wvar'][i]:.3g}, which must be positive and finite",
             help="use prior scales of the order of the data's standard deviations"), checked, "prior")
+    given = given_mask(checked, feats)
     drawn = {n: spec.params[n].mean for n in checked.drawn}
     gamma_path = _gamma_path(checked)
     try:
         schedule = compile_schedule(checked.gamma, feats, checked.fixed_params, drawn, len(var))
         ranges = {n: (spec.params[n].lo, spec.params[n].hi) for n in checked.drawn}
         constant = np.asarray(stats.var) <= VAR_FLOOR * float(np.max(stats.var))
+        if given is not None:
+            constant = constant | given  # held clean: their own gamma never acts
         warnings = check_schedule(schedule, feats["wvar"], ranges, constant)
     except GudError as e:
         raise e.with_span(checked.source.span(gamma_path)).with_path(checked.source.path) from None
     span = checked.source.span(gamma_path)
     warnings = [w.with_span(span).with_path(checked.source.path) for w in warnings]
-    return Model(checked, data, basis, stats, prior, feats, schedule, warnings)
+    return Model(checked, data, basis, stats, prior, feats, schedule, warnings, given)
 
 
 def _gamma_path(checked: CheckedSpec):
+    return _definition_path(checked, ("gamma_i", "gamma"))
+
+
+def _definition_path(checked: CheckedSpec, names) -> tuple:
     for k, d in checked.spec.definitions:
-        if d.name in ("gamma_i", "gamma"):
+        if d.name in names:
             return ("statements", k, "body")
     return ()
+
+
+_COMPARE = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal,
+            "!=": np.not_equal}
+
+
+def evaluate_condition(expr, features: dict[str, np.ndarray], fixed: dict[str, float], dim: int) -> np.ndarray:
+    """The value (D,) bool of a per-component condition (comparisons of numbers joined by
+    and, or, not); numbers are folded as everywhere else (`evaluate_constant`)."""
+    if isinstance(expr, A.BoolOp):
+        left = evaluate_condition(expr.left, features, fixed, dim)
+        right = evaluate_condition(expr.right, features, fixed, dim)
+        return left & right if expr.op == "and" else left | right
+    if isinstance(expr, A.Not):
+        return ~evaluate_condition(expr.operand, features, fixed, dim)
+    left, right = (evaluate_constant(e, features, fixed, dim) for e in (expr.left, expr.right))
+    with np.errstate(invalid="ignore"):
+        return _COMPARE[expr.op](left, right)
+
+
+def given_mask(checked: CheckedSpec, features: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The spec's given mask (D,) bool, or None when it declares none; E680 at its line when it
+    gives every component or none."""
+    if checked.given is None:
+        return None
+    mask = evaluate_condition(checked.given, features, checked.fixed_params, len(features["var"]))
+    try:
+        return check_mask(mask)
+    except GudError as e:
+        path = _definition_path(checked, ("given_i", "given"))
+        raise e.with_span(checked.source.span(path)).with_path(checked.source.path) from None
 
 
 __all__ = ["Model", "build_model", "build_prior", "load_spec_data", "VAR_FLOOR"]

@@ -8,7 +8,9 @@ Maths (see ../shared/notes/gud-method.md): chi_0 = S^-1 U (x - mean); t is strat
 the batch, t_k = (k + u) / B permuted; params drawn per example for `param x ~ uniform`;
 chi_t = alpha(t) chi_0 + sigma(t) eps with alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma);
 the network sees U^T chi_t and predicts U^T eps; the loss is the unweighted MSE, which equals
-the MSE in whitened components because U is orthonormal.
+the MSE in whitened components because U is orthonormal. With a given mask (`given_i = ...`)
+the given components stay clean (gamma pinned, chi_t = chi_0 there) and the MSE is taken
+over the generated components only (`gudlang.conditioning`).
 
 Reproducibility: every step draws its randomness from generators seeded by (seed, step,
 rank), so a resumed run repeats an uninterrupted one step for step, and two ranks of a DDP
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gudlang.conditioning import GivenSchedule
 from gudlang.diagnostics import GudError
 from gudlang.space import Space, noise_levels
 
@@ -82,12 +85,18 @@ class Batch:
 
 
 class Objective(nn.Module):
-    """loss(batch) for a model: its space and schedule as modules on one device."""
+    """loss(batch) for a model: its space and schedule as modules on one device. A spec with a
+    given mask holds the given components clean (`GivenSchedule`, the state is chi_0 itself)
+    and averages the squared error over the generated components only."""
 
     def __init__(self, model, network: nn.Module):
         super().__init__()
         self.space, self.schedule = model.space, model.schedule
         self.network = network
+        given = getattr(model, "given", None)
+        self.register_buffer("given", None if given is None else torch.as_tensor(given).reshape(1, -1))
+        if given is not None:
+            self.schedule = GivenSchedule(model.schedule, given)
 
     def forward(self, batch: Batch, autocast_dtype=None) -> torch.Tensor:
         weight = next(self.network.parameters(), None)  # the data follow the network's dtype
@@ -97,13 +106,18 @@ class Objective(nn.Module):
         gamma = gamma.to(chi0.dtype)
         alpha, sigma = noise_levels(gamma)
         chi_t = alpha * chi0 + sigma * self.space.from_network(batch.eps.to(dtype))
+        if self.given is not None:
+            chi_t = torch.where(self.given, chi0, chi_t)
         x_t = self.space.to_network(chi_t)
         if autocast_dtype is not None:
             with torch.autocast(device_type=x_t.device.type, dtype=autocast_dtype):
                 pred = self.network(x_t, gamma)
         else:
             pred = self.network(x_t, gamma)
-        return torch.mean((checked_output(pred, x_t).float() - batch.eps) ** 2)
+        error = checked_output(pred, x_t).float() - batch.eps
+        if self.given is None:
+            return torch.mean(error ** 2)  # = the mean over whitened components (U orthonormal)
+        return torch.mean(self.space.from_network(error)[:, ~self.given[0]] ** 2)
 
 
 def make_batch(data: torch.Tensor, spec, drawn, step: int, batch: int, seed: int, rank: int, device) -> Batch:
