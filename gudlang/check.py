@@ -336,7 +336,8 @@ class _Resolver:
         target = self.defs.get(_base(f)) or self.library.get(f)
         if target is None or not target.is_function:
             for k, a in enumerate(call.args):  # report errors inside the arguments too
-                self.resolve(a, path + ("args", k), scope, site)
+                if a != A.Name("i"):  # f(i) of an unknown f: one error is enough
+                    self.resolve(a, path + ("args", k), scope, site)
             if target is not None:
                 self.error("E208", f"`{f}` is a value, not a function", fat, "not a function",
                            help=f"write `{f}` without arguments")

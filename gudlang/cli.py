@@ -10,7 +10,8 @@ errors. Every `GudError` is printed as diagnostics; no user input produces a tra
     gud explain FILE
     gud plot FILE (--schedule | --forward) -o OUT.png
     gud train SPEC [-s key=value ...] [--out DIR] [--resume RUN]
-    gud sample RUN [-n N] [--sampler S] [--steps K] [-s param=value ...]
+    gud sample RUN [-n N] [--sampler S] [--steps K] [--given FILE] [--mask COND] [-s param=value ...]
+    gud extend RUN --image FILE (--columns N | --rows N)
     gud nll RUN [--split test] [-n N]
 """
 
@@ -26,6 +27,12 @@ from gudlang.diagnostics import GudError, render_json, render_text
 from gudlang.spec import SamplerName
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2
+# Codes about a file given on the command line (not about a spec): they exit like usage errors.
+FILE_CODES = {"E681"}
+
+
+def _usage(diagnostics) -> bool:
+    return all(d.code.startswith("E0") or d.code in FILE_CODES for d in diagnostics if d.is_error)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,7 +71,7 @@ class _Reporter:
         self.worst = EXIT_OK
 
     def report(self, err: GudError, source: str | None = None) -> None:
-        usage = all(d.code.startswith("E0") for d in err.diagnostics if d.is_error)
+        usage = _usage(err.diagnostics)
         if any(d.is_error for d in err.diagnostics):
             self.worst = max(self.worst, EXIT_USAGE if usage else EXIT_DIAGNOSTICS)
         self.show(err.diagnostics, source)
@@ -291,8 +298,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=_positive_int)
     q.add_argument("--seed", type=int)
     q.add_argument("-o", "--output", help="output prefix (default RUN/samples/...)")
+    q.add_argument("--given", metavar="FILE",
+                   help="complete these images (PNG / JPEG, .npy or .npz in data space; smaller images "
+                        "are upsampled: super-resolution)")
+    q.add_argument("--mask", metavar="CONDITION",
+                   help='the known components, written as in a spec, e.g. "col(i) < 0.5" (default: the '
+                        "spec's given_i; a different mask conditions by replacement)")
     with_set(q)
     q.set_defaults(func=_run_command("sample"))
+
+    q = sub.add_parser("extend", help="extend images beyond the model's width (height) by a sliding window")
+    q.add_argument("run")
+    q.add_argument("--image", required=True, metavar="FILE", help="the image(s) to extend, in data space")
+    g = q.add_mutually_exclusive_group(required=True)
+    g.add_argument("--columns", type=_positive_int, metavar="N", help="add N columns on the right")
+    g.add_argument("--rows", type=_positive_int, metavar="N", help="add N rows at the bottom")
+    q.add_argument("--sampler", choices=typing.get_args(SamplerName))
+    q.add_argument("--steps", type=_positive_int)
+    q.add_argument("--seed", type=int)
+    q.add_argument("-o", "--output", help="output prefix (default RUN/samples/...)")
+    with_set(q)
+    q.set_defaults(func=_run_command("extend_images"))
 
     q = sub.add_parser("nll", help="negative log-likelihood in bits/dim by the probability-flow ODE")
     q.add_argument("run")
@@ -315,7 +341,7 @@ def main(argv=None) -> int:
         return args.func(args)
     except GudError as e:  # errors outside a file context (e.g. bad -s syntax)
         print(render_text(e.diagnostics), file=sys.stderr)
-        return EXIT_USAGE if all(d.code.startswith("E0") for d in e.diagnostics) else EXIT_DIAGNOSTICS
+        return EXIT_USAGE if _usage(e.diagnostics) else EXIT_DIAGNOSTICS
     except KeyboardInterrupt:
         print("gud: interrupted", file=sys.stderr)
         return 130

@@ -226,4 +226,30 @@ def given_mask(checked: CheckedSpec, features: dict[str, np.ndarray]) -> np.ndar
         raise e.with_span(checked.source.span(path)).with_path(checked.source.path) from None
 
 
-__all__ = ["Model", "build_model", "build_prior", "load_spec_data", "VAR_FLOOR"]
+def given_from_text(model: Model, text: str) -> np.ndarray:
+    """The mask (D,) bool that a condition written as in a spec (e.g. "col(i) < 0.5") selects
+    in this model: checked as `given_i = TEXT` in place of the spec's own given mask, with the
+    spec's definitions and params in scope. Errors name the condition (E2xx, E680)."""
+    from dataclasses import replace
+
+    from gudlang.check import check_text
+
+    source = model.checked.source
+    lines = source.text.splitlines()
+    path = _definition_path(model.checked, ("given_i", "given"))
+    if path:
+        span = source.span(path[:2])
+        del lines[span.line - 1: span.end_line]
+    if "\n" in text or "\r" in text:
+        raise GudError.one("E003", f"the condition must be one line, got {text!r}")
+    lines.append(f"given_i = {text}")
+    try:
+        checked = check_text("\n".join(lines) + "\n", None, dict(model.checked.overrides))
+        return given_mask(checked, model.features)
+    except GudError as e:
+        raise GudError([replace(d, message=f"in the condition `{text}`: {d.message}", span=None, path=None)
+                        for d in e.diagnostics]) from None
+
+
+__all__ = ["Model", "build_model", "build_prior", "evaluate_condition", "given_from_text", "given_mask",
+           "load_spec_data", "VAR_FLOOR"]

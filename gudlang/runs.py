@@ -524,11 +524,54 @@ def _data_info(meta: dict, file: Path) -> dict:
 
 
 def _sample_grid(model, network, out: Path, device, n: int = 64) -> None:
-    """A PNG grid of samples with the spec's sample settings (used during training)."""
+    """A PNG grid of samples with the spec's sample settings (used during training); for a
+    conditional spec, completions of the first test (else training) images beside them."""
     from gudlang.train import EpsModel
     eps_model = EpsModel(network, model.space).to(device)
-    x = draw_samples(model, eps_model, n, model.spec.sample, device, seed=model.spec.sample.seed)
-    save_grid(x, out, model.data.value_range)
+    settings, seed = model.spec.sample, model.spec.sample.seed
+    if model.given is None:
+        save_grid(draw_samples(model, eps_model, n, settings, device, seed=seed), out, model.data.value_range)
+        return
+    images = model.data.test if len(model.data.test) else model.data.train
+    result = complete_images(model, eps_model, images[: n // 2], settings, device, seed)
+    save_pairs(result.known, result.x, out, model.data.value_range)
+
+
+@dataclass
+class Completion:
+    """Completed images (N, C, H, W) float32, what their given components alone show, the
+    mask (D,) bool, the method (trained | replacement) and the network calls."""
+    x: np.ndarray
+    known: np.ndarray
+    mask: np.ndarray
+    method: str
+    nfe: int
+
+
+def complete_images(model, eps_model, images: np.ndarray, settings, device, seed: int, *,
+                    mask_text: str | None = None, sampler: str | None = None,
+                    steps: int | None = None) -> Completion:
+    """Generate the components of `images` (N, C, h, w) in data space that the mask does not
+    give: the spec's own `given_i` (method "trained"), or the condition `mask_text` written as
+    in a spec, e.g. "col(i) < 0.5" (method "replacement" where it differs from the spec's).
+    Smaller images are upsampled for super-resolution (`gudlang.conditioning.upsample`)."""
+    from gudlang.conditioning import complete, shown_known, upsample
+    from gudlang.pipeline import given_from_text
+    if model.given is None and mask_text is None:
+        raise GudError.one("E680", "the model was trained without a given mask, so the known components "
+                                   "must be named", help="pass --mask, e.g. --mask \"col(i) < 0.5\" "
+                                                         "(zero-shot conditioning by replacement)")
+    mask = model.given if mask_text is None else given_from_text(model, mask_text)
+    same = model.given is not None and np.array_equal(mask, model.given)
+    method = "trained" if same else "replacement"
+    images = upsample(np.asarray(images, dtype=np.float64), model.data.shape, model.spec.basis.kind)
+    weights = next(eps_model.parameters(), None)
+    dtype = weights.dtype if weights is not None and weights.is_floating_point() else torch.float32
+    name = sampler or settings.sampler
+    x, nfe = complete(eps_model.to(device), model.schedule, model.space, mask, images, method=method,
+                      sampler=name, steps=steps or settings.steps, device=device, dtype=dtype, seed=seed,
+                      trained_mask=model.given, options=_sampler_options(name, settings))
+    return Completion(x, shown_known(model.space, mask, images), mask, method, nfe)
 
 
 def draw_samples(model, eps_model, n: int, settings, device, seed: int, sampler: str | None = None,
@@ -554,12 +597,13 @@ def _sampler_options(name: str, settings) -> dict:
     return {"denoise": settings.denoise}
 
 
-def save_grid(x: np.ndarray, out: Path, value_range) -> None:
-    """Save samples (N, C, H, W) as one PNG grid, values mapped from value_range to [0, 255]."""
+def save_grid(x: np.ndarray, out: Path, value_range, cols: int | None = None) -> None:
+    """Save images (N, C, H, W) as one PNG grid (`cols` per row, default about square), values
+    mapped from value_range to [0, 255]."""
     from PIL import Image
     lo, hi = value_range
     n, c, h, w = x.shape
-    cols = int(math.ceil(math.sqrt(n)))
+    cols = cols or int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
     pad = 1
     grid = np.ones((c, rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.float32)
@@ -572,10 +616,17 @@ def save_grid(x: np.ndarray, out: Path, value_range) -> None:
     scale = max(1, 256 // max(image.size))
     if scale > 1:
         image = image.resize((image.size[0] * scale, image.size[1] * scale), Image.NEAREST)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(out.parent, "output folder")
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     ckpt.atomic_write_bytes(out, buf.getvalue())
+
+
+def save_pairs(known: np.ndarray, completed: np.ndarray, out: Path, value_range) -> None:
+    """A PNG grid of (what is given, its completion) pairs, four pairs per row."""
+    n = len(known)
+    pairs = np.stack([known, completed], axis=1).reshape((2 * n,) + known.shape[1:])
+    save_grid(pairs, out, value_range, cols=2 * min(4, n))
 
 
 # --------------------------------------------------------------------------- sample
@@ -606,7 +657,8 @@ def _eps_model_for(target: str, overrides: dict):
 
 
 def sample(args, overrides: dict) -> int:
-    """`gud sample RUN`: a PNG grid and an .npz of samples in data space."""
+    """`gud sample RUN`: a PNG grid and an .npz of samples in data space; with --given FILE
+    (or for a spec that declares `given_i`) completions of known images beside them."""
     model, eps_model, folder, meta = _eps_model_for(args.run, overrides)
     settings = model.spec.sample
     device = _device(model.spec.runtime)
@@ -616,17 +668,91 @@ def sample(args, overrides: dict) -> int:
     seed = settings.seed if args.seed is None else args.seed
     eps_model = eps_model.to(device)
     start = time.time()
-    x, nfe = draw_samples(model, eps_model, n, settings, device, seed, method, steps, with_nfe=True)
-    stem = Path(args.output) if args.output else folder / f"{method}-{steps}steps-seed{seed}"
+    conditional = args.given is not None or args.mask is not None or model.given is not None
+    stem = Path(args.output) if args.output else folder / (
+        f"{method}-{steps}steps-seed{seed}" + ("-given" if conditional else ""))
+    record = {"sampler": method, "steps": steps, "seed": seed, "model_hash": meta["gudlang_hash"],
+              "overrides": overrides}
+    if not conditional:
+        x, nfe = draw_samples(model, eps_model, n, settings, device, seed, method, steps, with_nfe=True)
+        arrays = {"x": x}
+    else:
+        images, source = _known_images(model, args, n)
+        done = complete_images(model, eps_model, images, settings, device, seed, mask_text=args.mask,
+                               sampler=method, steps=steps)
+        x, nfe = done.x, done.nfe
+        arrays = {"x": x, "known": done.known, "mask": done.mask}
+        record.update(conditioning=done.method, given=source, given_components=int(done.mask.sum()))
+    record.update(n=len(x), nfe=nfe, seconds=time.time() - start)
     _make_folder(stem.parent, "output folder")
-    record = {"sampler": method, "steps": steps, "nfe": nfe, "seed": seed, "n": n,
-              "model_hash": meta["gudlang_hash"], "overrides": overrides, "seconds": time.time() - start}
     buf = io.BytesIO()
-    np.savez(buf, x=x, **{k: np.asarray(str(v)) for k, v in record.items()})
+    np.savez(buf, **arrays, **{k: np.asarray(str(v)) for k, v in record.items()})
     ckpt.atomic_write_bytes(stem.with_suffix(".npz"), buf.getvalue())
-    save_grid(x, stem.with_suffix(".png"), model.data.value_range)
-    print(f"wrote {stem.with_suffix('.png')} and {stem.with_suffix('.npz')}: {n} samples, {method}, "
+    if conditional:
+        save_pairs(arrays["known"], x, stem.with_suffix(".png"), model.data.value_range)
+        what = (f"{len(x)} completions of {record['given']} ({record['conditioning']} conditioning on "
+                f"{record['given_components']} of {model.dim} components), beside what is given")
+    else:
+        save_grid(x, stem.with_suffix(".png"), model.data.value_range)
+        what = f"{len(x)} samples"
+    print(f"wrote {stem.with_suffix('.png')} and {stem.with_suffix('.npz')}: {what}, {method}, "
           f"{steps} steps, {nfe} network evaluations, seed {seed}")
+    return 0
+
+
+def _known_images(model, args, n: int) -> tuple[np.ndarray, str]:
+    """The images to complete: --given FILE (all of them, or the first n with -n), else the
+    first n test images of the spec's data."""
+    from gudlang.conditioning import load_images
+    from gudlang.pipeline import load_spec_data
+    if args.given is not None:
+        images = load_images(args.given, model.data.shape, model.data.value_range)
+        return (images[: args.n] if args.n else images), str(args.given)
+    data = load_spec_data(model.checked)
+    split = data.test if len(data.test) else data.train
+    return np.asarray(split[:n], dtype=np.float64), f"the first {min(n, len(split))} test images"
+
+
+def extend_images(args, overrides: dict) -> int:
+    """`gud extend RUN --image FILE --columns N` (or --rows N): image extension by a sliding
+    window, for a spec whose given components are a band of leading columns (rows)."""
+    from gudlang.conditioning import extend, extension_band, load_images
+    model, eps_model, folder, meta = _eps_model_for(args.run, overrides)
+    axis, count = ("columns", args.columns) if args.columns else ("rows", args.rows)
+    if model.given is None:
+        raise GudError.one("E682", "image extension needs a model trained with a given band",
+                           help="train a spec with e.g. given_i = col(i) < 0.5 (see specs/column_extension.gud)")
+    k = extension_band(model.space, model.given, axis)
+    settings = model.spec.sample
+    device = _device(model.spec.runtime)
+    seed = settings.seed if args.seed is None else args.seed
+    images = load_images(args.image, model.data.shape, model.data.value_range)
+    across = model.data.shape[1] if axis == "columns" else model.data.shape[2]
+    if images.shape[2 if axis == "columns" else 3] != across:
+        raise GudError.one("E681", f"the image must have the model's {across} "
+                                   f"{'rows' if axis == 'columns' else 'columns'} to extend its {axis}, "
+                                   f"got shape {images.shape[1:]}")
+    size = model.data.shape[2] if axis == "columns" else model.data.shape[1]
+    windows = iter(range(1 << 30))
+    eps_model = eps_model.to(device)
+
+    def fill(window):
+        done = complete_images(model, eps_model, window, settings, device, seed + next(windows),
+                               steps=args.steps, sampler=args.sampler)
+        return done.x, done.nfe
+
+    start = time.time()
+    x, nfe = extend(images, count, axis, k, size, fill)
+    stem = Path(args.output) if args.output else folder / f"extend-{count}{axis}-seed{seed}"
+    _make_folder(stem.parent, "output folder")
+    record = {"axis": axis, "count": count, "band": k, "window": size, "seed": seed, "nfe": nfe,
+              "model_hash": meta["gudlang_hash"], "image": str(args.image), "seconds": time.time() - start}
+    buf = io.BytesIO()
+    np.savez(buf, x=x, given=images, **{k2: np.asarray(str(v)) for k2, v in record.items()})
+    ckpt.atomic_write_bytes(stem.with_suffix(".npz"), buf.getvalue())
+    save_grid(x, stem.with_suffix(".png"), model.data.value_range, cols=1 if axis == "columns" else len(x))
+    print(f"wrote {stem.with_suffix('.png')} and {stem.with_suffix('.npz')}: {len(x)} image(s) extended by "
+          f"{count} {axis} (window {size}, {k} given, {nfe} network evaluations), seed {seed}")
     return 0
 
 

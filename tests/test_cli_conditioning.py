@@ -1,0 +1,110 @@
+"""`gud sample --given / --mask` and `gud extend` on Gaussian-field oracle specs: outputs, the
+method they name, and clear errors (exit 2 for files, nothing written) on bad input."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gudlang.cli import main
+
+CONDITIONAL = """gud 1
+data = grf(size = 8, slope = 3, n = 200)
+basis = pixel()
+network = oracle()
+given_i = col(i) < 0.5
+gamma_i(t) = linear(t, lo = -10, hi = 8)
+sample { sampler = heun; steps = 20; n = 4 }
+"""
+UNCONDITIONAL = CONDITIONAL.replace("given_i = col(i) < 0.5\n", "")
+WAVELET = CONDITIONAL.replace("basis = pixel()", "basis = wavelet(levels = 2)").replace(
+    "given_i = col(i) < 0.5", "given_i = level(i) <= 1")
+
+
+@pytest.fixture
+def files(tmp_path):
+    for name, text in (("cond", CONDITIONAL), ("uncond", UNCONDITIONAL), ("wavelet", WAVELET)):
+        (tmp_path / f"{name}.gud").write_text(text)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "images.npy", rng.uniform(-1, 1, size=(3, 1, 8, 8)))
+    np.save(tmp_path / "small.npy", rng.uniform(-1, 1, size=(2, 1, 4, 4)))
+    np.save(tmp_path / "pixels.npy", rng.uniform(0, 255, size=(2, 1, 8, 8)))
+    np.save(tmp_path / "rgb.npy", rng.uniform(-1, 1, size=(2, 3, 8, 8)))
+    np.save(tmp_path / "odd.npy", rng.uniform(-1, 1, size=(2, 1, 8, 6)))
+    Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8)).save(tmp_path / "one.png")
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_sample_given_completes_the_images_keeping_the_given_pixels(capsys, files):
+    code, out, err = run(capsys, "sample", files / "cond.gud", "--given", files / "images.npy", "-o", files / "o" / "a")
+    assert code == 0, err
+    assert "trained conditioning on 32 of 64 components" in out
+    result = np.load(files / "o" / "a.npz")
+    given = np.load(files / "images.npy")
+    assert result["x"].shape == (3, 1, 8, 8) and str(result["conditioning"]) == "trained"
+    np.testing.assert_allclose(result["x"][..., :4], given[..., :4], atol=1e-5)
+    assert (files / "o" / "a.png").is_file()
+
+
+def test_a_png_is_read_in_pixel_values_and_mapped_to_the_data_range(capsys, files):
+    code, _, err = run(capsys, "sample", files / "cond.gud", "--given", files / "one.png", "-o", files / "b")
+    assert code == 0, err
+    from gudlang.check import check_text
+    from gudlang.pipeline import load_spec_data
+    lo, hi = load_spec_data(check_text(CONDITIONAL)).value_range
+    png = lo + (hi - lo) * np.asarray(Image.open(files / "one.png"), dtype=np.float64) / 255
+    np.testing.assert_allclose(np.load(files / "b.npz")["x"][0, 0, :, :4], png[:, :4], atol=1e-5)
+
+
+def test_a_mask_on_an_unconditional_model_conditions_by_replacement(capsys, files):
+    code, out, err = run(capsys, "sample", files / "uncond.gud", "--given", files / "images.npy",
+                         "--mask", "row(i) >= 0.5 or col(i) < 0.25", "-o", files / "c")
+    assert code == 0, err
+    assert "replacement conditioning on 40 of 64 components" in out
+    assert str(np.load(files / "c.npz")["conditioning"]) == "replacement"
+
+
+def test_a_smaller_image_is_upsampled_onto_the_coarse_wavelet_levels(capsys, files):
+    code, out, err = run(capsys, "sample", files / "wavelet.gud", "--given", files / "small.npy", "-o", files / "d")
+    assert code == 0, err
+    x = np.load(files / "d.npz")["x"]
+    small = np.load(files / "small.npy")
+    # the 2 x 2 block means of the completion are the given 4 x 4 image (Haar coarse levels)
+    means = x.reshape(2, 1, 4, 2, 4, 2).mean(axis=(3, 5))
+    np.testing.assert_allclose(means, small, atol=1e-5)
+
+
+def test_extend_adds_columns_and_keeps_the_given_image(capsys, files):
+    code, out, err = run(capsys, "extend", files / "cond.gud", "--image", files / "images.npy", "--columns", 10,
+                         "-o", files / "e")
+    assert code == 0, err
+    x = np.load(files / "e.npz")["x"]
+    assert x.shape == (3, 1, 8, 18)
+    np.testing.assert_allclose(x[..., :8], np.load(files / "images.npy"), atol=1e-5)
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (("sample", "cond.gud", "--given", "missing.npy"), 2, "E681"),
+    (("sample", "cond.gud", "--given", "pixels.npy"), 2, "outside the data range"),
+    (("sample", "cond.gud", "--given", "rgb.npy"), 2, "1 channel(s)"),
+    (("sample", "cond.gud", "--given", "odd.npy"), 2, "does not scale"),
+    (("sample", "cond.gud", "--given", "cond.gud"), 2, "not an image"),
+    (("sample", "uncond.gud", "--given", "images.npy"), 1, "--mask"),
+    (("sample", "uncond.gud", "--given", "images.npy", "--mask", "col(i) + 1"), 1, "must be a condition"),
+    (("sample", "uncond.gud", "--given", "images.npy", "--mask", "col(i) < 2"), 1, "every component"),
+    (("sample", "uncond.gud", "--given", "images.npy", "--mask", "col(i) < t"), 1, "`t` is not defined"),
+    (("sample", "cond.gud", "--given", "images.npy", "--mask", "row(i) < 0.5"), 1, "trained to be given"),
+    (("extend", "uncond.gud", "--image", "images.npy", "--columns", "3"), 1, "E682"),
+    (("extend", "wavelet.gud", "--image", "images.npy", "--columns", "3"), 1, "not a band"),
+])
+def test_bad_conditioning_input_is_a_clear_error_and_writes_nothing(capsys, files, args, code, words):
+    argv = [files / a if a.endswith((".gud", ".npy")) else a for a in args]
+    got, out, err = run(capsys, *argv, "-o", files / "bad" / "x")
+    assert got == code, err
+    assert words in err and "Traceback" not in err
+    assert not (files / "bad").exists()
