@@ -26,23 +26,29 @@ def _pyplot():
 
 
 def plot_schedule(model, out: str, max_lines: int = 400, grid: int = 256) -> None:
+    """gamma, sigma, beta and true SNR of every component against t, coloured by generation
+    order; components a spec declares given (held clean, never generated) in grey."""
     plt = _pyplot()
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
-    sched = model.schedule.to(torch.float64)
     with torch.no_grad():
-        gamma, beta = sched(t)
+        gamma, beta = model.conditioned_schedule(t)
     gamma, beta = gamma.numpy(), beta.numpy()
-    order = model.generation_order()
-    position = np.empty_like(order)
+    given = np.zeros(model.dim, bool) if model.given is None else model.given
+    order = np.array([i for i in model.generation_order() if not given[i]])
+    position = np.empty(model.dim, dtype=int)
     position[order] = np.arange(len(order))
     shown = order[np.linspace(0, len(order) - 1, min(max_lines, len(order))).round().astype(int)]
+    held = np.flatnonzero(given)[:: max(1, given.sum() // 50)]
     sigma = np.sqrt(1.0 / (1.0 + np.exp(-gamma)))
     snr = model.features["wvar"][None, :] * np.exp(-gamma)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     cmap = plt.get_cmap("viridis")
-    panels = [(axes[0, 0], gamma, r"$\gamma_i(t)$", False), (axes[0, 1], sigma, r"$\sigma_i(t)$", False),
-              (axes[1, 0], beta, r"$\beta_i(t)$", True), (axes[1, 1], snr, r"true SNR$_i(t)$", True)]
-    for ax, values, title, log in panels:
+    # (axis, values, title, log scale, draw the given components: beta = 0 has no log)
+    panels = [(axes[0, 0], gamma, r"$\gamma_i(t)$", False, True), (axes[0, 1], sigma, r"$\sigma_i(t)$", False, True),
+              (axes[1, 0], beta, r"$\beta_i(t)$", True, False), (axes[1, 1], snr, r"true SNR$_i(t)$", True, True)]
+    for ax, values, title, log, with_given in panels:
+        for i in held if with_given else ():
+            ax.plot(t.numpy(), values[:, i], color="0.6", lw=0.8, ls="--")
         for i in shown[::-1]:
             ax.plot(t.numpy(), values[:, i], color=cmap(position[i] / max(1, len(order) - 1)), lw=0.8)
         ax.set_title(title)
@@ -53,8 +59,9 @@ def plot_schedule(model, out: str, max_lines: int = 400, grid: int = 256) -> Non
         ax.set_xlabel("t (0 = data, 1 = noise)")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
     fig.colorbar(sm, ax=axes, label="generation order (0 = first)", shrink=0.8)
+    note = f", {int(given.sum())} given (grey, dashed: held clean)" if given.any() else ""
     fig.suptitle(f"{model.checked.source.path or 'spec'}: {model.spec.basis.kind} basis, "
-                 f"{model.spec.prior.kind} prior, D = {model.dim}")
+                 f"{model.spec.prior.kind} prior, D = {model.dim}{note}")
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
