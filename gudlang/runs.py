@@ -594,7 +594,7 @@ def draw_samples(model, eps_model, n: int, settings, device, seed: int, sampler:
 def _sampler_options(name: str, settings) -> dict:
     if name == "adaptive":
         return {"rtol": settings.rtol, "atol": settings.atol, "denoise": settings.denoise}
-    return {"denoise": settings.denoise}
+    return {"denoise": settings.denoise, "grid": settings.grid}
 
 
 def save_grid(x: np.ndarray, out: Path, value_range, cols: int | None = None) -> None:

@@ -4,16 +4,25 @@ Everything runs in whitened components chi (shape (B, D)), independent of basis 
 Per component i, with gamma_i(t) the negative log-SNR (t = 1 noise, t = 0 data):
 
     alpha_i^2 = sigmoid(-gamma_i), sigma_i^2 = sigmoid(gamma_i), lambda_i = -gamma_i / 2,
-    beta_i = sigma_i^2 dgamma_i/dt,  score s = -eps / sigma
+    beta_i = sigma_i^2 dgamma_i/dt,  score s = -eps / sigma,  x0 = (chi - sigma eps) / alpha
     reverse SDE  d chi = [-1/2 beta chi - beta s] dt + sqrt(beta) dW      (t: 1 -> t_end)
     PF-ODE       d chi / dt = -1/2 beta (chi + s) = 1/2 beta (eps / sigma - chi)
-    exact solution of the PF-ODE per component from t to s (variation of constants):
-        chi_i(s) = alpha_i(s) / alpha_i(t) chi_i(t)
-                   - sigma_i(s) int_{lambda_i(t)}^{lambda_i(s)} e^{lambda_i(s) - lambda} eps_i dlambda
+    exact solution of the PF-ODE per component from t to s, h_i = lambda_i(s) - lambda_i(t) >= 0
+    (variation of constants, in the noise and in the data prediction):
+        chi_i(s) = alpha_i(s) / alpha_i(t) chi_i(t) - sigma_i(s) int_0^h_i e^(h_i - u) eps_i du
+                 = sigma_i(s) / sigma_i(t) chi_i(t) + alpha_i(s) int_0^h_i e^(u - h_i) x0_i du,
+    u = lambda_i - lambda_i(t). Exponential integrators replace eps_i or x0_i by a polynomial
+    P(u / h_i) and integrate exactly with the weights
+        w_n(h) = int_0^h e^(h - u) (u / h)^n du:  w_0 = expm1(h), w_n = n w_(n-1) / h - 1,
+    (noise form) and v_n(h) = int_0^h e^(u - h) (u / h)^n du = -w_n(-h) (data form); near h = 0
+    they are summed as the series w_n = n! sum_m h^(m+1) / (m + n + 1)! (`phi_weights`), and
+    w_n(0) = 0. A polynomial through values P_j at nodes z_j integrates to sum_j W_j P_j, with
+    W_j the weights applied to the coefficients of the j-th Lagrange polynomial.
 
-Methods (one function each, same signature; `SAMPLERS` maps names to them):
+Methods (one function each, same signature; `SAMPLERS` maps names to them). NFE = model calls
+without the final denoise:
     em        Euler-Maruyama on the reverse SDE (the reference code's sampler); noise is added in
-              every step, the last included (denoise removes what is left). 1 NFE / step.
+              every step, the last included (denoise removes what is left). NFE = steps.
     heun      Heun's method (Euler predictor, trapezoid corrector) on the PF-ODE written with
               each component's own clock gamma_i, since beta_i dt = sigma_i^2 dgamma_i:
                   d chi_i = 1/2 (sigma_i eps_i - sigma_i^2 chi_i) dgamma_i.
@@ -21,46 +30,78 @@ Methods (one function each, same signature; `SAMPLERS` maps names to them):
               a clipped schedule) costs O(dt^2) in the one step that holds it, where the
               trapezoid in t, sampling beta at points, loses O(dt); the method stays second
               order. For linear gamma it is exactly Heun in t. The last step is plain Euler.
-              2 NFE / step (one less in total).
+              NFE = 2 steps - 1.
     midpoint  the explicit midpoint rule on the same gamma-clock PF-ODE: an Euler half step to
-              t_m = (t + s) / 2 (u = chi_t + (gamma_m - gamma_t) d chi / d gamma at t), then the
-              full step with the slope at (u, t_m). Second order, with exact gamma increments as
-              in heun; no model call at s, so no step is cut to Euler. 2 NFE / step.
-    ddim      exponential integrator with eps constant over a step (DPM-Solver-1), per component:
-              chi_s = alpha_s / alpha_t chi_t - sigma_s expm1(h) eps_t, h_i = lambda_i(s) - lambda_i(t).
-              Deterministic, first order. 1 NFE / step.
-    dpm2      second-order exponential integrator (DPM-Solver-2 generalised). Per-component
-              lambda means a lambda-midpoint would be a different time for every component, and
-              the network sees one time per example; so the intermediate evaluation is at the
-              midpoint in t, t_m = (t + s) / 2. The state there is a ddim step per component
-              (u = alpha_m / alpha_t chi_t - sigma_m expm1(h_m) eps_t). eps is then interpolated
-              linearly in time through eps_t and eps_m = eps(u, t_m), and each lambda_i is taken as
-              linear in t within the step, which integrates exactly to
-                  chi_s = alpha_s / alpha_t chi_t - sigma_s [expm1(h) eps_t + 2 phi(h) (eps_m - eps_t)],
-                  phi(h) = (expm1(h) - h) / h.
-              No ratio r_i = (lambda_i(t_m) - lambda_i(t)) / h_i appears, so nothing divides by
-              h_i; the local error is O(dt^3) where lambda_i is smooth (exactly the r = 1/2 solver
-              for linear gamma) and O(dt^2) only in the steps holding a kink of a clipped schedule,
-              so the global order stays 2 (checked in tests/test_samplers.py). 2 NFE / step.
+              t_m = (t + s) / 2, then the full step with the slope at (u, t_m). Second order,
+              exact gamma increments as in heun. NFE = 2 steps.
+    ddim      eps constant over a step (DPM-Solver-1), per component:
+              chi_s = alpha_s / alpha_t chi_t - sigma_s expm1(h) eps_t. First order. NFE = steps.
+    dpm2      DPM-Solver-2 generalised: the network sees one time per example, so the second
+              evaluation is at the t-midpoint t_m, from a ddim step u; eps is linear in time
+              through eps_t and eps_m = eps(u, t_m), lambda_i linear in t within the step:
+                  chi_s = alpha_s / alpha_t chi_t - sigma_s [w_0(h) eps_t + 2 w_1(h) (eps_m - eps_t)].
+              Global order 2 (O(dt^2) only in the one step holding a kink). NFE = 2 steps.
+    dpmpp2m, dpmpp3m
+              DPM-Solver++(2M) / (3M) generalised: multistep, data prediction. x0_i is the
+              polynomial in lambda_i through the last 2 / 3 evaluations (fewer in the first
+              steps), at nodes z_j = (lambda_i(t_j) - lambda_i(t)) / h_i of each component's
+              own lambda; weights -v_n(h_i) as above, so the polynomial is integrated exactly
+              (not approximated as in the original papers). The first order - 1 steps, with
+              fewer earlier evaluations, get the unipc correction (no extra call), so that
+              they do not cap the order. Orders 2 and 3. NFE = steps.
+    unipc     UniPC-3 generalised: the dpmpp3m step (predictor), then the model at the new
+              state (the call the next step needs anyway) gives x0_s, and the step is redone
+              with the polynomial through x0_s and the predictor's nodes (corrector, UniC); the
+              next step uses x0_s as evaluated. Order 4, NFE = steps (the last step has no
+              corrector: it would cost a call at t_end).
     adaptive  dopri5 on the PF-ODE (torchdiffeq), options rtol and atol; `steps` only sets the
               first trial step (1 - t_end) / steps. NFE as counted.
 
-Which second-order method: in whitened components the data have (about) unit variance, and
-for unit-variance Gaussian data eps = sigma chi, so the PF-ODE velocity 1/2 (sigma eps - sigma^2
-chi) vanishes: the flow stands nearly still, and heun and midpoint, which integrate the whole
-velocity, are exact there. ddim and dpm2 integrate the linear part -1/2 sigma^2 chi exactly and
-approximate sigma eps by a polynomial in lambda, splitting a near-zero velocity into two large
-terms whose cancellation they then miss. On the Gaussian-field benchmark (benchmarks/samplers.py)
-midpoint reaches a given KL in the fewest calls, heun next, dpm2 far behind. On a trained digits
-network (`--run` in that benchmark) the three second-order methods land within 30% of each other,
-so the split matters most where the model is close to Gaussian.
+Per-component nodes in the multistep methods: a component that stood still between two
+evaluations has both at one lambda (0/0), and one that barely moved would turn what the other
+components changed into a huge slope. So each component uses its nodes only while consecutive
+ones are at least MIN_GAP of their spacing in time apart (relative to the step), and falls back
+to lower order (down to ddim) per component; nothing divides by h_i. Where a clipped schedule
+couples components that start and stop at different times, the kinks of the others bend each
+component's x0 inside a step, and every method converges at order 2 at most
+(tests/test_samplers.py measures the orders).
 
-Components that stand still (gamma flat, beta = 0 over a step) come out bit-for-bit unchanged:
-em adds beta-weighted terms, heun and midpoint gamma-increment-weighted ones, ddim and dpm2 have
-alpha_s / alpha_t = 1 and weights expm1(0) = phi(0) = 0; nothing divides by h. adaptive keeps
-them to rounding only (dopri5's dense-output interpolation at t_end).
+Which method (benchmarks/samplers.py, exact Gaussian KL against em at 1000 steps on 56 rows:
+the covariances of the digits and of a steep Gaussian field, PCA / DCT / wavelet / pixel bases,
+white and matched priors, scalar, soft, clipped and sequential schedules): under the white prior
+the whitened variances of real data span orders of magnitude, each component's flow bends where
+its true SNR passes 1, and the exponential integrators, exact in the linear part, win by orders
+of magnitude. unipc beats em at 1000 steps within 25 calls on 40 rows and within 50 on 52;
+heun and midpoint miss it by factors of 10^2 - 10^7 at 25 calls on every digits row. They stay
+competitive only where the whitened data are nearly white (grf, matched prior): at unit
+variance the PF-ODE velocity vanishes, Runge-Kutta methods are exact, and exponential
+integrators split it into two cancelling terms. Clipped (autoregressive) schedules leave each
+component only the calls made while it moves (a sixth of them at a = 50): there no method
+reaches em within 25 calls (the best is 16 - 760 times its KL) and unipc needs 45 - 70.
+On the trained digits network (`--run`) the order is the same: unipc, dpmpp3m, dpmpp2m, then
+the second-order single-step methods together.
 
-Time grid: uniform in t, t_k = 1 - k (1 - t_end) / steps, k = 0 .. steps.
+Components that stand still (gamma flat over a step) come out bit-for-bit unchanged: em adds
+beta-weighted terms, heun and midpoint gamma-increment-weighted ones, the exponential
+integrators have ratio exactly 1 and weights w_n(0) = 0 times finite values. adaptive keeps them
+to rounding only (dopri5's dense-output interpolation at t_end).
+
+Time grids (`time_grid`, option `grid`; every fixed-step sampler takes the same grid, built once):
+    uniform   t_k = 1 - k (1 - t_end) / steps.
+    logsnr    uniform in the mean over components of gamma_i (the mean log-SNR).
+    fitted    uniform in int max_i dgamma_i: every step holds the same largest move of any one
+              component (the largest h_i). For a scalar schedule it is uniform in log-SNR (vp,
+              cosine: the uniform grid wastes steps where gamma barely moves); for parallel or
+              clipped lines (soft, sequential) it is uniform in t, where logsnr starves the
+              components that move while few others do.
+The non-uniform grids are fitted on 4097 points and mix in 2% uniform time, so that they stay
+strictly decreasing where nothing moves. An explicit grid (steps + 1 strictly decreasing times
+from 1 to t_end) may be passed instead of a name.
+
+Numerics: the schedule and the model are only evaluated at times clamped into [0, 1] (dopri5
+steps past t_end). Per-step coefficients are computed in float64 from float64 gamma and cast to
+the state's dtype; beta / sigma (= sigma dgamma/dt; em, adaptive) is formed in float64 and is 0
+where beta is 0, so that a sigma that underflows (float32: below gamma = -104) cannot give inf.
 Final denoising (`denoise=True`, the default): one more model call at t_end returns the
 Tweedie estimate chi_0 = (chi - sigma eps) / alpha; with `denoise=False` the output is the state
 at t_end itself (a sample of the t_end marginal, noise level gamma(t_end) included).
@@ -68,20 +109,23 @@ at t_end itself (a sample of the t_end marginal, noise level gamma(t_end) includ
 Input: `eps_model(chi (B, D), t (B,), gamma (B, D)) -> eps (B, D)`, `schedule(t (B,)) ->
 (gamma, beta)` (both (B, D)), the start chi(1) (B, D) and a step count. `sample()` draws chi(1)
 ~ N(0, I), the prior in whitened components, when given a shape. Computations follow the dtype
-and device of chi(1). Samplers run without autograd.
+and device of chi(1). Samplers run without autograd. The defaults (DEFAULT_SAMPLER,
+DEFAULT_STEPS, DEFAULT_GRID) are those of the spec's `sample` block.
 Output: `SampleResult(x0 (B, D), nfe)`.
 
 Errors (GudError):
     E650 unknown sampler method
-    E651 invalid sampler argument (steps, t_end, an option, the shape of the start)
+    E651 invalid sampler argument (steps, t_end, grid, an option, the shape of the start)
     E652 the sampler produced non-finite values
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -93,14 +137,31 @@ CODES: dict[str, str] = {
     "E652": "sampler produced non-finite values",
 }
 
+# Chosen by benchmarks/samplers.py; gudlang.spec.SampleSettings has the same defaults (a test
+# keeps them equal).
+DEFAULT_SAMPLER = "unipc"
+DEFAULT_STEPS = 50
+DEFAULT_GRID = "fitted"
+GRIDS = ("uniform", "logsnr", "fitted")
+
 # dopri5 tolerances below MIN_TOLERANCE ask for more than float64 holds (it stalls or its step
 # underflows); MAX_ADAPTIVE_NFE model calls end a solve that makes no progress.
 MIN_TOLERANCE = 1e-12
 MAX_ADAPTIVE_NFE = 100_000
 
-# Below this |h| phi(h) = (expm1(h) - h) / h is summed as a series: the direct formula
-# cancels catastrophically in float32 for small steps.
-_PHI_SERIES = 1e-2
+# A multistep node is used while it lies at least MIN_GAP of its share of the step apart (in
+# the component's lambda) from the next newer one; benchmarks/samplers.py: 0.3 - 0.7 are alike.
+MIN_GAP = 0.5
+
+# Below |h| = _SERIES_BELOW the weights w_n are summed as their series (20 terms reach float64
+# precision there); above it the recursion loses at most a digit.
+_SERIES_BELOW = 1.0
+_SERIES_TERMS = 20
+# Non-uniform grids: points of the dense grid they are fitted on, share of uniform time, times
+# evaluated at once.
+_DENSE = 4097
+_UNIFORM_SHARE = 0.02
+_CHUNK = 256
 
 
 @dataclass
@@ -111,154 +172,362 @@ class SampleResult:
     nfe: int
 
 
-def _grid(steps: int, t_end: float) -> list[float]:
+# --------------------------------------------------------------------------- time grids
+def _check_steps(steps, t_end) -> None:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise GudError.one("E651", f"steps must be a positive integer, got {steps!r}")
-    if not 0.0 <= t_end < 1.0:
+    if not isinstance(t_end, (int, float)) or isinstance(t_end, bool) or not 0.0 <= t_end < 1.0:
         raise GudError.one("E651", f"t_end must lie in [0, 1), got {t_end!r}")
-    return [1.0 - k * (1.0 - t_end) / steps for k in range(steps + 1)]
 
 
-def _times(x: torch.Tensor, t: float) -> torch.Tensor:
-    return torch.full((len(x),), t, dtype=x.dtype, device=x.device)
+def time_grid(kind: str, schedule, steps: int, t_end: float = 0.0, device=None) -> torch.Tensor:
+    """The steps + 1 times a fixed-step sampler visits, from 1 down to t_end (float64, CPU);
+    `device` is where the schedule is evaluated (default CPU)."""
+    _check_steps(steps, t_end)
+    if kind not in GRIDS:
+        close = difflib.get_close_matches(str(kind), GRIDS, n=1)
+        raise GudError.one("E651", f"unknown time grid {kind!r}",
+                           help=f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(GRIDS)}")
+    uniform = np.array([1.0 - k * (1.0 - t_end) / steps for k in range(steps)] + [t_end])
+    if kind == "uniform" or steps == 1:
+        return torch.as_tensor(uniform)
+    dense = np.linspace(t_end, 1.0, _DENSE)
+    progress = _progress(kind, schedule, dense, device)
+    span = progress[-1] - progress[0]
+    if not (np.isfinite(span) and span > 0):
+        return torch.as_tensor(uniform)
+    measure = ((1 - _UNIFORM_SHARE) * (progress - progress[0]) / span
+               + _UNIFORM_SHARE * (dense - t_end) / (1 - t_end))
+    ts = np.interp(1.0 - np.arange(steps + 1) / steps, measure, dense)
+    ts[0], ts[-1] = 1.0, t_end
+    return torch.as_tensor(ts)
 
 
-def _call(eps_model, schedule, x: torch.Tensor, t: float):
-    """eps, gamma, beta at (x, t)."""
-    tt = _times(x, t)
+def _progress(kind: str, schedule, dense: np.ndarray, device) -> np.ndarray:
+    """At each dense time: mean_i gamma_i (logsnr), or the cumulative largest per-component move
+    (fitted). Chunked: the whole (times, D) table would not fit in memory for large images."""
+    parts, previous = [], None
+    for chunk in np.array_split(dense, -(-len(dense) // _CHUNK)):
+        with torch.no_grad():
+            times = torch.as_tensor(chunk, dtype=torch.float64, device=device)
+            gamma = schedule(times)[0].to(torch.float64).cpu().numpy()
+        if kind == "logsnr":
+            parts.append(gamma.mean(axis=1))
+        else:
+            rows = gamma if previous is None else np.concatenate([previous, gamma])
+            parts.append(np.diff(rows, axis=0).max(axis=1))
+            previous = gamma[-1:]
+    if kind == "logsnr":
+        return np.concatenate(parts)
+    return np.concatenate([[0.0], np.cumsum(np.concatenate(parts))])
+
+
+def _times_of(grid, schedule, steps, t_end, like: torch.Tensor) -> list[float]:
+    """The times of `grid`: a name of GRIDS, or steps + 1 strictly decreasing times from 1 to t_end."""
+    if isinstance(grid, str):
+        return time_grid(grid, schedule, steps, t_end, like.device).tolist()
+    _check_steps(steps, t_end)
+    ts = [float(v) for v in torch.as_tensor(grid, dtype=torch.float64).reshape(-1)]
+    if len(ts) != steps + 1 or ts[0] != 1.0 or ts[-1] != t_end or any(not a > b for a, b in zip(ts, ts[1:])):
+        raise GudError.one("E651", f"a time grid must be {steps + 1} (steps + 1) strictly decreasing "
+                                   f"times from 1 to t_end = {t_end}, got {len(ts)} times")
+    return ts
+
+
+# --------------------------------------------------------------------------- coefficients
+def _levels(schedule, t: float, like: torch.Tensor):
+    """gamma and beta (1, D), float64, at t clamped into [0, 1]."""
+    tt = torch.full((1,), min(max(t, 0.0), 1.0), dtype=torch.float64, device=like.device)
     gamma, beta = schedule(tt)
-    return eps_model(x, tt, gamma), gamma, beta
+    return gamma.to(torch.float64), beta.to(torch.float64)
 
 
-def _drift(x, eps, gamma, beta):
-    """PF-ODE velocity d chi / dt = 1/2 beta (eps / sigma - chi)."""
-    return 0.5 * beta * (eps * torch.sigmoid(gamma).rsqrt() - x)
+def _eps(eps_model, x: torch.Tensor, t: float, gamma: torch.Tensor) -> torch.Tensor:
+    tt = torch.full((len(x),), min(max(t, 0.0), 1.0), dtype=x.dtype, device=x.device)
+    return eps_model(x, tt, gamma.to(x.dtype).expand(len(x), -1))
 
 
-def _ratio(gamma_s, gamma_t):
+def _cast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return c.to(dtype=x.dtype, device=x.device)
+
+
+def _beta_over_sigma(gamma, beta):
+    """beta / sigma = sigma dgamma/dt (float64), 0 where beta = 0 (sigma may underflow there)."""
+    return torch.where(beta > 0, beta * torch.sigmoid(gamma).rsqrt(), torch.zeros_like(beta))
+
+
+def _alpha_ratio(gamma_s, gamma_t):
     """alpha_s / alpha_t, exactly 1 where gamma_s == gamma_t (log alpha = -softplus(gamma) / 2)."""
     return torch.exp(0.5 * (F.softplus(gamma_t) - F.softplus(gamma_s)))
 
 
-def _phi(h):
-    """(expm1(h) - h) / h, with phi(0) = 0 exactly."""
-    small = h.abs() < _PHI_SERIES
+def _sigma_ratio(gamma_s, gamma_t):
+    """sigma_s / sigma_t, exactly 1 where gamma_s == gamma_t (log sigma = -softplus(-gamma) / 2)."""
+    return torch.exp(0.5 * (F.softplus(-gamma_t) - F.softplus(-gamma_s)))
+
+
+def phi_weights(h: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """[w_0(h), ..., w_(count-1)(h)], w_n(h) = int_0^h e^(h - u) (u / h)^n du, float64, w_n(0) = 0."""
+    h = h.to(torch.float64)
+    small = h.abs() < _SERIES_BELOW
     safe = torch.where(small, torch.ones_like(h), h)
-    series = h * (0.5 + h * (1.0 / 6.0 + h / 24.0))
-    return torch.where(small, series, (torch.expm1(safe) - safe) / safe)
+    direct = [torch.expm1(safe)]
+    for n in range(1, count):
+        direct.append(n * direct[-1] / safe - 1.0)
+    out = []
+    for n in range(count):
+        series = torch.zeros_like(h)
+        for m in reversed(range(_SERIES_TERMS)):
+            series = series * h + math.factorial(n) / math.factorial(m + n + 1)
+        out.append(torch.where(small, series * h, direct[n]))
+    return out
 
 
+def _lagrange_weights(z: list[torch.Tensor], w: list[torch.Tensor]) -> list[torch.Tensor]:
+    """W_j = sum_n c_jn w_n, c_jn the coefficients of l_j(u) = prod_(m != j) (u - z_m) / (z_j - z_m)."""
+    out = []
+    for j, zj in enumerate(z):
+        coefs, den = [torch.ones_like(zj)], torch.ones_like(zj)  # highest power first
+        for m, zm in enumerate(z):
+            if m != j:
+                zero = torch.zeros_like(zj)
+                coefs = [a - zm * b for a, b in zip(coefs + [zero], [zero] + coefs)]
+                den = den * (zj - zm)
+        k = len(coefs) - 1
+        out.append(sum(coefs[k - n] * w[n] for n in range(k + 1)) / den)
+    return out
+
+
+def _step_weights(h, z: list[torch.Tensor], prediction: str, usable=None) -> list[torch.Tensor]:
+    """Weights of the nodes z (1, D) each; `usable` (1, D): how many leading nodes each
+    component uses (default all)."""
+    w = phi_weights(h, len(z)) if prediction == "eps" else [-v for v in phi_weights(-h, len(z))]
+    if usable is None:
+        return _lagrange_weights(z, w)
+    out = [torch.zeros_like(h) for _ in z]
+    for q in range(1, len(z) + 1):
+        chosen = usable == q
+        # Components that use fewer nodes get distinct stand-ins, so no branch divides by zero.
+        zq = [torch.where(chosen, zj, torch.full_like(zj, -float(j))) for j, zj in enumerate(z[:q])]
+        for j, wj in enumerate(_lagrange_weights(zq, w)):
+            out[j] = torch.where(chosen, wj, out[j])
+    return out
+
+
+def _exponential_step(x, gamma_t, gamma_s, weights, values, prediction: str):
+    """The exact PF-ODE step from t to s with the prediction (eps or x0) replaced by the
+    polynomial through `values` that `weights` integrate."""
+    if prediction == "eps":
+        out = _cast(_alpha_ratio(gamma_s, gamma_t), x) * x
+        scale = -torch.sigmoid(gamma_s).sqrt()
+    else:
+        out = _cast(_sigma_ratio(gamma_s, gamma_t), x) * x
+        scale = torch.sigmoid(-gamma_s).sqrt()
+    for w, value in zip(weights, values):
+        out = out + _cast(scale * w, x) * value
+    return out
+
+
+def _lambda_nodes(gamma_t, gamma_s, nodes: list[tuple[float, torch.Tensor]], t: float, s: float):
+    """Per-component nodes z_j = (lambda_i(t_j) - lambda_i(t)) / h_i of (t_j, gamma(t_j)), newest
+    first, and how many leading ones each component uses (see MIN_GAP)."""
+    dg = gamma_t - gamma_s
+    safe = torch.where(dg > 0, dg, torch.ones_like(dg))
+    z = [(gamma_t - g) / safe for _, g in nodes]
+    share = [(tj - t) / (s - t) for tj, _ in nodes]
+    usable = torch.ones_like(dg, dtype=torch.long)
+    apart = torch.ones_like(dg, dtype=torch.bool)
+    for j in range(1, len(z)):
+        apart = apart & ((z[j - 1] - z[j]).abs() >= MIN_GAP * abs(share[j - 1] - share[j]))
+        usable = usable + apart.long()
+    return z, usable
+
+
+# --------------------------------------------------------------------------- samplers
 def _finish(eps_model, schedule, x, t_end, denoise, nfe) -> SampleResult:
     if not denoise:
         return SampleResult(x, nfe)
-    eps, gamma, _ = _call(eps_model, schedule, x, t_end)
-    x0 = (x - torch.sigmoid(gamma).sqrt() * eps) * torch.sigmoid(-gamma).rsqrt()
-    return SampleResult(x0, nfe + 1)
+    gamma, _ = _levels(schedule, t_end, x)
+    return SampleResult(_x0(eps_model, x, t_end, gamma), nfe + 1)
+
+
+def _x0(eps_model, x, t, gamma):
+    """The model's x0 = (chi - sigma eps) / alpha at (x, t)."""
+    eps = _eps(eps_model, x, t, gamma)
+    inv_alpha = torch.sigmoid(-gamma).rsqrt()
+    return _cast(inv_alpha, x) * x - _cast(inv_alpha * torch.sigmoid(gamma).sqrt(), x) * eps
 
 
 @torch.no_grad()
-def sample_em(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True) -> SampleResult:
+def sample_em(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True,
+              grid=DEFAULT_GRID) -> SampleResult:
     """Euler-Maruyama on the reverse SDE: chi <- chi + dt beta (chi / 2 - eps / sigma)
     + sqrt(beta dt) z, dt = t - s > 0."""
-    ts = _grid(steps, t_end)
+    ts = _times_of(grid, schedule, steps, t_end, x1)
     x = x1
     for t, s in zip(ts[:-1], ts[1:]):
-        eps, gamma, beta = _call(eps_model, schedule, x, t)
+        gamma, beta = _levels(schedule, t, x)
+        eps = _eps(eps_model, x, t, gamma)
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         dt = t - s
-        x = x + dt * beta * (0.5 * x - eps * torch.sigmoid(gamma).rsqrt()) + (beta * dt).sqrt() * noise
+        x = (x + _cast(0.5 * dt * beta, x) * x - _cast(dt * _beta_over_sigma(gamma, beta), x) * eps
+             + _cast((dt * beta).sqrt(), x) * noise)
     return _finish(eps_model, schedule, x, t_end, denoise, steps)
 
 
 def _slope_in_gamma(x, eps, gamma):
     """d chi / d gamma = 1/2 (sigma eps - sigma^2 chi), per component."""
     var = torch.sigmoid(gamma)
-    return 0.5 * (var.sqrt() * eps - var * x)
+    return _cast(0.5 * var.sqrt(), x) * eps - _cast(0.5 * var, x) * x
 
 
 @torch.no_grad()
-def sample_heun(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True) -> SampleResult:
+def sample_heun(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True,
+                grid=DEFAULT_GRID) -> SampleResult:
     """Heun on the PF-ODE with exact per-component gamma increments; the last step is Euler.
     `generator` is unused."""
-    ts = _grid(steps, t_end)
+    ts = _times_of(grid, schedule, steps, t_end, x1)
     x = x1
+    gamma_t, _ = _levels(schedule, ts[0], x)
     for k, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-        eps, gamma_t, _ = _call(eps_model, schedule, x, t)
-        gamma_s, _ = schedule(_times(x, s))
-        dgamma = gamma_s - gamma_t
+        eps = _eps(eps_model, x, t, gamma_t)
+        gamma_s, _ = _levels(schedule, s, x)
+        dgamma = _cast(gamma_s - gamma_t, x)
         d = _slope_in_gamma(x, eps, gamma_t)
-        if k == steps - 1:
-            x = x + dgamma * d
-            break
         x_euler = x + dgamma * d
-        eps = eps_model(x_euler, _times(x, s), gamma_s)
+        if k == steps - 1:
+            x = x_euler
+            break
+        eps = _eps(eps_model, x_euler, s, gamma_s)
         x = x + dgamma * 0.5 * (d + _slope_in_gamma(x_euler, eps, gamma_s))
+        gamma_t = gamma_s
     return _finish(eps_model, schedule, x, t_end, denoise, 2 * steps - 1)
 
 
 @torch.no_grad()
-def sample_midpoint(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True) -> SampleResult:
+def sample_midpoint(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True,
+                    grid=DEFAULT_GRID) -> SampleResult:
     """Explicit midpoint rule on the PF-ODE with exact per-component gamma increments.
     `generator` is unused."""
-    ts = _grid(steps, t_end)
+    ts = _times_of(grid, schedule, steps, t_end, x1)
     x = x1
+    gamma_t, _ = _levels(schedule, ts[0], x)
     for t, s in zip(ts[:-1], ts[1:]):
         t_mid = 0.5 * (t + s)
-        eps, gamma_t, _ = _call(eps_model, schedule, x, t)
-        gamma_m, _ = schedule(_times(x, t_mid))
-        u = x + (gamma_m - gamma_t) * _slope_in_gamma(x, eps, gamma_t)
-        eps = eps_model(u, _times(x, t_mid), gamma_m)
-        gamma_s, _ = schedule(_times(x, s))
-        x = x + (gamma_s - gamma_t) * _slope_in_gamma(u, eps, gamma_m)
+        eps = _eps(eps_model, x, t, gamma_t)
+        gamma_m, _ = _levels(schedule, t_mid, x)
+        u = x + _cast(gamma_m - gamma_t, x) * _slope_in_gamma(x, eps, gamma_t)
+        eps = _eps(eps_model, u, t_mid, gamma_m)
+        gamma_s, _ = _levels(schedule, s, x)
+        x = x + _cast(gamma_s - gamma_t, x) * _slope_in_gamma(u, eps, gamma_m)
+        gamma_t = gamma_s
     return _finish(eps_model, schedule, x, t_end, denoise, 2 * steps)
 
 
+def _ddim_step(x, gamma_t, gamma_s, eps):
+    h = 0.5 * (gamma_t - gamma_s)
+    return _exponential_step(x, gamma_t, gamma_s, _step_weights(h, [torch.zeros_like(h)], "eps"), [eps], "eps")
+
+
 @torch.no_grad()
-def sample_ddim(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True) -> SampleResult:
+def sample_ddim(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True,
+                grid=DEFAULT_GRID) -> SampleResult:
     """Deterministic DDIM per component: chi_s = alpha_s / alpha_t chi_t - sigma_s expm1(h) eps_t.
     `generator` is unused."""
-    ts = _grid(steps, t_end)
+    ts = _times_of(grid, schedule, steps, t_end, x1)
     x = x1
+    gamma_t, _ = _levels(schedule, ts[0], x)
     for t, s in zip(ts[:-1], ts[1:]):
-        eps, gamma_t, _ = _call(eps_model, schedule, x, t)
-        gamma_s, _ = schedule(_times(x, s))
-        h = 0.5 * (gamma_t - gamma_s)
-        x = _ratio(gamma_s, gamma_t) * x - torch.sigmoid(gamma_s).sqrt() * torch.expm1(h) * eps
+        eps = _eps(eps_model, x, t, gamma_t)
+        gamma_s, _ = _levels(schedule, s, x)
+        x = _ddim_step(x, gamma_t, gamma_s, eps)
+        gamma_t = gamma_s
     return _finish(eps_model, schedule, x, t_end, denoise, steps)
 
 
 @torch.no_grad()
-def sample_dpm2(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True) -> SampleResult:
+def sample_dpm2(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True,
+                grid=DEFAULT_GRID) -> SampleResult:
     """Second-order exponential integrator with the model called at the t-midpoint (see the
     module docstring). `generator` is unused."""
-    ts = _grid(steps, t_end)
+    ts = _times_of(grid, schedule, steps, t_end, x1)
     x = x1
+    gamma_t, _ = _levels(schedule, ts[0], x)
     for t, s in zip(ts[:-1], ts[1:]):
         t_mid = 0.5 * (t + s)
-        eps_t, gamma_t, _ = _call(eps_model, schedule, x, t)
-        gamma_m, _ = schedule(_times(x, t_mid))
-        h_m = 0.5 * (gamma_t - gamma_m)
-        u = _ratio(gamma_m, gamma_t) * x - torch.sigmoid(gamma_m).sqrt() * torch.expm1(h_m) * eps_t
-        eps_m = eps_model(u, _times(x, t_mid), gamma_m)
-        gamma_s, _ = schedule(_times(x, s))
+        eps_t = _eps(eps_model, x, t, gamma_t)
+        gamma_m, _ = _levels(schedule, t_mid, x)
+        eps_m = _eps(eps_model, _ddim_step(x, gamma_t, gamma_m, eps_t), t_mid, gamma_m)
+        gamma_s, _ = _levels(schedule, s, x)
         h = 0.5 * (gamma_t - gamma_s)
-        weighted = torch.expm1(h) * eps_t + 2.0 * _phi(h) * (eps_m - eps_t)
-        x = _ratio(gamma_s, gamma_t) * x - torch.sigmoid(gamma_s).sqrt() * weighted
+        weights = _step_weights(h, [torch.zeros_like(h), torch.full_like(h, 0.5)], "eps")
+        x = _exponential_step(x, gamma_t, gamma_s, weights, [eps_t, eps_m], "eps")
+        gamma_t = gamma_s
     return _finish(eps_model, schedule, x, t_end, denoise, 2 * steps)
+
+
+def _multistep(eps_model, schedule, x1, steps, t_end, denoise, grid, order: int, corrector: bool):
+    """Data-prediction multistep exponential integrator of `order`, with UniPC's corrector in
+    every step (`corrector`) or only in the first order - 1 steps (start-up)."""
+    ts = _times_of(grid, schedule, steps, t_end, x1)
+    x = x1
+    gamma_t, _ = _levels(schedule, ts[0], x)
+    history = [(ts[0], gamma_t, _x0(eps_model, x, ts[0], gamma_t))]  # (t_j, gamma_j, x0_j), oldest first
+    for k in range(steps):
+        t, s = ts[k], ts[k + 1]
+        gamma_s, _ = _levels(schedule, s, x)
+        h = 0.5 * (gamma_t - gamma_s)
+        nodes = [(tj, gj) for tj, gj, _ in reversed(history)]
+        values = [v for _, _, v in reversed(history)]
+        z, usable = _lambda_nodes(gamma_t, gamma_s, nodes, t, s)
+        x_new = _exponential_step(x, gamma_t, gamma_s, _step_weights(h, z, "x0", usable), values, "x0")
+        if k < steps - 1:
+            x0_s = _x0(eps_model, x_new, s, gamma_s)
+            if corrector or len(history) < order:
+                z, usable = _lambda_nodes(gamma_t, gamma_s, [(s, gamma_s)] + nodes, t, s)
+                x_new = _exponential_step(x, gamma_t, gamma_s, _step_weights(h, z, "x0", usable),
+                                          [x0_s] + values, "x0")
+            history = (history + [(s, gamma_s, x0_s)])[-order:]
+        x, gamma_t = x_new, gamma_s
+    return _finish(eps_model, schedule, x, t_end, denoise, steps)
+
+
+@torch.no_grad()
+def sample_dpmpp2m(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True,
+                   grid=DEFAULT_GRID) -> SampleResult:
+    """Two-step exponential integrator in the data prediction (DPM-Solver++(2M) generalised).
+    `generator` is unused."""
+    return _multistep(eps_model, schedule, x1, steps, t_end, denoise, grid, order=2, corrector=False)
+
+
+@torch.no_grad()
+def sample_dpmpp3m(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True,
+                   grid=DEFAULT_GRID) -> SampleResult:
+    """Three-step exponential integrator in the data prediction (DPM-Solver++(3M) generalised).
+    `generator` is unused."""
+    return _multistep(eps_model, schedule, x1, steps, t_end, denoise, grid, order=3, corrector=False)
+
+
+@torch.no_grad()
+def sample_unipc(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True,
+                 grid=DEFAULT_GRID) -> SampleResult:
+    """dpmpp3m with UniPC's corrector (order 4, one model call per step). `generator` is unused."""
+    return _multistep(eps_model, schedule, x1, steps, t_end, denoise, grid, order=3, corrector=True)
 
 
 @torch.no_grad()
 def sample_adaptive(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True,
                     rtol=1e-5, atol=1e-5) -> SampleResult:
     """dopri5 on the PF-ODE from t = 1 to t_end with torchdiffeq. `generator` is unused."""
-    _grid(steps, t_end)
+    _check_steps(steps, t_end)
 
     def velocity(t, x):
-        eps, gamma, beta = _call(eps_model, schedule, x, float(t))
+        gamma, beta = _levels(schedule, float(t), x)
+        eps = _eps(eps_model, x, float(t), gamma)
         if not bool(torch.isfinite(eps).all()):
             # dopri5 would otherwise shrink its step until it underflows.
             raise GudError.one("E652", f"the model's eps is not finite at t = {float(t):.4g}")
-        return _drift(x, eps, gamma, beta)
+        return _cast(0.5 * _beta_over_sigma(gamma, beta), x) * eps - _cast(0.5 * beta, x) * x
 
     span = torch.tensor([1.0, t_end], dtype=x1.dtype, device=x1.device)
     xs, nfe = solve_dopri5(velocity, x1, span, rtol, atol, "E652", "the adaptive sampler",
@@ -291,9 +560,10 @@ def solve_dopri5(func, y0, span, rtol: float, atol: float, code: str, what: str,
 
 
 SAMPLERS = {"em": sample_em, "heun": sample_heun, "midpoint": sample_midpoint, "ddim": sample_ddim,
-            "dpm2": sample_dpm2, "adaptive": sample_adaptive}
+            "dpm2": sample_dpm2, "dpmpp2m": sample_dpmpp2m, "dpmpp3m": sample_dpmpp3m,
+            "unipc": sample_unipc, "adaptive": sample_adaptive}
 # Options each method accepts besides the common positional arguments.
-OPTIONS = {name: ("t_end", "denoise") for name in SAMPLERS}
+OPTIONS = {name: ("t_end", "denoise", "grid") for name in SAMPLERS}
 OPTIONS["adaptive"] = ("t_end", "denoise", "rtol", "atol")
 
 

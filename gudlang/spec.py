@@ -181,12 +181,15 @@ class TrainSettings(_Model):
 
 
 # The methods of gudlang.samplers.SAMPLERS (kept torch-free here; a test keeps the two equal).
-SamplerName = Literal["em", "heun", "midpoint", "ddim", "dpm2", "adaptive"]
+SamplerName = Literal["em", "heun", "midpoint", "ddim", "dpm2", "dpmpp2m", "dpmpp3m", "unipc", "adaptive"]
 
 
 class SampleSettings(_Model):
-    sampler: SamplerName = "heun"
+    """Defaults chosen by benchmarks/samplers.py, equal to gudlang.samplers' DEFAULT_* (a test
+    keeps them equal); `grid` is the time grid of the fixed-step samplers (samplers.GRIDS)."""
+    sampler: SamplerName = "unipc"
     steps: Annotated[int, Field(ge=1)] = 50
+    grid: Literal["uniform", "logsnr", "fitted"] = "fitted"
     n: Annotated[int, Field(ge=1)] = 64
     seed: int = 0
     rtol: Annotated[float, Field(ge=1e-12)] = 1e-4  # >= samplers.MIN_TOLERANCE (a test keeps them equal)

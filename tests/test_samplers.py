@@ -6,7 +6,10 @@ gives its exact output mean and covariance when chi(1) ~ p_1, the exact t = 1 ma
 sampling noise. The exact PF-ODE maps p_1 to p_0, so the Gaussian KL(output || p_0) measures the
 discretisation error alone; sqrt(KL) falls like steps^-order. Euler-Maruyama is an affine map
 plus Gaussian noise: its output moments follow a matrix recursion (`em_moments`), which the
-sampler itself is checked against by Monte Carlo.
+sampler itself is checked against by Monte Carlo. The multistep methods are also checked on a
+nonlinear denoiser against dopri5 at 1e-12, and for exactness where x0 is linear in each
+component's lambda; the time grids, the clamp of t into [0, 1] and the defaults shared with the
+spec close the file.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import torch
 from gudlang.diagnostics import GudError
 from gudlang.oracle import GaussianOracle
 from gudlang.oracle import gaussian_kl as kl
-from gudlang.samplers import OPTIONS, SAMPLERS, sample
+from gudlang.samplers import GRIDS, OPTIONS, SAMPLERS, phi_weights, sample, time_grid
 from gudlang.spec import SamplerName
-from schedule_fixtures import gaussian_data, schedules, one_thread  # noqa: F401 (autouse fixture)
+from schedule_fixtures import LinearSchedule, gaussian_data, schedules, one_thread  # noqa: F401 (autouse fixture)
 
 D = 16
 ORDERS = {"ddim": 1.0, "heun": 2.0, "midpoint": 2.0, "dpm2": 2.0}
+MULTISTEP_ORDERS = {"dpmpp2m": 2, "dpmpp3m": 3, "unipc": 4}
+EXPONENTIAL = ("ddim", "dpm2", *MULTISTEP_ORDERS)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +142,7 @@ def test_runge_kutta_samplers_are_exact_for_white_data_and_exponential_integrato
         for method in ("heun", "midpoint"):
             out = SAMPLERS[method](white, schedule, x1, 10, denoise=False).x0
             assert torch.allclose(out, x1, rtol=0, atol=1e-12), (method, name)
-        for method in ("ddim", "dpm2"):
+        for method in EXPONENTIAL:
             out = SAMPLERS[method](white, schedule, x1, 10, denoise=False).x0
             assert (out - x1).abs().max() > 1e-4, (method, name)
 
@@ -247,7 +252,7 @@ class Counting:
 
 
 @pytest.mark.parametrize("method,expected", [("em", 11), ("heun", 20), ("midpoint", 21), ("ddim", 11),
-                                             ("dpm2", 21),
+                                             ("dpm2", 21), ("dpmpp2m", 11), ("dpmpp3m", 11), ("unipc", 11),
                                              ("adaptive", None)])
 def test_nfe_counts_every_model_call_including_the_final_denoise(oracle, method, expected):
     model = Counting(oracle)
@@ -322,6 +327,20 @@ def test_non_finite_samples_are_E652(oracle):
 def test_every_method_lists_its_options_and_the_spec_and_cli_know_it():
     assert set(OPTIONS) == set(SAMPLERS) == set(typing.get_args(SamplerName))
     assert all({"t_end", "denoise"} <= set(v) for v in OPTIONS.values())
+    assert all(("grid" in v) == (name != "adaptive") for name, v in OPTIONS.items())
+
+
+def test_the_spec_has_the_samplers_defaults_and_grids_and_runs_pass_the_grid_on():
+    import gudlang.samplers as samplers
+    from gudlang.runs import _sampler_options
+    from gudlang.spec import SampleSettings
+    settings = SampleSettings()
+    assert (settings.sampler, settings.steps, settings.grid) == \
+        (samplers.DEFAULT_SAMPLER, samplers.DEFAULT_STEPS, samplers.DEFAULT_GRID)
+    assert typing.get_args(SampleSettings.model_fields["grid"].annotation) == GRIDS
+    assert _sampler_options("unipc", settings.model_copy(update={"grid": "logsnr"})) == \
+        {"denoise": True, "grid": "logsnr"}
+    assert "grid" not in _sampler_options("adaptive", settings)
 
 
 def test_adaptive_tolerances_below_float64_reach_are_refused_and_runaway_solves_stop(oracle, monkeypatch):
@@ -337,3 +356,201 @@ def test_adaptive_tolerances_below_float64_reach_are_refused_and_runaway_solves_
     with pytest.raises(GudError) as err:
         sample("adaptive", oracle, schedule, (2, D), 4, rtol=1e-10, atol=1e-10)
     assert err.value.diagnostics[0].code == "E652" and "20 model calls" in err.value.diagnostics[0].message
+
+
+# --------------------------------------------------------------------------- multistep methods
+@pytest.mark.parametrize("schedule_name", ["linear", "soft", "sequential"])
+@pytest.mark.parametrize("method", list(MULTISTEP_ORDERS))
+def test_multistep_samplers_reach_their_order_on_the_exact_gaussian(oracle, method, schedule_name):
+    # On Gaussian data dpmpp3m even falls like steps^-4 (an error term vanishes for linear
+    # eps); clipped schedules with coupled components cap every method at 2: the kinks of the
+    # other components bend each component's x0 inside a step.
+    schedule = schedules(D)[schedule_name]
+    target = marginal(oracle, schedule, 0.0)
+    steps = [64, 128, 256]
+    errors = [math.sqrt(kl(*exact_output(method, oracle, schedule, n), *target)) for n in steps]
+    assert errors[0] > errors[1] > errors[2]
+    expected = MULTISTEP_ORDERS[method] if schedule_name != "sequential" else 2
+    assert fitted_order(steps, errors) >= expected - 0.3
+
+
+class Tanh:
+    """A nonlinear denoiser, x0 = tanh(W chi + 0.3) (1 + sin(3 t) / 2), as an eps model: nothing
+    Gaussian that could cancel an error term."""
+
+    def __init__(self):
+        self.w = torch.randn(D, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64) / 4
+
+    def __call__(self, x, t, gamma):
+        x0 = torch.tanh(x @ self.w.T + 0.3) * (1 + 0.5 * torch.sin(3 * t[:, None]))
+        return (x - torch.sigmoid(-gamma).sqrt() * x0) / torch.sigmoid(gamma).sqrt()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule_name", ["linear", "soft"])
+@pytest.mark.parametrize("method", list(MULTISTEP_ORDERS))
+def test_multistep_samplers_converge_at_their_exact_order_on_a_nonlinear_denoiser(method, schedule_name):
+    model, schedule = Tanh(), schedules(D)[schedule_name]
+    x1 = torch.randn(8, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    reference = SAMPLERS["adaptive"](model, schedule, x1, 10, denoise=False, rtol=1e-12, atol=1e-12).x0
+    steps = [128, 256, 512]
+    errors = [float((SAMPLERS[method](model, schedule, x1, n, denoise=False).x0 - reference).abs().max())
+              for n in steps]
+    assert fitted_order(steps, errors) == pytest.approx(MULTISTEP_ORDERS[method], abs=0.2)
+
+
+class LinearInLambda:
+    """An eps model whose x0 is a_i + b_i lambda_i(t) whatever chi. The PF-ODE in the data
+    prediction, d chi / d lambda = -alpha^2 chi + alpha x0, then has the solution
+    chi = sigma (C + int e^lambda x0 dlambda), int e^lambda (a + b lambda) = e^lambda (a + b lambda - b)."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(2)
+        self.a = torch.randn(D, generator=g, dtype=torch.float64)
+        self.b = 0.3 * torch.randn(D, generator=g, dtype=torch.float64)
+
+    def __call__(self, x, t, gamma):
+        x0 = self.a + self.b * (-0.5 * gamma)
+        return (x - torch.sigmoid(-gamma).sqrt() * x0) / torch.sigmoid(gamma).sqrt()
+
+    def exact(self, schedule, x1):
+        (g1, _), (g0, _) = (schedule(torch.full((1,), t, dtype=torch.float64)) for t in (1.0, 0.0))
+        def primitive(gamma):
+            lam = -0.5 * gamma
+            return torch.exp(lam) * (self.a + self.b * lam - self.b)
+        s1, s0 = torch.sigmoid(g1).sqrt(), torch.sigmoid(g0).sqrt()
+        return s0 / s1 * x1 + s0 * (primitive(g0) - primitive(g1))
+
+
+@pytest.mark.parametrize("method,schedule_name", [
+    ("dpmpp2m", "linear"), ("dpmpp2m", "soft"), ("dpmpp3m", "linear"), ("dpmpp3m", "soft"),
+    ("unipc", "linear"), ("unipc", "soft"), ("unipc", "sequential")])
+def test_multistep_samplers_are_exact_when_x0_is_linear_in_each_components_lambda(method, schedule_name):
+    # Per-component lambda nodes: on the clipped schedule every component's x0 is still linear
+    # in its own lambda across its kinks, and unipc's corrector gives every moving component two
+    # nodes (dpmpp2m / dpmpp3m fall to first order in the step after a component stood still).
+    model, schedule = LinearInLambda(), schedules(D)[schedule_name]
+    x1 = torch.randn(8, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = SAMPLERS[method](model, schedule, x1, 7, denoise=False).x0
+    assert torch.allclose(out, model.exact(schedule, x1), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("h", [0.0, 1e-9, -1e-9, 1e-4, -0.3, 0.999, 1.0, -1.0, 1.001, 2.5, -7.0, 20.0])
+def test_phi_weights_are_the_integrals_they_name(h):
+    from scipy.integrate import quad
+    got = phi_weights(torch.tensor([h], dtype=torch.float64), 4)
+    for n, w in enumerate(got):
+        expected = quad(lambda u: math.exp(h - u) * (u / h) ** n, 0.0, h, epsabs=0, epsrel=1e-13)[0] if h else 0.0
+        assert float(w) == pytest.approx(expected, rel=1e-12, abs=1e-300)
+    if h == 0.0:
+        assert all(float(w) == 0.0 for w in got)
+
+
+# --------------------------------------------------------------------------- time grids
+def library_schedule(line: str):
+    """A schedule of the language's library compiled for D components (4x4 pixels, unit variances)."""
+    from gudlang.check import check_text
+    from gudlang.schedules import compile_schedule
+    checked = check_text(f"gud 1\ndata = grf(size = 4)\nbasis = pixel()\nprior = white\n{line}\n", "<test>")
+    rows, cols = np.divmod(np.arange(D), 4)
+    feats = {"var": np.ones(D), "wvar": np.ones(D), "rank": np.arange(D) / (D - 1), "row": rows / 3,
+             "col": cols / 3, "chan": np.zeros(D)}
+    return compile_schedule(checked.gamma, feats, checked.fixed_params, {}, D)
+
+
+GRID_SCHEDULES = {**schedules(D), "vp": library_schedule("gamma(t) = vp(t)"),
+                  "clipped": library_schedule("gamma_i(t) = soft(t, rank(i), a = 50, clipped = true)")}
+
+
+@pytest.mark.parametrize("t_end", [0.0, 0.3])
+@pytest.mark.parametrize("steps", [1, 2, 7, 50])
+@pytest.mark.parametrize("schedule_name", list(GRID_SCHEDULES))
+@pytest.mark.parametrize("kind", GRIDS)
+def test_time_grids_run_strictly_down_from_1_to_t_end_in_steps(kind, schedule_name, steps, t_end):
+    ts = time_grid(kind, GRID_SCHEDULES[schedule_name], steps, t_end)
+    assert ts.dtype == torch.float64 and ts.shape == (steps + 1,)
+    assert float(ts[0]) == 1.0 and float(ts[-1]) == t_end
+    assert bool((ts[1:] < ts[:-1]).all())
+
+
+def mean_gamma(schedule, ts):
+    return schedule(ts)[0].mean(dim=1)
+
+
+@pytest.mark.parametrize("schedule_name", ["vp", "sequential", "clipped"])
+def test_logsnr_grid_steps_evenly_in_mean_gamma(schedule_name):
+    # Even up to the 2% of uniform time mixed in (and the fit on 4097 points).
+    schedule = GRID_SCHEDULES[schedule_name]
+    levels = mean_gamma(schedule, time_grid("logsnr", schedule, 20))
+    gaps = levels[:-1] - levels[1:]
+    assert float(gaps.max() / gaps.mean()) < 1.1 and float(gaps.min() / gaps.mean()) > 0.9
+
+
+def test_fitted_grid_is_uniform_in_log_snr_for_a_scalar_schedule_and_in_t_for_parallel_and_clipped_lines():
+    vp = GRID_SCHEDULES["vp"]
+    assert torch.allclose(time_grid("fitted", vp, 20), time_grid("logsnr", vp, 20), atol=1e-9)
+    assert not torch.allclose(time_grid("fitted", vp, 20), time_grid("uniform", vp, 20), atol=1e-2)
+    for name in ("linear", "soft", "clipped"):
+        schedule = GRID_SCHEDULES[name]
+        assert torch.allclose(time_grid("fitted", schedule, 20), time_grid("uniform", schedule, 20), atol=1e-3), name
+    # logsnr would give the clipped schedule's first and last components fewer steps
+    clipped = GRID_SCHEDULES["clipped"]
+    assert float(time_grid("logsnr", clipped, 20)[-2]) > 1.5 * float(time_grid("fitted", clipped, 20)[-2])
+
+
+def test_fixed_step_samplers_take_the_grid_by_name_or_as_times(oracle):
+    schedule = GRID_SCHEDULES["vp"]
+    x1 = torch.randn(4, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for method in ("em", "heun", "midpoint", "ddim", "dpm2", "dpmpp2m", "dpmpp3m", "unipc"):
+        by_name = SAMPLERS[method](oracle, schedule, x1, 6, torch.Generator().manual_seed(1), grid="logsnr").x0
+        by_times = SAMPLERS[method](oracle, schedule, x1, 6, torch.Generator().manual_seed(1),
+                                    grid=time_grid("logsnr", schedule, 6)).x0
+        uniform = SAMPLERS[method](oracle, schedule, x1, 6, torch.Generator().manual_seed(1), grid="uniform").x0
+        assert torch.equal(by_name, by_times) and not torch.allclose(by_name, uniform), method
+
+
+@pytest.mark.parametrize("grid", ["logsnr ", "fited", torch.linspace(1, 0, 5), torch.tensor([1.0, 0.5, 0.6, 0.0]),
+                                  torch.tensor([0.9, 0.5, 0.2, 0.0]), torch.tensor([1.0, 0.5, 0.2, 0.1])])
+def test_an_unknown_or_invalid_grid_is_E651(oracle, grid):
+    with pytest.raises(GudError) as err:
+        sample("unipc", oracle, schedules(D)["linear"], (2, D), 3, grid=grid)
+    assert err.value.diagnostics[0].code == "E651"
+    if grid == "fited":
+        assert "fitted" in err.value.diagnostics[0].help
+
+
+# --------------------------------------------------------------------------- numerics
+class Recorded:
+    """A schedule or eps model that records the times it is evaluated at."""
+
+    def __init__(self, fn, times):
+        self.fn, self.times = fn, times
+
+    def __call__(self, *args):
+        self.times.append(args[1] if len(args) == 3 else args[0])
+        return self.fn(*args)
+
+
+def test_the_vp_schedule_is_nan_before_0_and_adaptive_clamps_its_times_into_0_1(oracle):
+    # dopri5 steps past t_end = 0; vp's gamma = log(expm1(...)) is NaN there.
+    vp = GRID_SCHEDULES["vp"]
+    assert bool(vp(torch.tensor([-0.005], dtype=torch.float64))[0].isnan().any())
+    mu1, cov1 = marginal(oracle, vp, 1.0)
+    start = torch.cat([mu1[None], mu1 + torch.linalg.cholesky(cov1).T])
+    times = []
+    out = SAMPLERS["adaptive"](Recorded(oracle, times), Recorded(vp, times), start, 10, rtol=1e-8, atol=1e-8,
+                               denoise=False).x0
+    lin = (out[1:] - out[0]).T
+    assert kl(out[0], lin @ lin.T, *marginal(oracle, vp, 0.0)) < 1e-8
+    t = torch.cat([v.reshape(-1) for v in times])
+    assert float(t.min()) == 0.0 and float(t.max()) == 1.0
+
+
+@pytest.mark.parametrize("method", ["em", "adaptive"])
+def test_a_sigma_that_underflows_in_float32_cannot_make_samples_infinite(oracle, method):
+    # sigmoid(gamma) is 0 in float32 below gamma = -104: beta / sigma computed as such is 0 * inf.
+    schedule = LinearSchedule(D, g_min=-200.0, g_max=8.0)
+    assert float(torch.sigmoid(torch.tensor(-150.0))) == 0.0
+    x1 = torch.randn(4, D, generator=torch.Generator().manual_seed(0))
+    out = sample(method, oracle, schedule, x1, 8, torch.Generator().manual_seed(1), denoise=False).x0
+    assert out.dtype == torch.float32 and bool(torch.isfinite(out).all())
