@@ -12,23 +12,30 @@ Sources (each a function with checked arguments; `load_data` dispatches by kind)
     grf      stationary periodic Gaussian random fields with a power-law spectrum; their
              mean and covariance are known exactly, which makes them the test oracle
     npz      one array of a .npz (or .npy) file
-    images   a folder of PNG / JPEG images, resized and center-cropped
-    dataset  MNIST / FashionMNIST (IDX files) and CIFAR-10 (binary version) from a folder
+    images   a folder of PNG / JPEG images, resized and center-cropped; the decoded images
+             are cached (see `gudlang.datasets.readers`: `$GUDLANG_CACHE/images`), which
+             changes nothing in the DataSet, only the time it takes to load
+    dataset  MNIST / FashionMNIST (IDX files) and CIFAR-10 (binary or python version) from
+             a folder
 
-Nothing is downloaded and nothing is unpickled (a data file must never run code). The
-train / test split is a seeded permutation (`test_fraction`, `seed`); `dataset` keeps the
-official split. 8-bit sources map 0..255 to [-1, 1] with 256 levels.
+Nothing is downloaded, and a data file never runs code: arrays load with
+allow_pickle=False, and CIFAR-10's python batches are unpickled by a loader that builds
+only numpy arrays, lists, dicts, strings and numbers. The train / test split is a seeded
+permutation (`test_fraction`, `seed`); `dataset` keeps the official split. 8-bit sources
+map 0..255 to [-1, 1] with 256 levels.
 
 Errors (GudError, raised before any training):
     E400 invalid source argument (unknown kind or dataset name, wrong type or value)
     E401 file or folder not found (for `dataset`: which files to put where)
     E402 unreadable or corrupt file (not an npz, bad image, bad or truncated IDX / CIFAR file,
-         a header declaring more data than the file holds), or an array larger than memory
+         a header declaring more data than the file holds, a CIFAR-10 python batch that is
+         not a dict of uint8 (N, 3072) b"data" and N b"labels", or that refers to anything
+         but numpy's array reconstruction), or an array larger than memory
     E403 array key missing from an npz file, or ambiguous
     E404 wrong shape or dtype (ndim, declared shape, object / ragged arrays)
     E405 NaN or infinite values, or values beyond float32 (which become infinite)
     E406 values outside the declared range
-    E407 no data (empty folder, array or IDX file, too few samples to split)
+    E407 no data (empty folder, array, IDX file or CIFAR-10 batch, too few samples to split)
 """
 
 from __future__ import annotations
@@ -45,8 +52,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .datasets.readers import (CIFAR_URL, find_file, read_cifar_batch, read_idx_images,
-                               read_image, read_npz_array)
+from .datasets.readers import (CIFAR_PYTHON_URL, CIFAR_URL, find_file, read_cifar_batch,
+                               read_cifar_python_batch, read_idx_images, read_images,
+                               read_npz_array)
 from .diagnostics import GudError
 
 FINGERPRINT_SCHEME = "gudlang-data-v1"
@@ -415,10 +423,12 @@ def npz(path, key: str | None = None, layout: str = "auto",
 # ----------------------------------------------------------------------------- images
 
 def images(folder, size: int | tuple[int, int] = 32, channels: int = 3, recursive: bool = False,
-           test_fraction: float = 0.1, seed: int = 0) -> DataSet:
+           test_fraction: float = 0.1, seed: int = 0, *, use_cache: bool = True) -> DataSet:
     """The PNG / JPEG images of a folder (sorted by path), as RGB (3) or grey (1), 256 levels.
 
     Each image's shorter side is resized (bicubic) to fit `size`, then it is center-cropped.
+    The decoded images come from the cache when no file changed (`use_cache=False`: always
+    decode); either way the DataSet is the same.
     """
     root = _path_arg("folder", folder)
     hw = _hw_arg(size)
@@ -437,7 +447,7 @@ def images(folder, size: int | tuple[int, int] = 32, channels: int = 3, recursiv
         raise GudError.one("E407", f"no PNG or JPEG images in {root}",
                            help=None if recursive else "pass recursive=True to search subfolders")
     mode = "RGB" if channels == 3 else "L"
-    x = np.stack([read_image(p, mode, hw) for p in files])
+    x = read_images(root, files, mode, hw, recursive=recursive, use_cache=use_cache)
     x = x[:, None] if channels == 1 else x.transpose(0, 3, 1, 2)
     train, test = split(_from_levels(x, 255), test_fraction, seed)
     params = {"folder": str(root), "size": list(hw), "channels": channels, "recursive": recursive,
@@ -454,9 +464,12 @@ _IDX_SOURCES = {
                                       "(folder data/fashion)"),
 }
 _IDX_FILES = ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")
-_CIFAR_DIR = "cifar-10-batches-bin"
-_CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in (1, 2, 3, 4, 5))
-_CIFAR_TEST = "test_batch.bin"
+# (version, folder, file suffix, reader, where to get it), in the order they are looked for:
+# the binary version first, as it needs no unpickling at all.
+_CIFAR_VERSIONS = (
+    ("binary", "cifar-10-batches-bin", ".bin", read_cifar_batch, CIFAR_URL),
+    ("python", "cifar-10-batches-py", "", read_cifar_python_batch, CIFAR_PYTHON_URL),
+)
 DATASET_NAMES = ("mnist", "fashion_mnist", "cifar10")
 
 
@@ -482,22 +495,29 @@ def _load_idx(name: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_cifar10(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    folders = [root / _CIFAR_DIR, root]
-    names = (*_CIFAR_TRAIN, _CIFAR_TEST)
-    paths = [find_file(folders, (f,)) for f in names]
-    missing = [f for f, p in zip(names, paths) if p is None]
-    if missing:
-        raise _missing("CIFAR-10", root, folders, missing,
-                       f"{CIFAR_URL} and unpack it; the python version is not read")
-    batches = [read_cifar_batch(p) for p in paths]
-    return np.concatenate(batches[:-1]), batches[-1]
+    """The first version whose six batches are all found, in its folder or in root."""
+    lacking, sources = [], []
+    for version, subdir, suffix, read, url in _CIFAR_VERSIONS:
+        names = [f"data_batch_{i}{suffix}" for i in (1, 2, 3, 4, 5)] + [f"test_batch{suffix}"]
+        paths = [find_file([root / subdir, root], (f,)) for f in names]
+        missing = [f for f, p in zip(names, paths) if p is None]
+        if not missing:
+            batches = [read(p) for p in paths]
+            return np.concatenate(batches[:-1]), batches[-1]
+        lacking.append(f"the {version} version lacks {', '.join(missing)}")
+        sources.append(f"the {version} version ({url}) in {root / subdir}/")
+    raise GudError.one("E401", f"CIFAR-10 files not found under {root}: {'; '.join(lacking)}",
+                       help=f"unpack {' or '.join(sources)}; the files may also sit in "
+                            f"{root}/ itself (nothing is downloaded automatically)")
 
 
 def dataset(name: str, root) -> DataSet:
-    """MNIST / FashionMNIST (IDX) or CIFAR-10 (binary) from local files, official split, 256 levels.
+    """MNIST / FashionMNIST (IDX) or CIFAR-10 from local files, official split, 256 levels.
 
     Looked up in torchvision's layout (root/MNIST/raw, root/FashionMNIST/raw,
-    root/cifar-10-batches-bin) or directly in root.
+    root/cifar-10-batches-bin or root/cifar-10-batches-py) or directly in root. CIFAR-10's
+    binary version is read if all its batches are found, else the python version; both hold
+    the same images, so they give the same DataSet (and fingerprint).
     """
     canonical = {n.replace("_", ""): n for n in DATASET_NAMES}
     key = name.lower().replace("-", "").replace("_", "") if isinstance(name, str) else None

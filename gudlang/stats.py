@@ -40,6 +40,7 @@ from safetensors.torch import save_file
 
 from .bases import Basis, as_float64
 from .data import DataSet
+from .datasets.readers import cache_root
 from .diagnostics import GudError
 
 CODES: dict[str, str] = {
@@ -147,8 +148,7 @@ def array_fingerprint(array: np.ndarray) -> str:
 
 def cache_dir() -> Path:
     """`$GUDLANG_CACHE/stats`, by default `~/.cache/gudlang/stats`."""
-    root = os.environ.get("GUDLANG_CACHE") or Path.home() / ".cache" / "gudlang"
-    return Path(root) / "stats"
+    return cache_root() / "stats"
 
 
 def cache_key(fingerprint: str, basis: Basis) -> str:

@@ -1,7 +1,9 @@
 """Data sources: every source loads exactly what its files hold, and bad data fails early.
 
 All files are written into tmp_path by the tests: npz arrays, PNG / JPEG images (Pillow),
-fake MNIST IDX files (plain and gzip) and fake CIFAR-10 binary batches.
+fake MNIST IDX files (plain and gzip) and fake CIFAR-10 binary batches; the decoded-image
+cache lives in a temporary folder too ($GUDLANG_CACHE). CIFAR-10's python version is tested
+in test_data_cifar_python.py, the image cache in test_data_image_cache.py.
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ from gudlang.data import (DataSet, dataset, digits, grf, grf_covariance, grf_spe
                           iterate_batches, load_data, npz, split)
 from gudlang.datasets import readers
 from gudlang.diagnostics import GudError
+
+
+@pytest.fixture(autouse=True)
+def image_cache(tmp_path_factory, monkeypatch):
+    """A fresh, empty cache root for every test, never the user's (`images` caches)."""
+    root = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("GUDLANG_CACHE", str(root))
+    return root
 
 
 @contextmanager
@@ -659,11 +669,16 @@ def test_dataset_missing_files_say_what_to_put_where(tmp_path):
     batches = [f"data_batch_{i}.bin" for i in range(1, 6)]
     _write_cifar(tmp_path / "cifar-10-batches-bin")
     (tmp_path / "cifar-10-batches-bin" / "test_batch.bin").unlink()
-    with fails("E401", "test_batch.bin", "cifar-10-binary.tar.gz", "cifar-10-batches-bin"):
+    python_files = ", ".join([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"])
+    both = ("the binary version", "the python version", "cifar-10-binary.tar.gz",
+            "cifar-10-python.tar.gz", str(tmp_path / "cifar-10-batches-bin"),
+            str(tmp_path / "cifar-10-batches-py"))
+    with fails("E401", "binary version lacks test_batch.bin;",
+               f"python version lacks {python_files}", *both):
         dataset("cifar10", tmp_path)
     for b in batches:
         (tmp_path / "cifar-10-batches-bin" / b).unlink()
-    with fails("E401", *batches):
+    with fails("E401", ", ".join(batches + ["test_batch.bin"]), *both):
         dataset("cifar10", tmp_path)
 
 

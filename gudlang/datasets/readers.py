@@ -2,37 +2,72 @@
 
 Input: a path (and, for .npz files, an array key; for images, a mode and target size).
 Output: the array as stored (.npz / .npy) or uint8 images: (H, W) / (H, W, 3) for one
-PNG / JPEG, (N, H, W) for an IDX file, (N, 3, 32, 32) for a CIFAR-10 binary batch.
-Nothing is unpickled: np.load always runs with allow_pickle=False.
+PNG / JPEG, (N, H, W) / (N, H, W, 3) for a folder of them, (N, H, W) for an IDX file,
+(N, 3, 32, 32) for a CIFAR-10 batch (binary or python version).
 
-Sizes declared in a file's header (.npy / .npz, IDX) are checked against the bytes present
-and against `memory_limit()` before anything is allocated.
+No data file can run code. np.load always runs with allow_pickle=False. CIFAR-10's python
+batches are pickles: their bytes are first scanned opcode by opcode (every declared length
+must fit in the file), then unpickled by `_BatchUnpickler`, whose `find_class` resolves only
+numpy's array reconstruction (`numpy.core.multiarray._reconstruct`, or `numpy._core...` as
+numpy 2 writes it, `numpy.ndarray`, `numpy.dtype`) and refuses every other global unloaded.
+Those three resolve to stand-ins that check every value and build the array with
+np.frombuffer: numpy's own __setstate__ code, which some malformed states crash, never runs.
+The result must be a dict with b"data", a uint8 (N, 3072) array (rows: 1024 red, then
+green, then blue bytes, like the binary version), and b"labels", N integers 0..9.
 
-Errors (GudError): E401 file not found, E402 unreadable, corrupt or truncated file, or an
-array larger than memory, E403 npz key missing or ambiguous, E404 object (e.g. ragged)
-arrays, E407 an npz file without arrays or an IDX file without images. `gudlang.data`
-documents the codes.
+Sizes declared in a file's header (.npy / .npz, IDX, pickle opcodes) are checked against
+the bytes present and against `memory_limit()` before anything is allocated.
+
+Decoded-image cache: `read_images` keeps the uint8 stack of a folder in
+`$GUDLANG_CACHE/images/<slot>.safetensors` (default root `~/.cache/gudlang`), one entry per
+folder and options (size, mode, recursive); the entry's key covers the relative path, size
+and mtime of every file, the options, Pillow's version and `IMAGE_CACHE_SCHEME`, and it is
+used only when the key and a sha256 of its pixels match. Files modified in the last
+`RACY_SECONDS` are never cached (a rewrite within their timestamp's resolution would keep
+the mtime). Entries are written atomically (temporary file, then os.replace); a corrupt or
+stale entry is decoded again and overwritten; an unwritable cache only costs the decoding.
+
+Errors (GudError): E401 file not found, E402 unreadable, corrupt or truncated file (a
+CIFAR-10 python batch of another structure, or referring to anything but numpy's array
+reconstruction), or an array larger than memory, E403 npz key missing or ambiguous, E404
+object (e.g. ragged) arrays, E407 an npz file without arrays, an IDX file without images or
+an empty CIFAR-10 python batch. `gudlang.data` documents the codes.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
+import json
 import math
 import os
+import pickle
+import pickletools
 import struct
+import tempfile
+import time
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from ..diagnostics import GudError
 
 # Fixed so that the same images always give the same arrays.
 RESAMPLING = Image.Resampling.BICUBIC
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR_PYTHON_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_RECORD = 1 + 3 * 32 * 32  # one label byte, then 1024 red, green and blue bytes
+# Bump when `read_image` changes what it returns: old cache entries then no longer match.
+IMAGE_CACHE_SCHEME = "gudlang-images-v1"
+# FAT stores mtimes in 2 s steps; other file systems are finer.
+RACY_SECONDS = 2.0
 
 # numpy's message when an array needs unpickling (object dtype, e.g. a ragged list).
 _OBJECTS = "Object arrays cannot be loaded"
@@ -194,6 +229,88 @@ def read_image(path: Path, mode: str, hw: tuple[int, int]) -> np.ndarray:
                            help="remove or replace that file (PNG and JPEG are read)") from None
 
 
+def cache_root() -> Path:
+    """`$GUDLANG_CACHE`, by default `~/.cache/gudlang`."""
+    return Path(os.environ.get("GUDLANG_CACHE") or Path.home() / ".cache" / "gudlang")
+
+
+def _decode_images(files: list[Path], mode: str, hw: tuple[int, int]) -> np.ndarray:
+    return np.stack([read_image(p, mode, hw) for p in files])
+
+
+def _image_cache_key(root: Path, files: list[Path], mode: str, hw: tuple[int, int],
+                     recursive: bool) -> tuple[Path, str] | None:
+    """The cache entry of this folder and options, and the key its content must carry;
+    None when a file cannot be listed or was modified too recently to trust its mtime."""
+    options = {"scheme": IMAGE_CACHE_SCHEME, "pillow": PIL.__version__,
+               "folder": str(root.resolve()), "mode": mode, "size": list(hw),
+               "recursive": recursive}
+    racy_after = time.time_ns() - int(RACY_SECONDS * 1e9)
+    listing = []
+    try:
+        for p in files:
+            st = p.stat()
+            if st.st_mtime_ns > racy_after:
+                return None
+            listing.append([p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
+    except OSError:
+        return None  # decoding will name the file
+    slot = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([options, listing], sort_keys=True).encode()).hexdigest()
+    return cache_root() / "images" / f"{slot}.safetensors", key
+
+
+def _read_image_cache(path: Path, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached stack if the entry carries `key`, has `shape` and its pixels' sha256; else None."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            if meta.get("key") != key or tuple(f.get_slice("images").get_shape()) != shape:
+                return None
+            x = f.get_tensor("images")
+    except (OSError, SafetensorError, ValueError, KeyError):
+        return None
+    if x.dtype != np.uint8 or _sha256(x) != meta.get("sha256"):
+        return None
+    return x
+
+
+def _sha256(x: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(x).data).hexdigest()
+
+
+def _write_image_cache(path: Path, key: str, x: np.ndarray) -> None:
+    metadata = {"scheme": IMAGE_CACHE_SCHEME, "key": key, "sha256": _sha256(x)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"images": x}, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    except (OSError, SafetensorError):
+        pass  # a read-only or full cache only costs decoding again next time
+
+
+def read_images(root: Path, files: list[Path], mode: str, hw: tuple[int, int], *,
+                recursive: bool, use_cache: bool = True) -> np.ndarray:
+    """uint8 (N, H, W) or (N, H, W, 3): `read_image` of each of `files` (found under `root`,
+    `recursive`ly or not), or the same stack from the decoded-image cache."""
+    entry = _image_cache_key(root, files, mode, hw, recursive) if use_cache else None
+    if entry is None:
+        return _decode_images(files, mode, hw)
+    path, key = entry
+    shape = (len(files), *hw) + ((3,) if mode == "RGB" else ())
+    x = _read_image_cache(path, key, shape)
+    if x is None:
+        x = _decode_images(files, mode, hw)
+        _write_image_cache(path, key, x)
+    return x
+
+
 def find_file(folders: list[Path], names: tuple[str, ...]) -> Path | None:
     """The first existing folder / name, trying every name in each folder in turn."""
     for folder in folders:
@@ -282,5 +399,153 @@ def read_cifar_batch(path: Path) -> np.ndarray:
     records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, CIFAR_RECORD)
     if records[:, 0].max() > 9:
         raise GudError.one("E402", f"{path} is not a CIFAR-10 binary batch (labels beyond 9)",
-                           help=f"use the binary version ({CIFAR_URL}), not the python one")
+                           help=f"download the binary version again from {CIFAR_URL}")
     return records[:, 1:].reshape(-1, 3, 32, 32)
+
+
+def _not_a_python_batch(path: Path, found: str) -> GudError:
+    return GudError.one("E402", f"{path} is not a CIFAR-10 python batch: {found}",
+                        help=f"download the python version again from {CIFAR_PYTHON_URL} "
+                             f"(or use the binary version, {CIFAR_URL})")
+
+
+# Stands for numpy.ndarray in a pickle: only `_reconstruct` may use it, nothing can call it.
+_NDARRAY = object()
+
+
+def _text(value) -> str | None:
+    """A short ASCII str or bytes (Python 2 strings unpickle as bytes) as str; else None."""
+    if isinstance(value, bytes) and len(value) <= 8:
+        value = value.decode("latin-1")
+    return value if isinstance(value, str) and len(value) <= 8 and value.isascii() else None
+
+
+class _PickledDtype:
+    """What a pickle's `numpy.dtype(spec, align, copy)` builds: a plain numeric dtype. Its
+    BUILD state may only set the byte order; numpy's own dtype.__setstate__, which crashes
+    the interpreter on some malformed states, never sees the pickle's values."""
+
+    def __init__(self, spec, align=False, copy=True):
+        spec = _text(spec)
+        if spec is None or len(spec) < 2 or spec[0] not in "biuf" or not spec[1:].isdigit():
+            raise pickle.UnpicklingError(f"unsupported dtype {spec!r}")
+        self.dtype = np.dtype(spec)
+
+    def __setstate__(self, state):
+        # numpy writes (3, byte order, subarray, names, fields, elsize, alignment, flags)
+        order = _text(state[1]) if isinstance(state, tuple) and len(state) == 8 else None
+        if order not in ("<", ">", "|", "=") or state[0] != 3 \
+                or state[2:] != (None, None, None, -1, -1, 0):
+            raise pickle.UnpicklingError("unsupported dtype state")
+        if order in "<>":
+            self.dtype = self.dtype.newbyteorder(order)
+
+
+class _PickledArray:
+    """What numpy's `_reconstruct(ndarray, (0,), b"b")` and then BUILD with (1, shape, dtype,
+    fortran order, raw bytes) make of a pickle: the array, made by np.frombuffer once the
+    bytes are known to fill the shape exactly. numpy's ndarray.__setstate__ is never used."""
+
+    array = None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise pickle.UnpicklingError("unsupported array state")
+        version, shape, dtype, fortran, raw = state
+        if version != 1 or not isinstance(dtype, _PickledDtype) or not isinstance(raw, bytes) \
+                or not isinstance(fortran, bool) or not isinstance(shape, tuple) \
+                or not all(type(n) is int and n >= 0 for n in shape) or len(shape) > 32:
+            raise pickle.UnpicklingError("unsupported array state")
+        if math.prod(shape) * dtype.dtype.itemsize != len(raw):  # Python ints: no wrap-around
+            raise pickle.UnpicklingError(f"array data of {len(raw)} bytes for a {dtype.dtype} "
+                                         f"array of shape {shape}")
+        self.array = np.frombuffer(raw, dtype.dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _reconstruct(subtype, shape, typecode):
+    """numpy's pickled-array constructor, for the one call numpy writes: an empty ndarray,
+    whose shape, dtype and bytes come next in its BUILD state."""
+    if subtype is not _NDARRAY or shape != (0,) or _text(typecode) != "b":
+        raise pickle.UnpicklingError("unexpected array reconstruction")
+    return _PickledArray()
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds only what a CIFAR-10 python batch holds: dicts, lists, strings, numbers and
+    numpy arrays (as `_PickledArray`). Any other global is refused before it is imported."""
+
+    _GLOBALS = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # numpy 1
+                ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy 2
+                ("numpy", "ndarray"): _NDARRAY,
+                ("numpy", "dtype"): _PickledDtype}
+
+    def __init__(self, raw: bytes, path: Path):
+        super().__init__(io.BytesIO(raw), encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        allowed = self._GLOBALS.get((module, name))
+        if allowed is None:
+            raise _not_a_python_batch(self.path, f"it refers to {module + '.' + name!r}, which "
+                                                 "a data file never needs; it was not loaded")
+        return allowed
+
+
+def _check_pickle_opcodes(raw: bytes, path: Path) -> None:
+    """Raise E402 unless `raw` is a sequence of pickle opcodes whose declared lengths fit in it.
+
+    pickletools reads each argument from a BytesIO, which returns what is present, so a
+    length of 2^60 is found short without being allocated (the unpickler would allocate it).
+    """
+    try:
+        for _ in pickletools.genops(io.BytesIO(raw)):
+            pass
+    except ValueError as e:
+        raise _not_a_python_batch(path, f"it is truncated or not a pickle ({e})") from None
+
+
+def _batch_images(batch, path: Path) -> np.ndarray:
+    """The (N, 3, 32, 32) images of an unpickled batch, after checking its structure."""
+    if not isinstance(batch, dict):
+        raise _not_a_python_batch(path, f"it holds a value of type {type(batch).__name__}, "
+                                        "not a dict")
+    missing = [k for k in (b"data", b"labels") if k not in batch]
+    if missing:
+        keys = ", ".join(repr(k)[:40] if isinstance(k, (bytes, str)) else type(k).__name__
+                         for k in list(batch)[:8]) or "none"
+        raise _not_a_python_batch(path, f"it has no {' or '.join(map(repr, missing))} entry "
+                                        f"(its keys: {keys})")
+    data, labels = batch[b"data"], batch[b"labels"]
+    if not isinstance(data, _PickledArray) or data.array is None:
+        raise _not_a_python_batch(path, f"b'data' is of type {type(data).__name__}, not an "
+                                        "array")
+    data = data.array
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise _not_a_python_batch(path, f"b'data' is a {data.dtype} array of shape "
+                                        f"{data.shape}, not uint8 of shape (N, 3072)")
+    if not isinstance(labels, list) or not all(type(v) is int for v in labels):
+        kinds = sorted({type(v).__name__ for v in labels}) if isinstance(labels, list) else []
+        raise _not_a_python_batch(path, f"b'labels' is not a list of integers (found "
+                                        f"{', '.join(kinds) or type(labels).__name__})")
+    if len(labels) != len(data):
+        raise _not_a_python_batch(path, f"it has {len(data)} images but {len(labels)} labels")
+    if any(not 0 <= v <= 9 for v in labels):
+        raise _not_a_python_batch(path, "labels beyond 0..9")
+    if len(data) == 0:
+        raise GudError.one("E407", f"the CIFAR-10 python batch {path} holds no images",
+                           help=f"download the python version again from {CIFAR_PYTHON_URL}")
+    return np.ascontiguousarray(data).reshape(-1, 3, 32, 32)
+
+
+def read_cifar_python_batch(path: Path) -> np.ndarray:
+    """uint8 (N, 3, 32, 32) images of a CIFAR-10 python batch, unpickled without running code."""
+    raw = _read_bytes(path)
+    _check_pickle_opcodes(raw, path)
+    try:
+        batch = _BatchUnpickler(raw, path).load()
+    except GudError:
+        raise
+    except Exception as e:  # the bytes are untrusted: any failure to build them is corruption
+        raise _not_a_python_batch(path, f"it cannot be unpickled ({type(e).__name__}: {e})") \
+            from None
+    return _batch_images(batch, path)

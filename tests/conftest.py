@@ -1,0 +1,16 @@
+"""Session-wide test setup: a private cache, so that tests never read or write the user's
+~/.cache/gudlang (fitted statistics, decoded image folders)."""
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    if "GUDLANG_CACHE" in os.environ:  # a cache the caller chose (CI may point it somewhere)
+        yield
+        return
+    os.environ["GUDLANG_CACHE"] = str(tmp_path_factory.mktemp("gudlang-cache"))
+    yield
+    del os.environ["GUDLANG_CACHE"]
