@@ -4,9 +4,11 @@ Times one optimisation step of the full pipeline (basis, whitening, component-wi
 loss) against the bare network forward + backward + AdamW step on the same batch with scalar
 noise (x_t = alpha x + sigma eps, one gamma per example), in one run.
 Target: overhead at most 10% on CPU, for the digits U-Net (PCA basis, 1x8x8, batch 128) and
-for a 32x32x3 U-Net (wavelet basis, batch 32).
+for a 32x32x3 U-Net (wavelet basis, batch 32). The paper-size case (the U-Net of
+specs/paper/, 35M parameters, PCA basis on 3x32x32, batch 128) gives the throughput of a real
+CIFAR-10 run; it is meant for a GPU (`--device cuda`, run by .ci/gpu-check).
 
-    python benchmarks/train_step.py [--repeat 10]
+    python benchmarks/train_step.py [--repeat 10] [--device cuda] [--only paper]
 """
 
 from __future__ import annotations
@@ -39,16 +41,25 @@ network = unet(channels = 32, channel_mult = [1, 2, 2])
 gamma_i(t) = soft(t, level(i) / 3, a = 4)
 train { batch = 32 }
 """,
+    "paper U-Net, pca, 3x32x32, batch 128": """gud 1
+data = grf(size = 32, channels = 3, n = 512)
+basis = pca()
+network = unet(channels = 128, channel_mult = [1, 2, 2, 2], num_res_blocks = 2, attention_resolutions = [16], dropout = 0.1, groups = 32)
+param a ~ uniform(0.4, 1.6)
+gamma_i(t) = soft(t, -log(var(i)), a = a)
+train { batch = 128 }
+""",
 }
+PAPER = "paper U-Net, pca, 3x32x32, batch 128"
 
 
 def bare_step(network, optimizer, x, gen):
     """The baseline: scalar noise on the raw images, network forward + backward + step."""
     batch = x.shape[0]
-    t = torch.rand(batch, generator=gen)
+    t = torch.rand(batch, generator=gen, device=x.device)
     gamma = -13.3 + 18.3 * t
     alpha, sigma = torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
-    eps = torch.randn(x.shape, generator=gen)
+    eps = torch.randn(x.shape, generator=gen, device=x.device)
     x_t = alpha[:, None, None, None] * x + sigma[:, None, None, None] * eps
     optimizer.zero_grad(set_to_none=True)
     loss = torch.mean((network(x_t, gamma[:, None].expand(batch, x[0].numel())) - eps) ** 2)
@@ -57,13 +68,18 @@ def bare_step(network, optimizer, x, gen):
     optimizer.step()
 
 
-def timed(fn, repeat: int) -> float:
+def timed(fn, repeat: int, device: torch.device) -> float:
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     for _ in range(2):
         fn()
     samples = []
     for _ in range(repeat):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         samples.append(time.perf_counter() - start)
     return float(np.median(samples))
 
@@ -71,36 +87,45 @@ def timed(fn, repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", help="only the cases whose name contains this text")
     args = parser.parse_args()
-    print(f"training step, median of {args.repeat}, {torch.get_num_threads()} threads, CPU")
-    print(f"{'case':<38} {'bare (ms)':>10} {'gud (ms)':>10} {'overhead':>9}  target <= 10%")
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"training step, median of {args.repeat}, {where}")
+    print(f"{'case':<38} {'params':>7} {'bare (ms)':>10} {'gud (ms)':>10} {'overhead':>9} {'steps/s':>8} "
+          f"{'images/s':>9}  target <= 10%")
     for name, text in CASES.items():
+        if args.only and args.only not in name or (name == PAPER and device.type == "cpu" and not args.only):
+            continue  # the paper-size case on CPU only when asked for
         model = build_model(check_text(text, name))
         settings = model.spec.train
         net = model.spec.network.model_dump()
         kind = net.pop("kind")
         torch.manual_seed(0)
-        network = make_network(kind, model.data.shape, **net)
-        bare_net = make_network(kind, model.data.shape, **net)
+        network = make_network(kind, model.data.shape, **net).to(device)
+        bare_net = make_network(kind, model.data.shape, **net).to(device)
         bare_net.load_state_dict(network.state_dict())
-        objective = Objective(model, network)
+        objective = Objective(model, network).to(device)
         opt = torch.optim.AdamW(network.parameters(), lr=1e-4)
         bare_opt = torch.optim.AdamW(bare_net.parameters(), lr=1e-4)
         data = torch.as_tensor(model.data.train)
         counter = {"step": 0}
 
         def gud_step():
-            batch = make_batch(data, model.spec, model.checked.drawn, counter["step"], settings.batch, 0, 0, "cpu")
+            batch = make_batch(data, model.spec, model.checked.drawn, counter["step"], settings.batch, 0, 0, device)
             train_step(objective, opt, batch, settings, counter["step"] + settings.warmup)
             counter["step"] += 1
 
-        gen = torch.Generator().manual_seed(0)
-        x = data[: settings.batch]
-        bare = timed(lambda: bare_step(bare_net, bare_opt, x, gen), args.repeat)
-        full = timed(gud_step, args.repeat)
+        gen = torch.Generator(device=device).manual_seed(0)
+        x = data[: settings.batch].to(device)
+        bare = timed(lambda: bare_step(bare_net, bare_opt, x, gen), args.repeat, device)
+        full = timed(gud_step, args.repeat, device)
         over = full / bare - 1
         flag = "" if over <= 0.10 else "  <- over target"
-        print(f"{name:<38} {bare * 1e3:10.1f} {full * 1e3:10.1f} {over * 100:8.1f}%{flag}")
+        params = sum(p.numel() for p in network.parameters()) / 1e6
+        print(f"{name:<38} {params:6.1f}M {bare * 1e3:10.1f} {full * 1e3:10.1f} {over * 100:8.1f}% "
+              f"{1 / full:8.2f} {settings.batch / full:9.0f}{flag}")
 
 
 if __name__ == "__main__":

@@ -5,19 +5,22 @@ the training and sampling settings; `gudlang` parses, validates, checks and comp
 torch modules. See README.md and docs/architecture.md.
 
 Python API (imported on first use, so that `gud check` starts fast):
+    load(run_or_checkpoint_or_export) -> GudModel   .sample(n), .complete(images), .extend(...),
+                                                    .nll(), .plot_schedule(), .export(dir), .hash
+    train_run(spec, overrides, out=..., network=None, name=None) -> TrainResult
     check_file(path, overrides) / check_text(text, path, overrides) -> CheckedSpec
-    build_model(checked) -> Model          data, basis, stats, prior, compiled schedule
-    train_run(spec, overrides, out=..., network=None) -> TrainResult
+    build_model(checked) -> Model          data, basis, stats, prior, space, compiled schedule
     load_run(run_or_checkpoint, overrides, network=None) -> (Model, eps model, metadata)
     sample(method, eps_model, schedule, start, steps, generator) -> SampleResult
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 LANGUAGE_VERSION = 1
 
 _API = {
     "check_file": "gudlang.check", "check_text": "gudlang.check", "build_model": "gudlang.pipeline",
-    "train_run": "gudlang.runs", "load_run": "gudlang.runs", "sample": "gudlang.samplers",
+    "load": "gudlang.api", "GudModel": "gudlang.api", "train_run": "gudlang.trainer",
+    "load_run": "gudlang.runs", "sample": "gudlang.samplers",
     "GudError": "gudlang.diagnostics",
 }
 

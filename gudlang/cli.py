@@ -8,27 +8,31 @@ errors. Every `GudError` is printed as diagnostics; no user input produces a tra
     gud fmt [--check|--diff] FILES...
     gud hash FILE [--full] [--show]
     gud explain FILE
-    gud plot FILE (--schedule | --forward) -o OUT.png
-    gud train SPEC [-s key=value ...] [--out DIR] [--resume RUN]
+    gud plot FILE (--schedule | --forward) -o OUT.png;  gud plot RUN --metrics -o OUT.png
+    gud train SPEC [-s key=value ...] [--out DIR] [--resume RUN] [--name NAME]
     gud sample RUN [-n N] [--sampler S] [--steps K] [--given FILE] [--mask COND] [-s param=value ...]
     gud extend RUN --image FILE (--columns N | --rows N)
-    gud nll RUN [--split test] [-n N]
+    gud export RUN DIR
+    gud fid RUN --ref DIR|FILE.npz [-n N] [--samples DIR|FILE.npz] [--features inception|MODULE:NAME] [--inception FILE]
+    gud nll RUN [--split test] [-n N] [--divergence exact|hutchinson] [--given FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import typing
 from pathlib import Path
 
 from gudlang.diagnostics import GudError, render_json, render_text
-from gudlang.spec import SamplerName
+from gudlang.spec import GridName, SamplerName
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2
 # Codes about a file given on the command line (not about a spec): they exit like usage errors.
-FILE_CODES = {"E681"}
+FILE_CODES = {"E681", "E644", "E690", "E691"}
 
 
 def _usage(diagnostics) -> bool:
@@ -189,15 +193,23 @@ def cmd_explain(args) -> int:
 def cmd_plot(args) -> int:
     from gudlang.check import check_file
     from gudlang.pipeline import build_model
-    from gudlang.plot import plot_forward, plot_schedule
+    from gudlang.plot import plot_forward, plot_metrics, plot_schedule
     rep = _Reporter("text")
     try:
         out = _plot_path(args.output)
-        model = build_model(check_file(args.file, _overrides(args.set)))
-        if args.forward:
-            plot_forward(model, str(out))
+        if args.metrics:
+            from gudlang.runs import METRICS, read_metrics
+            run = Path(args.file)
+            if not (run / METRICS).is_file():
+                raise GudError.one("E001", f"{run} is not a run directory (no {METRICS})", path=str(run),
+                                   help="--metrics plots a run: gud plot RUN --metrics -o metrics.png")
+            plot_metrics(read_metrics(run / METRICS), str(out), title=str(run))
         else:
-            plot_schedule(model, str(out))
+            model = build_model(check_file(args.file, _overrides(args.set)))
+            if args.forward:
+                plot_forward(model, str(out))
+            else:
+                plot_schedule(model, str(out))
         print(f"wrote {out}")
     except GudError as e:
         rep.report(e.with_path(args.file), _source(args.file))
@@ -224,17 +236,272 @@ def _plot_path(text: str) -> Path:
     return out
 
 
-def _run_command(name: str):
+def _run_command(handler):
+    """A command that runs a model: GudError from it is reported like a spec's."""
     def run(args) -> int:
-        from gudlang import runs
         rep = _Reporter("text")
         try:
-            return getattr(runs, name)(args, _overrides(getattr(args, "set", None)))
+            return handler(args, _overrides(getattr(args, "set", None)))
         except GudError as e:
             path = getattr(args, "spec", None)
             rep.report(e.with_path(path) if path else e, _source(path) if path else None)
         return rep.finish()
     return run
+
+
+def _progress(what: str, total: int, quiet: bool = False):
+    """A tqdm bar on a terminal (None elsewhere or when quiet): called with (done, total)."""
+    if quiet or not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=what, unit="image", dynamic_ncols=True, file=sys.stderr)
+
+    def update(done: int, _total: int) -> None:
+        bar.update(done - bar.n)
+
+    return update, bar.close
+
+
+def _write_json(path: Path, record: dict) -> None:
+    from gudlang.checkpoint import atomic_write_text
+    from gudlang.images import make_folder
+    make_folder(path.parent)
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _outputs(args, target: str) -> Path:
+    """Where a model's outputs go: RUN/samples, or samples/STEM for a spec (oracle) or export."""
+    path = Path(target)
+    if path.suffix == ".gud":
+        return Path("samples") / path.stem
+    return (path if path.is_dir() else path.parent) / "samples"
+
+
+def cmd_train(args, overrides: dict) -> int:
+    """`gud train SPEC` / `--resume RUN` / `--name NAME`: exit 128 + the signal number when
+    SIGINT (130) or SIGTERM (143) stopped it, after saving a checkpoint."""
+    from gudlang.trainer import train_run
+    result = train_run(args.spec, overrides, out=args.out, resume=args.resume, until=args.until,
+                       quiet=args.quiet, name=args.name, command=["gud", *args.argv])
+    return 128 + result.signal if result.interrupted else 0
+
+
+def _shard(n: int) -> tuple[int, int, int, int]:
+    """(first index, count, rank, world) of this torchrun rank's share of n."""
+    from gudlang.runs import dist_info
+    rank, world = dist_info()
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    return lo, hi - lo, rank, world
+
+
+def cmd_sample(args, overrides: dict) -> int:
+    """`gud sample RUN`: samples in data space as a PNG grid (+ a float .npz), a folder of PNGs,
+    or a uint8 NHWC .npz; under torchrun each rank writes its shard. With --given FILE (or for
+    a spec that declares `given_i`): completions beside what is given."""
+    import time
+
+    import numpy as np
+
+    from gudlang.api import load
+    from gudlang.images import save_grid, save_npz, save_pairs, save_png_dir
+    model = load(args.run, params=overrides, weights=args.weights)
+    settings = model.spec.sample
+    method, steps = args.sampler or settings.sampler, args.steps or settings.steps
+    seed = settings.seed if args.seed is None else args.seed
+    conditional = args.given is not None or args.mask is not None or model.conditional
+    stem = Path(args.output) if args.output else _outputs(args, args.run) / (
+        f"{method}-{steps}steps-seed{seed}" + ("-given" if conditional else ""))
+    record = {"sampler": method, "steps": steps, "grid": args.grid or settings.grid, "seed": seed,
+              "model_hash": model.hash, "overrides": overrides}
+    start = time.time()
+    if conditional:
+        images, source = _known_images(model, args, args.n or settings.n)
+        done = model.complete(images, mask=args.mask, sampler=method, steps=steps, grid=args.grid, seed=seed)
+        record.update(conditioning=done.method, given=source, given_components=int(done.mask.sum()),
+                      n=len(done.x), nfe=done.nfe, seconds=time.time() - start)
+        save_pairs(done.known, done.x, stem.with_suffix(".png"), model.model.data.value_range)
+        _save_float_npz(stem.with_suffix(".npz"), record, x=done.x, known=done.known, mask=done.mask)
+        print(f"wrote {stem.with_suffix('.png')} and {stem.with_suffix('.npz')}: {len(done.x)} completions of "
+              f"{source} ({done.method} conditioning on {int(done.mask.sum())} of {model.model.dim} components), "
+              f"beside what is given, {method}, {steps} steps, {done.nfe} network evaluations, seed {seed}")
+        return 0
+    n = args.n or settings.n
+    first, count, rank, world = _shard(n)
+    update, close = _progress("sample", count, quiet=rank != 0)
+    x, nfe = model.sample(count, sampler=method, steps=steps, grid=args.grid, seed=seed, batch_size=args.batch_size,
+                          start=first, progress=update, with_nfe=True)
+    close()
+    x = x.numpy()
+    record.update(n=n, first=first, count=count, world_size=world, nfe=nfe, seconds=time.time() - start)
+    value_range = model.model.data.value_range
+    shard = f".shard{rank}of{world}" if world > 1 else ""
+    if args.format == "png-dir":
+        save_png_dir(x, stem, value_range, start=first)
+        if rank == 0:
+            _write_json(stem / "samples.json", record)
+        where = f"{stem}/ ({count} PNGs from {first:06d}.png)"
+    elif args.format == "npz":
+        out = Path(f"{stem}{shard}.npz")
+        save_npz(x, out, value_range, **record)
+        where = f"{out} (arr_0: uint8 {tuple(x.shape[:1]) + tuple(x.shape[2:]) + tuple(x.shape[1:2])}, N H W C)"
+    else:
+        out = Path(f"{stem}{shard}")
+        save_grid(x, out.with_suffix(".png"), value_range)
+        _save_float_npz(out.with_suffix(".npz"), record, x=x)
+        where = f"{out.with_suffix('.png')} and {out.with_suffix('.npz')}"
+    print(f"wrote {where}: {count} samples{f' (shard {rank} of {world})' if world > 1 else ''}, {method}, "
+          f"{steps} steps, {nfe} network evaluations per batch, seed {seed}")
+    return 0
+
+
+def _save_float_npz(path: Path, record: dict, **arrays) -> None:
+    import io
+
+    import numpy as np
+
+    from gudlang.checkpoint import atomic_write_bytes
+    from gudlang.images import make_folder
+    buf = io.BytesIO()
+    np.savez(buf, **arrays, **{k: np.asarray(str(v)) for k, v in record.items()})
+    make_folder(path.parent)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _known_images(model, args, n: int):
+    """The images to complete: --given FILE (all of them, or the first n with -n), else the
+    first n test images of the spec's data."""
+    import numpy as np
+
+    from gudlang.conditioning import load_images
+    from gudlang.pipeline import load_spec_data
+    data = model.model.data
+    if args.given is not None:
+        images = load_images(args.given, data.shape, data.value_range)
+        return (images[: args.n] if args.n else images), str(args.given)
+    loaded = load_spec_data(model.model.checked)
+    split = loaded.test if len(loaded.test) else loaded.train
+    return np.asarray(split[:n], dtype=np.float64), f"the first {min(n, len(split))} test images"
+
+
+def cmd_extend(args, overrides: dict) -> int:
+    """`gud extend RUN --image FILE --columns N` (or --rows N): image extension by a sliding
+    window, for a spec whose given components are a band of leading columns (rows)."""
+    import time
+
+    from gudlang.api import load
+    from gudlang.conditioning import load_images
+    from gudlang.images import save_grid
+    model = load(args.run, params=overrides)
+    data = model.model.data
+    images = load_images(args.image, data.shape, data.value_range)
+    seed = model.spec.sample.seed if args.seed is None else args.seed
+    start = time.time()
+    x, nfe, k = model.extend(images, columns=args.columns, rows=args.rows, sampler=args.sampler, steps=args.steps,
+                             seed=seed)
+    axis, count = ("columns", args.columns) if args.columns else ("rows", args.rows)
+    stem = Path(args.output) if args.output else _outputs(args, args.run) / f"extend-{count}{axis}-seed{seed}"
+    size = data.shape[2] if axis == "columns" else data.shape[1]
+    record = {"axis": axis, "count": count, "band": k, "window": size, "seed": seed, "nfe": nfe,
+              "model_hash": model.hash, "image": str(args.image), "seconds": time.time() - start}
+    save_grid(x, stem.with_suffix(".png"), data.value_range, cols=1 if axis == "columns" else len(x))
+    _save_float_npz(stem.with_suffix(".npz"), record, x=x, given=images)
+    print(f"wrote {stem.with_suffix('.png')} and {stem.with_suffix('.npz')}: {len(x)} image(s) extended by "
+          f"{count} {axis} (window {size}, {k} given, {nfe} network evaluations), seed {seed}")
+    return 0
+
+
+def cmd_nll(args, overrides: dict) -> int:
+    """`gud nll RUN`: bits per dimension by the probability-flow ODE on a data split (or on
+    --given FILE); the conditional bits/dim of the generated components for a spec with a
+    given mask. Under torchrun each rank measures its shard and rank 0 reports them all."""
+    import numpy as np
+
+    from gudlang.api import load
+    from gudlang.likelihood import mean_and_stderr
+    model = load(args.run, params=overrides, weights=args.weights)
+    if args.given is not None:
+        from gudlang.conditioning import load_images
+        data = model.model.data
+        x, split = load_images(args.given, data.shape, data.value_range)[: args.n], str(args.given)
+    else:
+        x, split = None, args.split
+    first, count, rank, world = _shard(args.n if x is None else len(x))
+    update, close = _progress("nll", count, quiet=rank != 0)
+    if x is None:
+        from gudlang.pipeline import load_spec_data
+        data = load_spec_data(model.model.checked)
+        pool = data.test if args.split == "test" else data.train
+        x = pool[: args.n]
+        first, count, rank, world = _shard(len(x))
+    result = model.nll(x[first: first + count], divergence=args.divergence, hutchinson_samples=args.probes,
+                       batch_size=args.batch_size, seed=args.seed + rank, progress=update)
+    close()
+    bits = _gather(result.bits, world)
+    if rank != 0:
+        return 0
+    mean, stderr = mean_and_stderr(bits)
+    record = {"bits_per_dim": mean, "stderr": stderr, "n": len(bits), "split": split, "divergence": result.divergence,
+              "dimensions": result.dims, "conditional": result.conditional,
+              "dequantised": model.model.data.levels is not None, "levels": model.model.data.levels,
+              "nfe": result.nfe, "divergence_evaluations_per_image": result.divergence_evaluations,
+              "rtol": model.spec.sample.rtol, "atol": model.spec.sample.atol,
+              "model_hash": model.hash, "world_size": world}
+    folder = _outputs(args, args.run)
+    _write_json((folder.parent if folder.name == "samples" else folder) / f"nll-{Path(split).stem}.json", record)
+    what = "exact divergence" if result.divergence == "exact" else f"{result.divergence} divergence estimate"
+    deq = f", uniform dequantisation of {model.model.data.levels} levels" if model.model.data.levels else \
+        ", continuous data"
+    cond = f" (conditional: the {result.dims} generated of {model.model.dim} components)" if result.conditional else ""
+    print(f"NLL {mean:.4f} +- {stderr:.4f} bits/dim{cond} on {len(bits)} {split} images ({what}{deq}; "
+          f"{result.nfe} network calls along the trajectories, {result.divergence_evaluations:.0f} divergence "
+          f"evaluations per image)")
+    return 0
+
+
+def _gather(values, world: int):
+    """Every rank's values, concatenated in rank order on rank 0 (gloo / nccl)."""
+    import numpy as np
+    import torch
+    if world == 1:
+        return np.asarray(values)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    local = torch.as_tensor(np.asarray(values, dtype=np.float64))
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
+    torch.distributed.all_gather(sizes, torch.tensor([len(local)]))
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, dtype=torch.float64)
+    padded[: len(local)] = local
+    parts = [torch.zeros(longest, dtype=torch.float64) for _ in range(world)]
+    torch.distributed.all_gather(parts, padded)
+    torch.distributed.destroy_process_group()
+    return np.concatenate([p[: int(s.item())].numpy() for p, s in zip(parts, sizes)])
+
+
+def cmd_export(args, overrides: dict) -> int:
+    """`gud export RUN DIR`: a self-contained folder with the EMA weights, spec, config and a
+    model card (`gudlang.export`)."""
+    from gudlang.api import load
+    from gudlang.runs import read_record
+    target, out = Path(args.run), Path(args.dir)
+    if out.exists():
+        raise GudError.one("E644", f"{out} exists", help="export into a new folder (nothing was written)")
+    model = load(target)
+    nll, command = None, None
+    if target.is_dir():
+        record = target / "nll-test.json"
+        if record.is_file():
+            try:
+                nll = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                nll = None
+        if (target / "run.json").is_file():
+            commands = [s.get("command") for s in read_record(target).get("segments", []) if s.get("command")]
+            command = " && ".join(" ".join(map(shlex.quote, c)) for c in commands) or None
+    model.export(out, nll=nll, command=command)
+    print(f"exported {target} to {out}: model.safetensors (EMA weights), spec.gud, config.json, README.md, "
+          f"samples.png; load it with gudlang.load(\"{out}\") or gud sample {out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,11 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
     with_set(q)
     q.set_defaults(func=cmd_explain)
 
-    q = sub.add_parser("plot", help="plot the schedule or the forward process")
-    q.add_argument("file")
+    q = sub.add_parser("plot", help="plot the schedule, the forward process, or a run's metrics")
+    q.add_argument("file", help="a spec (--schedule, --forward) or a run directory (--metrics)")
     g = q.add_mutually_exclusive_group()
     g.add_argument("--schedule", action="store_true", help="gamma, sigma, beta, true SNR (default)")
     g.add_argument("--forward", action="store_true", help="one sample noised to several t")
+    g.add_argument("--metrics", action="store_true", help="a run's loss, learning rate and gradient norm")
     q.add_argument("-o", "--output", required=True)
     with_set(q)
     q.set_defaults(func=cmd_plot)
@@ -284,19 +552,30 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("train", help="train the model a spec declares")
     q.add_argument("spec", nargs="?")
     q.add_argument("--out", default="runs", help="parent folder of run directories (default runs/)")
-    q.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
+    q.add_argument("--resume", metavar="RUN", help="continue the run in this directory (with -s train.steps=N: "
+                                                   "let a finished run grow to N steps)")
+    q.add_argument("--name", help="the run directory OUT/NAME; resumes it when it exists (requeued jobs)")
     q.add_argument("--until", type=_positive_int, metavar="STEP",
                    help="stop after STEP steps with a checkpoint (continue later with --resume)")
     q.add_argument("--quiet", action="store_true")
     with_set(q)
-    q.set_defaults(func=_run_command("train"))
+    q.set_defaults(func=_run_command(cmd_train))
 
-    q = sub.add_parser("sample", help="sample from a trained run")
+    def with_model(q):
+        q.add_argument("--weights", choices=["ema", "raw"], default="ema",
+                       help="the EMA weights (default) or the trained ones")
+
+    q = sub.add_parser("sample", help="sample from a trained run, a checkpoint, an export or an oracle spec")
     q.add_argument("run")
     q.add_argument("-n", type=_positive_int, default=None, help="number of samples")
     q.add_argument("--sampler", choices=typing.get_args(SamplerName))
     q.add_argument("--steps", type=_positive_int)
+    q.add_argument("--grid", choices=typing.get_args(GridName), help="time grid of fixed-step samplers")
     q.add_argument("--seed", type=int)
+    q.add_argument("--batch-size", type=_positive_int, help="samples per batch (default: all at once)")
+    q.add_argument("--format", choices=["grid", "png-dir", "npz"], default="grid",
+                   help="grid: PNG grid + float .npz; png-dir: one PNG per sample; npz: uint8 NHWC arr_0 "
+                        "(what FID tools read)")
     q.add_argument("-o", "--output", help="output prefix (default RUN/samples/...)")
     q.add_argument("--given", metavar="FILE",
                    help="complete these images (PNG / JPEG, .npy or .npz in data space; smaller images "
@@ -304,8 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--mask", metavar="CONDITION",
                    help='the known components, written as in a spec, e.g. "col(i) < 0.5" (default: the '
                         "spec's given_i; a different mask conditions by replacement)")
+    with_model(q)
     with_set(q)
-    q.set_defaults(func=_run_command("sample"))
+    q.set_defaults(func=_run_command(cmd_sample))
 
     q = sub.add_parser("extend", help="extend images beyond the model's width (height) by a sliding window")
     q.add_argument("run")
@@ -318,15 +598,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int)
     q.add_argument("-o", "--output", help="output prefix (default RUN/samples/...)")
     with_set(q)
-    q.set_defaults(func=_run_command("extend_images"))
+    q.set_defaults(func=_run_command(cmd_extend))
 
     q = sub.add_parser("nll", help="negative log-likelihood in bits/dim by the probability-flow ODE")
     q.add_argument("run")
     q.add_argument("--split", choices=["train", "test"], default="test")
-    q.add_argument("-n", type=_positive_int, default=256)
+    q.add_argument("--given", metavar="FILE", help="measure these images (data space) instead of a split")
+    q.add_argument("-n", type=_positive_int, default=256, help="at most this many images (default 256)")
+    q.add_argument("--divergence", choices=["exact", "hutchinson"],
+                   help="exact trace (default for D <= 3072) or Hutchinson's estimate")
+    q.add_argument("--probes", type=_positive_int, default=1, help="Hutchinson probe vectors per image")
+    q.add_argument("--batch-size", type=_positive_int, default=64, help="images per ODE solve")
     q.add_argument("--seed", type=int, default=0)
+    with_model(q)
     with_set(q)
-    q.set_defaults(func=_run_command("nll"))
+    q.set_defaults(func=_run_command(cmd_nll))
+
+    q = sub.add_parser("export", help="write a self-contained model folder (EMA weights, spec, config, card)")
+    q.add_argument("run")
+    q.add_argument("dir")
+    q.set_defaults(func=_run_command(cmd_export))
+
+    from gudlang.fid import add_fid_parser, cmd_fid
+    add_fid_parser(sub).set_defaults(func=_run_command(cmd_fid))
     return p
 
 
@@ -336,7 +630,12 @@ def _version() -> str:
 
 
 def main(argv=None) -> int:
+    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with another busy process
+    # spinning threads slowed training many times over. Read when torch loads, so set it first.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except GudError as e:  # errors outside a file context (e.g. bad -s syntax)

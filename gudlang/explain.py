@@ -2,9 +2,10 @@
 
 Input: a `Model` (`gudlang.pipeline.build_model`).
 Output: text: the resolved spec (every default explicit; it parses and hashes like the
-original), D and shapes, the generation order, a table of gamma, sigma and true SNR at a
-few t for a few components, and the generated schedule code. `resolved_text` is also what
-a run directory stores as `resolved.gud`.
+original), D and shapes, the generation order (components whose gamma never moves apart, as
+never noised; the most components in motion at once, `schedules.motion`), a table of gamma,
+sigma and true SNR at a few t for a few generated components, and the generated schedule
+code. `resolved_text` is also what a run directory stores as `resolved.gud`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from gudlang import ast as A
 from gudlang.check import describe_shape
 from gudlang.fmt import format_program
 from gudlang.lower import parse_program
+from gudlang.schedules import MOTION_BETA, Motion, motion
 from gudlang.spec import FixedParam, Spec
 
 
@@ -75,18 +77,36 @@ def resolved_text(spec: Spec, source: A.SourceMap) -> str:
     return format_program(program, smap)
 
 
-def _order_words(model, order: np.ndarray) -> list[str]:
+def _order_words(model, order: np.ndarray, moving: Motion) -> list[str]:
+    """The generation order in words: how many components never move (never noised, so never
+    generated), the first, second, middle and last generated of the others, and the most
+    components in motion at once."""
     feats = model.features
     names = [n for n in ("rank", "var", "level", "freq", "row", "col", "chan") if n in feats]
 
     def describe(i: int) -> str:
         return f"component {i} (" + ", ".join(f"{n} {feats[n][i]:.3g}" for n in names) + ")"
 
+    out = []
+    given = np.zeros(len(order), bool) if model.given is None else model.given
+    if given.any():
+        out.append(f"  given:           {int(given.sum())} of {len(order)} components (given_i: known when "
+                   f"sampling, held clean, never generated), e.g. {describe(int(np.flatnonzero(given)[0]))}")
+    still = moving.never_noised & ~given
+    if still.any():
+        out.append(f"  never noised:    {int(still.sum())} of {len(order)} components (gamma constant in t), "
+                   f"e.g. {describe(int(np.flatnonzero(still)[0]))}")
+    order = order[~moving.never_noised[order]]
     d = len(order)
-    out = [f"  first generated: {describe(int(order[0]))}",
-           f"  then:            {describe(int(order[min(1, d - 1)]))}",
-           f"  middle:          {describe(int(order[d // 2]))}",
-           f"  last generated:  {describe(int(order[-1]))}"]
+    if d:
+        out += [f"  first generated: {describe(int(order[0]))}",
+                f"  then:            {describe(int(order[min(1, d - 1)]))}",
+                f"  middle:          {describe(int(order[d // 2]))}",
+                f"  last generated:  {describe(int(order[-1]))}"]
+    most, when = moving.busiest
+    out += [f"  most in motion:  {most} of {len(moving.never_noised)} components at once, first at t = {when:.3f}",
+            f"                   (in motion: beta > {MOTION_BETA:g}, or gamma strictly between its values "
+            f"at t = 0 and t = 1)"]
     return out
 
 
@@ -107,12 +127,15 @@ def explain_text(model) -> str:
             f"model hash: {model.model_hash}",
             ""]
     order = model.generation_order()
+    moving = motion(model.conditioned_schedule)  # given components are held clean: never noised
     out += ["# generation order (the reverse of noising: the component whose gamma is half-way "
-            "latest in forward time is generated first; ties by true SNR)"] + _order_words(model, order) + [""]
-    picks = [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
+            "latest in forward time is generated first; ties by true SNR)"] + _order_words(model, order, moving) + [""]
+    generated = order[~moving.never_noised[order]]
+    shown = generated if len(generated) else order
+    picks = [int(shown[0]), int(shown[len(shown) // 2]), int(shown[-1])]
     ts = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
     with torch.no_grad():
-        gamma = model.schedule.to(torch.float64).gamma_and_slope(ts)[0].numpy()
+        gamma = model.schedule.gamma_and_slope(ts)[0].numpy()
     wvar = model.features["wvar"]
     out.append("# gamma, sigma and true SNR = wvar * exp(-gamma) (first, middle, last generated)")
     out.append(f"{'component':>10} {'t':>5} {'gamma':>9} {'sigma':>9} {'true SNR':>10}")

@@ -12,15 +12,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from typing import Any
+
+import numpy as np
 
 from gudlang import LANGUAGE_VERSION
 from gudlang import ast as A
 from gudlang.check import FORMULAS, CheckedSpec
 from gudlang.spec import FixedParam
 
-SCHEME = "gud1-sha256"
+SCHEME = "gud2-sha256"
+# The first scheme hashed every train setting; checkpoints made with it still verify
+# (`model_hash(..., scheme=LEGACY_SCHEME)`) and sample, but do not train on.
+LEGACY_SCHEME = "gud1-sha256"
+_LEGACY_TRAIN = ("steps", "batch", "lr", "ema", "seed", "warmup", "grad_clip", "weight_decay", "log_every",
+                 "sample_every", "checkpoint_every")
+# How long a run trains and how it logs: not what the model is.
+RUN_LENGTH = ("steps", "log_every", "sample_every", "checkpoint_every")
 # Where a formula sits in the payload when not at the top level under its own name (the
 # prior scale replaces the raw expression of `prior = scale(...)`).
 FORMULA_PLACES = {"prior_scale": ("prior", "s")}
@@ -33,15 +41,18 @@ UNHASHED = {
     "data.path": "where the data live; the fingerprint hashes what they are",
     "data.folder": "where the data live; the fingerprint hashes what they are",
     "data.root": "where the data live; the fingerprint hashes what they are",
+    "train.steps": "how long a run trains (run.json records it); hashed with lr_schedule = cosine, "
+                   "whose decay it sets",
+    "train.log_every": "how a run logs",
+    "train.sample_every": "how a run logs",
+    "train.checkpoint_every": "how a run logs",
     "sample": "how to sample: only in the full hash",
     "runtime": "how to run, never what is computed",
 }
 
-_FOLD = {
-    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-    "/": lambda a, b: a / b if b else math.copysign(math.inf, a) if a else math.nan,
-    "^": lambda a, b: float(a) ** b if a >= 0 or float(b).is_integer() else math.nan,
-}
+# Folding follows IEEE float64 as the schedule compiler's does (signed zeros and infinities,
+# 0 ^ -1 = inf, (-10) ^ 401 = -inf, (-8) ^ (1/3) = nan), so equal hashes mean equal schedules.
+_FOLD = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide, "^": np.power}
 
 
 def normal_form(expr: A.Expr, fixed: dict[str, float]) -> Any:
@@ -57,10 +68,8 @@ def normal_form(expr: A.Expr, fixed: dict[str, float]) -> Any:
     if isinstance(expr, A.BinOp):
         left, right = normal_form(expr.left, fixed), normal_form(expr.right, fixed)
         if isinstance(left, float) and isinstance(right, float):
-            try:
-                return float(_FOLD[expr.op](left, right))
-            except OverflowError:
-                return math.inf
+            with np.errstate(all="ignore"):
+                return float(_FOLD[expr.op](np.float64(left), np.float64(right)))
         return [expr.op, left, right]
     if isinstance(expr, A.Compare):
         return ["compare", expr.op, normal_form(expr.left, fixed), normal_form(expr.right, fixed)]
@@ -86,15 +95,22 @@ def _json_floats(value: Any) -> Any:
     return value
 
 
-def payload(checked: CheckedSpec, data_fingerprint: str, *, full: bool) -> dict:
+def payload(checked: CheckedSpec, data_fingerprint: str, *, full: bool, scheme: str = SCHEME) -> dict:
     """The normal form that is hashed (also shown by `gud hash --show`)."""
     spec = checked.spec
     fixed = checked.fixed_params
     data = spec.data.model_dump()
     for location in ("path", "folder", "root"):  # where the data lives is not what it is
         data.pop(location, None)
+    train = spec.train.model_dump()
+    if scheme == LEGACY_SCHEME:
+        train = {k: train[k] for k in _LEGACY_TRAIN}
+    else:
+        for key in RUN_LENGTH:
+            if not (key == "steps" and spec.train.lr_schedule == "cosine"):
+                del train[key]
     out = {
-        "scheme": SCHEME,
+        "scheme": scheme,
         "language": LANGUAGE_VERSION,
         "data": {**data, "fingerprint": data_fingerprint},
         "basis": spec.basis.model_dump(),
@@ -102,7 +118,7 @@ def payload(checked: CheckedSpec, data_fingerprint: str, *, full: bool) -> dict:
         "params": {n: p.model_dump() for n, p in sorted(spec.params.items())
                    if not isinstance(p, FixedParam) and n in checked.drawn},
         "network": spec.network.model_dump(),
-        "train": spec.train.model_dump(),
+        "train": train,
     }
     for slot in FORMULAS:  # every formula the spec declares, in its normal form
         if slot.name in checked.formulas:
@@ -118,14 +134,20 @@ def payload(checked: CheckedSpec, data_fingerprint: str, *, full: bool) -> dict:
 
 def _digest(obj: dict) -> str:
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    return f"{SCHEME}:{hashlib.sha256(text.encode()).hexdigest()}"
+    return f"{obj['scheme']}:{hashlib.sha256(text.encode()).hexdigest()}"
 
 
-def model_hash(checked: CheckedSpec, data_fingerprint: str) -> str:
-    """Hash of what determines the trained model (no sample or runtime settings)."""
-    return _digest(payload(checked, data_fingerprint, full=False))
+def model_hash(checked: CheckedSpec, data_fingerprint: str, scheme: str = SCHEME) -> str:
+    """Hash of what determines the trained model (no sample or runtime settings, not how long
+    it trained). `scheme` = LEGACY_SCHEME recomputes a hash of the first scheme."""
+    return _digest(payload(checked, data_fingerprint, full=False, scheme=scheme))
 
 
 def full_hash(checked: CheckedSpec, data_fingerprint: str) -> str:
     """Hash of the model plus its sample settings (still no runtime settings)."""
     return _digest(payload(checked, data_fingerprint, full=True))
+
+
+def scheme_of(hash_text: str) -> str:
+    """The scheme a stored hash was made with ("gud2-sha256:..." -> "gud2-sha256")."""
+    return hash_text.split(":", 1)[0]

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from gudlang import ast as A
 from gudlang.bases import Basis, make_basis
 from gudlang.check import CheckedSpec
 from gudlang.conditioning import GivenSchedule, check_mask
@@ -27,8 +26,8 @@ from gudlang.data import DataSet, load_data
 from gudlang.diagnostics import Diagnostic, GudError
 from gudlang.hashing import full_hash, model_hash
 from gudlang.priors import Prior, matched, scaled, white
-from gudlang.schedules import (CompiledSchedule, check_schedule, compile_schedule, evaluate_constant,
-                               generation_order)
+from gudlang.schedules import (CompiledSchedule, check_schedule, compile_schedule, evaluate_condition,
+                               evaluate_constant, generation_order)
 from gudlang.space import Space
 from gudlang.spec import Spec
 from gudlang.stats import ComponentStats, component_features, fit_stats
@@ -195,24 +194,6 @@ def _definition_path(checked: CheckedSpec, names) -> tuple:
     return ()
 
 
-_COMPARE = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal,
-            "!=": np.not_equal}
-
-
-def evaluate_condition(expr, features: dict[str, np.ndarray], fixed: dict[str, float], dim: int) -> np.ndarray:
-    """The value (D,) bool of a per-component condition (comparisons of numbers joined by
-    and, or, not); numbers are folded as everywhere else (`evaluate_constant`)."""
-    if isinstance(expr, A.BoolOp):
-        left = evaluate_condition(expr.left, features, fixed, dim)
-        right = evaluate_condition(expr.right, features, fixed, dim)
-        return left & right if expr.op == "and" else left | right
-    if isinstance(expr, A.Not):
-        return ~evaluate_condition(expr.operand, features, fixed, dim)
-    left, right = (evaluate_constant(e, features, fixed, dim) for e in (expr.left, expr.right))
-    with np.errstate(invalid="ignore"):
-        return _COMPARE[expr.op](left, right)
-
-
 def given_mask(checked: CheckedSpec, features: dict[str, np.ndarray]) -> np.ndarray | None:
     """The spec's given mask (D,) bool, or None when it declares none; E680 at its line when it
     gives every component or none."""
@@ -251,5 +232,5 @@ def given_from_text(model: Model, text: str) -> np.ndarray:
                         for d in e.diagnostics]) from None
 
 
-__all__ = ["Model", "build_model", "build_prior", "evaluate_condition", "given_from_text", "given_mask",
+__all__ = ["Model", "build_model", "build_prior", "given_from_text", "given_mask",
            "load_spec_data", "VAR_FLOOR"]

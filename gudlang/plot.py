@@ -4,6 +4,7 @@ Input: a `Model`. Output: PNG files.
 - `plot_schedule`: gamma_i(t), sigma_i(t), beta_i(t) and the true SNR_i(t) for every
   component, coloured by generation order (dark = generated first), like the paper's Fig. 2.
 - `plot_forward`: one training image noised to several t, shown in data space (Fig. 4).
+- `plot_metrics`: a run's loss (raw and smoothed), learning rate and gradient norm against step.
 """
 
 from __future__ import annotations
@@ -26,8 +27,17 @@ def _pyplot():
 
 
 def plot_schedule(model, out: str, max_lines: int = 400, grid: int = 256) -> None:
+    """`schedule_figure` saved to `out`."""
+    plt = _pyplot()
+    fig = schedule_figure(model, max_lines, grid)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def schedule_figure(model, max_lines: int = 400, grid: int = 256):
     """gamma, sigma, beta and true SNR of every component against t, coloured by generation
-    order; components a spec declares given (held clean, never generated) in grey."""
+    order; components a spec declares given (held clean, never generated) in grey. A matplotlib
+    Figure."""
     plt = _pyplot()
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
     with torch.no_grad():
@@ -62,8 +72,7 @@ def plot_schedule(model, out: str, max_lines: int = 400, grid: int = 256) -> Non
     note = f", {int(given.sum())} given (grey, dashed: held clean)" if given.any() else ""
     fig.suptitle(f"{model.checked.source.path or 'spec'}: {model.spec.basis.kind} basis, "
                  f"{model.spec.prior.kind} prior, D = {model.dim}{note}")
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def forward_images(model, image: np.ndarray, ts, seed: int = 0) -> np.ndarray:
@@ -91,4 +100,29 @@ def plot_forward(model, out: str, index: int = 0, steps: int = 6) -> None:
         ax.axis("off")
     fig.suptitle("forward process in data space")
     fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_metrics(metrics: dict, out: str, title: str = "") -> None:
+    """Loss (raw and smoothed over about 2% of the run), learning rate and gradient norm against
+    step, from `runs.read_metrics`, as one PNG."""
+    plt = _pyplot()
+    step, loss = metrics["step"], metrics["loss"]
+    width = max(1, len(step) // 50)
+    smooth = np.convolve(loss, np.ones(width) / width, mode="valid") if len(loss) >= width else loss
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(step, loss, lw=0.5, alpha=0.4, label="loss")
+    axes[0].plot(step[width - 1:] if len(loss) >= width else step, smooth, lw=1.5, label=f"mean of {width}")
+    axes[0].set_yscale("log")
+    axes[0].legend()
+    axes[1].plot(step, metrics["lr"])
+    axes[2].plot(step, metrics["grad_norm"], lw=0.6)
+    axes[2].set_yscale("log")
+    for ax, name in zip(axes, ("loss", "learning rate", "gradient norm (before clipping)")):
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
     plt.close(fig)

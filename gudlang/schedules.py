@@ -7,11 +7,14 @@ Output: `CompiledSchedule`, an `nn.Module` with
 beta = sigmoid(gamma) * dgamma/dt. Everything that does not depend on t or on a drawn
 param is folded at compile time into (1, D) buffers; dgamma/dt is a symbolic derivative;
 the remaining arithmetic is emitted as straight-line torch code (shown by `gud explain`),
-so the module runs on CPU and CUDA, in float32 and float64, and under `torch.compile`.
+so the module runs on CPU and CUDA and under `torch.compile`. It computes in float64
+whatever dtype it is cast to (the precision `check_schedule` validates) and returns gamma and
+beta in the dtype of the t it is given.
 
 `check_schedule` evaluates it on a dense grid in float64 and raises `GudError`
-E301 (gamma decreases in t), E302 (NaN / inf); it returns warnings W301 / W302 when the
-true SNR is not high at t = 0 or not low at t = 1.
+E301 (gamma decreases in t), E302 (NaN / inf, or beyond float32's range); it returns warnings
+W301 / W302 when the true SNR is not high at t = 0 or not low at t = 1. `generation_order` and
+`motion` say in which order components are generated and how many move at once.
 """
 
 from __future__ import annotations
@@ -50,12 +53,22 @@ class Vec:
     index: int
 
 
+def _minimum(a, b):
+    """torch.minimum's answer, which folding must give too: NaN if either is, else the first at
+    a tie (np.minimum gives the second: -0.0 for min(0.0, -0.0), where torch gives 0.0)."""
+    return np.where(np.isnan(b) | (b < a), b, a)
+
+
+def _maximum(a, b):
+    return np.where(np.isnan(b) | (b > a), b, a)
+
+
 _NP = {
     "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs, "cos": np.cos, "sin": np.sin,
     "tan": np.tan, "atan": np.arctan, "expm1": np.expm1, "log1p": np.log1p, "tanh": np.tanh,
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)), "logit": lambda x: np.log(x) - np.log1p(-x),
-    "softplus": lambda x: np.logaddexp(0.0, x), "clip": lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
-    "min": np.minimum, "max": np.maximum, "where": np.where,
+    "softplus": lambda x: np.logaddexp(0.0, x), "clip": lambda x, lo, hi: _minimum(_maximum(x, lo), hi),
+    "min": _minimum, "max": _maximum, "where": np.where,
 }
 _TORCH = {
     "log": "torch.log", "exp": "torch.exp", "sqrt": "torch.sqrt", "abs": "torch.abs", "cos": "torch.cos",
@@ -63,10 +76,19 @@ _TORCH = {
     "log1p": "torch.log1p", "tanh": "torch.tanh", "sigmoid": "torch.sigmoid", "logit": "torch.logit",
     "softplus": "torch.nn.functional.softplus",
 }
+# torch's softplus returns x itself above `threshold` (default 20, off by exp(-20) relative);
+# log(1 + exp(-x)) is below half an ulp of x in float64 only from x = 37 on
+SOFTPLUS_THRESHOLD = 40.0
 _CMP = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal,
         "!=": np.not_equal}
 _BIN = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide, "^": np.power}
 _REDUCE = {"max": np.max, "min": np.min, "mean": np.mean, "sum": np.sum}
+
+
+def _is_reduction(e) -> bool:
+    """Whether `e` reduces over components: `min`, `max`, `mean`, `sum` with one argument.
+    `min` and `max` with two arguments are elementwise; the name alone does not tell."""
+    return isinstance(e, A.Call) and e.func in _REDUCE and len(e.args) == 1
 
 
 class _Folder:
@@ -116,9 +138,23 @@ class _Folder:
                     return self.const(_BIN[e.op](lv, rv))
             if e.op == "+":
                 return self.reassociate(left, right)
-            return _simplify(A.BinOp(e.op, left, right))
+            if left == ZERO and e.op in "*/" or right == ZERO and e.op == "*":
+                # 0 * x and 0 / x are NaN where x is infinite (or 0): the value keeps them, so
+                # that the checks see what the formula says (derivatives still drop them)
+                return A.BinOp(e.op, left, right)
+            return _simplify(A.BinOp(e.op, left, right), exact=True)
         if isinstance(e, A.Compare):
             return A.Compare(e.op, self.fold(e.left), self.fold(e.right))
+        if isinstance(e, A.BoolOp):
+            left, right = self.fold(e.left), self.fold(e.right)
+            for const, other in ((left, right), (right, left)):
+                v = self.truth(const)
+                if v is not None and bool(np.all(v)) == bool(np.any(v)):  # the same for every component
+                    # x and true, x or false -> x; x and false, x or true -> the constant
+                    return other if (e.op == "and") == bool(np.all(v)) else const
+            return A.BoolOp(e.op, left, right)
+        if isinstance(e, A.Not):
+            return A.Not(self.fold(e.operand))
         if isinstance(e, Between):
             return Between(self.fold(e.x), self.fold(e.lo), self.fold(e.hi))
         if isinstance(e, A.Call):
@@ -126,19 +162,21 @@ class _Folder:
             if f in self.features:
                 return self.const(self.features[f])
             args = [self.fold(a) for a in e.args]
-            if f in _REDUCE and len(args) == 1:
+            if _is_reduction(e):
                 v = self.value(args[0])
                 if v is not None:
                     arr = np.broadcast_to(np.asarray(v, dtype=np.float64), (self.dim,))
                     return A.Num(float(_REDUCE[f](arr)))
                 if not self.depends_on_i(args[0]):  # the same value for every component
-                    return _simplify(A.BinOp("*", A.Num(float(self.dim)), args[0])) if f == "sum" else args[0]
+                    if f in ("min", "max"):
+                        return args[0]
+                    # D x or x, plus 0.0: a sum of zeros is +0, as torch and numpy sum it, even of -0s
+                    total = _simplify(A.BinOp("*", A.Num(float(self.dim)), args[0])) if f == "sum" else args[0]
+                    return A.BinOp("+", total, ZERO)
                 return A.Call(f, (args[0],))
-            if f == "where" and isinstance(args[0], A.Compare):
-                c = args[0]
-                cl, cr = self.value(c.left), self.value(c.right)
-                if cl is not None and cr is not None:
-                    cond = _CMP[c.op](cl, cr)
+            if f == "where":
+                cond = self.truth(args[0])
+                if cond is not None:
                     if np.all(cond):
                         return args[1]
                     if not np.any(cond):
@@ -154,6 +192,25 @@ class _Folder:
             return A.Call(f, tuple(args))
         raise AssertionError(e)
 
+    def truth(self, c) -> np.ndarray | None:
+        """The value (bool, scalar or (D,)) of a folded condition that depends on neither t nor
+        a drawn param, or None."""
+        if isinstance(c, A.Compare):
+            left, right = self.value(c.left), self.value(c.right)
+            if left is None or right is None:
+                return None
+            with np.errstate(invalid="ignore"):
+                return _CMP[c.op](left, right)
+        if isinstance(c, A.BoolOp):
+            left, right = self.truth(c.left), self.truth(c.right)
+            if left is None or right is None:
+                return None
+            return np.logical_and(left, right) if c.op == "and" else np.logical_or(left, right)
+        if isinstance(c, A.Not):
+            inner = self.truth(c.operand)
+            return None if inner is None else np.logical_not(inner)
+        return None
+
     def reassociate(self, left, right):
         """c1 + (c2 + x) -> (c1 + c2) + x for constants c: one full-size pass fewer."""
         for const, other in ((left, right), (right, left)):
@@ -163,16 +220,16 @@ class _Folder:
             inner_left, inner_right = self.value(other.left), self.value(other.right)
             with np.errstate(all="ignore"):
                 if inner_left is not None:  # c1 + (c2 +- x)
-                    return _simplify(A.BinOp(other.op, self.const(cv + inner_left), other.right))
+                    return _simplify(A.BinOp(other.op, self.const(cv + inner_left), other.right), exact=True)
                 if inner_right is not None:  # c1 + (x +- c2)
                     c = cv + inner_right if other.op == "+" else cv - inner_right
-                    return _simplify(A.BinOp("+", self.const(c), other.left))
-        return _simplify(A.BinOp("+", left, right))
+                    return _simplify(A.BinOp("+", self.const(c), other.left), exact=True)
+        return _simplify(A.BinOp("+", left, right), exact=True)
 
     def depends_on_i(self, e) -> bool:
         if isinstance(e, Vec):
             return True
-        if isinstance(e, A.Call) and e.func in _REDUCE and len(e.args) == 1:
+        if _is_reduction(e):
             return False
         return any(self.depends_on_i(c) for _, c in A.children(e)) if hasattr(e, "__dataclass_fields__") \
             and not isinstance(e, (A.Num, A.Name)) else False
@@ -193,15 +250,15 @@ class _Folder:
                 return _simplify(A.BinOp(e.op, da, db))
             if e.op == "*":
                 return _add(_mul(da, b), _mul(a, db))
-            if e.op == "/":
-                return _sub(_div(da, b), _div(_mul(a, db), _mul(b, b)))
+            if e.op == "/":  # (da - (a / b) db) / b: no b * b to underflow or overflow
+                return _div(_sub(da, _mul(e, db)), b)
             if e.op == "^":
                 if db == ZERO:
                     return _mul(_mul(b, _pow(a, _sub(b, ONE))), da)
                 return _mul(e, _add(_mul(db, A.Call("log", (a,))), _div(_mul(b, da), a)))
         if isinstance(e, A.Call):
             f, args = e.func, e.args
-            if f in _REDUCE:
+            if _is_reduction(e):
                 d = self.diff(args[0])
                 return ZERO if d == ZERO else A.Call(f, (d,))  # only sum / mean reach here with t
             if f == "where":
@@ -220,10 +277,11 @@ class _Folder:
                 # e.g. linear(t) has beta > 0 at t = 1, where samplers take their first step.
                 if dlo == ZERO and dhi == ZERO:
                     return _mul(A.Call("where", (Between(x, lo, hi), ONE, ZERO)), dx)
-                inner = A.Call("where", (A.Compare(">", x, hi), dhi, dx)) if dhi != ZERO or dx != ZERO else ZERO
-                if inner == ZERO and dlo == ZERO:
+                # clip(x, lo, hi) = min(max(x, lo), hi), which is hi wherever lo > hi
+                low = A.Call("where", (A.Compare(">=", x, lo), dx, dlo)) if dx != ZERO or dlo != ZERO else ZERO
+                if low == ZERO and dhi == ZERO:
                     return ZERO
-                return A.Call("where", (A.Compare("<", x, lo), dlo, inner))
+                return A.Call("where", (A.Compare("<=", A.Call("max", (x, lo)), hi), low, dhi))
             x = args[0]
             dx = self.diff(x)
             if dx == ZERO:
@@ -251,12 +309,18 @@ class _Folder:
 ZERO, ONE = A.Num(0.0), A.Num(1.0)
 
 
-def _simplify(e: A.BinOp):
+def _simplify(e: A.BinOp, exact: bool = False):
+    """Algebraic simplification. `exact`: only rewrites that keep every float64 value, the
+    sign of a zero included (x + 0 is +0 where x is -0, so it is not x; 1 / x tells them apart)."""
     a, b = e.left, e.right
     if e.op == "+":
-        return b if a == ZERO else a if b == ZERO else e
+        if a == ZERO and not (exact and _positive_zero(a)):
+            return b
+        return a if b == ZERO and not (exact and _positive_zero(b)) else e
     if e.op == "-":
-        return a if b == ZERO else _neg(b) if a == ZERO else e
+        if b == ZERO and not (exact and not _positive_zero(b)):
+            return a
+        return _neg(b) if a == ZERO and not (exact and _positive_zero(a)) else e
     if e.op == "*":
         if a == ZERO or b == ZERO:
             return ZERO
@@ -275,6 +339,10 @@ def _simplify(e: A.BinOp):
     if e.op == "^":
         return ONE if b == ZERO else a if b == ONE else e
     return e
+
+
+def _positive_zero(x: A.Num) -> bool:
+    return math.copysign(1.0, x.value) > 0
 
 
 def _scaled(e: A.BinOp):
@@ -298,9 +366,18 @@ def _scaled(e: A.BinOp):
 
 
 def _exact_step(on: float, off: float) -> bool:
-    """Whether cond * (on - off) + off gives exactly on and off (no overflow, no rounding)."""
+    """Whether cond * (on - off) (+ off unless it is 0, as `_Emitter` writes it) gives exactly
+    on and off: no overflow, no rounding, and the sign of a zero kept."""
     jump = on - off
-    return math.isfinite(jump) and jump + off == on and 0.0 * jump + off == off
+    if not math.isfinite(jump):
+        return False
+    if off == 0.0:
+        return _identical(jump, on) and _identical(0.0 * jump, off)
+    return _identical(jump + off, on) and _identical(0.0 * jump + off, off)
+
+
+def _identical(a: float, b: float) -> bool:
+    return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
 
 
 def _representable(combined: float, *factors: float) -> bool:
@@ -333,7 +410,8 @@ def _num_or(e: A.BinOp):
         for num, other in ((e.left, e.right), (e.right, e.left)):
             if isinstance(num, A.Num) and isinstance(other, A.Call) and other.func == "where" \
                     and all(isinstance(a, A.Num) for a in other.args[1:]):
-                return A.Call("where", (other.args[0], _mul(num, other.args[1]), _mul(num, other.args[2])))
+                on, off = _mul(num, other.args[1]), _mul(num, other.args[2])
+                return on if on == off else A.Call("where", (other.args[0], on, off))
     return _simplify(e)
 
 
@@ -369,12 +447,16 @@ class _Emitter:
             code = f"{self.atom(e.left)} {op} {self.atom(e.right)}"
         elif isinstance(e, A.Compare):
             code = f"{self.atom(e.left)} {e.op} {self.atom(e.right)}"
+        elif isinstance(e, A.BoolOp):
+            code = f"{self.atom(e.left)} {'&' if e.op == 'and' else '|'} {self.atom(e.right)}"
+        elif isinstance(e, A.Not):
+            code = f"~{self.atom(e.operand)}"
         elif isinstance(e, Between):
             code = f"({self.atom(e.x)} >= {self.atom(e.lo)}) & ({self.atom(e.x)} <= {self.atom(e.hi)})"
         elif isinstance(e, A.Call):
             args = [self.atom(a) for a in e.args]
             f = e.func
-            if f in _REDUCE:
+            if _is_reduction(e):
                 fn = {"max": "torch.amax", "min": "torch.amin", "mean": "torch.mean", "sum": "torch.sum"}[f]
                 code = f"{fn}({args[0]}, dim=-1, keepdim=True)"
             elif f == "where":
@@ -393,9 +475,11 @@ class _Emitter:
                 if _is_number(args[1]) and _is_number(args[2]):
                     code = f"torch.clamp({args[0]}, {args[1]}, {args[2]})"
                 else:
-                    code = f"torch.minimum(torch.maximum({args[0]}, {_tensor(args[1])}), {_tensor(args[2])})"
+                    code = f"torch.minimum(torch.maximum({_tensor(args[0])}, {_tensor(args[1])}), {_tensor(args[2])})"
             elif f in ("min", "max"):
                 code = f"torch.{f}imum({_tensor(args[0])}, {_tensor(args[1])})"
+            elif f == "softplus":
+                code = f"{_TORCH[f]}({args[0]}, 1.0, {SOFTPLUS_THRESHOLD!r})"
             else:
                 code = f"{_TORCH[f]}({args[0]})"
         else:
@@ -420,7 +504,10 @@ class CompiledSchedule(nn.Module):
     """gamma_i(t) and beta_i(t) of one spec, as straight-line torch code.
 
     forward(t: (B,), params: dict name -> (B,) for drawn params, optional) ->
-    (gamma (B, D), beta (B, D)). Constants are float64 buffers; `.to(torch.float32)` casts them.
+    (gamma (B, D), beta (B, D)) in t's dtype. It always computes in float64, the precision
+    `check_schedule` validated (in float32, log(expm1(x)) for a small x is log(0) = -inf):
+    the constants are float64 buffers that `.to(dtype)`, `.float()` or `.half()` leave in
+    float64 (`_apply`), while `.to(device)` moves them as usual.
     """
 
     def __init__(self, dim: int, table: dict[int, np.ndarray], source: str, drawn: dict[str, float],
@@ -441,8 +528,14 @@ class CompiledSchedule(nn.Module):
         self._fn = namespace["schedule"]
         self._forward = namespace["schedule_forward"]
 
+    def _apply(self, fn, recurse=True):
+        def keep_float64(x: torch.Tensor) -> torch.Tensor:
+            target = fn(x.new_empty(0))  # the device and dtype `fn` would give x
+            return fn(x) if target.dtype == x.dtype else x.to(device=target.device)
+        return super()._apply(keep_float64, recurse)
+
     def _args(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None) -> list:
-        """[t (B, 1), constants (1, D)..., drawn params (B, 1)...] in the buffers' dtype."""
+        """[t (B, 1), constants (1, D)..., drawn params (B, 1)...] in float64."""
         buffers = self._buffers  # direct access: this runs at every training step
         ref = buffers["_ref"]
         t = t.reshape(-1, 1)
@@ -458,22 +551,30 @@ class CompiledSchedule(nn.Module):
         return args
 
     def gamma_and_slope(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
-        """(gamma, dgamma/dt), both (B, D)."""
+        """(gamma, dgamma/dt), both (B, D), in t's dtype."""
         args = self._args(t, params)
         gamma, slope = self._fn(*args)
         shape = (args[0].shape[0], self.dim)
-        return _full(gamma, shape, args[0]), _full(slope, shape, args[0])
+        dtype = _result_dtype(t)
+        return _full(gamma, shape, args[0]).to(dtype), _full(slope, shape, args[0]).to(dtype)
 
     def forward(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
+        dtype = _result_dtype(t)
         if self.drawn:
-            return self._forward(*self._args(t, params))
+            gamma, beta = self._forward(*self._args(t, params))
+            return gamma.to(dtype), beta.to(dtype)
         # the common case, inlined: no drawn params (this runs at every step)
         buffers = self._buffers
         ref = buffers["_ref"]
         t = t.reshape(-1, 1)
         if t.dtype != ref.dtype or t.device != ref.device:
             t = t.to(dtype=ref.dtype, device=ref.device)
-        return self._forward(t, *[buffers[name] for name in self._consts])
+        gamma, beta = self._forward(t, *[buffers[name] for name in self._consts])
+        return gamma.to(dtype), beta.to(dtype)
+
+
+def _result_dtype(t: torch.Tensor) -> torch.dtype:
+    return t.dtype if t.is_floating_point() else torch.float64
 
 
 def _full(x, shape, like: torch.Tensor) -> torch.Tensor:
@@ -518,54 +619,100 @@ def evaluate_constant(expr: A.Expr, features: Mapping[str, np.ndarray], fixed: M
     return np.broadcast_to(np.asarray(value, dtype=np.float64), (dim,)).copy()
 
 
+def evaluate_condition(expr: A.Expr, features: Mapping[str, np.ndarray], fixed: Mapping[str, float],
+                       dim: int) -> np.ndarray:
+    """The value (D,) bool of a per-component condition (a given mask), folded as a schedule's
+    conditions are."""
+    folder = _Folder({k: np.asarray(v, dtype=np.float64) for k, v in features.items()}, fixed, (), dim)
+    value = folder.truth(folder.fold(expr))
+    if value is None:
+        raise TypeError("evaluate_condition needs a condition without t or drawn params")
+    return np.broadcast_to(np.asarray(value, dtype=bool), (dim,)).copy()
+
+
 # --------------------------------------------------------------------------- numeric checks
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+ALL_CORNERS_UP_TO = 4  # drawn params: every corner of their box up to this many, then a Sobol set
+SOBOL_POINTS = 64
+SWEEP = 9  # interior values of each drawn param's sweep
+BATCH_VALUES = 1 << 18  # gamma values evaluated at once: a few MB per array, in cache
+
+
 @np.errstate(all="ignore")  # overflow in a user's formula is reported as E302, not a RuntimeWarning
 def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: Mapping[str, tuple[float, float]],
                    constant: np.ndarray | None = None) -> list[Diagnostic]:
-    """Evaluate on a dense t grid (float64; a uniform grid plus a golden-ratio sequence, so that
-    no period aliases with it) for the corners, the centre and a sweep of every drawn param's
-    range (`_param_values`). Narrower features than the grid can still slip through. Raise GudError E302 on NaN / inf, E301 where gamma decreases; return warnings when
-    the true SNR = wvar * exp(-gamma) is not >= SNR_HIGH at t = 0 or not <= SNR_LOW at t = 1
+    """Evaluate on a dense t grid in float64 (a uniform grid plus a golden-ratio sequence, so
+    that no period aliases with it) at the drawn params' values of `_param_values`, in batches.
+    Narrower features than the grid can still slip through. Raise GudError E302 on NaN / inf,
+    or on values beyond float32's range (|gamma| or |beta| > 3.4e38: training and sampling
+    return float32), E301 where gamma decreases, each naming component, t and param values.
+    Return at most one warning per code, at the worst param values: W301 when the true
+    SNR = wvar * exp(-gamma) is not >= SNR_HIGH at t = 0, W302 when not <= SNR_LOW at t = 1
     (components marked `constant`, whose data never varies, are left out of that test)."""
-    sched = schedule.to(torch.float64)
+    names = list(drawn_ranges)
     t = _check_grid()
     combos = _param_values(drawn_ranges)
-    warnings: list[Diagnostic] = []
     log_wvar = np.log(np.asarray(wvar, dtype=np.float64))
     varying = np.ones(len(log_wvar), bool) if constant is None else ~np.asarray(constant, bool)
-    for combo in combos or [()]:
-        params = {n: torch.full((len(t),), v, dtype=torch.float64) for n, v in zip(drawn_ranges, combo)}
-        where = (" with " + ", ".join(f"{n} = {v:g}" for n, v in zip(drawn_ranges, combo))) if combo else ""
+    worst0 = worst1 = None  # (log SNR, component, " with p = ...") of the worst start and end
+    per_batch = max(1, BATCH_VALUES // (len(t) * schedule.dim))
+    for first in range(0, len(combos), per_batch):
+        batch = combos[first:first + per_batch]
+        params = {n: torch.tensor([c[j] for c in batch], dtype=torch.float64).repeat_interleave(len(t))
+                  for j, n in enumerate(names)}
         with torch.no_grad():
-            gamma, slope = sched.gamma_and_slope(t, params)
-        g, s = gamma.numpy(), slope.numpy()
-        bad = ~(np.isfinite(g) & np.isfinite(s))
-        if bad.any():
-            k, i = np.argwhere(bad)[0]
-            raise GudError.one("E302", f"gamma is not finite for component {i} at t = {t[k].item():.3f}{where}",
-                               help="check logs of values <= 0, divisions by zero and overflowing exp")
-        tol = 1e-9 * (1.0 + np.abs(g))
-        dec = (s < -tol)[:-1] | (np.diff(g, axis=0) < -1e-9 * (1.0 + np.abs(g[1:])))
-        if dec.any():
-            k, i = np.argwhere(dec)[0]
-            how = (f"dgamma/dt = {s[k, i]:.3g}" if s[k, i] < -tol[k, i] else
-                   f"from {g[k, i]:.6g} to {g[k + 1, i]:.6g} by t = {t[k + 1].item():.4f}")
-            raise GudError.one("E301", f"gamma decreases in t for component {i} at t = {t[k].item():.4f}"
-                                       f"{where} ({how})",
-                               help="gamma_i(t) must be non-decreasing: noise only grows in forward time")
-        log_snr0 = np.where(varying, log_wvar - g[0], np.inf)
-        log_snr1 = np.where(varying, log_wvar - g[-1], -np.inf)
-        if log_snr0.min() < np.log(SNR_HIGH):
-            i = int(np.argmin(log_snr0))
-            warnings.append(Diagnostic("W301", f"component {i} starts with true SNR {_snr_text(log_snr0[i])} "
-                                               f"at t = 0{where} (want >= {SNR_HIGH:g})", severity=WARNING,
-                                       help="lower gamma at t = 0, or the data is never seen clearly"))
-        if log_snr1.max() > np.log(SNR_LOW):
-            i = int(np.argmax(log_snr1))
-            warnings.append(Diagnostic("W302", f"component {i} ends with true SNR {_snr_text(log_snr1[i])} "
-                                               f"at t = 1{where} (want <= {SNR_LOW:g})", severity=WARNING,
-                                       help="raise gamma at t = 1, or the prior will not match the noised data"))
+            gamma, slope = schedule.gamma_and_slope(t.repeat(len(batch)), params)
+        gs = gamma.reshape(len(batch), len(t), -1).numpy()
+        ss = slope.reshape(len(batch), len(t), -1).numpy()
+        for combo, g, s in zip(batch, gs, ss):
+            where = (" with " + ", ".join(f"{n} = {v:g}" for n, v in zip(names, combo))) if names else ""
+            _check_values(t, g, s, where)
+            log_snr0 = np.where(varying, log_wvar - g[0], np.inf)
+            log_snr1 = np.where(varying, log_wvar - g[-1], -np.inf)
+            i0, i1 = int(np.argmin(log_snr0)), int(np.argmax(log_snr1))
+            if worst0 is None or log_snr0[i0] < worst0[0]:
+                worst0 = (log_snr0[i0], i0, where)
+            if worst1 is None or log_snr1[i1] > worst1[0]:
+                worst1 = (log_snr1[i1], i1, where)
+    warnings: list[Diagnostic] = []
+    if worst0[0] < np.log(SNR_HIGH):
+        log_snr, i, where = worst0
+        warnings.append(Diagnostic("W301", f"component {i} starts with true SNR {_snr_text(log_snr)} "
+                                           f"at t = 0{where} (want >= {SNR_HIGH:g})", severity=WARNING,
+                                   help="lower gamma at t = 0, or the data is never seen clearly"))
+    if worst1[0] > np.log(SNR_LOW):
+        log_snr, i, where = worst1
+        warnings.append(Diagnostic("W302", f"component {i} ends with true SNR {_snr_text(log_snr)} "
+                                           f"at t = 1{where} (want <= {SNR_LOW:g})", severity=WARNING,
+                                   help="raise gamma at t = 1, or the prior will not match the noised data"))
     return warnings
+
+
+def _check_values(t: torch.Tensor, g: np.ndarray, s: np.ndarray, where: str) -> None:
+    """E302 / E301 for gamma g and its slope s (T, D) at one set of param values."""
+    bad = ~(np.isfinite(g) & np.isfinite(s))
+    if bad.any():
+        k, i = np.argwhere(bad)[0]
+        name = "gamma" if not np.isfinite(g[k, i]) else "dgamma/dt"
+        raise GudError.one("E302", f"{name} is not finite for component {i} at t = {t[k].item():.3f}{where}",
+                           help="check logs of values <= 0, divisions by zero and overflowing exp")
+    beta = s / (1.0 + np.exp(-g))
+    for name, values in (("gamma", g), ("beta", beta)):
+        big = np.abs(values) > FLOAT32_MAX
+        if big.any():
+            k, i = np.argwhere(big)[0]
+            raise GudError.one("E302", f"{name} is {values[k, i]:.3g} for component {i} at t = {t[k].item():.3f}"
+                                       f"{where}, beyond the float32 range (+-3.4e38) of training and sampling",
+                               help="keep gamma and its slope within float32's range")
+    tol = 1e-9 * (1.0 + np.abs(g))
+    dec = (s < -tol)[:-1] | (np.diff(g, axis=0) < -1e-9 * (1.0 + np.abs(g[1:])))
+    if dec.any():
+        k, i = np.argwhere(dec)[0]
+        how = (f"dgamma/dt = {s[k, i]:.3g}" if s[k, i] < -tol[k, i] else
+               f"from {g[k, i]:.6g} to {g[k + 1, i]:.6g} by t = {t[k + 1].item():.4f}")
+        raise GudError.one("E301", f"gamma decreases in t for component {i} at t = {t[k].item():.4f}"
+                                   f"{where} ({how})",
+                           help="gamma_i(t) must be non-decreasing: noise only grows in forward time")
 
 
 def _check_grid() -> torch.Tensor:
@@ -575,18 +722,29 @@ def _check_grid() -> torch.Tensor:
     return torch.sort(torch.cat([torch.linspace(0.0, 1.0, GRID, dtype=torch.float64), golden]))[0]
 
 
-def _param_values(ranges: Mapping[str, tuple[float, float]], sweep: int = 9) -> list[tuple[float, ...]]:
-    """Drawn-param values to check a schedule at: every corner of the box, its centre, and for
-    each param `sweep` interior values with the others at their centres."""
+def _param_values(ranges: Mapping[str, tuple[float, float]]) -> list[tuple[float, ...]]:
+    """Drawn-param values to check a schedule at: the centre of their box; for each param its
+    ends and SWEEP interior values with the others at their centres; and every corner of the
+    box for up to ALL_CORNERS_UP_TO params (2^n of them), beyond that the two extreme corners
+    and SOBOL_POINTS points of a scrambled Sobol sequence (seeded: the same every time)."""
     if not ranges:
-        return []
-    bounds = list(ranges.values())
-    centre = tuple(0.5 * (lo + hi) for lo, hi in bounds)
-    values = set(itertools.product(*bounds)) | {centre}
-    for j, (lo, hi) in enumerate(bounds):
-        for k in range(1, sweep + 1):
-            values.add(centre[:j] + (lo + (hi - lo) * k / (sweep + 1),) + centre[j + 1:])
-    return sorted(values)
+        return [()]
+    bounds = np.array(list(ranges.values()), dtype=np.float64)
+    lo, hi = bounds[:, 0], bounds[:, 1]
+    centre = 0.5 * (lo + hi)
+    values = {tuple(centre)}
+    for j in range(len(bounds)):
+        for u in np.linspace(0.0, 1.0, SWEEP + 2):
+            point = centre.copy()
+            point[j] = lo[j] + (hi[j] - lo[j]) * u
+            values.add(tuple(point))
+    if len(bounds) <= ALL_CORNERS_UP_TO:
+        values |= set(itertools.product(*bounds.tolist()))
+    else:
+        from scipy.stats import qmc
+        sobol = qmc.Sobol(len(bounds), scramble=True, seed=0).random(SOBOL_POINTS)
+        values |= {tuple(lo), tuple(hi)} | {tuple(p) for p in qmc.scale(sobol, lo, hi)}
+    return sorted(tuple(float(v) for v in p) for p in values)
 
 
 def _snr_text(log_snr: float) -> str:
@@ -602,9 +760,8 @@ def generation_order(schedule: CompiledSchedule, wvar: np.ndarray, params=None, 
     t = 0 and t = 1; ties (e.g. a scalar gamma, or parallel lines) are broken by the mean
     true log-SNR over time (higher = visible longer = generated first), then by index."""
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
-    sched = schedule.to(torch.float64)
     with torch.no_grad():
-        gamma = sched.gamma_and_slope(t, params)[0].numpy()
+        gamma = schedule.gamma_and_slope(t, params)[0].numpy()
     span = gamma[-1] - gamma[0]
     progress = (gamma - gamma[0]) / np.where(span > 0, span, 1.0)
     k = np.clip((progress < 0.5).sum(axis=0), 1, grid - 1)  # gamma is non-decreasing
@@ -614,3 +771,40 @@ def generation_order(schedule: CompiledSchedule, wvar: np.ndarray, params=None, 
     t_mid = np.round((k - 1 + frac) / (grid - 1), 6)
     mean_log_snr = np.round(np.log(np.asarray(wvar, dtype=np.float64)) - gamma.mean(axis=0), 9)
     return np.lexsort((cols, -mean_log_snr, -t_mid))
+
+
+MOTION_BETA = 1e-3  # beta above which a component counts as in motion
+
+
+@dataclass(frozen=True)
+class Motion:
+    """Which components move when (`motion`): `times` (G,), `in_motion` (G, D) bool and
+    `never_noised` (D,) bool."""
+
+    times: np.ndarray
+    in_motion: np.ndarray
+    never_noised: np.ndarray
+
+    @property
+    def busiest(self) -> tuple[int, float]:
+        """(the most components in motion at one time, the first time with that many)."""
+        counts = self.in_motion.sum(axis=1)
+        k = int(np.argmax(counts))
+        return int(counts[k]), float(self.times[k])
+
+
+def motion(schedule: CompiledSchedule, params=None, grid: int = 2049) -> Motion:
+    """Where each component is in motion, on `grid` uniform times in [0, 1] (float64).
+
+    A component is in motion at t where beta_i(t) > MOTION_BETA, or where gamma_i(t) lies
+    strictly between gamma_i(0) and gamma_i(1) (so a slow component at very low gamma, whose
+    beta = sigmoid(gamma) dgamma/dt is tiny, still counts). It is never noised when its gamma
+    has the same value at every time: it is never generated either, and has no place in the
+    generation order."""
+    t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
+    with torch.no_grad():
+        gamma, beta = schedule(t, params)
+    g, b = gamma.numpy(), beta.numpy()
+    lo, hi = np.minimum(g[0], g[-1]), np.maximum(g[0], g[-1])
+    in_motion = (b > MOTION_BETA) | ((g > lo) & (g < hi))
+    return Motion(t.numpy(), in_motion, np.all(g == g[0], axis=0))

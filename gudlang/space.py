@@ -78,9 +78,14 @@ class Space(nn.Module):
         """The network's image-shaped output (B, C, H, W) -> whitened components U y (B, D)."""
         return self.basis(y)
 
-    def logabsdet(self) -> float:
-        """log |det d chi_hat / d x| (float64): -sum_i log s_i for an orthonormal basis."""
-        return float(self.prior.logabsdet() + self.basis.logabsdet())
+    def logabsdet(self, mask=None) -> float:
+        """log |det d chi_hat / d x| (float64): -sum_i log s_i for an orthonormal basis; with a
+        bool mask (D,), the sum over the masked components only (the change of variables of a
+        conditional density of those components given the others)."""
+        if mask is None:
+            return float(self.prior.logabsdet() + self.basis.logabsdet())
+        keep = torch.as_tensor(mask, dtype=torch.bool, device=self.prior.scales.device)
+        return -float(torch.log(self.prior.scales[keep]).sum())
 
     def moments(self, mean, cov) -> tuple[torch.Tensor, torch.Tensor]:
         """Whitened-component moments (D,), (D, D) of data-space N(mean, cov) (float64;

@@ -167,21 +167,41 @@ NetworkDecl = Annotated[Union[MlpNetwork, UNetNetwork, OracleNetwork], Field(dis
 
 # --------------------------------------------------------------------------- blocks
 class TrainSettings(_Model):
+    """How the network is trained. What defines the model is hashed; how long a run trains
+    and how it logs are not (`hashing.UNHASHED`), so a run can grow: `gud train --resume RUN
+    -s train.steps=N` (except with lr_schedule = cosine, whose decay is tied to `steps`)."""
     steps: Annotated[int, Field(ge=0)] = 3000
     batch: Annotated[int, Field(ge=1)] = 128
     lr: Annotated[float, Field(gt=0)] = 2e-4
-    ema: Annotated[float, Field(ge=0, lt=1)] = 0.999
-    seed: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after the linear warm-up
     warmup: Annotated[int, Field(ge=0)] = 100
-    grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    eps: Annotated[float, Field(gt=0)] = 1e-8
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    accumulate: Annotated[int, Field(ge=1)] = 1  # micro-batches of batch / accumulate per step
+    flip: bool = False  # random horizontal flips of the training images
+    ema: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    ema_warmup: bool = True  # decay min(ema, (1 + step) / (10 + step))
+    seed: int = 0
     log_every: Annotated[int, Field(ge=1)] = 50
     sample_every: Annotated[int, Field(ge=0)] = 1000
     checkpoint_every: Annotated[int, Field(ge=1)] = 1000
 
+    @model_validator(mode="after")
+    def _batch_splits(self):
+        if self.batch % self.accumulate:
+            raise ValueError(f"batch = {self.batch} does not split into accumulate = {self.accumulate} "
+                             "equal micro-batches")
+        return self
+
 
 # The methods of gudlang.samplers.SAMPLERS (kept torch-free here; a test keeps the two equal).
 SamplerName = Literal["em", "heun", "midpoint", "ddim", "dpm2", "dpmpp2m", "dpmpp3m", "unipc", "adaptive"]
+
+
+# The time grids of gudlang.samplers.GRIDS (a test keeps the two equal).
+GridName = Literal["uniform", "logsnr", "fitted"]
 
 
 class SampleSettings(_Model):
@@ -189,7 +209,7 @@ class SampleSettings(_Model):
     keeps them equal); `grid` is the time grid of the fixed-step samplers (samplers.GRIDS)."""
     sampler: SamplerName = "unipc"
     steps: Annotated[int, Field(ge=1)] = 50
-    grid: Literal["uniform", "logsnr", "fitted"] = "fitted"
+    grid: GridName = "fitted"
     n: Annotated[int, Field(ge=1)] = 64
     seed: int = 0
     rtol: Annotated[float, Field(ge=1e-12)] = 1e-4  # >= samplers.MIN_TOLERANCE (a test keeps them equal)
@@ -202,6 +222,7 @@ class RuntimeSettings(_Model):
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"
     compile: bool = False
+    log: Literal["csv", "tensorboard"] = "csv"  # metrics.csv always; tensorboard adds RUN/tensorboard/
 
 
 # --------------------------------------------------------------------------- params, spec

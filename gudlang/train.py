@@ -121,53 +121,92 @@ class Objective(nn.Module):
 
 
 def make_batch(data: torch.Tensor, spec, drawn, step: int, batch: int, seed: int, rank: int, device) -> Batch:
-    """The batch of one step: indices, times, noise and params from the step's generator."""
+    """The batch of one step: indices, times, noise, params and (train.flip) horizontal flips,
+    all from the step's generator."""
     gen = step_generator(seed, step, rank)
     idx = torch.randint(0, data.shape[0], (batch,), generator=gen)
     t = stratified_times(batch, gen)
     eps = torch.randn((batch,) + tuple(data.shape[1:]), generator=gen)
     params = draw_params(spec, drawn, batch, gen, device, torch.float64)
-    return Batch(data[idx].to(device), t.to(device), eps.to(device), params)
+    x = data[idx]
+    if spec.train.flip:
+        flip = torch.rand(batch, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return Batch(x.to(device), t.to(device), eps.to(device), params)
+
+
+def split_batch(batch: Batch, parts: int) -> list[Batch]:
+    """`parts` equal micro-batches of a batch (gradient accumulation)."""
+    if parts == 1:
+        return [batch]
+    size = len(batch.t) // parts
+    pieces = []
+    for k in range(parts):
+        cut = slice(k * size, (k + 1) * size)
+        pieces.append(Batch(batch.x[cut], batch.t[cut], batch.eps[cut], {n: v[cut] for n, v in batch.params.items()}))
+    return pieces
 
 
 def learning_rate(step: int, settings) -> float:
-    """Linear warm-up to lr, then constant."""
+    """Linear warm-up to lr over `warmup` steps, then constant, or a cosine decay to 0 at
+    train.steps (lr_schedule = cosine)."""
     if settings.warmup and step < settings.warmup:
         return settings.lr * (step + 1) / settings.warmup
+    if settings.lr_schedule == "cosine":
+        span = max(1, settings.steps - settings.warmup)
+        progress = min(1.0, (step - settings.warmup) / span)
+        return settings.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
     return settings.lr
 
 
-class EMA:
-    """Exponential moving average of a module's parameters (buffers copied)."""
+def make_optimizer(parameters, settings) -> torch.optim.Optimizer:
+    """AdamW with the train block's lr, betas, eps and weight decay."""
+    return torch.optim.AdamW(parameters, lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps,
+                             weight_decay=settings.weight_decay)
 
-    def __init__(self, module: nn.Module, decay: float):
-        self.decay = decay
+
+class EMA:
+    """Exponential moving average of a module's parameters (buffers copied). With warm-up the
+    decay at step k is min(decay, (1 + k) / (10 + k)): early averages forget the random
+    initial weights (after 1000 steps at decay 0.999 a plain EMA still holds 37% of them)."""
+
+    def __init__(self, module: nn.Module, decay: float, warmup: bool = True):
+        self.decay, self.warmup = decay, warmup
         self.module = copy.deepcopy(module).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1.0 + step) / (10.0 + step)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
+    def update(self, module: nn.Module, step: int) -> None:
+        """Average in `module`'s weights after training step `step` (0-based)."""
+        decay = self.decay_at(step)
         for e, p in zip(self.module.parameters(), module.parameters()):
-            e.lerp_(p.detach(), 1.0 - self.decay)
+            e.lerp_(p.detach(), 1.0 - decay)
         for e, b in zip(self.module.buffers(), module.buffers()):
             e.copy_(b)
 
 
 def train_step(objective: Objective, optimizer, batch: Batch, settings, step: int, autocast_dtype=None,
                parameters=None) -> tuple[float, float]:
-    """One optimisation step; returns (loss, gradient norm). Raises GudError E630 on a
-    non-finite loss, before the weights are touched."""
+    """One optimisation step over `settings.accumulate` micro-batches; returns (loss, gradient
+    norm). Raises GudError E630 on a non-finite loss, before the weights are touched."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, settings)
     optimizer.zero_grad(set_to_none=True)
-    loss = objective(batch, autocast_dtype)
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise GudError.one("E630", f"the loss is {value} at step {step}",
-                           help="lower train.lr, raise train.warmup, or check the data and the schedule "
-                                "(gud check); the last good checkpoint is kept")
-    loss.backward()
+    pieces = split_batch(batch, settings.accumulate)
+    value = 0.0
+    for piece in pieces:
+        loss = objective(piece, autocast_dtype) / len(pieces)
+        part = float(loss.detach())
+        if not math.isfinite(part):
+            raise GudError.one("E630", f"the loss is {part * len(pieces)} at step {step}",
+                               help="lower train.lr, raise train.warmup, or check the data and the schedule "
+                                    "(gud check); the last good checkpoint is kept")
+        loss.backward()
+        value += part
     params = parameters if parameters is not None else [p for g in optimizer.param_groups for p in g["params"]]
     norm = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip))
     optimizer.step()

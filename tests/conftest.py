@@ -14,3 +14,12 @@ def private_cache(tmp_path_factory):
     os.environ["GUDLANG_CACHE"] = str(tmp_path_factory.mktemp("gudlang-cache"))
     yield
     del os.environ["GUDLANG_CACHE"]
+
+
+# Property tests draw the same examples on every run (CI stays reproducible); explore new ones
+# with HYPOTHESIS_PROFILE=explore.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("repeatable", derandomize=True)
+_hypothesis_settings.register_profile("explore", derandomize=False)
+_hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))

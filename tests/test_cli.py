@@ -118,7 +118,7 @@ def test_fmt_refuses_to_rewrite_a_broken_file(capsys, tmp_path):
 
 def test_hash_model_full_and_show(capsys):
     code, model, _ = run(capsys, "hash", str(SPECS / "digits.gud"))
-    assert code == 0 and model.startswith("gud1-sha256:")
+    assert code == 0 and model.startswith("gud2-sha256:")
     code, full, _ = run(capsys, "hash", "--full", str(SPECS / "digits.gud"))
     assert full != model
     code, shown, _ = run(capsys, "hash", "--show", str(SPECS / "digits.gud"))

@@ -157,7 +157,7 @@ def test_extension_of_a_stationary_field_keeps_the_field_covariance_across_windo
     covariance between any two columns of the second window (given band and generated band)
     equals the field's covariance at their distance (a periodic field of width 8)."""
     from gudlang.conditioning import complete, extend, extension_band
-    from gudlang.runs import oracle_eps_model
+    from gudlang.api import oracle_eps_model
     model = _grf_model()
     k = extension_band(model.space, model.given, "columns")
     assert k == 4

@@ -74,12 +74,12 @@ def test_a_training_state_that_disagrees_with_the_checkpoint_is_E621(capsys, run
     assert code == 1 and "error[E621]" in err and phrase in err
 
 
-def test_a_step_beyond_train_steps_is_E621(capsys, run):
+def test_a_run_beyond_train_steps_cannot_shrink_E641(capsys, run):
     tensors, meta = ckpt.load_checkpoint(run / "checkpoint.safetensors")
     ckpt.save_checkpoint(run / "checkpoint.safetensors", tensors, dict(meta, gudlang_step="100"))
     set_state_step(run, 100)
     code, err = resume(capsys, run)
-    assert code == 1 and "error[E621]" in err and "outside 0..12" in err
+    assert code == 1 and "error[E641]" in err and "beyond train.steps = 12" in err
 
 
 def test_an_optimizer_state_that_does_not_fit_is_E621(capsys, run):

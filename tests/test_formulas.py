@@ -46,7 +46,7 @@ def _other(value, annotation):
     if isinstance(value, str):
         return value + "x"
     if isinstance(value, tuple):
-        return value[:-1] + (value[-1] + 1,) if value else (1,)
+        return value[:-1] + (_other(value[-1], type(value[-1])),) if value else (1,)
     if value is None:  # optional: pick a value of the non-None type
         inner = [a for a in typing.get_args(annotation) if a is not type(None)][0]
         if typing.get_origin(inner) is typing.Annotated:

@@ -102,7 +102,7 @@ def test_data_that_do_not_vary_are_E522_at_the_data_line(tmp_path, prior):
 
 
 def test_a_sample_grid_of_a_constant_range_is_written(tmp_path):
-    from gudlang.runs import save_grid
+    from gudlang.images import save_grid
     x = np.full((4, 1, 4, 4), 0.5, dtype=np.float32)
     with np.errstate(all="raise"):
         save_grid(x, tmp_path / "g.png", (0.5, 0.5))

@@ -7,8 +7,9 @@ sampling noise. The exact PF-ODE maps p_1 to p_0, so the Gaussian KL(output || p
 discretisation error alone; sqrt(KL) falls like steps^-order. Euler-Maruyama is an affine map
 plus Gaussian noise: its output moments follow a matrix recursion (`em_moments`), which the
 sampler itself is checked against by Monte Carlo. The multistep methods are also checked on a
-nonlinear denoiser against dopri5 at 1e-12, and for exactness where x0 is linear in each
-component's lambda; the time grids, the clamp of t into [0, 1] and the defaults shared with the
+nonlinear denoiser against dopri5 at 1e-12, for exactness where x0 is linear in each component's
+lambda, and unipc's move of x0 to the corrected state against UniPC written out with a second
+model call there; the time grids, the clamp of t into [0, 1] and the defaults shared with the
 spec close the file.
 """
 
@@ -332,7 +333,7 @@ def test_every_method_lists_its_options_and_the_spec_and_cli_know_it():
 
 def test_the_spec_has_the_samplers_defaults_and_grids_and_runs_pass_the_grid_on():
     import gudlang.samplers as samplers
-    from gudlang.runs import _sampler_options
+    from gudlang.api import sampler_options as _sampler_options
     from gudlang.spec import SampleSettings
     settings = SampleSettings()
     assert (settings.sampler, settings.steps, settings.grid) == \
@@ -423,16 +424,71 @@ class LinearInLambda:
 
 
 @pytest.mark.parametrize("method,schedule_name", [
-    ("dpmpp2m", "linear"), ("dpmpp2m", "soft"), ("dpmpp3m", "linear"), ("dpmpp3m", "soft"),
-    ("unipc", "linear"), ("unipc", "soft"), ("unipc", "sequential")])
+    ("dpmpp2m", "linear"), ("dpmpp2m", "soft"), ("dpmpp3m", "linear"), ("dpmpp3m", "soft")])
 def test_multistep_samplers_are_exact_when_x0_is_linear_in_each_components_lambda(method, schedule_name):
-    # Per-component lambda nodes: on the clipped schedule every component's x0 is still linear
-    # in its own lambda across its kinks, and unipc's corrector gives every moving component two
-    # nodes (dpmpp2m / dpmpp3m fall to first order in the step after a component stood still).
+    # Per-component lambda nodes, exactly integrated (dpmpp2m / dpmpp3m fall to first order in the
+    # step after a component stood still, so the clipped schedule is not exact for them). unipc is
+    # not exact here by design: it moves the stored x0 with the prior's gain d x0 / d chi = alpha,
+    # which this model, whose x0 ignores chi, does not have (see the test below).
     model, schedule = LinearInLambda(), schedules(D)[schedule_name]
     x1 = torch.randn(8, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     out = SAMPLERS[method](model, schedule, x1, 7, denoise=False).x0
     assert torch.allclose(out, model.exact(schedule, x1), rtol=0, atol=1e-10)
+
+
+def unipc_reference(model, schedule, x, steps, recall: bool):
+    """UniPC written out for schedules where every component moves in every step (uniform grid):
+    x0 a polynomial in each component's lambda through the last 3 values (predictor) and through
+    those and the new one (corrector), integrated by 40-point Gauss-Legendre quadrature; the new
+    value is the model's x0 at the predictor's state, or (recall) a second call at the corrected one."""
+    nodes, weights = (torch.as_tensor(a, dtype=torch.float64) for a in np.polynomial.legendre.leggauss(40))
+    v = 0.5 * (nodes + 1)  # quadrature in v = u / h on [0, 1]
+
+    def gamma(t):
+        return schedule(torch.full((1,), t, dtype=torch.float64))[0]
+
+    def x0(x, t):
+        g = gamma(t)
+        return (x - torch.sigmoid(g).sqrt() * model(x, None, g.expand(len(x), -1))) / torch.sigmoid(-g).sqrt()
+
+    def step(x, t, s, history):
+        lt, ls = -0.5 * gamma(t), -0.5 * gamma(s)
+        h = ls - lt
+        zs = [(-0.5 * gamma(tj) - lt) / h for tj, _ in history]
+        out = torch.sigmoid(-2 * ls).sqrt() / torch.sigmoid(-2 * lt).sqrt() * x
+        for j, (_, value) in enumerate(history):
+            basis = torch.ones(len(v), zs[j].shape[-1], dtype=torch.float64)
+            for m, zm in enumerate(zs):
+                if m != j:
+                    basis = basis * (v[:, None] - zm) / (zs[j] - zm)
+            w = 0.5 * (weights[:, None] * h * torch.exp(h * (v[:, None] - 1)) * basis).sum(0)
+            out = out + torch.sigmoid(2 * ls).sqrt() * w * value
+        return out
+
+    ts = [1.0 - k / steps for k in range(steps + 1)]
+    history = [(ts[0], x0(x, ts[0]))]  # newest first
+    for k in range(steps):
+        t, s = ts[k], ts[k + 1]
+        predicted = step(x, t, s, history[:3])
+        if k == steps - 1:
+            return predicted
+        new = x0(predicted, s)
+        x = step(x, t, s, [(s, new)] + history[:3])
+        history = [(s, x0(x, s) if recall else new)] + history
+
+
+@pytest.mark.parametrize("schedule_name", ["linear", "soft"])
+def test_unipc_moves_x0_to_the_corrected_state_with_the_prior_gain(schedule_name):
+    # Unit-variance white data: x0 = alpha chi, so moving the x0 called at the predictor's state by
+    # alpha (corrected - predicted) is exactly the x0 a second call at the corrected state returns.
+    white = GaussianOracle(torch.zeros(D, dtype=torch.float64), torch.eye(D, dtype=torch.float64))
+    schedule = schedules(D)[schedule_name]
+    x1 = torch.randn(8, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = SAMPLERS["unipc"](white, schedule, x1, 9, denoise=False, grid="uniform")
+    assert out.nfe == 9
+    assert torch.allclose(out.x0, unipc_reference(white, schedule, x1, 9, recall=True), rtol=0, atol=1e-10)
+    stale = unipc_reference(white, schedule, x1, 9, recall=False)
+    assert (out.x0 - stale).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("h", [0.0, 1e-9, -1e-9, 1e-4, -0.3, 0.999, 1.0, -1.0, 1.001, 2.5, -7.0, 20.0])

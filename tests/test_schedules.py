@@ -258,3 +258,113 @@ def test_decreases_between_uniform_grid_points_or_param_values_are_found(gamma, 
     with pytest.raises(GudError) as info:
         check_schedule(s, VAR, ranges)
     assert info.value.diagnostics[0].code == "E301"
+
+
+# --------------------------------------------------------------------------- float64 inside
+def test_schedule_computes_in_float64_whatever_its_dtype_and_returns_the_dtype_of_t():
+    s, _ = compiled("log(expm1(1e-50 + 20 * t))")  # 1e-50 is 0 in float32: log(0) = -inf there
+    s = s.to(torch.float32)
+    assert all(b.dtype == torch.float64 for b in s.buffers())
+    t = torch.tensor([0.0, 0.5, 1.0])
+    g32, b32 = s(t)
+    g64, b64 = s(t.double())
+    assert g32.dtype == b32.dtype == torch.float32 and g64.dtype == b64.dtype == torch.float64
+    assert torch.isfinite(g32).all() and torch.isfinite(b32).all()
+    assert abs(g64[0, 0].item() - np.log(np.expm1(1e-50))) < 1e-12
+    assert torch.equal(g32, g64.float()) and torch.equal(b32, b64.float())
+    g16, _ = s.half()(t.to(torch.bfloat16))
+    assert g16.dtype == torch.bfloat16 and all(b.dtype == torch.float64 for b in s.buffers())
+
+
+def test_moving_the_schedule_moves_its_buffers_and_keeps_them_float64():
+    s, _ = compiled("soft(t, l_i, a = 2)", "l_i = -log(var(i))")
+    s.to(device="meta", dtype=torch.float32)
+    assert all(b.device.type == "meta" and b.dtype == torch.float64 for b in s.buffers())
+
+
+def test_values_beyond_float32_are_E302():
+    for gamma, name in (("1e39 + t", "gamma"), ("atan(1e40 * t)", "beta")):
+        s, _ = compiled(gamma)
+        with pytest.raises(GudError) as info:
+            check_schedule(s, VAR, {})
+        d = info.value.diagnostics[0]
+        assert d.code == "E302" and d.message.startswith(f"{name} is") and "float32" in d.message
+        assert "component 0" in d.message and "t = 0.000" in d.message
+
+
+# --------------------------------------------------------------------------- drawn params
+def test_warnings_come_once_per_code_at_the_worst_param_values():
+    s, checked = compiled("linear(t, lo = -2 - b - c, hi = 3 - d)",
+                          "param b ~ uniform(0, 2)\nparam c ~ uniform(0, 1)\nparam d ~ uniform(0, 4)")
+    ranges = {n: (checked.spec.params[n].lo, checked.spec.params[n].hi) for n in checked.drawn}
+    warnings = check_schedule(s, VAR, ranges)
+    assert [w.code for w in warnings] == ["W301", "W302"]
+    # the highest gamma at t = 0 is at b = c = 0; the lowest at t = 1 at d = 4
+    assert "with b = 0, c = 0," in warnings[0].message
+    assert warnings[1].message.endswith("d = 4 (want <= 0.1)")
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_param_values_cover_the_box(n):
+    from gudlang.schedules import ALL_CORNERS_UP_TO, _param_values
+    ranges = {f"p{k}": (float(k), k + 1.0) for k in range(n)}
+    values = np.array(_param_values(ranges))
+    assert values == pytest.approx(np.array(_param_values(ranges)))  # the same every time
+    lo, hi = np.arange(n), np.arange(n) + 1.0
+    assert np.all((values >= lo) & (values <= hi))
+    corners = {tuple(c) for c in values if np.all((c == lo) | (c == hi))}
+    assert len(corners) == (2 ** n if n <= ALL_CORNERS_UP_TO else 2)
+    assert any(np.allclose(v, lo + 0.5) for v in values)  # the centre
+    for j in range(n):  # each param at both ends with the others at their centres
+        others = np.delete(values, j, axis=1)
+        at_centre = np.all(np.isclose(others, np.delete(lo + 0.5, j)), axis=1)
+        assert {lo[j], hi[j]} <= set(values[at_centre, j])
+
+
+def test_twenty_drawn_params_are_checked_in_seconds():
+    import time
+    names = [f"p{k}" for k in range(20)]
+    params = "\n".join(f"param {n} ~ uniform(0.5, 1.5)" for n in names)
+    s, checked = compiled("linear(" + " + ".join(f"{n} * t / 20" for n in names) + " - 0.3 * rank(i), lo = -3)",
+                          params)
+    ranges = {n: (checked.spec.params[n].lo, checked.spec.params[n].hi) for n in checked.drawn}
+    start = time.perf_counter()
+    warnings = check_schedule(s, VAR, ranges)
+    assert time.perf_counter() - start < 10.0
+    assert [w.code for w in warnings].count("W301") == 1
+
+
+def test_a_decrease_at_one_corner_of_many_params_is_found():
+    names = [f"p{k}" for k in range(6)]
+    params = "\n".join(f"param {n} ~ uniform(0, 1)" for n in names)
+    # gamma falls only where every param is near 1: at the corner all-hi
+    s, checked = compiled("linear(t) - 60 * t * clip(" + " + ".join(names) + " - 5.5, 0, 1)", params)
+    ranges = {n: (0.0, 1.0) for n in checked.drawn}
+    with pytest.raises(GudError) as info:
+        check_schedule(s, VAR, ranges)
+    assert info.value.diagnostics[0].code == "E301" and "p5 = 1" in info.value.diagnostics[0].message
+
+
+# --------------------------------------------------------------------------- motion
+def test_motion_counts_components_between_their_ends_and_finds_those_that_never_move():
+    from gudlang.schedules import motion
+    # components with rank < 0.5 follow one clipped line; the others never move
+    s, _ = compiled("where(rank(i) < 0.5, linear(3 * t - 1), -10 + 0 * t)")
+    m = motion(s)
+    never = FEATURES["rank"] >= 0.5
+    assert np.array_equal(m.never_noised, never)
+    most, when = m.busiest
+    assert most == int((~never).sum()) and 1 / 3 <= when <= 2 / 3
+    moving_at = m.in_motion[:, ~never].all(axis=1)
+    # in motion strictly inside (1/3, 2/3), and at the kinks, where beta > 0 (closed interval)
+    inside = (m.times >= 1 / 3) & (m.times <= 2 / 3)
+    assert np.array_equal(moving_at, inside) and not m.in_motion[:, never].any()
+
+
+def test_clipped_soft_with_a_above_the_label_spacing_moves_one_component_at_a_time():
+    from gudlang.schedules import motion
+    # labels 1/47 apart: a / 47 > g_noise - g_den = 10 makes the windows disjoint
+    s, _ = compiled("soft(t, rank(i), a = 480, clipped = true)")
+    assert motion(s).busiest[0] == 1
+    s, _ = compiled("soft(t, rank(i), a = 50, clipped = true)")
+    assert motion(s).busiest[0] == 10  # about 10 / (50 / 47) at once

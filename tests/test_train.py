@@ -278,7 +278,7 @@ def test_objective_under_bfloat16_autocast_is_close_to_float32():
     # The autocast branch the CUDA path takes, run on CPU (CPU autocast supports bf16 matmuls).
     from gudlang.check import check_text
     from gudlang.pipeline import build_model
-    from gudlang.runs import _network
+    from gudlang.runs import make_spec_network as _network
     from gudlang.train import make_batch
 
     model = build_model(check_text(TINY, "<tiny>"))
@@ -311,7 +311,7 @@ def test_train_run_works_from_a_worker_thread(spec, tmp_path):
     # Signal handlers can only be set in the main thread; training elsewhere must still run.
     import threading
 
-    from gudlang.runs import train_run
+    from gudlang.trainer import train_run
     result = {}
     worker = threading.Thread(target=lambda: result.update(
         r=train_run(spec, {"train.steps": "3"}, out=tmp_path / "runs", quiet=True)))

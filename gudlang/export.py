@@ -1,0 +1,160 @@
+"""Exported models: one folder that reproduces a trained model anywhere it is copied.
+
+Input: a `GudModel` with its EMA weights (`gudlang.load(RUN)`), optionally the run's NLL and
+the command that trained it. Output: a folder
+
+    DIR/model.safetensors  the EMA weights, the fitted basis, the statistics and the prior
+                           scales; metadata: the spec, its model hash, the data description,
+                           the versions, and the sha256 of every tensor (`weights_digest`)
+    DIR/spec.gud           the spec as trained
+    DIR/config.json        the resolved spec, overrides, model and full hashes, data, versions,
+                           the weights digest, the training command and the NLL
+    DIR/samples.png        a grid of samples (completions for a conditional spec)
+    DIR/README.md          a model card: what the model is, samples, NLL, how to reproduce
+                           and use it
+
+The folder is written under a temporary name and renamed when complete, so an interrupted
+export leaves nothing half-written. `gudlang.load(DIR)` and `gud sample DIR` read it; a
+tampered export is refused: a changed spec no longer hashes to its stored hash (E624), changed
+weights no longer match their digest, a changed config.json no longer matches the weights
+file (E626).
+
+Errors (GudError): E644 the export folder exists, E626 a tampered or mismatched export,
+E620 cannot write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from gudlang import __version__
+from gudlang import checkpoint as ckpt
+from gudlang.diagnostics import GudError
+
+CODES: dict[str, str] = {
+    "E626": "an exported model was changed after export",
+    "E644": "the export folder exists",
+}
+
+EXPORT_WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+DIGEST_KEY = "gudlang_weights_sha256"
+
+
+def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def verify_export(tensors: dict[str, torch.Tensor], meta: dict[str, str], file: Path) -> None:
+    """For an exported weights file: its tensors match their stored digest, and a config.json
+    beside it names the same digest and hash (E626). Run checkpoints carry no digest."""
+    stored = meta.get(DIGEST_KEY)
+    if stored is None:
+        return
+    if weights_digest(tensors) != stored:
+        raise GudError.one("E626", f"the weights in {file} were changed after export (their sha256 no "
+                                   "longer matches the one stored with them)",
+                           help="export the model again from its run")
+    config = Path(file).parent / CONFIG
+    if config.is_file():
+        try:
+            info = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise GudError.one("E626", f"{config} is not readable JSON ({e})") from None
+        if not isinstance(info, dict) or info.get("weights_sha256") != stored \
+                or info.get("model_hash") != meta.get("gudlang_hash"):
+            raise GudError.one("E626", f"{config} does not describe {file} (its hash or weights digest differ)",
+                               help="export the model again from its run")
+
+
+def export_model(model, folder: Path, *, nll: dict | None = None, command: str | None = None) -> Path:
+    """Write `model` (a GudModel holding EMA weights) to `folder`; see the module docstring."""
+    from gudlang.runs import model_tensors
+    folder = Path(folder)
+    if folder.exists():
+        raise GudError.one("E644", f"{folder} exists", help="export into a new folder (nothing was written)")
+    if getattr(model, "_weights", "ema") != "ema":
+        raise GudError.one("E644", "an export holds the EMA weights", help="load the run with weights='ema'")
+    network = model.eps_model.network
+    tensors = ckpt.pack_tensors(ema={k: v.detach().cpu() for k, v in network.state_dict().items()},
+                                **model_tensors(model.model))
+    meta = {k: v for k, v in model.meta.items() if k.startswith("gudlang_") and k != DIGEST_KEY}
+    meta.update(gudlang_version=__version__, torch_version=torch.__version__)
+    meta[DIGEST_KEY] = weights_digest(tensors)
+    temporary = folder.parent / f".{folder.name}.partial-{os.getpid()}"
+    try:
+        temporary.mkdir(parents=True)
+    except OSError as e:
+        raise GudError.one("E620", f"cannot create {temporary}: {e.strerror or e}") from None
+    try:
+        ckpt.save_checkpoint(temporary / EXPORT_WEIGHTS, tensors, meta)
+        ckpt.atomic_write_text(temporary / "spec.gud", model.spec_text)
+        config = _config(model, meta, nll, command)
+        ckpt.atomic_write_text(temporary / CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        model.grid(temporary / "samples.png")
+        ckpt.atomic_write_text(temporary / "README.md", model_card(model, config))
+        os.rename(temporary, folder)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return folder
+
+
+def _config(model, meta: dict, nll: dict | None, command: str | None) -> dict:
+    from gudlang.hashing import full_hash
+    return {
+        "model_hash": meta["gudlang_hash"],
+        "full_hash": full_hash(model.model.checked, model.model.data.fingerprint),
+        "resolved_spec": meta.get("gudlang_resolved", ""),
+        "overrides": json.loads(meta.get("gudlang_overrides", "{}")),
+        "data": json.loads(meta.get("gudlang_data", "{}")),
+        "trained_steps": int(meta["gudlang_step"]) if meta.get("gudlang_step", "").isdigit() else None,
+        "weights_sha256": meta[DIGEST_KEY],
+        "gudlang_version": __version__,
+        "trained_with_gudlang": meta.get("gudlang_version"),
+        "torch_version": torch.__version__,
+        "command": command,
+        "nll": nll,
+    }
+
+
+def model_card(model, config: dict) -> str:
+    """The README of an export: what the model is, its samples and NLL, how to reproduce it."""
+    spec = model.spec
+    data = config["data"]
+    lines = [f"# {data.get('name', 'gudlang')} model (gudlang)", "",
+             f"A {spec.network.kind} network trained by gudlang {config['trained_with_gudlang'] or '?'} "
+             f"for {config['trained_steps']} steps on `{data.get('name')}` ({' x '.join(map(str, data.get('shape', [])))}), "
+             f"diffusing in the {spec.basis.kind} basis with the {spec.prior.kind} prior"
+             + (" and given components (a conditional model)" if model.conditional else "") + ".", "",
+             f"- model hash: `{config['model_hash']}`",
+             f"- weights sha256: `{config['weights_sha256']}`", "",
+             "## Samples", "", "![samples](samples.png)", ""]
+    nll = config.get("nll")
+    lines += ["## Likelihood", ""]
+    if nll:
+        lines.append(f"{nll['bits_per_dim']:.4f} +- {nll['stderr']:.4f} bits/dim on {nll['n']} {nll['split']} images "
+                     f"({nll['divergence']} divergence, probability-flow ODE).")
+    else:
+        lines.append("Not measured at export: `gud nll DIR` measures it.")
+    lines += ["", "## Use", "", "```bash", "gud sample DIR -n 64", "```", "", "```python", "import gudlang",
+              "model = gudlang.load(\"DIR\")", "images = model.sample(16)  # (16, C, H, W) in data space", "```",
+              "", "## Reproduce", ""]
+    if config.get("command"):
+        lines += ["The command that trained it:", "", "```bash", config["command"], "```"]
+    else:
+        lines.append("`gud train spec.gud` with the overrides in config.json.")
+    lines += ["", "## Spec", "", "```gud", model.spec_text.rstrip(), "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,404 @@
+"""`train_run`: train a spec in a run directory, resume it, or let it grow.
+
+Input: a spec file (or a run directory to resume), `-s` overrides, and optionally a custom
+network. Output: a run directory (`gudlang.runs`) and a `TrainResult`.
+
+Three parts:
+    setup     check the spec, build the model, make or reopen the run directory (a new run,
+              `resume=RUN`, or `name=NAME`, which resumes runs/NAME when it exists: requeued
+              cluster jobs rerun the same command), restore weights, EMA and optimizer.
+    loop      one `train.train_step` per step; after each, the callbacks: `Progress` (a bar on a
+              terminal, one line per log interval otherwise), `MetricsLog` (metrics.csv, and
+              TensorBoard with runtime { log = tensorboard }), `Checkpoints`, `SampleGrids`.
+              SIGINT / SIGTERM stop at the end of the step with a checkpoint; under DDP every
+              rank stops at the same step.
+    teardown  the last checkpoint, the final sample grid, the lineage in run.json, DDP cleanup.
+
+A run grows with `gud train --resume RUN -s train.steps=N`: the step count and the logging
+settings are not part of the model hash, so the checkpoint still matches; run.json records
+each segment. A killed run resumed repeats an uninterrupted one step for step (every step's
+randomness comes from its own generator, see `gudlang.train`).
+
+Errors: those of every stage; E630 for a non-finite loss (metrics kept, checkpoint of the last
+good save kept), E640 / E641 for runs that cannot be resumed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gudlang import checkpoint as ckpt
+from gudlang import runs
+from gudlang.check import check_text, read_source
+from gudlang.diagnostics import WARNING, Diagnostic, GudError, render_text
+
+
+@dataclass
+class TrainResult:
+    """Where a training run went, the step it reached, and whether a signal stopped it."""
+    run: Path
+    step: int
+    interrupted: bool = False
+    signal: int = 0
+
+
+@dataclass
+class Session:
+    """Everything the training loop and its callbacks share."""
+    run: Path
+    model: object
+    spec_text: str
+    overrides: dict
+    network: torch.nn.Module
+    ema: object
+    optimizer: torch.optim.Optimizer
+    objective: torch.nn.Module
+    device: torch.device
+    data: torch.Tensor
+    start: int
+    stop: int
+    rank: int = 0
+    world: int = 1
+    autocast: torch.dtype | None = None
+    custom: str | None = None
+    command: list = field(default_factory=list)
+    losses: list = field(default_factory=list)
+    began: float = field(default_factory=time.time)
+
+    @property
+    def settings(self):
+        return self.model.spec.train
+
+    @property
+    def writer(self) -> bool:
+        return self.rank == 0
+
+    def save(self, step: int) -> None:
+        runs.save_run(self.run, self.model, self.spec_text, self.overrides, self.network, self.ema,
+                      self.optimizer, step, self.custom)
+
+
+# --------------------------------------------------------------------------- callbacks
+class Progress:
+    """A tqdm bar with the smoothed loss on a terminal; elsewhere one line per log interval."""
+
+    def __init__(self, session: Session, quiet: bool):
+        self.quiet = quiet or not session.writer
+        self.every = session.settings.log_every
+        self.avg = None
+        self.bar = None
+        if not self.quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=session.settings.steps, initial=session.start, desc="train", unit="step",
+                            dynamic_ncols=True, file=sys.stderr)
+
+    def on_step(self, session: Session, step: int, loss: float, norm: float) -> None:
+        self.avg = loss if self.avg is None else 0.95 * self.avg + 0.05 * loss
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{self.avg:.4f}", refresh=False)
+        elif not self.quiet and step % self.every == 0:
+            rate = (step - session.start) / max(time.time() - session.began, 1e-9)
+            left = (session.stop - step) / max(rate, 1e-9)
+            print(f"step {step}/{session.settings.steps} loss {self.avg:.4f} {rate:.1f} steps/s "
+                  f"{left:.0f} s left", file=sys.stderr, flush=True)
+
+    def on_end(self, session: Session) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class MetricsLog:
+    """metrics.csv rows, appended every log interval and before every checkpoint; TensorBoard
+    scalars too with runtime { log = tensorboard }."""
+
+    def __init__(self, session: Session):
+        self.path = session.run / runs.METRICS
+        self.rows: list = []
+        self.every = session.settings.log_every
+        self.tensorboard = None
+        if session.writer and session.model.spec.runtime.log == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise GudError.one("E640", "runtime { log = tensorboard } needs the tensorboard package",
+                                   help='pip install "gudlang[tensorboard]", or log = csv') from None
+            self.tensorboard = SummaryWriter(str(session.run / "tensorboard"), purge_step=session.start + 1)
+
+    def on_step(self, session: Session, step: int, loss: float, norm: float) -> None:
+        lr = session.optimizer.param_groups[0]["lr"]
+        self.rows.append((step, loss, norm, lr, time.time() - session.began))
+        if self.tensorboard is not None:
+            for name, value in (("loss", loss), ("grad_norm", norm), ("lr", lr)):
+                self.tensorboard.add_scalar(name, value, step)
+        if step % self.every == 0 or step % session.settings.checkpoint_every == 0:
+            self.flush(session)
+
+    def flush(self, session: Session) -> None:
+        if session.writer:
+            runs.append_metrics(self.path, self.rows)
+            if self.tensorboard is not None:
+                self.tensorboard.flush()
+        self.rows = []
+
+    def on_end(self, session: Session) -> None:
+        self.flush(session)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+class Checkpoints:
+    """A checkpoint every `checkpoint_every` steps and at the last step of train.steps."""
+
+    def on_step(self, session: Session, step: int, loss: float, norm: float) -> None:
+        every = session.settings.checkpoint_every
+        if session.writer and (step % every == 0 or step == session.settings.steps):
+            session.save(step)
+
+
+class SampleGrids:
+    """A grid of samples (completions, for a conditional spec) every `sample_every` steps."""
+
+    def on_step(self, session: Session, step: int, loss: float, norm: float) -> None:
+        every = session.settings.sample_every
+        if session.writer and every and step % every == 0 and step < session.settings.steps:
+            sample_grid(session, session.run / "samples" / f"step_{step:06d}.png")
+
+
+def sample_grid(session: Session, out: Path) -> None:
+    from gudlang.api import GudModel
+    GudModel.from_parts(session.model, session.ema.module, device=session.device).grid(out)
+
+
+# --------------------------------------------------------------------------- setup
+def _open_run(spec, overrides: dict, out, resume, name) -> tuple[Path | None, Path, dict]:
+    """(existing run or None, the spec file to check, overrides) for a new or resumed run."""
+    if resume is None and name is not None:
+        candidate = Path(out) / name
+        if (candidate / runs.CHECKPOINT).is_file():
+            resume = candidate
+        elif candidate.exists():
+            raise GudError.one("E640", f"{candidate} exists but holds no checkpoint to resume",
+                               help="remove it, or choose another --name")
+    if resume is not None:
+        run = Path(resume)
+        if not (run / "spec.gud").is_file():
+            raise GudError.one("E640", f"{run} is not a run directory (no spec.gud)",
+                               help="pass the folder that `gud train` created")
+        if spec is not None and name is not None:
+            given = read_source(str(spec))
+            if given != read_source(str(run / "spec.gud")):
+                raise GudError.one("E641", f"{spec} differs from the spec {run} was trained with",
+                                   help=f"use another --name, or train on with gud train --resume {run}")
+        return run, run / "spec.gud", {**runs.stored_overrides(run), **overrides}
+    if not spec:
+        raise GudError.one("E003", "gud train needs a spec file or --resume RUN")
+    return None, Path(spec), overrides
+
+
+def setup(spec, overrides: dict, *, out, resume, until, network, name, command) -> Session:
+    from gudlang.pipeline import build_model
+    from gudlang.train import EMA, Objective, make_optimizer
+
+    rank, world = runs.dist_info()
+    run, spec_path, overrides = _open_run(spec, overrides, out, resume, name)
+    spec_text = read_source(str(spec_path)).decode("utf-8", errors="replace")
+    model = build_model(check_text(spec_text, str(spec_path), overrides))
+    if rank == 0:
+        for w in model.warnings:
+            print(render_text([w], spec_text), file=sys.stderr)
+    settings = model.spec.train
+    device = runs.device_for(model.spec.runtime)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+    torch.manual_seed(settings.seed)
+    custom = type(network).__qualname__ if network is not None else None
+    network = network if network is not None else runs.make_spec_network(model)
+    ema = EMA(network, settings.ema, settings.ema_warmup)
+    start, state = 0, None
+    if run is None:
+        run = Path(out) / name if name is not None else runs.new_run_dir(Path(out), spec_path.stem, model.model_hash)
+        if rank == 0:
+            runs.init_run(run, spec_text, model, overrides, world, command)
+    else:
+        tensors, meta = ckpt.load_checkpoint(run / runs.CHECKPOINT)
+        runs.check_resumable(meta, model, run)
+        groups = ckpt.unpack_tensors(tensors)
+        runs.load_weights(network, groups, "model", run / runs.CHECKPOINT)
+        runs.load_weights(ema.module, groups, "ema", run / runs.CHECKPOINT)
+        state = ckpt.load_training_state(run / runs.STATE)
+        start = runs.resume_step(state, meta, settings.steps, run)
+        if rank == 0:
+            runs.truncate_metrics(run / runs.METRICS, start)
+    network.to(device)
+    ema.module.to(device)
+    objective = Objective(model, network).to(device)
+    if model.spec.runtime.dtype == "float64":
+        objective.to(torch.float64)
+        ema.module.to(torch.float64)
+    optimizer = make_optimizer(network.parameters(), settings)
+    if state is not None:
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise GudError.one("E621", f"the optimizer state in {run / runs.STATE} does not fit this model ({e})",
+                               help="restore the run from a copy, or start a new run") from None
+    if world > 1:
+        objective.network = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = torch.bfloat16 if model.spec.runtime.dtype == "bfloat16" and device.type == "cuda" else None
+    if model.spec.runtime.dtype == "bfloat16" and autocast is None and rank == 0:
+        print(render_text([Diagnostic("W630", f"runtime.dtype = bfloat16 autocasts on CUDA only; "
+                                      f"training on {device.type} in float32", severity=WARNING,
+                                      path=str(spec_path))]), file=sys.stderr)
+    if model.spec.runtime.compile:
+        objective.network = torch.compile(objective.network)
+    stop = settings.steps if until is None else min(settings.steps, until)
+    return Session(run, model, spec_text, overrides, network, ema, optimizer, objective, device,
+                   torch.as_tensor(model.data.train), start, stop, rank, world, autocast, custom, command)
+
+
+# --------------------------------------------------------------------------- loop
+class _StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) set a flag instead of stopping
+    the process mid-step. Handlers can only be set from the main thread; elsewhere signals act
+    as usual."""
+
+    def __init__(self):
+        self.signal = 0
+        self.old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.old = {sig: signal.signal(sig, self._on) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _on(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        return False
+
+
+def _any_rank(flag: bool, world: int, device) -> bool:
+    """Whether `flag` is set on any rank (one small all-reduce per step under DDP)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _ranks_agree(network) -> bool:
+    """Whether every DDP rank holds the same weights (checksums compared across ranks)."""
+    with torch.no_grad():
+        total = torch.stack([p.double().sum() for p in network.parameters()]).sum().reshape(1)
+    lo, hi = total.clone(), total.clone()
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    return bool(lo == hi)
+
+
+def loop(session: Session, callbacks: list, stop: _StopSignals) -> tuple[int, bool]:
+    """Train from session.start to session.stop; (step reached, whether a signal stopped it)."""
+    from gudlang.train import make_batch, train_step
+    s = session
+    settings = s.settings
+    per_rank = max(1, settings.batch // s.world)
+    params = list(s.network.parameters())
+    step = s.start
+    while step < s.stop:
+        batch = make_batch(s.data, s.model.spec, s.model.checked.drawn, step, per_rank, settings.seed, s.rank,
+                           s.device)
+        loss, norm = train_step(s.objective, s.optimizer, batch, settings, step, s.autocast, params)
+        s.ema.update(s.network, step)
+        s.losses.append(loss)
+        step += 1
+        for callback in callbacks:
+            callback.on_step(s, step, loss, norm)
+        if _any_rank(bool(stop.signal), s.world, s.device):  # every rank stops at the same step
+            return step, True
+    return step, False
+
+
+def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, out: str | Path = "runs",
+              resume: str | Path | None = None, until: int | None = None, quiet: bool = False,
+              network: torch.nn.Module | None = None, name: str | None = None,
+              command: list[str] | None = None) -> TrainResult:
+    """Train a spec (or resume a run) and return where it went. `network` replaces the spec's
+    network by any module with the call `net(x (B, C, H, W), gamma (B, D)) -> eps (B, C, H, W)`;
+    pass the same module to `gudlang.load` to sample from the checkpoint. `command` is what
+    run.json records as the command that trained it (the CLI passes its own)."""
+    if command is None:
+        command = ["train_run(" + ", ".join(repr(str(v)) for v in (spec, resume) if v is not None)
+                   + "".join(f", {k}={v!r}" for k, v in dict(overrides or {}).items()) + ")"]
+    s = setup(spec, dict(overrides or {}), out=out, resume=resume, until=until, network=network, name=name,
+              command=command)
+    metrics = MetricsLog(s)
+    progress = Progress(s, quiet)
+    callbacks = [progress, metrics, Checkpoints(), SampleGrids()]
+    step, interrupted, failed = s.start, False, True
+    try:
+        with _StopSignals() as stop:
+            try:
+                step, interrupted = loop(s, callbacks, stop)
+            finally:
+                metrics.flush(s)  # a NaN stop keeps the rows logged so far
+            progress.on_end(s)
+            metrics.on_end(s)
+            failed = False
+            return _finish(s, step, interrupted, stop.signal)
+    finally:
+        if s.world > 1 and torch.distributed.is_initialized():
+            if not failed:
+                # rank 0 is still writing after the loop: tearing gloo down under it aborts
+                torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+def _finish(s: Session, step: int, interrupted: bool, signum: int) -> TrainResult:
+    """Teardown: the last checkpoint, the lineage, the final grid and the summary line."""
+    settings = s.settings
+    agree = _ranks_agree(s.network) if s.world > 1 and not interrupted else None
+    if not s.writer:
+        return TrainResult(s.run, step, interrupted, signum if interrupted else 0)
+    if interrupted or step == s.start or step % settings.checkpoint_every:
+        s.save(step)  # leave a checkpoint of the last step
+    if step > s.start:
+        runs.record_segment(s.run, s.start, step, settings.steps, s.overrides, s.command, s.world)
+    if interrupted:
+        name = signal.Signals(signum).name if signum else "a signal"
+        print(f"\ninterrupted by {name} at step {step}: checkpoint saved; continue with "
+              f"`gud train --resume {s.run}`", file=sys.stderr)
+        return TrainResult(s.run, step, True, signum or int(signal.SIGINT))
+    elapsed = time.time() - s.began
+    if not s.losses:
+        print(f"nothing to train: {s.run} is at step {step} of {settings.steps}; let it grow with "
+              f"gud train --resume {s.run} -s train.steps=N")
+        return TrainResult(s.run, step)
+    if step < settings.steps:
+        print(f"stopped {s.run} at step {step} of {settings.steps} (--until) in {elapsed:.0f} s; "
+              f"continue with `gud train --resume {s.run}`")
+        return TrainResult(s.run, step)
+    sample_grid(s, s.run / "samples" / "final.png")
+    print(f"trained {s.run}: steps {s.start} -> {step} in {elapsed:.0f} s, final loss "
+          f"{np.mean(s.losses[-50:]):.4f}")
+    if agree is not None:
+        print(f"DDP: {s.world} ranks, weights identical on every rank: {agree}")
+    print(f"model hash {s.model.model_hash}")
+    return TrainResult(s.run, step)
