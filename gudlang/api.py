@@ -170,17 +170,23 @@ class GudModel:
         return sampler_options(sampler, self.spec.sample, grid)
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, n: int, *, sampler: str | None = None, steps: int | None = None, grid: str | None = None,
-               seed: int | None = None, batch_size: int | None = None, params: dict | None = None,
-               start: int = 0, progress: Callable[[int, int], None] | None = None,
-               with_nfe: bool = False):
+    def sample(self, n: int | None = None, *, sampler: str | None = None, steps: int | None = None,
+               grid: str | None = None, seed: int | None = None, batch_size: int | None = None,
+               params: dict | None = None, given=None, mask: str | None = None, start: int = 0,
+               progress: Callable[[int, int], None] | None = None, with_nfe: bool = False):
         """n samples in data space, (n, C, H, W) float32 on the CPU (and the network calls when
-        `with_nfe`). Samples start .. start + n - 1 of the seed's sequence (torchrun shards)."""
+        `with_nfe`). Samples start .. start + n - 1 of the seed's sequence (torchrun shards).
+        With `given` images (N, C, h, w) in data space: their completions (see `complete`)."""
         from gudlang.samplers import sample
         if params:
             return self.with_params(params).sample(n, sampler=sampler, steps=steps, grid=grid, seed=seed,
-                                                   batch_size=batch_size, start=start, progress=progress,
-                                                   with_nfe=with_nfe)
+                                                   batch_size=batch_size, given=given, mask=mask, start=start,
+                                                   progress=progress, with_nfe=with_nfe)
+        if given is not None:
+            images = np.asarray(given)[:n] if n else np.asarray(given)
+            done = self.complete(images, mask=mask, sampler=sampler, steps=steps, grid=grid, seed=seed)
+            x = torch.as_tensor(done.x)
+            return (x, done.nfe) if with_nfe else x
         if self.conditional:
             raise GudError.one("E680", "this model was trained to complete given components",
                                help="give it images: model.complete(images), or gud sample RUN --given FILE")
