@@ -194,3 +194,29 @@ def test_extension_needs_a_band_of_leading_columns():
     assert err.value.diagnostics[0].code == "E682"
     assert extension_band(_grf_model("given_i = row(i) < 0.3").space,
                           _grf_model("given_i = row(i) < 0.3").given, "rows") == 3
+
+
+@pytest.mark.parametrize("basis, mask", [
+    ("pixel()", "not (row(i) > 0.25 and row(i) < 0.75 and col(i) > 0.25 and col(i) < 0.75)"),
+    ("pixel()", "col(i) < 0.5"),
+    ("wavelet(levels = 2)", "level(i) <= 1"),
+    ("pca()", "rank(i) < 0.25"),
+], ids=["pixel hole", "column band", "wavelet levels", "pca prefix"])
+def test_trained_conditional_of_digits_covariance_converges_to_the_closed_form(basis, mask):
+    """The masks users write, on a Gaussian with the covariance of the digits (whitened variances
+    spanning orders of magnitude): the trained conditional's exact KL to the closed-form
+    conditional falls like a second-order sampler's (benchmarks/conditioning.py prints the
+    table, with replacement beside it)."""
+    from gudlang.check import check_text
+    from gudlang.pipeline import build_model
+    text = f"gud 1\ndata = digits()\nbasis = {basis}\nprior = white\ngiven_i = {mask}\n" \
+           "gamma(t) = linear(t, lo = -10, hi = 8)\n"
+    model = build_model(check_text(text))
+    x = model.data.train.reshape(len(model.data.train), -1).astype(np.float64)
+    oracle = GaussianOracle(*model.space.moments(x.mean(0), np.cov(x.T)))
+    schedule = GivenSchedule(model.schedule.to(torch.float64), model.given)
+    known = torch.as_tensor(np.where(model.given, np.random.default_rng(0).multivariate_normal(
+        oracle.mean.numpy(), oracle.cov.numpy()), 0.0))[None]
+    target = [torch.as_tensor(v) for v in marginal_given(oracle, schedule, 0.0, model.given, known)]
+    errors = [kl(*output_moments("heun", oracle, schedule, model.given, known, steps), *target) for steps in (25, 100)]
+    assert errors[1] < errors[0] / 8 and errors[1] < 1e-3, errors

@@ -234,3 +234,20 @@ def test_tensorboard_logging_writes_event_files(capsys, spec, tmp_path):
     events.Reload()
     assert [e.step for e in events.Scalars("loss")] == list(range(1, 9))
     assert len(losses(run)) == 8  # metrics.csv as always
+
+
+def test_a_run_whose_data_changed_cannot_grow(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.uniform(-1, 1, size=(64, 1, 4, 4)).astype(np.float32))
+    spec = tmp_path / "npz.gud"
+    spec.write_text(TINY.replace("data = digits()", 'data = npz("data.npz")'))
+    monkey_cwd = Path.cwd()
+    try:
+        import os
+        os.chdir(tmp_path)
+        assert gud(capsys, "train", "--quiet", spec, "--out", tmp_path / "r")[0] == 0
+        np.savez(tmp_path / "data.npz", x=rng.uniform(-1, 1, size=(64, 1, 4, 4)).astype(np.float32))
+        code, _, err = gud(capsys, "train", "--quiet", "--resume", only_run(tmp_path / "r"), "-s", "train.steps=12")
+    finally:
+        os.chdir(monkey_cwd)
+    assert code == 1 and "error[E641]" in err and "different model (spec or data)" in err
