@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's conditioning pictures: train the four conditioning specs on the built-in digits
 # and write a grid of (given, completed) pairs for each, plus an extended image, into
-# docs/images/. About 10 minutes on a 2-core CPU. Usage: bash docs/figures.sh [RUNS_DIR]
+# docs/images/, and the inpainting run's training curves. About 10 minutes on a 2-core CPU. Usage: bash docs/figures.sh [RUNS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-runs/figures}"
@@ -21,4 +21,5 @@ np.save(f"{sys.argv[1]}/first.npy", test[:4])
 PY
 gud sample "$runs/wavelet_superres" --given "$runs/small.npy" -o docs/images/wavelet_superres_from_4x4
 gud extend "$runs/column_extension" --image "$runs/first.npy" --columns 16 -o docs/images/column_extension_wide
+gud plot "$runs/inpainting" --metrics -o docs/images/metrics.png
 rm -f docs/images/*.npz

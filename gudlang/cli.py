@@ -5,7 +5,7 @@ exit code: 0 clean (warnings allowed), 1 diagnostics in a spec or its data, 2 us
 errors. Every `GudError` is printed as diagnostics; no user input produces a traceback.
 
     gud check FILES...            parse, validate, check, compile; all errors of each file
-    gud fmt [--check|--diff] FILES...
+    gud fmt [--check|--diff] FILES...   (gud fmt - formats stdin to stdout)
     gud hash FILE [--full] [--show]
     gud explain FILE
     gud plot FILE (--schedule | --forward) -o OUT.png;  gud plot RUN --metrics -o OUT.png
@@ -128,6 +128,14 @@ def cmd_fmt(args) -> int:
     from gudlang.check import read_source
     from gudlang.fmt import format_text, unified_diff
     rep = _Reporter("text")
+    if args.files == ["-"]:  # a filter for editors: the spec on stdin, the formatted spec on stdout
+        text = sys.stdin.read()
+        try:
+            sys.stdout.write(format_text(text, "<stdin>"))
+            return EXIT_OK
+        except GudError as e:
+            rep.report(e, text)
+            return rep.finish()
     changed = 0
     for path in args.files:
         try:

@@ -2,7 +2,7 @@
 
 Input: images (N, C, H, W) in data space (float) and the data's value range.
 Output: files, each written atomically:
-    grid      one PNG, `cols` images per row (default about square), upscaled to >= 256 px
+    grid      one PNG, `cols` images per row (default about square), upscaled towards 384 px
     png-dir   a folder of N PNGs (000000.png, ...) at their own size
     npz       `arr_0` uint8 (N, H, W, C), the layout FID tools (torch-fidelity, clean-fid,
               the TF reference) read
@@ -62,7 +62,7 @@ def save_grid(x: np.ndarray, out: Path, value_range, cols: int | None = None) ->
     for k in range(n):
         r, q = divmod(k, cols)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = pixels[k]
-    scale = max(1, 256 // max(grid.shape[:2]))
+    scale = max(1, 384 // max(grid.shape[:2]))
     if scale > 1:
         grid = np.asarray(Image.fromarray(grid[..., 0] if c == 1 else grid[..., :3]).resize(
             (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST))

@@ -165,3 +165,14 @@ def test_unified_diff_names_the_file_and_is_empty_when_unchanged():
     assert diff.startswith("--- specs/x.gud (original)\n+++ specs/x.gud (formatted)\n")
     assert "-x=1\n" in diff and "+x = 1\n" in diff
     assert unified_diff(new, new, "specs/x.gud") == ""
+
+
+def test_fmt_dash_is_a_filter_from_stdin_to_stdout():
+    import subprocess
+    import sys
+    messy = "gud 1\ndata=digits()\ngamma(t)=linear( t )\n"
+    done = subprocess.run([sys.executable, "-m", "gudlang", "fmt", "-"], input=messy, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "gud 1\n\ndata = digits()\ngamma(t) = linear(t)\n"
+    bad = subprocess.run([sys.executable, "-m", "gudlang", "fmt", "-"], input="gud 1\ndata = (\n",
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "error[E1" in bad.stderr and bad.stdout == ""
