@@ -50,7 +50,7 @@ class Call:
 
 @dataclass(frozen=True)
 class BinOp:
-    op: str  # + - * / ^
+    op: str  # + - * / ^ (a key of gudlang.builtins.OPERATORS, as are the ops below)
     left: "Expr"
     right: "Expr"
 
@@ -69,7 +69,7 @@ class Compare:
 
 @dataclass(frozen=True)
 class BoolOp:
-    op: str  # and | or
+    op: str  # and, or
     left: "Expr"
     right: "Expr"
 

@@ -28,9 +28,14 @@ laid out in its natural order: approximation band, then the detail bands from th
 level to the finest, each level in pywt's order (H, V, D), each band (C, h, w) row-major.
 
 Wavelet `level`: 0 = approximation band, 1 = coarsest details ... `levels` = finest details.
-`orientation`: 0 approximation, 1 horizontal (high-pass along rows of the image, i.e. along
-H), 2 vertical (high-pass along W), 3 diagonal: pywt's cH, cV, cD. Wavelet `row` / `col` is
+`orient`: 0 approximation, 1 horizontal detail (high-pass along H, low-pass along W: it sees
+horizontal edges, changes from row to row), 2 vertical detail (high-pass along W: vertical
+edges), 3 diagonal (high-pass along both): pywt's cH, cV, cD. Wavelet `row` / `col` is
 the centre of the coefficient's dyadic cell in pixel units, divided by (H - 1) / (W - 1).
+DCT and Fourier `kx` / `ky`: the integer frequency index along W / H of the component's mode,
+unscaled (DCT-II mode k has k / (2 n) cycles per pixel, 0 <= k < n; Fourier mode k has k / n,
+kx in 0 .. W / 2 of the rfft2 half-plane and ky signed, -H / 2 < ky <= H / 2), so that e.g.
+the heat equation's eigenvalues are pi^2 (kx^2 / W^2 + ky^2 / H^2) for the DCT.
 
 Errors (GudError):
     E500 unknown basis, unknown option or invalid option value (e.g. a wavelet that is not
@@ -389,7 +394,8 @@ class DctBasis(Basis):
         return _frequency_order(self._sq_frequency())
 
     def _features(self):
-        return {"freq": _radial(self._sq_frequency()), "chan": self._chan()}
+        _, ky, kx = np.unravel_index(np.arange(self.dim), self.shape)
+        return {"freq": _radial(self._sq_frequency()), "kx": kx, "ky": ky, "chan": self._chan()}
 
 
 class FourierBasis(Basis):
@@ -436,7 +442,8 @@ class FourierBasis(Basis):
         self.register_buffer("scatter", torch.as_tensor(scatter), persistent=False)
         self.register_buffer("coef", torch.as_tensor(coef), persistent=False)
         signed_ky = np.where(ky > h // 2, ky - h, ky)[gather]
-        self._key = np.tile((signed_ky * w) ** 2 + (kx[gather] * h) ** 2, self.shape[0])
+        self._kx, self._ky = np.tile(kx[gather], self.shape[0]), np.tile(signed_ky, self.shape[0])
+        self._key = (self._ky * w) ** 2 + (self._kx * h) ** 2
 
     def _forward(self, x):
         z = torch.view_as_real(torch.fft.rfft2(x, norm="ortho")).flatten(2)
@@ -452,7 +459,7 @@ class FourierBasis(Basis):
         return _frequency_order(self._key)
 
     def _features(self):
-        return {"freq": _radial(self._key), "chan": self._chan()}
+        return {"freq": _radial(self._key), "kx": self._kx, "ky": self._ky, "chan": self._chan()}
 
 
 # ----------------------------------------------------------------------------- wavelets
@@ -581,7 +588,7 @@ class WaveletBasis(Basis):
             parts.append(np.stack([np.full(len(o), level), np.asarray(orients)[o], ch,
                                    (r + 0.5) * step - 0.5, (k + 0.5) * step - 0.5]))
         level, orient, chan, row, col = np.concatenate(parts, axis=1)
-        return {"level": level, "orientation": orient, "row": row / (h - 1),
+        return {"level": level, "orient": orient, "row": row / (h - 1),
                 "col": col / (w - 1), "chan": _scaled(chan, c)}
 
 

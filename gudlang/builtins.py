@@ -1,9 +1,25 @@
-"""The registry of built-in names: the one place the checker, the compiler, `gud explain`
-and the docs learn what exists.
+"""The registries of the language: the one place the checker, the compiler, hashing, the
+formatter, the parser's messages, `gud explain` and the docs learn what exists.
 
-Input: nothing. Output: tables of per-component features (and which basis offers which),
-reductions, elementwise functions with their arities, constants, and the schedule library
-(`PRELUDE`), written in the gud language itself and checked like user code.
+Input: nothing. Output, one registry per concept, each entry defined once:
+- `FEATURES` (and `BASIS_FEATURES`, which basis offers which): per-component features f(i);
+- `CONSTANTS` (numbers) and `SHAPE_CONSTANTS` (H, W, C, D of the data, known once the data
+  shape is: the checker keeps them as names, `shape_constants` gives their values, which are
+  supplied with the features and substituted by the compiler);
+- `FUNCTIONS` (elementwise) and `REDUCTIONS` (over components): arity, one-line doc, the
+  NumPy implementation the compiler and hashing fold constants with, the torch code the
+  compiler emits and the derivative rule;
+- `OPERATORS`: precedence for the formatter, the NumPy fold, the torch code, the derivative;
+- `KEYWORDS`: every reserved word of the grammar (grammar/gud.lark spells the syntax; a test
+  checks the two agree);
+- the schedule library (`PRELUDE`), written in the gud language itself and checked like user
+  code.
+
+Derivative rules are written in gud: an expression of the arguments (a function's `params`,
+an operator's x and y), `value` (the result) and `d<param>` (each argument's derivative in t).
+A rule list is tried in order; a rule is used when every argument derivative it does not
+mention is zero, the last one always (`schedules` builds them, simplifying as it goes).
+`between(x, lo, hi)` (lo <= x <= hi) exists only in rules: the closed-interval test of clip.
 
 Vocabulary (one name per concept, used in code, docs and errors):
 - `t` diffusion time, 0 = data, 1 = noise; `i` the component index.
@@ -18,13 +34,22 @@ Vocabulary (one name per concept, used in code, docs and errors):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
+
+# --------------------------------------------------------------------------- features
 FEATURES: dict[str, str] = {
     "var": "data variance of component i in the basis (fitted on the training split)",
     "wvar": "variance of component i after whitening, var(i) / s_i^2 (1 under the matched prior)",
     "rank": "position of component i in the basis's natural order, scaled to [0, 1] (0 = first)",
     "freq": "radial spatial frequency of component i, scaled to [0, 1]",
+    "kx": "horizontal frequency index of component i, an integer: DCT 0 .. W - 1, Fourier 0 .. W / 2",
+    "ky": "vertical frequency index of component i, an integer: DCT 0 .. H - 1, Fourier -H / 2 < ky <= H / 2",
     "level": "wavelet level of component i: 0 = coarsest approximation, `levels` = finest details",
+    "orient": "wavelet orientation of component i: 0 approximation, 1 horizontal detail (high-pass along H: "
+              "horizontal edges), 2 vertical (high-pass along W), 3 diagonal",
     "row": "row of component i's position, scaled to [0, 1] (0 = top)",
     "col": "column of component i's position, scaled to [0, 1] (0 = left)",
     "chan": "channel of component i, scaled to [0, 1] (0 when there is one channel)",
@@ -34,24 +59,234 @@ _COMMON = {"var", "wvar", "rank"}
 BASIS_FEATURES: dict[str, frozenset[str]] = {
     "pixel": frozenset(_COMMON | {"row", "col", "chan"}),
     "pca": frozenset(_COMMON | {"chan"}),  # chan only with channels = "separate"
-    "dct": frozenset(_COMMON | {"freq", "chan"}),
-    "fourier": frozenset(_COMMON | {"freq", "chan"}),
-    "wavelet": frozenset(_COMMON | {"level", "row", "col", "chan"}),
+    "dct": frozenset(_COMMON | {"freq", "kx", "ky", "chan"}),
+    "fourier": frozenset(_COMMON | {"freq", "kx", "ky", "chan"}),
+    "wavelet": frozenset(_COMMON | {"level", "orient", "row", "col", "chan"}),
 }
 
-REDUCTIONS = frozenset({"max", "min", "mean", "sum"})  # one argument: over components
-
-# name -> number of arguments
-ELEMENTWISE: dict[str, int] = {
-    "log": 1, "exp": 1, "sqrt": 1, "abs": 1, "sigmoid": 1, "logit": 1, "softplus": 1,
-    "cos": 1, "sin": 1, "tan": 1, "atan": 1, "expm1": 1, "log1p": 1, "tanh": 1,
-    "clip": 3, "where": 3, "min": 2, "max": 2,
-}
-
+# --------------------------------------------------------------------------- constants
 CONSTANTS: dict[str, float] = {"pi": math.pi, "true": 1.0, "false": 0.0}
 
-RESERVED = frozenset({"t", "i"}) | set(FEATURES) | REDUCTIONS | set(ELEMENTWISE) | set(CONSTANTS) \
-    | {"data", "basis", "prior", "network", "param", "train", "sample", "runtime", "gud", "uniform"}
+SHAPE_CONSTANTS: dict[str, str] = {
+    "H": "image height of the spec's data, in pixels",
+    "W": "image width of the spec's data, in pixels",
+    "C": "number of channels of the spec's data",
+    "D": "number of components, C * H * W",
+}
+
+
+def shape_constants(shape) -> dict[str, np.float64]:
+    """The values of `SHAPE_CONSTANTS` for data of shape (C, H, W), as float64 numbers."""
+    c, h, w = (int(s) for s in shape)
+    return {"H": np.float64(h), "W": np.float64(w), "C": np.float64(c), "D": np.float64(c * h * w)}
+
+
+# --------------------------------------------------------------------------- functions
+@dataclass(frozen=True)
+class Function:
+    """A built-in function: its parameters (their number is its arity), a one-line doc, the
+    NumPy fold (float64 arrays in, float64 array out), the torch call it compiles to
+    (`{k}` is argument k, `{tk}` the same made a tensor of t's dtype where it is a plain
+    number), its derivative rules (see the module docstring; empty: the checker refuses
+    arguments that depend on t), and the positions of arguments that are conditions."""
+
+    name: str
+    params: tuple[str, ...]
+    doc: str
+    fold: Callable[..., np.ndarray]
+    torch: str
+    derivative: tuple[str, ...]
+    conditions: tuple[int, ...] = ()
+
+    @property
+    def arity(self) -> int:
+        return len(self.params)
+
+    @property
+    def signature(self) -> str:
+        return f"{self.name}({', '.join(self.params)})"
+
+
+def _minimum(a, b):
+    """torch.minimum's answer, which folding must give too: NaN if either is, else the first at
+    a tie (np.minimum gives the second: -0.0 for min(0.0, -0.0), where torch gives 0.0)."""
+    return np.where(np.isnan(b) | (b < a), b, a)
+
+
+def _maximum(a, b):
+    return np.where(np.isnan(b) | (b > a), b, a)
+
+
+# SciPy is imported only when a formula folds these: importing the registry stays light.
+def _ndtri(p):
+    from scipy.special import ndtri
+    return ndtri(p)
+
+
+def _erfinv(x):
+    from scipy.special import erfinv
+    return erfinv(x)
+
+
+# torch's softplus returns x itself above `threshold` (default 20, off by exp(-20) relative);
+# log(1 + exp(-x)) is below half an ulp of x in float64 only from x = 37 on
+SOFTPLUS_THRESHOLD = 40.0
+
+
+def _unary(name, doc, fold, torch, derivative, param="x") -> Function:
+    return Function(name, (param,), doc, fold, torch or f"torch.{name}({{0}})", (derivative,))
+
+
+FUNCTIONS: dict[str, Function] = {f.name: f for f in (
+    _unary("log", "natural logarithm", np.log, None, "1 / x * dx"),
+    _unary("exp", "exponential", np.exp, None, "value * dx"),
+    _unary("sqrt", "square root", np.sqrt, None, "0.5 / value * dx"),
+    _unary("abs", "absolute value", np.abs, None, "where(x >= 0, 1, -1) * dx"),
+    _unary("sigmoid", "logistic function 1 / (1 + exp(-x))", lambda x: 1.0 / (1.0 + np.exp(-x)), None,
+           "value * (1 - value) * dx"),
+    _unary("logit", "log(x / (1 - x)), the inverse of sigmoid", lambda x: np.log(x) - np.log1p(-x), None,
+           "1 / (x * (1 - x)) * dx"),
+    _unary("softplus", "log(1 + exp(x))", lambda x: np.logaddexp(0.0, x),
+           f"torch.nn.functional.softplus({{0}}, 1.0, {SOFTPLUS_THRESHOLD!r})", "sigmoid(x) * dx"),
+    _unary("cos", "cosine", np.cos, None, "-sin(x) * dx"),
+    _unary("sin", "sine", np.sin, None, "cos(x) * dx"),
+    _unary("tan", "tangent", np.tan, None, "(1 + value * value) * dx"),
+    _unary("atan", "arc tangent", np.arctan, None, "1 / (1 + x * x) * dx"),
+    _unary("tanh", "hyperbolic tangent", np.tanh, None, "(1 - value * value) * dx"),
+    _unary("expm1", "exp(x) - 1, accurate near 0", np.expm1, None, "exp(x) * dx"),
+    _unary("log1p", "log(1 + x), accurate near 0", np.log1p, None, "1 / (1 + x) * dx"),
+    _unary("floor", "the largest integer <= x (derivative 0 between the steps)", np.floor, None, "0"),
+    _unary("round", "the nearest integer, halves to even as torch.round (derivative 0 between the steps)",
+           np.round, None, "0"),
+    _unary("ndtri", "the standard normal quantile Phi^-1(p), p in (0, 1): ndtri(0.975) = 1.95996...", _ndtri,
+           "torch.special.ndtri({0})", "sqrt(2 * pi) * exp(value * value / 2) * dp", param="p"),
+    _unary("erfinv", "the inverse error function, erf(erfinv(x)) = x on (-1, 1)", _erfinv, None,
+           "sqrt(pi) / 2 * exp(value * value) * dx"),
+    Function("clip", ("x", "lo", "hi"), "x limited to [lo, hi]: min(max(x, lo), hi)",
+             lambda x, lo, hi: _minimum(_maximum(x, lo), hi), "torch.minimum(torch.maximum({t0}, {t1}), {t2})",
+             # closed interval: at a kink the component counts as moving, so that e.g. linear(t)
+             # has beta > 0 at t = 1, where samplers take their first step
+             ("where(between(x, lo, hi), 1, 0) * dx",
+              "where(max(x, lo) <= hi, where(x >= lo, dx, dlo), dhi)")),
+    Function("where", ("c", "x", "y"), "x where the condition c holds, else y", np.where,
+             "torch.where({0}, {1}, {2})", ("where(c, dx, dy)",), conditions=(0,)),
+    Function("min", ("x", "y"), "the smaller of x and y (x at a tie, NaN if either is)", _minimum,
+             "torch.minimum({t0}, {t1})", ("where(x <= y, dx, dy)",)),
+    Function("max", ("x", "y"), "the larger of x and y (x at a tie, NaN if either is)", _maximum,
+             "torch.maximum({t0}, {t1})", ("where(x >= y, dx, dy)",)),
+)}
+
+# Over components, one argument (`min` and `max` with two arguments are elementwise).
+REDUCTIONS: dict[str, Function] = {f.name: f for f in (
+    Function("max", ("x",), "the largest value of x over components (x must not depend on t)", np.max,
+             "torch.amax({0}, dim=-1, keepdim=True)", ()),
+    Function("min", ("x",), "the smallest value of x over components (x must not depend on t)", np.min,
+             "torch.amin({0}, dim=-1, keepdim=True)", ()),
+    Function("mean", ("x",), "the mean of x over components", np.mean,
+             "torch.mean({0}, dim=-1, keepdim=True)", ("mean(dx)",)),
+    Function("sum", ("x",), "the sum of x over components", np.sum,
+             "torch.sum({0}, dim=-1, keepdim=True)", ("sum(dx)",)),
+)}
+
+# name -> number of arguments (of the elementwise functions)
+ELEMENTWISE: dict[str, int] = {name: f.arity for name, f in FUNCTIONS.items()}
+
+# --------------------------------------------------------------------------- operators
+# Precedence levels, loosest first (as grammar/gud.lark nests its rules).
+LEVELS = ("or", "and", "not", "compare", "sum", "product", "unary", "power", "primary")
+
+
+@dataclass(frozen=True)
+class Operator:
+    """An operator: the grammar terminal that spells it, its precedence level, the level each
+    operand needs (printed in parentheses when looser), how the formatter writes it (between
+    or before its operands), the NumPy fold, the torch code and the derivative rules in its
+    operands x and y (none for conditions)."""
+
+    symbol: str
+    terminal: str
+    level: str
+    operands: tuple[str, ...]
+    text: str
+    fold: Callable[..., np.ndarray]
+    torch: str
+    derivative: tuple[str, ...] = ()
+    doc: str = ""
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return ("x", "y")[:len(self.operands)]
+
+
+def _compare(symbol: str, fold) -> Operator:
+    # comparisons do not chain: both operands are sums
+    return Operator(symbol, "COMPARE", "compare", ("sum", "sum"), f" {symbol} ", fold, f"{{0}} {symbol} {{1}}",
+                    doc=f"x {symbol} y, a condition (false where either is NaN, except !=)")
+
+
+# Keyed by symbol; the unary minus is "neg" (its symbol `-` is also subtraction's).
+OPERATORS: dict[str, Operator] = {
+    "+": Operator("+", "PLUS", "sum", ("sum", "product"), " + ", np.add, "{0} + {1}", ("dx + dy",), "addition"),
+    "-": Operator("-", "MINUS", "sum", ("sum", "product"), " - ", np.subtract, "{0} - {1}", ("dx - dy",),
+                  "subtraction"),
+    "*": Operator("*", "STAR", "product", ("product", "unary"), "*", np.multiply, "{0} * {1}",
+                  ("dx * y + x * dy",), "multiplication"),
+    # (dx - (x / y) dy) / y: no y * y to underflow or overflow
+    "/": Operator("/", "SLASH", "product", ("product", "unary"), "/", np.divide, "{0} / {1}",
+                  ("(dx - value * dy) / y",), "division"),
+    # right-associative, and a^-b is a^(-b); a constant exponent needs no log of the base
+    "^": Operator("^", "CARET", "power", ("primary", "unary"), "^", np.power, "{0} ** {1}",
+                  ("y * x ^ (y - 1) * dx", "value * (dy * log(x) + y * dx / x)"), "power (IEEE: 0 ^ -1 = inf)"),
+    "neg": Operator("-", "MINUS", "unary", ("unary",), "-", np.negative, "-{0}", ("-dx",), "negation"),
+    **{s: _compare(s, fold) for s, fold in (("<", np.less), ("<=", np.less_equal), (">", np.greater),
+                                              (">=", np.greater_equal), ("==", np.equal), ("!=", np.not_equal))},
+    "not": Operator("not", "NOT", "not", ("not",), "not ", np.logical_not, "~{0}", doc="negation of a condition"),
+    "and": Operator("and", "AND", "and", ("and", "not"), " and ", np.logical_and, "{0} & {1}",
+                    doc="both conditions hold"),
+    "or": Operator("or", "OR", "or", ("or", "and"), " or ", np.logical_or, "{0} | {1}",
+                   doc="at least one condition holds"),
+}
+
+# --------------------------------------------------------------------------- keywords
+
+
+@dataclass(frozen=True)
+class Keyword:
+    """A reserved word of the grammar: its terminal in grammar/gud.lark and what it starts."""
+
+    word: str
+    terminal: str
+    role: str  # "version", "section" (word = ...), "param", "block" (word { ... }), "operator"
+    doc: str
+
+
+KEYWORDS: dict[str, Keyword] = {k.word: k for k in (
+    Keyword("gud", "GUD", "version", "the version line, `gud 1`"),
+    Keyword("data", "DATA", "section", "the data, `data = digits()`"),
+    Keyword("basis", "BASIS", "section", "the basis, `basis = pca()`"),
+    Keyword("prior", "PRIOR", "section", "the prior, `prior = white`"),
+    Keyword("network", "NETWORK", "section", "the network, `network = unet()`"),
+    Keyword("param", "PARAM", "param", "a parameter, `param a = 1` or `param a ~ uniform(0, 1)`"),
+    Keyword("train", "TRAIN", "block", "training settings, `train { steps = 3000 }`"),
+    Keyword("sample", "SAMPLE", "block", "sampling settings, `sample { steps = 50 }`"),
+    Keyword("runtime", "RUNTIME", "block", "how to run (never hashed), `runtime { device = \"cuda\" }`"),
+    Keyword("and", "AND", "operator", OPERATORS["and"].doc),
+    Keyword("or", "OR", "operator", OPERATORS["or"].doc),
+    Keyword("not", "NOT", "operator", OPERATORS["not"].doc),
+)}
+
+BLOCKS = tuple(k.word for k in KEYWORDS.values() if k.role == "block")
+
+
+def keywords() -> tuple[str, ...]:
+    """Every reserved word of the grammar."""
+    return tuple(KEYWORDS)
+
+
+def constants() -> tuple[str, ...]:
+    """Every built-in constant a formula may use: numbers and the data's shape."""
+    return tuple(CONSTANTS) + tuple(SHAPE_CONSTANTS)
+
 
 # Parameter distributions: `param a ~ uniform(lo, hi)`.
 DISTRIBUTIONS = {"uniform": ("lo", "hi")}
@@ -94,4 +329,9 @@ LIBRARY = ("linear", "vp", "cosine", "soft", "sequential")
 
 def known_function_names() -> set[str]:
     """Every callable name a spec may use in an expression (for "did you mean")."""
-    return set(FEATURES) | REDUCTIONS | set(ELEMENTWISE) | set(LIBRARY)
+    return set(FEATURES) | set(REDUCTIONS) | set(FUNCTIONS) | set(LIBRARY)
+
+
+# Names a definition or a param may not take (E212).
+RESERVED = frozenset({"t", "i"} | set(FEATURES) | set(REDUCTIONS) | set(FUNCTIONS) | set(constants())
+                     | set(KEYWORDS) | set(DISTRIBUTIONS))

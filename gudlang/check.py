@@ -3,7 +3,9 @@
 Input: source text (or a `Spec` with its `SourceMap`) and parameter overrides.
 Output: `CheckedSpec`, whose schedule `gamma` (and custom prior scale) is one expression in
 which every user definition and library function is inlined: it mentions only numbers,
-`t`, params, features `f(i)`, reductions and elementwise built-ins.
+`t`, params, features `f(i)`, reductions, elementwise built-ins and the shape constants
+H, W, C, D (names, scalar: their values come with the features once the data are loaded).
+What exists is read from the registries of `gudlang.builtins`.
 
 Shapes: every expression depends on a subset of {t, i, p}: `t` diffusion time, `i` the
 component, `p` a param drawn per training example. Scalar = {}, per-time = {t},
@@ -24,8 +26,8 @@ from functools import lru_cache
 from typing import Any, Mapping
 
 from gudlang import ast as A
-from gudlang.builtins import (BASIS_FEATURES, CONSTANTS, ELEMENTWISE, FEATURES, LIBRARY, PRELUDE,
-                              REDUCTIONS, RESERVED, known_function_names)
+from gudlang.builtins import (BASIS_FEATURES, BLOCKS, CONSTANTS, FEATURES, FUNCTIONS, LIBRARY, PRELUDE,
+                              REDUCTIONS, RESERVED, SHAPE_CONSTANTS, known_function_names)
 from gudlang.diagnostics import Diagnostic, GudError
 from gudlang.lower import parse_program
 from gudlang.spec import FixedParam, Spec, did_you_mean, validate_program
@@ -131,6 +133,15 @@ def _base(name: str) -> str:
     return name[:-2] if name.endswith("_i") and len(name) > 2 else name
 
 
+def _reserved_kind(name: str) -> str:
+    """What a reserved name is, for E212."""
+    if name in LIBRARY:
+        return "library function"
+    if name in SHAPE_CONSTANTS:
+        return f"built-in constant ({SHAPE_CONSTANTS[name]})"
+    return "built-in name"
+
+
 class _Resolver:
     def __init__(self, spec: Spec, smap: A.SourceMap):
         self.spec, self.smap = spec, smap
@@ -148,8 +159,7 @@ class _Resolver:
             path = ("statements", k)
             base = _base(d.name)
             if d.name in RESERVED or base in RESERVED or d.name in LIBRARY or base in LIBRARY:
-                kind = "library function" if base in LIBRARY else "built-in name"
-                self.error("E212", f"`{d.name}` is a {kind}", path + ("name",), "reserved",
+                self.error("E212", f"`{d.name}` is a {_reserved_kind(base)}", path + ("name",), "reserved",
                            help="choose another name")
                 continue
             if base in spec.params or d.name in spec.params:
@@ -167,7 +177,7 @@ class _Resolver:
             self.defs[base] = _Def(d.name, d, path)
         for name in spec.params:
             if name in RESERVED or name in LIBRARY:
-                self.error("E212", f"`{name}` is a built-in name and cannot be a param",
+                self.error("E212", f"`{name}` is a {_reserved_kind(name)} and cannot be a param",
                            self._param_path(name), "reserved", help="choose another name")
 
     def _param_path(self, name: str):
@@ -238,6 +248,8 @@ class _Resolver:
             return scope[name]
         if name in CONSTANTS:
             return A.Num(CONSTANTS[name]), SCALAR
+        if name in SHAPE_CONSTANTS:  # known once the data are: the compiler substitutes them
+            return A.Name(name), SCALAR
         if name in self.spec.params:
             p = self.spec.params[name]
             return A.Name(name), (SCALAR if isinstance(p, FixedParam) else frozenset("p"))
@@ -263,7 +275,7 @@ class _Resolver:
             pass  # a declared param whose declaration was refused: that error is already reported
         else:
             candidates = set(scope) | set(self.spec.params) | set(self.defs) | set(CONSTANTS) \
-                | {d.name for d in self.defs.values()}
+                | set(SHAPE_CONSTANTS) | {d.name for d in self.defs.values()}
             self.error("E202", f"unknown name `{name}`", path, "not defined", at=at,
                        help=did_you_mean(name, candidates) or "define it with `name = ...` or `param name = ...`")
         return A.Num(0.0), SCALAR
@@ -307,27 +319,28 @@ class _Resolver:
                 self.error("E208", f"{f}(...) over components of a time-dependent value is not supported",
                            path, "depends on t", help="reduce a value that does not depend on t", at=site)
             return A.Call(f, (arg,)), shape - {"i"}
-        if f in REDUCTIONS and f not in ELEMENTWISE:  # mean, sum: exactly one positional argument
+        if f in REDUCTIONS and f not in FUNCTIONS:  # mean, sum: exactly one positional argument
             for k, a in enumerate(call.args):
                 self.resolve(a, path + ("args", k), scope, site)
             self.error("E204" if not call.kwargs else "E205",
                        f"`{f}` takes one positional argument (the value to reduce over components)",
                        fat, "wrong arguments", help=f"write {f}(x)")
             return A.Num(0.0), SCALAR
-        if f in ELEMENTWISE:
+        if f in FUNCTIONS:
+            fn = FUNCTIONS[f]
             if call.kwargs:
                 self.error("E205", f"`{f}` takes no keyword arguments", path + ("kwargs", 0), "keyword",
                            at=site)
-            want = ELEMENTWISE[f]
+            want = fn.arity
             if nargs != want:
                 extra = " (or one argument: the reduction over components)" if f in REDUCTIONS else ""
                 self.error("E204", f"`{f}` takes {want} argument(s){extra}, got {nargs}", fat,
-                           "wrong number of arguments")
+                           "wrong number of arguments", help=f"{fn.signature}: {fn.doc}")
                 return A.Num(0.0), SCALAR
             args, shape = [], SCALAR
             for k, a in enumerate(call.args):
-                if f == "where" and k == 0:
-                    e, s = self.condition(a, path + ("args", 0), scope, site, "where(...)")
+                if k in fn.conditions:
+                    e, s = self.condition(a, path + ("args", k), scope, site, f"{f}(...)")
                 else:
                     e, s = self.number(a, path + ("args", k), scope, site, f"`{f}`")
                 args.append(e)
@@ -522,7 +535,7 @@ def override_spec(spec: Spec, overrides: Mapping[str, str]) -> Spec:
         value = _parse_override(raw)
         if "." in key:
             block, _, setting = key.partition(".")
-            if block not in {"train", "sample", "runtime"} or setting not in data[block]:
+            if block not in BLOCKS or setting not in data[block]:
                 errors.append(Diagnostic("E202", f"cannot override `{key}`: no such setting",
                                          help="settings are train.*, sample.*, runtime.*; "
                                               "params are overridden by name"))

@@ -18,8 +18,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-# Every error code of the language front end, with its meaning. Data (E4xx), bases and
-# priors (E5xx) and runs (E6xx) document theirs in their own modules.
+# Every error code of the language front end, with its meaning; then those of modules that
+# keep no table of their own (data, networks, checkpoints, runs, training; their docstrings say
+# more). Bases, priors, statistics, samplers, the oracle, likelihood, conditioning, exports and
+# FID list theirs in their module's CODES. tests/test_registry.py checks that every code the
+# package uses is in one of these tables.
 CODES: dict[str, str] = {
     "E001": "cannot read or write a file (missing, a directory, no permission, unknown format)",
     "E002": "not a text file (binary, NUL bytes, not UTF-8)",
@@ -49,6 +52,34 @@ CODES: dict[str, str] = {
     "E302": "gamma is not finite",
     "W301": "true SNR not high at t = 0",
     "W302": "true SNR not low at t = 1",
+    # gudlang.data, gudlang.datasets.readers
+    "E400": "invalid data source argument (unknown kind or dataset name, wrong type or value)",
+    "E401": "data file or folder not found",
+    "E402": "unreadable, corrupt or truncated data file, or one larger than memory",
+    "E403": "array key missing from an npz file, or ambiguous",
+    "E404": "data of the wrong shape or dtype",
+    "E405": "NaN or infinite data values, or values beyond float32",
+    "E406": "data values outside the declared range",
+    "E407": "no data (empty folder, array or file, too few samples to split)",
+    # gudlang.networks, gudlang.train
+    "E610": "unknown network name",
+    "E611": "unknown network option",
+    "E612": "invalid network option value, or options incompatible with the data shape",
+    "E613": "network input or prediction of the wrong shape",
+    # gudlang.checkpoint, gudlang.images, gudlang.export
+    "E620": "cannot read or write a run file",
+    "E621": "corrupt or truncated run file",
+    "E622": "checkpoint metadata missing or malformed",
+    "E623": "checkpoint format version not supported",
+    "E624": "stored hash does not match the stored spec",
+    "E625": "value that a training-state file cannot hold",
+    # gudlang.trainer, gudlang.runs, gudlang.api
+    "E630": "non-finite training loss",
+    "W630": "a runtime setting the device cannot honour (bfloat16 autocast off CUDA)",
+    "E640": "run directory problem (missing, damaged, exists, device unavailable, no network needed)",
+    "E641": "checkpoint and data or spec disagree",
+    "E642": "network = oracle() needs Gaussian data with a known covariance",
+    "E643": "a custom network is needed to load this run",
 }
 
 ERROR = "error"

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from gudlang import ast as A
+from gudlang.builtins import keywords
 from gudlang.check import describe_shape
 from gudlang.fmt import format_program
 from gudlang.lower import parse_program
@@ -29,7 +30,8 @@ def _value(v) -> str:
     if v is None:
         return "none"
     if isinstance(v, str):
-        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) and v not in {"true", "false", "none"}:
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) and v not in {"true", "false", "none"} \
+                and v not in keywords():
             return v  # a word, as a user writes `sampler = heun`
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):

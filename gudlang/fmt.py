@@ -27,24 +27,25 @@ import difflib
 from bisect import bisect_right
 
 from gudlang import ast as A
+from gudlang.builtins import LEVELS, OPERATORS, Operator
 from gudlang.diagnostics import Span
 from gudlang.lower import parse_program
 
 WIDTH = 88
 INDENT = "  "
 
-# Precedence levels, loosest first; a node printed where a tighter level is required gets
-# parentheses. Comparisons do not chain, so both their operands must be sums.
-OR, AND, NOT, COMPARE, SUM, PRODUCT, UNARY, POWER, PRIMARY = range(9)
-_BINARY = {  # op -> (own level, left operand needs, right operand needs, separator)
-    "+": (SUM, SUM, PRODUCT, " + "),
-    "-": (SUM, SUM, PRODUCT, " - "),
-    "*": (PRODUCT, PRODUCT, UNARY, "*"),
-    "/": (PRODUCT, PRODUCT, UNARY, "/"),
-    "^": (POWER, PRIMARY, UNARY, "^"),
-    "or": (OR, OR, AND, " or "),
-    "and": (AND, AND, NOT, " and "),
-}
+# Precedence levels, loosest first (`builtins.LEVELS`); a node printed where a tighter level is
+# required gets parentheses. Each operator's own level, the levels its operands need and how
+# it is written come from `builtins.OPERATORS`.
+OR, UNARY, PRIMARY = (LEVELS.index(level) for level in ("or", "unary", "primary"))
+
+
+def _layout(op: Operator) -> tuple:
+    """(own level, the level each operand needs, text) of an operator."""
+    return LEVELS.index(op.level), tuple(LEVELS.index(x) for x in op.operands), op.text
+
+
+_OPERATORS = {name: _layout(op) for name, op in OPERATORS.items()}
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t"}
 # Synthesized programs (`gud explain`) have no positions; they have no comments either.
 _NO_SPAN = Span(0, 0, 0, 0)
@@ -79,18 +80,12 @@ def _pieces(node) -> tuple[int, list]:
         return PRIMARY, [node.id]
     if isinstance(node, A.Str):
         return PRIMARY, ['"' + "".join(_ESCAPES.get(ch, ch) for ch in node.value) + '"']
-    if isinstance(node, A.BinOp):
-        level, left, right, sep = _BINARY[node.op]
-        return level, [(node.left, left), sep, (node.right, right)]
-    if isinstance(node, A.BoolOp):
-        level, left, right, sep = _BINARY[node.op]
-        return level, [(node.left, left), sep, (node.right, right)]
-    if isinstance(node, A.Not):
-        return NOT, ["not ", (node.operand, NOT)]
-    if isinstance(node, A.Neg):
-        return UNARY, ["-", (node.operand, UNARY)]
-    if isinstance(node, A.Compare):
-        return COMPARE, [(node.left, SUM), f" {node.op} ", (node.right, SUM)]
+    if isinstance(node, (A.BinOp, A.BoolOp, A.Compare)):
+        level, (left, right), text = _OPERATORS[node.op]
+        return level, [(node.left, left), text, (node.right, right)]
+    if isinstance(node, (A.Neg, A.Not)):
+        level, (operand,), text = _OPERATORS["neg" if isinstance(node, A.Neg) else "not"]
+        return level, [text, (node.operand, operand)]
     if isinstance(node, A.List):
         return PRIMARY, ["[", *_joined([(x, OR) for x in node.items]), "]"]
     if isinstance(node, A.Call):

@@ -18,6 +18,7 @@ import numpy as np
 
 from gudlang import LANGUAGE_VERSION
 from gudlang import ast as A
+from gudlang.builtins import OPERATORS
 from gudlang.check import FORMULAS, CheckedSpec
 from gudlang.spec import FixedParam
 
@@ -50,26 +51,27 @@ UNHASHED = {
     "runtime": "how to run, never what is computed",
 }
 
-# Folding follows IEEE float64 as the schedule compiler's does (signed zeros and infinities,
-# 0 ^ -1 = inf, (-10) ^ 401 = -inf, (-8) ^ (1/3) = nan), so equal hashes mean equal schedules.
-_FOLD = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide, "^": np.power}
-
-
 def normal_form(expr: A.Expr, fixed: dict[str, float]) -> Any:
     """A JSON-able normal form of an inlined expression: fixed params substituted, numeric
-    sub-expressions folded, numbers as floats."""
+    sub-expressions of operators folded, numbers as floats. Folding uses the operators' NumPy
+    folds (`builtins.OPERATORS`), the ones the schedule compiler folds with: IEEE float64
+    (signed zeros and infinities, 0 ^ -1 = inf, (-10) ^ 401 = -inf, (-8) ^ (1/3) = nan), so
+    equal hashes mean equal schedules. Calls of constants stay as written (folding them would
+    change the hash of every library schedule, and they cannot make different schedules
+    hash alike). The shape constants H, W, C, D stay names: the data fingerprint, which
+    hashes the data's shape, fixes their values."""
     if isinstance(expr, A.Num):
         return float(expr.value)
     if isinstance(expr, A.Name):
         return float(fixed[expr.id]) if expr.id in fixed else ["name", expr.id]
     if isinstance(expr, A.Neg):
         x = normal_form(expr.operand, fixed)
-        return -x if isinstance(x, float) else ["neg", x]
+        return float(OPERATORS["neg"].fold(np.float64(x))) if isinstance(x, float) else ["neg", x]
     if isinstance(expr, A.BinOp):
         left, right = normal_form(expr.left, fixed), normal_form(expr.right, fixed)
         if isinstance(left, float) and isinstance(right, float):
             with np.errstate(all="ignore"):
-                return float(_FOLD[expr.op](np.float64(left), np.float64(right)))
+                return float(OPERATORS[expr.op].fold(np.float64(left), np.float64(right)))
         return [expr.op, left, right]
     if isinstance(expr, A.Compare):
         return ["compare", expr.op, normal_form(expr.left, fixed), normal_form(expr.right, fixed)]

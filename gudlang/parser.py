@@ -4,6 +4,8 @@ Input: source text (str or bytes) and an optional path for messages.
 Output: `parse(text) -> (lark.Tree, comments)`, or `GudError` with every syntax error of
 the file (E0xx input, E1xx syntax). After an error the parser resynchronises at the next
 line that starts a statement, so one run reports all the syntax errors of a file.
+Keywords (`builtins.KEYWORDS`) are reserved: a keyword where a name should be is E105.
+Messages name terminals with the words of the keyword and operator registries.
 Nothing here can raise anything but `GudError`, whatever the input.
 """
 
@@ -18,28 +20,31 @@ from lark import Lark, Token, Tree
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from gudlang.ast import Comment
+from gudlang.builtins import KEYWORDS, OPERATORS
 from gudlang.diagnostics import Diagnostic, GudError, Span
 
 MAX_SOURCE_BYTES = 1_000_000
 MAX_NESTING = 64
 MAX_ERRORS = 50
 
+# How messages name each terminal: keywords and operators from their registries.
 _TERMINAL_WORDS = {
     "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "EQUAL": "`=`",
-    "TILDE": "`~`", "PLUS": "`+`", "MINUS": "`-`", "STAR": "`*`", "SLASH": "`/`",
-    "CARET": "`^`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`",
+    "TILDE": "`~`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`",
     "LBRACE": "`{`", "RBRACE": "`}`", "COMMA": "`,`", "SEMI": "`;`", "COMPARE": "a comparison",
-    "GUD": "`gud`", "DATA": "`data`", "BASIS": "`basis`", "PRIOR": "`prior`",
-    "NETWORK": "`network`", "PARAM": "`param`", "TRAIN": "`train`", "SAMPLE": "`sample`",
-    "RUNTIME": "`runtime`", "AND": "`and`", "OR": "`or`", "NOT": "`not`", "$END": "end of input",
+    "$END": "end of input",
+    **{op.terminal: f"`{op.symbol}`" for op in OPERATORS.values() if op.terminal != "COMPARE"},
+    **{k.terminal: f"`{k.word}`" for k in KEYWORDS.values()},
 }
 _EXPR_START = {"NAME", "NUMBER", "LPAR", "MINUS"}
-_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "CARET"}
-_STATEMENT_START = {"DATA", "BASIS", "PRIOR", "NETWORK", "PARAM", "TRAIN", "SAMPLE", "RUNTIME"}
+_OPERATORS = {op.terminal for op in OPERATORS.values() if op.level in ("sum", "product", "power")}
+_KEYWORD_TERMINALS = {k.terminal for k in KEYWORDS.values()}
+_STATEMENT_WORDS = [k.word for k in KEYWORDS.values() if k.role in ("section", "param", "block")]
+_STATEMENT_START = {KEYWORDS[word].terminal for word in _STATEMENT_WORDS}
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 _CLOSE = {v: k for k, v in _OPEN.items()}
 _RESYNC = re.compile(
-    r"^[ \t]*(data|basis|prior|network|param|train|sample|runtime)\b"
+    rf"^[ \t]*({'|'.join(_STATEMENT_WORDS)})\b"
     r"|^[ \t]*[A-Za-z_][A-Za-z0-9_]*[ \t]*(\([^()\n]*\))?[ \t]*=(?!=)"
 )
 
@@ -57,7 +62,18 @@ def build_parser(strict: bool = False) -> Lark:
     """The LALR parser. `strict=True` (used by the tests) also proves the grammar has no
     conflicts or terminal collisions."""
     return Lark(grammar_text(), parser="lalr", propagate_positions=True,
-                maybe_placeholders=True, strict=strict, cache=False)
+                maybe_placeholders=True, strict=strict, cache=False,
+                lexer_callbacks={"NAME": _reserve_keywords})
+
+
+def _reserve_keywords(token: Token) -> Token:
+    """A keyword is never a name. The contextual lexer reads `data` as a NAME where only a name
+    can follow (`param data = 1`); giving it back its keyword's terminal makes that a syntax
+    error whose message says why."""
+    keyword = KEYWORDS.get(str(token))
+    if keyword is not None:
+        token.type = keyword.terminal
+    return token
 
 
 def decode_source(data: bytes | str) -> str:
@@ -173,8 +189,7 @@ def _diagnose(e: Exception, text: str) -> Diagnostic:
         span = Span(token.line, token.column, token.end_line or token.line,
                     token.end_column or token.column + len(str(token)))
         help_ = f"expected {_describe_expected(expected)}"
-        if token.type in {"DATA", "BASIS", "PRIOR", "NETWORK", "PARAM", "TRAIN", "SAMPLE", "RUNTIME", "GUD"} \
-                and "NAME" in expected:
+        if token.type in _KEYWORD_TERMINALS and "NAME" in expected:
             help_ = f"`{token}` is a keyword and cannot be used as a name"
         elif token.type == "EQUAL" and "COMPARE" in expected or token.type == "EQUAL" and _EXPR_START <= expected:
             help_ = "`=` assigns; to compare inside where(...) write `==`"

@@ -1,11 +1,15 @@
 """Compile a checked schedule expression into a torch module, and check it numerically.
 
 Input: the inlined `gamma` of a `CheckedSpec`, per-component feature vectors
-(name -> float64 array of length D, e.g. from the fitted basis) and fixed param values.
+(name -> float64 array of length D, e.g. from the fitted basis) with the data's shape
+constants H, W, C, D among them (numbers: `builtins.shape_constants`; `stats.component_features`
+gives both), and fixed param values.
 Output: `CompiledSchedule`, an `nn.Module` with
     forward(t: (B,), params: {name: (B,)} | None) -> (gamma (B, D), beta (B, D)),
 beta = sigmoid(gamma) * dgamma/dt. Everything that does not depend on t or on a drawn
-param is folded at compile time into (1, D) buffers; dgamma/dt is a symbolic derivative;
+param is folded at compile time into (1, D) buffers; dgamma/dt is a symbolic derivative
+(the chain rule over the derivative rules of `builtins.FUNCTIONS`, `REDUCTIONS` and
+`OPERATORS`, whose NumPy folds and torch code the folding and the emitter use too);
 the remaining arithmetic is emitted as straight-line torch code (shown by `gud explain`),
 so the module runs on CPU and CUDA and under `torch.compile`. It computes in float64
 whatever dtype it is cast to (the precision `check_schedule` validates) and returns gamma and
@@ -23,6 +27,7 @@ import itertools
 import math
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Mapping
 
 import numpy as np
@@ -30,7 +35,9 @@ import torch
 from torch import nn
 
 from gudlang import ast as A
+from gudlang.builtins import CONSTANTS, FUNCTIONS, OPERATORS, REDUCTIONS, SHAPE_CONSTANTS, Function, Operator
 from gudlang.diagnostics import WARNING, Diagnostic, GudError
+from gudlang.lower import parse_program
 
 SNR_HIGH = 10.0  # true SNR every component should exceed at t = 0
 SNR_LOW = 0.1  # ... and stay below at t = 1
@@ -53,42 +60,10 @@ class Vec:
     index: int
 
 
-def _minimum(a, b):
-    """torch.minimum's answer, which folding must give too: NaN if either is, else the first at
-    a tie (np.minimum gives the second: -0.0 for min(0.0, -0.0), where torch gives 0.0)."""
-    return np.where(np.isnan(b) | (b < a), b, a)
-
-
-def _maximum(a, b):
-    return np.where(np.isnan(b) | (b > a), b, a)
-
-
-_NP = {
-    "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs, "cos": np.cos, "sin": np.sin,
-    "tan": np.tan, "atan": np.arctan, "expm1": np.expm1, "log1p": np.log1p, "tanh": np.tanh,
-    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)), "logit": lambda x: np.log(x) - np.log1p(-x),
-    "softplus": lambda x: np.logaddexp(0.0, x), "clip": lambda x, lo, hi: _minimum(_maximum(x, lo), hi),
-    "min": _minimum, "max": _maximum, "where": np.where,
-}
-_TORCH = {
-    "log": "torch.log", "exp": "torch.exp", "sqrt": "torch.sqrt", "abs": "torch.abs", "cos": "torch.cos",
-    "sin": "torch.sin", "tan": "torch.tan", "atan": "torch.atan", "expm1": "torch.expm1",
-    "log1p": "torch.log1p", "tanh": "torch.tanh", "sigmoid": "torch.sigmoid", "logit": "torch.logit",
-    "softplus": "torch.nn.functional.softplus",
-}
-# torch's softplus returns x itself above `threshold` (default 20, off by exp(-20) relative);
-# log(1 + exp(-x)) is below half an ulp of x in float64 only from x = 37 on
-SOFTPLUS_THRESHOLD = 40.0
-_CMP = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal,
-        "!=": np.not_equal}
-_BIN = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide, "^": np.power}
-_REDUCE = {"max": np.max, "min": np.min, "mean": np.mean, "sum": np.sum}
-
-
 def _is_reduction(e) -> bool:
     """Whether `e` reduces over components: `min`, `max`, `mean`, `sum` with one argument.
     `min` and `max` with two arguments are elementwise; the name alone does not tell."""
-    return isinstance(e, A.Call) and e.func in _REDUCE and len(e.args) == 1
+    return isinstance(e, A.Call) and e.func in REDUCTIONS and len(e.args) == 1
 
 
 class _Folder:
@@ -125,17 +100,22 @@ class _Folder:
         if isinstance(e, A.Name):
             if e.id in self.fixed:
                 return A.Num(float(self.fixed[e.id]))
+            if e.id in SHAPE_CONSTANTS:
+                if e.id not in self.features:
+                    raise ValueError(f"the shape constant {e.id} must be given with the features "
+                                     "(builtins.shape_constants)")
+                return self.const(self.features[e.id])
             return e  # t or a drawn param
         if isinstance(e, A.Neg):
             x = self.fold(e.operand)
             v = self.value(x)
-            return self.const(-v) if v is not None else A.Neg(x)
+            return self.const(OPERATORS["neg"].fold(v)) if v is not None else A.Neg(x)
         if isinstance(e, A.BinOp):
             left, right = self.fold(e.left), self.fold(e.right)
             lv, rv = self.value(left), self.value(right)
             if lv is not None and rv is not None:
                 with np.errstate(all="ignore"):
-                    return self.const(_BIN[e.op](lv, rv))
+                    return self.const(OPERATORS[e.op].fold(lv, rv))
             if e.op == "+":
                 return self.reassociate(left, right)
             if left == ZERO and e.op in "*/" or right == ZERO and e.op == "*":
@@ -166,7 +146,7 @@ class _Folder:
                 v = self.value(args[0])
                 if v is not None:
                     arr = np.broadcast_to(np.asarray(v, dtype=np.float64), (self.dim,))
-                    return A.Num(float(_REDUCE[f](arr)))
+                    return A.Num(float(REDUCTIONS[f].fold(arr)))
                 if not self.depends_on_i(args[0]):  # the same value for every component
                     if f in ("min", "max"):
                         return args[0]
@@ -188,7 +168,7 @@ class _Folder:
             values = [self.value(a) for a in args]
             if all(v is not None for v in values):
                 with np.errstate(all="ignore"):
-                    return self.const(_NP[f](*values))
+                    return self.const(FUNCTIONS[f].fold(*values))
             return A.Call(f, tuple(args))
         raise AssertionError(e)
 
@@ -200,15 +180,15 @@ class _Folder:
             if left is None or right is None:
                 return None
             with np.errstate(invalid="ignore"):
-                return _CMP[c.op](left, right)
+                return OPERATORS[c.op].fold(left, right)
         if isinstance(c, A.BoolOp):
             left, right = self.truth(c.left), self.truth(c.right)
             if left is None or right is None:
                 return None
-            return np.logical_and(left, right) if c.op == "and" else np.logical_or(left, right)
+            return OPERATORS[c.op].fold(left, right)
         if isinstance(c, A.Not):
             inner = self.truth(c.operand)
-            return None if inner is None else np.logical_not(inner)
+            return None if inner is None else OPERATORS["not"].fold(inner)
         return None
 
     def reassociate(self, left, right):
@@ -236,74 +216,68 @@ class _Folder:
 
     # derivative ---------------------------------------------------------------------
     def diff(self, e) -> A.Expr | Vec:
-        """d e / d t, simplified."""
+        """d e / d t, simplified: the chain rule over the registries' derivative rules."""
         if isinstance(e, (A.Num, Vec)):
             return ZERO
         if isinstance(e, A.Name):
             return ONE if e.id == "t" else ZERO
         if isinstance(e, A.Neg):
-            return _neg(self.diff(e.operand))
-        if isinstance(e, A.BinOp):
-            a, b = e.left, e.right
-            da, db = self.diff(a), self.diff(b)
-            if e.op in "+-":
-                return _simplify(A.BinOp(e.op, da, db))
-            if e.op == "*":
-                return _add(_mul(da, b), _mul(a, db))
-            if e.op == "/":  # (da - (a / b) db) / b: no b * b to underflow or overflow
-                return _div(_sub(da, _mul(e, db)), b)
-            if e.op == "^":
-                if db == ZERO:
-                    return _mul(_mul(b, _pow(a, _sub(b, ONE))), da)
-                return _mul(e, _add(_mul(db, A.Call("log", (a,))), _div(_mul(b, da), a)))
-        if isinstance(e, A.Call):
-            f, args = e.func, e.args
-            if _is_reduction(e):
-                d = self.diff(args[0])
-                return ZERO if d == ZERO else A.Call(f, (d,))  # only sum / mean reach here with t
-            if f == "where":
-                d1, d2 = self.diff(args[1]), self.diff(args[2])
-                return ZERO if d1 == ZERO and d2 == ZERO else A.Call("where", (args[0], d1, d2))
-            if f in ("min", "max"):
-                a, b = args
-                da, db = self.diff(a), self.diff(b)
-                if da == ZERO and db == ZERO:
-                    return ZERO
-                return A.Call("where", (A.Compare("<=" if f == "min" else ">=", a, b), da, db))
-            if f == "clip":
-                x, lo, hi = args
-                dx, dlo, dhi = self.diff(x), self.diff(lo), self.diff(hi)
-                # Closed interval: at a kink the component counts as moving, so that
-                # e.g. linear(t) has beta > 0 at t = 1, where samplers take their first step.
-                if dlo == ZERO and dhi == ZERO:
-                    return _mul(A.Call("where", (Between(x, lo, hi), ONE, ZERO)), dx)
-                # clip(x, lo, hi) = min(max(x, lo), hi), which is hi wherever lo > hi
-                low = A.Call("where", (A.Compare(">=", x, lo), dx, dlo)) if dx != ZERO or dlo != ZERO else ZERO
-                if low == ZERO and dhi == ZERO:
-                    return ZERO
-                return A.Call("where", (A.Compare("<=", A.Call("max", (x, lo)), hi), low, dhi))
-            x = args[0]
-            dx = self.diff(x)
-            if dx == ZERO:
-                return ZERO
-            outer = {
-                "log": lambda: _div(ONE, x),
-                "exp": lambda: e,
-                "expm1": lambda: A.Call("exp", (x,)),
-                "log1p": lambda: _div(ONE, _add(ONE, x)),
-                "sqrt": lambda: _div(A.Num(0.5), e),
-                "abs": lambda: A.Call("where", (A.Compare(">=", x, ZERO), ONE, A.Num(-1.0))),
-                "sigmoid": lambda: _mul(e, _sub(ONE, e)),
-                "logit": lambda: _div(ONE, _mul(x, _sub(ONE, x))),
-                "softplus": lambda: A.Call("sigmoid", (x,)),
-                "cos": lambda: _neg(A.Call("sin", (x,))),
-                "sin": lambda: A.Call("cos", (x,)),
-                "tan": lambda: _add(ONE, _mul(e, e)),
-                "atan": lambda: _div(ONE, _add(ONE, _mul(x, x))),
-                "tanh": lambda: _sub(ONE, _mul(e, e)),
-            }[f]()
-            return _mul(outer, dx)
-        raise AssertionError(e)
+            rule, args = OPERATORS["neg"], (e.operand,)
+        elif isinstance(e, A.BinOp):
+            rule, args = OPERATORS[e.op], (e.left, e.right)
+        elif isinstance(e, A.Call):
+            rule, args = REDUCTIONS[e.func] if _is_reduction(e) else FUNCTIONS[e.func], e.args
+        else:
+            raise AssertionError(e)
+        conditions = rule.conditions if isinstance(rule, Function) else ()  # not differentiated
+        slopes = [ZERO if k in conditions else self.diff(a) for k, a in enumerate(args)]
+        return _derivative(rule, e, args, slopes)
+
+
+def _derivative(rule: Function | Operator, value, args, slopes):
+    """The derivative of `value` = rule(*args) whose arguments move by `slopes`: the first of
+    the rule's derivative rules whose unmentioned argument derivatives are all zero."""
+    if all(s == ZERO for s in slopes):
+        return ZERO
+    if not rule.derivative:
+        raise AssertionError(f"{rule} has no derivative: the checker refuses its arguments moving in t")
+    names = {"value": value, **dict(zip(rule.params, args)), **{f"d{p}": s for p, s in zip(rule.params, slopes)}}
+    for text in rule.derivative[:-1]:
+        body, mentioned = _rule(text)
+        if all(s == ZERO for p, s in zip(rule.params, slopes) if f"d{p}" not in mentioned):
+            return _build(body, names)
+    return _build(_rule(rule.derivative[-1])[0], names)
+
+
+@lru_cache(maxsize=None)
+def _rule(text: str) -> tuple[A.Expr, frozenset[str]]:
+    """A derivative rule (gud text) parsed, with the names it mentions."""
+    program, _ = parse_program(f"gud 1\nrule = {text}\n", "<derivative rule>")
+    body = program.statements[0].body
+    return body, frozenset(n.id for _, n in A.walk(body) if isinstance(n, A.Name))
+
+
+def _build(rule: A.Expr, names: Mapping[str, object]):
+    """A derivative rule with its names bound, built with the simplifying constructors."""
+    if isinstance(rule, A.Num):
+        return A.Num(rule.value)
+    if isinstance(rule, A.Name):
+        return names[rule.id] if rule.id in names else A.Num(CONSTANTS[rule.id])
+    if isinstance(rule, A.Neg):
+        return _neg(_build(rule.operand, names))
+    if isinstance(rule, A.BinOp):
+        build = {"+": _add, "-": _sub, "*": _mul, "/": _div, "^": _pow}[rule.op]
+        return build(_build(rule.left, names), _build(rule.right, names))
+    if isinstance(rule, A.Compare):
+        return A.Compare(rule.op, _build(rule.left, names), _build(rule.right, names))
+    if isinstance(rule, A.Call):
+        args = tuple(_build(a, names) for a in rule.args)
+        if rule.func == "between":
+            return Between(*args)
+        if rule.func == "where" and args[1] == ZERO and args[2] == ZERO:
+            return ZERO
+        return A.Call(rule.func, args)
+    raise AssertionError(rule)
 
 
 ZERO, ONE = A.Num(0.0), A.Num(1.0)
@@ -405,7 +379,7 @@ def _pow(a, b): return _num_or(A.BinOp("^", a, b))
 def _num_or(e: A.BinOp):
     if isinstance(e.left, A.Num) and isinstance(e.right, A.Num):
         with np.errstate(all="ignore"):
-            return A.Num(float(_BIN[e.op](e.left.value, e.right.value)))
+            return A.Num(float(OPERATORS[e.op].fold(e.left.value, e.right.value)))
     if e.op == "*":  # push constants into a where of constants: one pass instead of two
         for num, other in ((e.left, e.right), (e.right, e.left)):
             if isinstance(num, A.Num) and isinstance(other, A.Call) and other.func == "where" \
@@ -441,47 +415,30 @@ class _Emitter:
         if e in self.memo:
             return self.memo[e]
         if isinstance(e, A.Neg):
-            code = f"-{self.atom(e.operand)}"
-        elif isinstance(e, A.BinOp):
-            op = "**" if e.op == "^" else e.op
-            code = f"{self.atom(e.left)} {op} {self.atom(e.right)}"
-        elif isinstance(e, A.Compare):
-            code = f"{self.atom(e.left)} {e.op} {self.atom(e.right)}"
-        elif isinstance(e, A.BoolOp):
-            code = f"{self.atom(e.left)} {'&' if e.op == 'and' else '|'} {self.atom(e.right)}"
+            code = OPERATORS["neg"].torch.format(self.atom(e.operand))
+        elif isinstance(e, (A.BinOp, A.Compare, A.BoolOp)):
+            code = OPERATORS[e.op].torch.format(self.atom(e.left), self.atom(e.right))
         elif isinstance(e, A.Not):
-            code = f"~{self.atom(e.operand)}"
+            code = OPERATORS["not"].torch.format(self.atom(e.operand))
         elif isinstance(e, Between):
             code = f"({self.atom(e.x)} >= {self.atom(e.lo)}) & ({self.atom(e.x)} <= {self.atom(e.hi)})"
         elif isinstance(e, A.Call):
             args = [self.atom(a) for a in e.args]
             f = e.func
+            on, off = e.args[1:] if f == "where" else (None, None)
             if _is_reduction(e):
-                fn = {"max": "torch.amax", "min": "torch.amin", "mean": "torch.mean", "sum": "torch.sum"}[f]
-                code = f"{fn}({args[0]}, dim=-1, keepdim=True)"
-            elif f == "where":
-                a, b = args[1], args[2]
-                on, off = e.args[1], e.args[2]
-                if isinstance(on, A.Num) and isinstance(off, A.Num) and _exact_step(on.value, off.value):
-                    # a step function: a cast and a multiply, no tensor constants to build
-                    code = f"{args[0]}.to(t.dtype) * {on.value - off.value!r}"
-                    if off.value != 0.0:
-                        code += f" + {off.value!r}"
-                elif _is_number(a) and _is_number(b):
-                    code = f"torch.where({args[0]}, {_tensor(a)}, {b})"
-                else:
-                    code = f"torch.where({args[0]}, {a}, {b})"
-            elif f == "clip":
-                if _is_number(args[1]) and _is_number(args[2]):
-                    code = f"torch.clamp({args[0]}, {args[1]}, {args[2]})"
-                else:
-                    code = f"torch.minimum(torch.maximum({_tensor(args[0])}, {_tensor(args[1])}), {_tensor(args[2])})"
-            elif f in ("min", "max"):
-                code = f"torch.{f}imum({_tensor(args[0])}, {_tensor(args[1])})"
-            elif f == "softplus":
-                code = f"{_TORCH[f]}({args[0]}, 1.0, {SOFTPLUS_THRESHOLD!r})"
+                code = REDUCTIONS[f].torch.format(*args)
+            elif isinstance(on, A.Num) and isinstance(off, A.Num) and _exact_step(on.value, off.value):
+                # a step function: a cast and a multiply, no tensor constants to build
+                code = f"{args[0]}.to(t.dtype) * {on.value - off.value!r}"
+                if off.value != 0.0:
+                    code += f" + {off.value!r}"
+            elif f == "where" and _is_number(args[1]) and _is_number(args[2]):
+                code = f"torch.where({args[0]}, {_tensor(args[1])}, {args[2]})"  # one tensor is needed
+            elif f == "clip" and _is_number(args[1]) and _is_number(args[2]):
+                code = f"torch.clamp({args[0]}, {args[1]}, {args[2]})"  # one pass for constant bounds
             else:
-                code = f"{_TORCH[f]}({args[0]})"
+                code = FUNCTIONS[f].torch.format(*args, **{f"t{k}": _tensor(a) for k, a in enumerate(args)})
         else:
             raise AssertionError(e)
         name = f"v{len(self.memo)}"

@@ -39,6 +39,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .bases import Basis, as_float64
+from .builtins import shape_constants
 from .data import DataSet
 from .datasets.readers import cache_root
 from .diagnostics import GudError
@@ -234,9 +235,12 @@ def fit_stats(data, basis: Basis, *, batch_size: int = BATCH_SIZE, use_cache: bo
 
 
 def component_features(basis: Basis, stats: ComponentStats) -> dict[str, np.ndarray]:
-    """The language's per-component features: the basis's (float64 (D,)) plus `var`."""
+    """What the names of a formula stand for in this basis: the per-component features, the
+    basis's (float64 (D,)) plus `var`, and the data's shape constants H, W, C, D (float64
+    numbers, `gudlang.builtins.shape_constants`), which the schedule compiler substitutes."""
     feats = {k: v.numpy() for k, v in basis.features().items()}
     feats["var"] = np.asarray(stats.var, dtype=np.float64).copy()
+    feats.update(shape_constants(basis.shape))
     return feats
 
 

@@ -1,8 +1,9 @@
 """A reference evaluator for gud schedules, written apart from the compiler, for differential tests.
 
-Input: the source text of a spec, the per-component feature vectors (name -> float64 (D,)),
-times t (T,) and, optionally, param values (a number, or one value per time for a drawn param;
-a drawn param not given takes its mean, as the compiled schedule's default does).
+Input: the source text of a spec, the per-component feature vectors (name -> float64 (D,)) with
+the data's shape constants H, W, C, D (numbers) among them, times t (T,) and, optionally,
+param values (a number, or one value per time for a drawn param; a drawn param not given
+takes its mean, as the compiled schedule's default does).
 Output: `Evaluation`: gamma (T, D), slope = dgamma/dt (T, D), beta = sigmoid(gamma) * slope,
 and masks of the points where the slope is one-sided (`kink`) or may not be computable by a
 symbolic derivative (`branch_point`, `extreme`). A spec it cannot read raises
@@ -14,7 +15,8 @@ parser is not what is under test) and interpreted directly. Nothing of `gudlang.
 derivative. The library is the text of `gudlang.builtins.PRELUDE`, parsed and interpreted like
 user definitions. The rules, as the README states them:
 - a name is, in this order, an argument of the function being evaluated, a constant (pi, true,
-  false), a param, or a definition; `l_i = ...` defines `l_i`, used as `l_i` or `l`, and
+  false, or H, W, C, D: the image height, width, channels and C H W, given with the features),
+  a param, or a definition; `l_i = ...` defines `l_i`, used as `l_i` or `l`, and
   `f_i(x) = ...` likewise. A function body sees its own arguments and the global names only;
   argument defaults are evaluated with the global names only.
 - the schedule is the definition `gamma_i(t)` (or `gamma(t)`), called with the times.
@@ -23,6 +25,9 @@ user definitions. The rules, as the README states them:
   argument at a tie; `clip(x, lo, hi) = min(max(x, lo), hi)`. NaN in any argument of min /
   max / clip gives NaN (IEEE minimum / maximum).
 - `where(a < b, x, y)` takes x where the comparison holds; comparisons with NaN are false.
+- `floor` and `round` (halves to even) are steps: derivative 0. `ndtri(p)` is the standard
+  normal quantile and `erfinv` the inverse error function (SciPy), with their exact derivatives
+  sqrt(2 pi) exp(ndtri(p)^2 / 2) and sqrt(pi) / 2 exp(erfinv(x)^2).
 
 Values are float64 NumPy arithmetic (logit and sigmoid accurate relative to their result).
 The derivative in t comes from the complex step: every value is a complex128 array
@@ -35,8 +40,9 @@ is infinite (d/dt (c f(t)) = c f'(t) needs no 0 * c). Branches (comparisons, min
 abs) look at real parts. Where the two sides of a branch tie (equal real parts, different
 derivatives) the slope depends on the side: `kink` marks those points, and with `side = +1`
 (or -1) ties are broken by the derivatives, as just after (before) t, which gives the
-one-sided slopes. Where sqrt, log, logit, log1p or a power meets its branch point (argument 0,
-or 1 for logit; -1 for log1p) and the argument moves with t, the complex step gives no
+one-sided slopes. Where sqrt, log, logit, log1p, ndtri, erfinv or a power meets its branch point
+(argument 0, or 1 for logit; -1 for log1p; 0 and 1 for ndtri, -1 and 1 for erfinv) and the
+argument moves with t, the complex step gives no
 derivative (the true one is infinite or does not exist): the slope is NaN there, through
 everything computed from it. `branch_point` marks every such meeting, and `extreme` the points
 where an intermediate value is not finite or its square over- or underflows (beyond about
@@ -52,7 +58,8 @@ that much: it evaluates a few times with the result of every operation multiplie
 one way or the other; a sum of D terms moves by log2(D) such ulps of the sum of their
 sizes), and reports how far gamma and its slope move (cancellation, e.g. 1e16 + t - 1e16,
 amplifies it) and where a comparison's two sides lie within their movement of each other, so
-that rounding may pick either branch (e.g. where(logit(sigmoid(t)) >= t, ...)).
+that rounding may pick either branch (e.g. where(logit(sigmoid(t)) >= t, ...)); the argument of
+floor or round counts as compared with its nearest step.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 from gudlang import ast as A
 from gudlang.builtins import PRELUDE
@@ -69,7 +77,10 @@ from gudlang.lower import parse_program
 H = 1e-100  # the complex step
 MAX_SLOPE = 1e90  # the largest derivative (of any intermediate) it computes
 CONSTANTS = {"pi": math.pi, "true": 1.0, "false": 0.0}
+SHAPE = ("H", "W", "C", "D")  # given with the features
 REDUCTIONS = {"min", "max", "mean", "sum"}
+# name -> (the step function, where its steps are: integers + offset)
+STEPS = {"floor": (np.floor, 0.0), "round": (np.round, 0.5)}
 
 
 class EvaluationError(Exception):
@@ -136,8 +147,21 @@ def _complex_softplus(z):
     return np.where(z.real > 0, z + np.log(1.0 + np.exp(-z)), np.log(1.0 + np.exp(z)))
 
 
+def _with_derivative(real_fn, derivative):
+    """The complex step of a function known by its values and its derivative in terms of its
+    value: f(x.real) + i f'(x.real) x.imag."""
+    def complex_fn(z):
+        value = real_fn(z.real)
+        return _complex(value, derivative(value) * z.imag)
+    return complex_fn
+
+
 # name -> (float64 function, its complex extension, arguments where it has a branch point)
 UNARY = {
+    "ndtri": (special.ndtri, _with_derivative(special.ndtri, lambda v: math.sqrt(2.0 * math.pi) * np.exp(v * v / 2.0)),
+              (0.0, 1.0)),
+    "erfinv": (special.erfinv, _with_derivative(special.erfinv, lambda v: math.sqrt(math.pi) / 2.0 * np.exp(v * v)),
+               (-1.0, 1.0)),
     "exp": (np.exp, np.exp, ()),
     "log": (np.log, np.log, (0.0,)),
     "sqrt": (np.sqrt, np.sqrt, (0.0,)),
@@ -185,7 +209,7 @@ class Reference:
         """One interpretation of the schedule at times t; its result is `run.gamma`,
         gamma + i H dgamma/dt, complex (T, D)."""
         t = np.asarray(t, np.float64).reshape(-1, 1)
-        dim = len(next(iter(features.values())))
+        dim = max(np.size(v) for v in features.values())
         values = {n: np.float64(v) for n, v in self.fixed.items()}
         values.update({n: np.float64(0.5 * (lo + hi)) for n, (lo, hi) in self.drawn.items()})
         for n, v in (params or {}).items():
@@ -320,6 +344,10 @@ class _Run:
             return scope[name]
         if name in CONSTANTS:
             return _complex(CONSTANTS[name], 0.0)
+        if name in SHAPE:
+            if name not in self.features:
+                raise EvaluationError(f"the shape constant {name} is not among the features")
+            return _complex(self.features[name], 0.0)
         if name in self.params:
             return self.params[name]
         d = self.ref.definitions.get(_base(name))
@@ -416,6 +444,12 @@ class _Run:
         if f == "abs" and n == 1 and not e.kwargs:
             x = self.eval(e.args[0], scope)
             return np.where(self.compare(">=", x, _complex(0.0, 0.0)), x, -x)
+        if f in STEPS and n == 1 and not e.kwargs:
+            x = self.eval(e.args[0], scope)
+            step, offset = STEPS[f]
+            # rounding of x decides the step near one: compare x with the nearest
+            self.compared.append((x.real, np.round(x.real - offset) + offset))
+            return _complex(step(x.real), 0.0)
         if f in UNARY and n == 1 and not e.kwargs:
             real_fn, complex_fn, branch_points = UNARY[f]
             x = self.eval(e.args[0], scope)

@@ -38,10 +38,11 @@ CASES = [
 FEATURE_KEYS = {
     "pixel": {"rank", "row", "col", "chan"},
     "pca": {"rank"},
-    "dct": {"rank", "freq", "chan"},
-    "fourier": {"rank", "freq", "chan"},
-    "wavelet": {"rank", "level", "orientation", "row", "col", "chan"},
+    "dct": {"rank", "freq", "kx", "ky", "chan"},
+    "fourier": {"rank", "freq", "kx", "ky", "chan"},
+    "wavelet": {"rank", "level", "orient", "row", "col", "chan"},
 }
+INTEGER_FEATURES = ("level", "orient", "kx", "ky")  # not scaled to [0, 1]
 
 
 def correlated(n: int, shape, seed: int = 0) -> torch.Tensor:
@@ -159,7 +160,7 @@ def test_wavelet_features_label_pywavelets_bands():
     expected_level = np.repeat([0] + [lv for lv in range(1, levels + 1) for _ in range(3)], sizes)
     expected_orient = np.repeat([0] + [1, 2, 3] * levels, sizes)
     np.testing.assert_array_equal(feats["level"].numpy(), expected_level)
-    np.testing.assert_array_equal(feats["orientation"].numpy(), expected_orient)
+    np.testing.assert_array_equal(feats["orient"].numpy(), expected_orient)
     # The approximation coefficient (0, 0) of channel 1 covers pixel rows and columns 0..7.
     first_c1 = coeffs[0].size // 2
     assert feats["chan"][first_c1] == 1.0
@@ -260,7 +261,9 @@ def test_features_have_the_documented_keys_and_rank_follows_order(name, shape, o
     assert set(feats) == keys
     for key, v in feats.items():
         assert v.dtype == torch.float64 and v.shape == (basis.dim,), key
-        if key not in ("level", "orientation"):
+        if key in INTEGER_FEATURES:
+            assert torch.equal(v, torch.round(v)), key
+        else:
             assert v.min() >= 0 and v.max() <= 1, key
     order = basis.order()
     assert order.dtype == torch.int64
@@ -308,6 +311,79 @@ def test_fourier_component_is_a_known_cosine():
     assert len(hit) == 1 and chi[hit[0]] == pytest.approx(np.sqrt(h * w / 2))
     top = np.hypot(3 / 6, 4 / 8)
     assert basis.features()["freq"][hit[0]] == pytest.approx(np.hypot(1 / 6, 2 / 8) / top)
+
+
+def test_wavelet_orient_on_an_image_with_only_horizontal_edges():
+    """Rows of constant value (edges between rows, none between columns): only the
+    approximation (orient 0) and the horizontal details (orient 1) see it."""
+    shape = (1, 16, 16)
+    rows = np.random.default_rng(3).standard_normal(16)
+    image = np.repeat(rows[:, None], 16, axis=1)[None, None]
+    for family, levels in (("haar", 3), ("db2", 2)):
+        basis = make_basis("wavelet", shape, family=family, levels=levels)
+        chi = basis(torch.as_tensor(image)).numpy()[0]
+        orient = basis.features()["orient"].numpy()
+        assert np.abs(chi[orient == 1]).max() > 0.1
+        assert np.abs(chi[(orient == 2) | (orient == 3)]).max() < 1e-12
+        # and the transposed image has vertical edges only
+        chi_t = basis(torch.as_tensor(image.transpose(0, 1, 3, 2).copy())).numpy()[0]
+        assert np.abs(chi_t[orient == 2]).max() > 0.1
+        assert np.abs(chi_t[(orient == 1) | (orient == 3)]).max() < 1e-12
+
+
+def _unit_images(basis) -> np.ndarray:
+    """The image of every component: U^T e_i, (D, C, H, W)."""
+    return basis.inverse(torch.eye(basis.dim, dtype=torch.float64)).numpy()
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (2, 6, 10), (1, 9, 7)])
+def test_dct_kx_ky_are_the_mode_of_scipy_dctn(shape):
+    """scipy's DCT-II of each component's image is one mode, at (ky, kx) of its channel."""
+    basis = make_basis("dct", shape)
+    feats = basis.features()
+    spectra = scipy.fft.dctn(_unit_images(basis), axes=(2, 3), norm="ortho")
+    for i, spectrum in enumerate(spectra):
+        c, ky, kx = np.unravel_index(np.argmax(np.abs(spectrum)), spectrum.shape)
+        assert abs(spectrum[c, ky, kx]) == pytest.approx(1.0)
+        assert (feats["kx"][i], feats["ky"][i]) == (kx, ky)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (2, 6, 10), (1, 9, 7), (1, 5, 4)])
+def test_fourier_kx_ky_are_the_modes_of_numpy_fft(shape):
+    """numpy's FFT of each component's image is the mode (ky, kx) and its mirror (-ky, -kx)
+    only; kx is in the rfft half-plane and ky signed, -H / 2 < ky <= H / 2."""
+    _, h, w = shape
+    basis = make_basis("fourier", shape)
+    feats = basis.features()
+    ky_of, kx_of = np.fft.fftfreq(h, 1.0 / h), np.fft.fftfreq(w, 1.0 / w)  # index -> signed frequency
+    for i, image in enumerate(_unit_images(basis)):
+        spectrum = np.fft.fft2(image)
+        c, rows, cols = np.nonzero(np.abs(spectrum) > 1e-9)
+        modes = {(ky_of[r], kx_of[k]) for r, k in zip(rows, cols)}
+        kx, ky = feats["kx"][i].item(), feats["ky"][i].item()
+        folded = {((a + h / 2) % h - h / 2, (b + w / 2) % w - w / 2) for a, b in ((ky, kx), (-ky, -kx))}
+        assert {((a + h / 2) % h - h / 2, (b + w / 2) % w - w / 2) for a, b in modes} == folded
+        assert 0 <= kx <= w // 2 and -h / 2 < ky <= h / 2
+
+
+def test_dct_kx_ky_give_the_heat_equation_eigenvalues():
+    """pi^2 (kx^2 / W^2 + ky^2 / H^2) is the eigenvalue of minus the Neumann Laplacian
+    (unit pixel spacing, small-frequency limit of the discrete one: 4 sin^2(pi k / 2n))."""
+    h, w = 6, 10
+    basis = make_basis("dct", (1, h, w))
+    feats = basis.features()
+    lap_h = 2 * np.eye(h) - np.eye(h, k=1) - np.eye(h, k=-1)
+    lap_h[0, 0] = lap_h[-1, -1] = 1  # reflecting ends
+    lap_w = 2 * np.eye(w) - np.eye(w, k=1) - np.eye(w, k=-1)
+    lap_w[0, 0] = lap_w[-1, -1] = 1
+    images = _unit_images(basis)[:, 0]
+    discrete = np.array([np.sum(im * (lap_h @ im + im @ lap_w)) for im in images])
+    ky, kx = feats["ky"].numpy(), feats["kx"].numpy()
+    np.testing.assert_allclose(discrete, 4 * np.sin(np.pi * ky / (2 * h)) ** 2 + 4 * np.sin(np.pi * kx / (2 * w)) ** 2,
+                               atol=1e-12)
+    continuum = np.pi ** 2 * (kx ** 2 / w ** 2 + ky ** 2 / h ** 2)
+    low = (kx <= 1) & (ky <= 1)
+    np.testing.assert_allclose(discrete[low], continuum[low], rtol=0.1)
 
 
 def test_wavelet_order_is_coarse_level_first():

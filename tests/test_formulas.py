@@ -120,3 +120,10 @@ def test_each_formula_survives_the_resolved_spec(slot):
     again = check_text(resolved_text(checked.spec, checked.source))
     assert again.formulas[slot] == checked.formulas[slot]
     assert model_hash(again, "fp") == model_hash(checked, "fp")
+
+
+def test_a_setting_whose_value_is_a_keyword_survives_the_resolved_spec():
+    from gudlang.explain import resolved_text
+    checked = check_text('gud 1\ndata = dataset("cifar10", root = "data")\nbasis = pixel()\ngamma(t) = linear(t)\n')
+    again = check_text(resolved_text(checked.spec, checked.source))
+    assert again.spec.data.root == "data"

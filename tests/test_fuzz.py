@@ -15,12 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import gudlang.builtins
 from gudlang import ast as A
 from gudlang.diagnostics import GudError
 from gudlang.fmt import format_program, format_text
 from gudlang.lower import parse_program
 
-KEYWORDS = ["gud", "data", "basis", "prior", "network", "param", "train", "sample", "runtime"]
+KEYWORDS = list(gudlang.builtins.keywords())
 # About 5,000 cases in all, under a minute on two cores; test_many_more_layouts is the long run.
 AST_FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TEXT_FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -129,3 +129,34 @@ def test_prior_scales_whose_square_leaves_float64_are_E510(scale, shown):
         build_model(check_text(text, "scale.gud"))
     d = err.value.diagnostics[0]
     assert d.code == "E510" and shown in d.message and d.span.line == 4
+
+
+def test_shape_constants_are_the_data_shape_in_every_formula():
+    """H, W, C, D take the data's values in the schedule, the prior scale and the given mask."""
+    text = ("gud 1\ndata = grf(size = 8, channels = 2, n = 64)\nbasis = fourier()\n"
+            "prior = scale(sqrt(var(i)) * D / (C * H * W))\ngiven_i = kx(i) >= W / 2\n"
+            "gamma_i(t) = linear(t) + 2 * log(H / 64)\n")
+    model = build_model(check_text(text, "shape.gud"), use_cache=False)
+    assert {k: float(model.features[k]) for k in ("H", "W", "C", "D")} == {"H": 8, "W": 8, "C": 2, "D": 128}
+    var = np.maximum(model.stats.var, VAR_FLOOR * model.stats.var.max())
+    np.testing.assert_allclose(model.prior.scales.numpy(), np.sqrt(var), rtol=1e-12)
+    np.testing.assert_array_equal(model.given, model.features["kx"] >= 4)
+    gamma, _ = model.schedule(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    np.testing.assert_allclose(gamma[:, 0].numpy(), [-13.3 + 2 * np.log(8 / 64), 5 + 2 * np.log(8 / 64)])
+
+
+def test_specs_differing_only_in_data_size_hash_apart(tmp_path):
+    """The same text on data of another image size: the shape constants differ, and the data
+    fingerprint (which hashes the shape) makes the hashes differ too."""
+    from gudlang.pipeline import load_spec_data
+    path = tmp_path / "x.npz"
+    text = f'gud 1\ndata = npz("{path}", range = none)\nbasis = dct()\ngamma_i(t) = linear(t) + 2 * log(H / 64)\n'
+    hashes, gammas = [], []
+    for size in (4, 8):
+        np.savez(path, x=np.random.default_rng(size).standard_normal((32, 1, size, size)).astype(np.float32))
+        checked = check_text(text, "x.gud")
+        model = build_model(checked, load_spec_data(checked), use_cache=False)
+        hashes.append(model.model_hash)
+        gammas.append(model.schedule(torch.zeros(1, dtype=torch.float64))[0][0, 0].item())
+    assert hashes[0] != hashes[1]
+    assert gammas == pytest.approx([-13.3 + 2 * np.log(4 / 64), -13.3 + 2 * np.log(8 / 64)])

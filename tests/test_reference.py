@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from golden_util import check_golden
-from gudlang.builtins import BASIS_FEATURES, ELEMENTWISE
+from gudlang.builtins import BASIS_FEATURES, ELEMENTWISE, shape_constants
 from gudlang.check import check_file, check_text
 from gudlang.diagnostics import GudError
 from gudlang.schedules import compile_schedule
@@ -40,7 +41,9 @@ FEATURES = {
     "var": np.geomspace(3.0, 0.01, D), "wvar": np.geomspace(3.0, 0.01, D) / 1.5,
     "rank": np.arange(D) / (D - 1), "row": ROWS / 3.0, "col": COLS / 3.0,
     "chan": (np.arange(D) % 2).astype(float), "level": np.minimum(np.arange(D) // 4, 2).astype(float),
-    "freq": np.sqrt(ROWS ** 2 + COLS ** 2) / np.sqrt(18.0),
+    "orient": np.minimum(np.arange(D) // 4, 3).astype(float),
+    "freq": np.sqrt(ROWS ** 2 + COLS ** 2) / np.sqrt(18.0), "kx": COLS.astype(float), "ky": ROWS.astype(float),
+    **shape_constants((1, 4, 4)),
 }
 # Many times, the ends and the quarter points included (kinks of simple formulas fall there).
 T = np.unique(np.concatenate([np.linspace(0.0, 1.0, 41), np.random.default_rng(0).uniform(0.0, 1.0, 23)]))
@@ -49,7 +52,7 @@ T = np.unique(np.concatenate([np.linspace(0.0, 1.0, 41), np.random.default_rng(0
 def compiled(text: str, features=FEATURES):
     checked = check_text(text, "test.gud")
     drawn = {n: checked.spec.params[n].mean for n in checked.drawn}
-    dim = len(next(iter(features.values())))
+    dim = len(features["rank"])
     return compile_schedule(checked.gamma, features, checked.fixed_params, drawn, dim), checked
 
 
@@ -153,6 +156,33 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _python_round(x):
+    """Round half to even, by Python's own round."""
+    return np.vectorize(round, otypes=[float])(x)
+
+
+def _quantile(p):
+    """The standard normal quantile, by Python's statistics.NormalDist (Wichura's AS241)."""
+    return np.vectorize(NormalDist().inv_cdf, otypes=[float])(p)
+
+
+def _inverse_erf(x):
+    """erf(y) = x  <=>  Phi(y sqrt(2)) = (1 + x) / 2."""
+    return _quantile((1 + x) / 2) / np.sqrt(2)
+
+
+def _cosine(t, height):
+    """The library's cosine(t) (s = 0.008, hi = 10) + 2 log(H / 64), and its slope."""
+    th0, th1 = 0.008 / 1.008 * np.pi / 2, np.arctan(np.exp(5.0))
+    angle = th0 + t * (th1 - th0)
+    return 2 * np.log(np.tan(angle)) + 2 * np.log(height / 64), 4 * (th1 - th0) / np.sin(2 * angle)
+
+
+def _heat(f):
+    """The eigenvalue of the Laplacian (Neumann, unit pixels) for DCT mode (ky, kx)."""
+    return np.pi ** 2 * (f["kx"] ** 2 / f["W"] ** 2 + f["ky"] ** 2 / f["H"] ** 2)
+
+
 # name -> closed form (t (T, 1), features) -> (gamma, dgamma/dt), each broadcast to (T, D)
 CLOSED_FORMS = {
     "min_two_arguments": lambda t, f: (np.minimum(-10 + 20 * t, 0 * f["rank"]),
@@ -163,11 +193,23 @@ CLOSED_FORMS = {
     "max_one_argument": lambda t, f: (-7 + 10 * t + f["rank"] - f["rank"].max(), 10.0 + 0 * t + 0 * f["rank"]),
     "min_max_nested": lambda t, f: (np.minimum(np.maximum(-8 + 16 * t, -8 + 4 * f["rank"]), 2 + f["rank"].max()),
                                     np.where((-8 + 16 * t > -8 + 4 * f["rank"]) & (-8 + 16 * t <= 3), 16.0, 0.0)),
+    "floor_steps": lambda t, f: (-8 + 2 * np.floor(5 * t) + 4 * t + f["rank"], 4.0 + 0 * t + 0 * f["rank"]),
+    "round_half_even": lambda t, f: (_python_round(4 * t - 0.5) + 8 * t - 4 + 0 * f["rank"],
+                                     8.0 + 0 * t + 0 * f["rank"]),
+    "ndtri_quantile": lambda t, f: (2 * _quantile(0.01 + 0.98 * t) + f["col"],
+                                    2 * 0.98 * np.sqrt(2 * np.pi) * np.exp(_quantile(0.01 + 0.98 * t) ** 2 / 2)
+                                    + 0 * f["col"]),
+    "erfinv_inverse_error": lambda t, f: (3 * _inverse_erf(1.8 * t - 0.9) + 0 * f["rank"],
+                                          3 * 1.8 * np.sqrt(np.pi) / 2 * np.exp(_inverse_erf(1.8 * t - 0.9) ** 2)
+                                          + 0 * f["rank"]),
+    "resolution_shift": lambda t, f: _cosine(t, f["H"]),
+    "heat_eigenvalues": lambda t, f: (-8 + 10 * t + _heat(f) * t, 10 + _heat(f) + 0 * t),
 }
 GOLDEN_T = np.array([0.0, 0.125, 0.25, 0.4, 0.5, 0.75, 1.0])
+# a 1 x 1 x 5 image
 GOLDEN_FEATURES = {"var": np.array([2.0, 1.0, 0.5, 0.25, 0.125]), "wvar": np.array([2.0, 1.0, 0.5, 0.25, 0.125]),
                    "rank": np.linspace(0.0, 1.0, 5), "row": np.zeros(5), "col": np.linspace(0.0, 1.0, 5),
-                   "chan": np.zeros(5)}
+                   "chan": np.zeros(5), "kx": np.arange(5.0), "ky": np.zeros(5), **shape_constants((1, 1, 5))}
 
 
 def golden_text(text: str, schedule) -> str:
@@ -191,10 +233,10 @@ def test_schedule_golden(name):
     gamma, beta = schedule(torch.as_tensor(t, dtype=torch.float64))
     want_gamma, want_slope = CLOSED_FORMS[name](t[:, None], GOLDEN_FEATURES)
     np.testing.assert_allclose(gamma.numpy(), np.broadcast_to(want_gamma, gamma.shape), rtol=1e-13, atol=1e-13)
-    # beta away from the kinks (where the slope changes between neighbouring times)
+    # beta away from the kinks (where the slope jumps, by over half its size, between neighbouring times)
     want_slope = np.broadcast_to(want_slope, beta.shape)
-    smooth = (np.diff(want_slope, axis=0, prepend=want_slope[:1]) == 0) & \
-        (np.diff(want_slope, axis=0, append=want_slope[-1:]) == 0)
+    jump = np.abs(np.diff(want_slope, axis=0)) > 0.5 * np.maximum(np.abs(want_slope[1:]), np.abs(want_slope[:-1]))
+    smooth = ~np.concatenate([jump[:1] & False, jump]) & ~np.concatenate([jump, jump[:1] & False])
     want_beta = _sigmoid(want_gamma) * want_slope
     assert smooth.mean() > 0.8
     np.testing.assert_allclose(beta.numpy()[smooth], np.broadcast_to(want_beta, beta.shape)[smooth], rtol=1e-13)
@@ -288,7 +330,7 @@ def formulas(draw, calls: tuple[str, ...] = (), depth: int = 4, leaf: bool = Tru
 
     kind = draw(st.sampled_from(["arithmetic", "function", "function of a positive", "power", "power of a positive",
                                  "min max", "clip", "clip by numbers", "where", "reduce a constant",
-                                 "mean or sum", "logit sigmoid"] + [f"call {f}" for f in calls]))
+                                 "mean or sum", "logit sigmoid", "quantile", "step"] + [f"call {f}" for f in calls]))
     if kind == "arithmetic":
         return f"({sub()} {draw(st.sampled_from(['+', '-', '*', '/']))} {sub()})"
     if kind == "function":
@@ -315,6 +357,10 @@ def formulas(draw, calls: tuple[str, ...] = (), depth: int = 4, leaf: bool = Tru
         return f"{draw(st.sampled_from(['mean', 'sum']))}({sub()})"
     if kind == "logit sigmoid":
         return f"logit(sigmoid({sub()}))"
+    if kind == "quantile":  # arguments inside the domain, (0, 1) and (-1, 1)
+        return draw(st.sampled_from(["ndtri(sigmoid({}))", "erfinv(tanh({}))"])).format(sub())
+    if kind == "step":  # steps that moving arguments cross
+        return f"{draw(st.sampled_from(['floor', 'round']))}({draw(st.sampled_from(['2', '5', 'W']))} * {sub()})"
     name = kind.split()[-1]
     form = draw(st.integers(0, 2))
     return [f"{name}({sub()})", f"{name}({sub()}, y = {sub()})", f"{name}(y = {sub()}, x = {sub()})"][form]
@@ -360,7 +406,7 @@ def specs(draw) -> str:
         lo, hi = sorted(draw(st.lists(_moderate, min_size=2, max_size=2, unique=True)))
         lines.append(f"param {name} ~ uniform({lo!r}, {hi!r})")
     params = fixed + drawn
-    constant_atoms = features + fixed
+    constant_atoms = features + fixed + ["H", "W", "C", "D"]
     lines.append(f"k = {fill(draw(SMALL), fixed, fixed)}")
     lines.append(f"l_i = {fill(draw(SMALL), features + params, constant_atoms)}")
     lines.append(f"m_i = {features[0]} < {draw(st.sampled_from(['0.5', '0.3', 'k']))} "

@@ -165,6 +165,7 @@ def test_design_card_line_noises_rank_zero_first():
     ("where(t < 0.5, 4*t, 2 + 8*(t - 0.5)) + tanh(t) + atan(t * var(i)) + log1p(t) + expm1(t)", ""),
     ("max(t, rank(i)) + min(2*t, 1) + abs(t - 0.3) + t * mean(var(i)) + sum(rank(i)) * t / 100", ""),
     ("(1 + t)^(1 + t) + logit(0.1 + 0.8*t) + sin(t) - cos(t) + tan(t/2)", ""),
+    ("ndtri(0.05 + 0.9*t) + erfinv(1.6*t - 0.8) * var(i) + floor(4*t) + round(3*t - rank(i)) + t", ""),
 ])
 def test_beta_equals_forward_mode_autodiff(gamma, params):
     s, _ = compiled(gamma, params)
@@ -172,6 +173,18 @@ def test_beta_equals_forward_mode_autodiff(gamma, params):
     gam, beta = s(t)
     _, dgamma = jvp(lambda tt: s(tt)[0], (t,), (torch.ones_like(t),))
     np.testing.assert_allclose(beta.numpy(), (torch.sigmoid(gam) * dgamma).numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_shape_constants_are_substituted_from_the_features():
+    from gudlang.builtins import shape_constants
+    features = {**FEATURES, **shape_constants((3, 4, 4))}
+    s, checked = compiled("linear(t) + 2 * log(H / 64) + D / (C * H * W) + 0 * t * W", features=features)
+    assert checked.gamma_shape == frozenset("t")
+    assert "p_" not in s.source  # numbers, not params
+    g, _, _ = evaluate(s)
+    np.testing.assert_allclose(g, -13.3 + 18.3 * T[:, None] + 2 * np.log(4 / 64) + 1 + 0 * VAR, atol=1e-12)
+    with pytest.raises(ValueError, match="shape constant H"):
+        compiled("linear(t) + H")  # a caller that forgot them: an error, not a schedule of p_H
 
 
 def test_drawn_params_take_one_value_per_example():

@@ -1,0 +1,2 @@
+" gud specs (gudlang): *.gud files.
+autocmd BufRead,BufNewFile *.gud setfiletype gud
