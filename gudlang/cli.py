@@ -24,6 +24,7 @@ import json
 import os
 import shlex
 import sys
+import time
 import typing
 from pathlib import Path
 
@@ -637,11 +638,40 @@ def _version() -> str:
     return f"gudlang {__version__} (language gud {LANGUAGE_VERSION})"
 
 
-def main(argv=None) -> int:
-    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with another busy process
-    # spinning threads slowed training many times over. Read when torch loads, so set it first.
+def share_the_cpu(samples: int = 5) -> int | None:
+    """When other processes are running on this CPU as gud starts (Linux: /proc/loadavg), use
+    only the cores they leave free, with sleeping (not spinning) idle OpenMP threads: next to a
+    busy process, torch's default threads slowed training 10-20 times
+    (benchmarks/shared_cpu.py). Only when OMP_NUM_THREADS is not set; read when torch loads, so
+    call it before. Returns the thread count chosen, or None."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    counts = []
+    try:
+        for k in range(samples):
+            with open("/proc/loadavg") as f:  # "0.50 0.40 0.30 RUNNING/TOTAL LASTPID"
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)  # without this process
+            if k + 1 < samples:
+                time.sleep(0.01)
+    except (OSError, ValueError, IndexError):
+        return None
+    others = sorted(counts)[len(counts) // 2]
+    if others < 1:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores - others)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return threads
+
+
+def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("train", "sample", "nll", "extend", "fid") and "torch" not in sys.modules:
+        threads = share_the_cpu()
+        if threads is not None:
+            print(f"gud: other processes are busy on this CPU: using {threads} thread(s) "
+                  "(set OMP_NUM_THREADS to choose)", file=sys.stderr)
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
