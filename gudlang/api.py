@@ -196,7 +196,7 @@ class GudModel:
         method, steps = sampler or settings.sampler, steps or settings.steps
         seed = settings.seed if seed is None else seed
         batch_size = batch_size or n
-        schedule = self.model.schedule.to(self.device)
+        schedule = self.model.sampling_path.to(self.device)
         space = self.model.space.to(self.device)
         out, nfe = [], 0
         for lo in range(start, start + n, batch_size):
@@ -231,7 +231,7 @@ class GudModel:
         images = upsample(np.asarray(images, dtype=np.float64), model.data.shape, model.spec.basis.kind)
         settings = self.spec.sample
         name = sampler or settings.sampler
-        x, nfe = complete(self.eps_model, model.schedule, model.space, chosen, images,
+        x, nfe = complete(self.eps_model, model.sampling_path, model.space, chosen, images,
                           method="trained" if same else "replacement", sampler=name, steps=steps or settings.steps,
                           device=self.device, dtype=self.dtype, seed=settings.seed if seed is None else seed,
                           trained_mask=model.given, options=self._options(name, grid))
@@ -307,7 +307,7 @@ class GudModel:
         oracle = model.spec.network.kind == "oracle"
         dtype = torch.float64 if oracle else torch.float32
         space = model.space.to(self.device)
-        schedule = model.schedule.to(self.device)
+        schedule = model.sampling_path.to(self.device)
         given = None
         if model.given is not None:
             schedule = GivenSchedule(schedule, model.given).to(self.device)

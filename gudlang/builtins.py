@@ -166,7 +166,8 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
              lambda x, lo, hi: _minimum(_maximum(x, lo), hi), "torch.minimum(torch.maximum({t0}, {t1}), {t2})",
              # closed interval: at a kink the component counts as moving, so that e.g. linear(t)
              # has beta > 0 at t = 1, where samplers take their first step
-             ("where(between(x, lo, hi), 1, 0) * dx",
+             # (a where, not a product: outside, dx may be infinite, as ndtri's at 0 and 1)
+             ("where(between(x, lo, hi), dx, 0)",
               "where(max(x, lo) <= hi, where(x >= lo, dx, dlo), dhi)")),
     Function("where", ("c", "x", "y"), "x where the condition c holds, else y", np.where,
              "torch.where({0}, {1}, {2})", ("where(c, dx, dy)",), conditions=(0,)),

@@ -9,7 +9,13 @@ What exists is read from the registries of `gudlang.builtins`.
 
 Shapes: every expression depends on a subset of {t, i, p}: `t` diffusion time, `i` the
 component, `p` a param drawn per training example. Scalar = {}, per-time = {t},
-per-component = {i}, per-time-and-component = {t, i}.
+per-component = {i}, per-time-and-component = {t, i}. A param drawn per component too
+(`param u_i ~ uniform(0, 1)`, optionally `group = ...`) is {i, p}.
+
+Formulas (`FORMULAS`): the training schedule `gamma_i(t)` (t ~ U(0, 1) in training: its
+formula is the training distribution of noise states), an optional sampling path `path_i(t)`
+(default: gamma itself), an optional loss weight `weight_i(t)` (default 1), the prior scale and
+the given mask.
 
 Errors (all collected): E201 unknown function, E202 unknown name, E204 / E205 / E206
 arguments, E207 feature not offered by the basis, E208 shape, E209 recursion,
@@ -63,6 +69,10 @@ class FormulaSlot:
 FORMULAS: tuple[FormulaSlot, ...] = (
     FormulaSlot("gamma", "schedule", "gamma_i(t) = linear(t)", condition=False,
                 must=frozenset("t"), may=frozenset("tip"), required=True),
+    FormulaSlot("path", "sampling path", "path_i(t) = edm_path(t)", condition=False,
+                must=frozenset("t"), may=frozenset("tip")),
+    FormulaSlot("weight", "loss weight", "weight_i(t) = 1 + exp(gamma_i(t))", condition=False,
+                must=SCALAR, may=frozenset("tip")),
     FormulaSlot("prior_scale", "prior scale", "prior = scale(sqrt(var(i)))", condition=False,
                 must=SCALAR, may=frozenset("i")),
     FormulaSlot("given", "given mask", "given_i = col(i) < 0.5", condition=True,
@@ -87,6 +97,12 @@ class CheckedSpec:
     drawn: tuple[str, ...]
     source: A.SourceMap = field(compare=False)
     overrides: tuple[tuple[str, str], ...] = ()
+    groups: dict[str, A.Expr] = field(default_factory=dict)  # per-component param -> its group
+
+    @property
+    def per_component(self) -> tuple[str, ...]:
+        """The drawn params drawn per component (named `x_i`), in `drawn` order."""
+        return tuple(n for n in self.drawn if n.endswith("_i"))
 
     @property
     def fixed_params(self) -> dict[str, float]:
@@ -99,6 +115,16 @@ class CheckedSpec:
     @property
     def gamma_shape(self) -> Shape:
         return self.shapes["gamma"]
+
+    @property
+    def path(self) -> A.Expr | None:
+        """The sampling path, or None when sampling follows gamma."""
+        return self.formulas.get("path")
+
+    @property
+    def weight(self) -> A.Expr | None:
+        """The loss weight, or None for the unweighted loss."""
+        return self.formulas.get("weight")
 
     @property
     def prior_scale(self) -> A.Expr | None:
@@ -250,9 +276,13 @@ class _Resolver:
             return A.Num(CONSTANTS[name]), SCALAR
         if name in SHAPE_CONSTANTS:  # known once the data are: the compiler substitutes them
             return A.Name(name), SCALAR
+        if name not in self.spec.params and name + "_i" in self.spec.params:
+            name += "_i"  # `u` for the per-component param `u_i`, as `l` for `l_i`
         if name in self.spec.params:
             p = self.spec.params[name]
-            return A.Name(name), (SCALAR if isinstance(p, FixedParam) else frozenset("p"))
+            if isinstance(p, FixedParam):
+                return A.Name(name), SCALAR
+            return A.Name(name), frozenset("ip") if name.endswith("_i") else frozenset("p")
         base = _base(name)
         if base in self.defs:
             d = self.defs[base]
@@ -435,6 +465,7 @@ def check_spec(spec: Spec, smap: A.SourceMap, overrides: tuple[tuple[str, str], 
             r.stack.pop()
         else:
             r.value(d)
+    groups = _resolve_groups(spec, r)
     formulas: dict[str, A.Expr] = {}
     shapes: dict[str, Shape] = {}
     for slot in FORMULAS:
@@ -454,8 +485,33 @@ def check_spec(spec: Spec, smap: A.SourceMap, overrides: tuple[tuple[str, str], 
         errors.sort(key=lambda d: (d.span.line, d.span.col) if d.span else (0, 0))
         raise GudError(errors)
     drawn = tuple(sorted(n for n, p in spec.params.items() if not isinstance(p, FixedParam)
-                         and _mentions(formulas["gamma"], n)))
-    return CheckedSpec(spec, formulas, shapes, frozenset(r.features_used), drawn, smap, overrides)
+                         and any(_mentions(formulas[f], n) for f in ("gamma", "path", "weight") if f in formulas)))
+    groups = {n: g for n, g in groups.items() if n in drawn}
+    return CheckedSpec(spec, formulas, shapes, frozenset(r.features_used), drawn, smap, overrides, groups)
+
+
+def _resolve_groups(spec: Spec, r: "_Resolver") -> dict[str, A.Expr]:
+    """The inlined `group = ...` expression of each per-component param that has one: a number
+    per component (components with equal values share a draw), not depending on t or a param."""
+    groups = {}
+    for name, p in spec.params.items():
+        if isinstance(p, FixedParam) or p.group is None:
+            continue
+        path = r.smap.anchors.get(("param_group", name), ())
+        before = len(r.errors)
+        expr, shape = r.resolve(p.group, path, {})
+        if len(r.errors) > before:
+            continue
+        if is_condition(expr):
+            r.error("E213", f"the group of `{name}` must be a number per component, not a condition", path,
+                    "a condition", help="for example group = col(i)")
+        elif shape - frozenset("i"):
+            r.error("E208", f"the group of `{name}` must be per-component: it must not depend on "
+                            f"{' or '.join(_DEPENDS[x] for x in sorted(shape - frozenset('i')))}", path,
+                    describe_shape(shape), help="group components by features, e.g. group = col(i)")
+        else:
+            groups[name] = expr
+    return groups
 
 
 def _locate(slot: FormulaSlot, spec: Spec, smap: A.SourceMap, r: "_Resolver"):
@@ -471,7 +527,7 @@ def _locate(slot: FormulaSlot, spec: Spec, smap: A.SourceMap, r: "_Resolver"):
         if slot.required:
             r.error("E206", f"the spec has no {slot.what}", (), help=f"add one, e.g. `{slot.example}`")
         return None
-    want = [("t", None)] if slot.name == "gamma" else None
+    want = [("t", None)] if slot.name in ("gamma", "path", "weight") else None
     formals = None if d.node.formals is None else [(fm.name, fm.default) for fm in d.node.formals]
     if formals != want:
         r.error("E210", f"the {slot.what} must be declared as `{d.name}{'(t)' if want else ''} = ...`",
@@ -488,12 +544,29 @@ def _check_formula(slot: FormulaSlot, expr: A.Expr, shape: Shape, path, name_pat
         kind = "a condition (a comparison, and, or, not)" if slot.condition else "a number"
         r.error("E213", f"the {slot.what} must be {kind}", path, "wrong kind",
                 help=f"for example `{slot.example}`")
-    if slot.name == "gamma" and "i" in shape and r.defs["gamma"].name == "gamma":
-        r.error("E208", "the schedule varies with the component", name_path, "per-component",
-                help="name it `gamma_i(t)` to say so")
-    if clean and not slot.must <= shape:
+    declared = r.defs[slot.name].name if slot.name in r.defs else None
+    if declared == slot.name and "i" in shape and slot.name in ("gamma", "path", "weight"):
+        r.error("E208", f"the {slot.what} varies with the component", name_path, "per-component",
+                help=f"name it `{slot.name}_i(t)` to say so")
+    must = slot.must
+    if slot.name == "gamma" and "path" in r.defs:
+        # with a sampling path, the training states may be drawn by params alone (one noise
+        # level per token, as in Diffusion Forcing): gamma must vary with t or a drawn param
+        must = SCALAR
+        if clean and not shape & frozenset("tp"):
+            r.error("E208", "the schedule depends on neither t nor a drawn param: training would see one "
+                            "noise state", path, "constant",
+                    help="make gamma rise with t, or draw the noise level, e.g. linear(u_i) with "
+                         "param u_i ~ uniform(0, 1)")
+    if clean and not must <= shape:
         r.error("E208", f"the {slot.what} does not depend on t", path, "constant in t",
-                help="gamma must rise from low noise at t = 0 to high noise at t = 1, e.g. linear(t)")
+                help=f"{slot.name} must rise from low noise at t = 0 to high noise at t = 1, e.g. linear(t)")
+    if slot.name == "path" and clean:
+        for name in sorted(n for n, p in r.spec.params.items()
+                           if n.endswith("_i") and not isinstance(p, FixedParam) and _mentions(expr, n)):
+            r.error("E208", f"the sampling path uses `{name}`, a param drawn per component in training: "
+                            "sampling needs one value", path, "per-component param",
+                    help=f"use a scalar param, or a feature such as rank(i), in the path")
     if shape - slot.may:
         allowed = describe_shape(slot.may)
         r.error("E208", f"the {slot.what} must be {allowed}: it must not depend on "
@@ -530,6 +603,9 @@ def override_spec(spec: Spec, overrides: Mapping[str, str]) -> Spec:
     data["definitions"] = spec.definitions
     if spec.prior.kind == "scale":
         data["prior"] = {"kind": "scale", "s": spec.prior.s}
+    for name, p in spec.params.items():  # `group` is an expression, left out of the dump
+        if not isinstance(p, FixedParam):
+            data["params"][name]["group"] = p.group
     errors = []
     for key, raw in overrides.items():
         value = _parse_override(raw)

@@ -50,6 +50,8 @@ CODES: dict[str, str] = {
     "E214": "misuse of the component index i or of a feature",
     "E301": "gamma decreases in t",
     "E302": "gamma is not finite",
+    "E303": "sampling path leaves the training support",
+    "E304": "loss weight negative, not finite, or zero everywhere",
     "W301": "true SNR not high at t = 0",
     "W302": "true SNR not low at t = 1",
     # gudlang.data, gudlang.datasets.readers

@@ -123,13 +123,17 @@ def explain_text(model) -> str:
             f"basis:     {spec.basis.kind}; prior: {spec.prior.kind}",
             f"schedule:  {describe_shape(checked.gamma_shape)}; features used: "
             f"{', '.join(sorted(checked.features)) or 'none'}",
+            *([f"sampling:  along path ({describe_shape(checked.shapes['path'])}); gamma is the training "
+               "distribution (t ~ U(0, 1))"] if checked.path is not None else []),
+            *([f"loss:      weighted by weight ({describe_shape(checked.shapes['weight'])})"]
+              if checked.weight is not None else []),
             "drawn params: " + (", ".join(
-                f"{n} ~ uniform({spec.params[n].lo:g}, {spec.params[n].hi:g}), shown at its mean "
-                f"{spec.params[n].mean:g} (pick a member with -s {n}=...)" for n in checked.drawn) or "none"),
+                f"{n} ~ uniform({spec.params[n].lo:g}, {spec.params[n].hi:g}), " + _drawn_how(model, n)
+                for n in checked.drawn) or "none"),
             f"model hash: {model.model_hash}",
             ""]
     order = model.generation_order()
-    moving = motion(model.conditioned_schedule)  # given components are held clean: never noised
+    moving = motion(model.sampling_schedule)  # given components are held clean: never noised
     out += ["# generation order (the reverse of noising: the component whose gamma is half-way "
             "latest in forward time is generated first; ties by true SNR)"] + _order_words(model, order, moving) + [""]
     generated = order[~moving.never_noised[order]]
@@ -137,9 +141,10 @@ def explain_text(model) -> str:
     picks = [int(shown[0]), int(shown[len(shown) // 2]), int(shown[-1])]
     ts = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
     with torch.no_grad():
-        gamma = model.schedule.gamma_and_slope(ts)[0].numpy()
+        gamma = model.sampling_path.gamma_and_slope(ts)[0].numpy()
     wvar = model.features["wvar"]
-    out.append("# gamma, sigma and true SNR = wvar * exp(-gamma) (first, middle, last generated)")
+    along = "on the sampling path " if model.path is not None else ""
+    out.append(f"# gamma, sigma and true SNR = wvar * exp(-gamma) {along}(first, middle, last generated)")
     out.append(f"{'component':>10} {'t':>5} {'gamma':>9} {'sigma':>9} {'true SNR':>10}")
     for i in picks:
         for k, t in enumerate(ts.tolist()):
@@ -154,4 +159,16 @@ def explain_text(model) -> str:
         out.append("")
     out += ["# generated schedule code (c*: per-component constants, p_*: drawn params)",
             model.schedule.source.rstrip()]
+    for name, module in (("sampling path", model.path), ("loss weight", model.weight)):
+        if module is not None:
+            out += ["", f"# generated {name} code", module.source.rstrip()]
     return "\n".join(out) + "\n"
+
+
+def _drawn_how(model, name: str) -> str:
+    """How a drawn param is drawn in training and what it is when sampling."""
+    p = model.spec.params[name]
+    if name not in model.groups:
+        return f"shown at its mean {p.mean:g} (pick a member with -s {name}=...)"
+    groups = int(model.groups[name].max()) + 1
+    return f"drawn per example and per group of components ({groups} group{'s' if groups != 1 else ''})"

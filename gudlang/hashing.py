@@ -122,7 +122,11 @@ def payload(checked: CheckedSpec, data_fingerprint: str, *, full: bool, scheme: 
         "network": spec.network.model_dump(),
         "train": train,
     }
+    for name, group in sorted(checked.groups.items()):  # which components share a draw
+        out["params"][name]["group"] = normal_form(group, fixed)
     for slot in FORMULAS:  # every formula the spec declares, in its normal form
+        if slot.name == "path" and not full:
+            continue  # the sampling path does not change the trained network: like `sample`
         if slot.name in checked.formulas:
             *outer, key = FORMULA_PLACES.get(slot.name, (slot.name,))
             place = out

@@ -4,7 +4,10 @@ Input: a `CheckedSpec` (`gudlang.check`).
 Output: `Model`, holding the loaded `DataSet`, the fitted `Basis`, the `ComponentStats`,
 the `Prior`, the `Space` they make (every map between data and whitened components), the
 per-component feature vectors the schedule is written in, the
-`CompiledSchedule`, the schedule's numeric warnings, and the model hash. `build_model`
+`CompiledSchedule` of gamma (the training distribution), of the sampling path and of the loss
+weight when the spec declares them, the group ids of params drawn per component, the numeric
+warnings, and the model hash. A sampling path must stay inside the training support (E303),
+a loss weight finite and >= 0 (E304). `build_model`
 raises `GudError` (E3xx from the schedule checks, E4xx from the data, E5xx from bases and
 priors), with the span of the spec statement that caused it.
 
@@ -14,6 +17,7 @@ border of the digits, would otherwise give log(0) and infinite whitening).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,8 +30,8 @@ from gudlang.data import DataSet, load_data
 from gudlang.diagnostics import Diagnostic, GudError
 from gudlang.hashing import full_hash, model_hash
 from gudlang.priors import Prior, matched, scaled, white
-from gudlang.schedules import (CompiledSchedule, check_schedule, compile_schedule, evaluate_condition,
-                               evaluate_constant, generation_order)
+from gudlang.schedules import (CompiledSchedule, check_schedule, check_support, check_weight, compile_schedule,
+                               evaluate_condition, evaluate_constant, generation_order)
 from gudlang.space import Space
 from gudlang.spec import Spec
 from gudlang.stats import ComponentStats, component_features, fit_stats
@@ -48,6 +52,9 @@ class Model:
     schedule: CompiledSchedule
     warnings: list[Diagnostic] = field(default_factory=list)
     given: np.ndarray | None = None  # bool (D,): the components the spec declares given
+    path: CompiledSchedule | None = None  # the sampling path, when it is not gamma
+    weight: CompiledSchedule | None = None  # the loss weight (B, D), when there is one
+    groups: dict[str, np.ndarray] = field(default_factory=dict)  # per-component param -> (D,) group ids
     space: Space = field(init=False)
 
     def __post_init__(self):
@@ -71,13 +78,25 @@ class Model:
 
     @property
     def conditioned_schedule(self):
-        """The schedule as trained and sampled: given components held clean (`GivenSchedule`)."""
+        """The schedule as trained: given components held clean (`GivenSchedule`)."""
         return self.schedule if self.given is None else GivenSchedule(self.schedule, self.given)
+
+    @property
+    def sampling_path(self) -> CompiledSchedule:
+        """The schedule samplers, the likelihood and the plots follow: `path_i(t)` when the
+        spec declares one, else gamma."""
+        return self.path if self.path is not None else self.schedule
+
+    @property
+    def sampling_schedule(self):
+        """`sampling_path` with the given components held clean."""
+        return self.sampling_path if self.given is None else GivenSchedule(self.sampling_path, self.given)
 
     def generation_order(self) -> np.ndarray:
         """Component indices, first generated first: by when each component's true SNR
-        first rises above 1 in reverse time (later noising = earlier generation)."""
-        return generation_order(self.schedule, self.features["wvar"])
+        first rises above 1 in reverse time (later noising = earlier generation) on the
+        sampling path."""
+        return generation_order(self.sampling_path, self.features["wvar"])
 
 
 def _anchored(err: GudError, checked: CheckedSpec, section: str) -> GudError:
@@ -168,23 +187,61 @@ def _build_model(checked, data, stats, basis_state, use_cache) -> Model:
             help="use prior scales of the order of the data's standard deviations"), checked, "prior")
     given = given_mask(checked, feats)
     drawn = {n: spec.params[n].mean for n in checked.drawn}
-    gamma_path = _gamma_path(checked)
-    try:
+    ranges = {n: (spec.params[n].lo, spec.params[n].hi) for n in checked.drawn}
+    groups = {n: _group_ids(checked, n, feats) for n in checked.per_component}
+    constant = np.asarray(stats.var) <= VAR_FLOOR * float(np.max(stats.var))
+    if given is not None:
+        constant = constant | given  # held clean: their own gamma never acts
+    with _at_formula(checked, "gamma"):
         schedule = compile_schedule(checked.gamma, feats, checked.fixed_params, drawn, len(var))
-        ranges = {n: (spec.params[n].lo, spec.params[n].hi) for n in checked.drawn}
-        constant = np.asarray(stats.var) <= VAR_FLOOR * float(np.max(stats.var))
-        if given is not None:
-            constant = constant | given  # held clean: their own gamma never acts
-        warnings = check_schedule(schedule, feats["wvar"], ranges, constant)
+        warnings = check_schedule(schedule, feats["wvar"], ranges, constant, coverage=checked.path is None)
+    warnings = [w.with_span(checked.source.span(_formula_path(checked, "gamma"))).with_path(checked.source.path)
+                for w in warnings]
+    path = weight = None
+    if checked.path is not None:
+        with _at_formula(checked, "path"):
+            path = compile_schedule(checked.path, feats, checked.fixed_params, drawn, len(var))
+            path_warnings = check_schedule(path, feats["wvar"], {}, constant)
+            check_support(schedule, path, ranges, groups, ignore=given)
+        span = checked.source.span(_formula_path(checked, "path"))
+        warnings += [w.with_span(span).with_path(checked.source.path) for w in path_warnings]
+    if checked.weight is not None:
+        with _at_formula(checked, "weight"):
+            weight = compile_schedule(checked.weight, feats, checked.fixed_params, drawn, len(var))
+            check_weight(weight, ranges)
+    return Model(checked, data, basis, stats, prior, feats, schedule, warnings, given, path, weight, groups)
+
+
+@contextmanager
+def _at_formula(checked: CheckedSpec, name: str):
+    """Point the GudErrors raised inside at the line of formula `name`."""
+    try:
+        yield
     except GudError as e:
-        raise e.with_span(checked.source.span(gamma_path)).with_path(checked.source.path) from None
-    span = checked.source.span(gamma_path)
-    warnings = [w.with_span(span).with_path(checked.source.path) for w in warnings]
-    return Model(checked, data, basis, stats, prior, feats, schedule, warnings, given)
+        raise e.with_span(checked.source.span(_formula_path(checked, name))).with_path(checked.source.path) from None
+
+
+def _group_ids(checked: CheckedSpec, name: str, features: dict[str, np.ndarray]) -> np.ndarray:
+    """(D,) int: which draw of per-component param `name` each component takes (equal values
+    of its `group` expression share one; without one, every component has its own)."""
+    dim = len(features["var"])
+    if name not in checked.groups:
+        return np.arange(dim)
+    values = evaluate_constant(checked.groups[name], features, checked.fixed_params, dim)
+    if not np.isfinite(values).all():
+        path = checked.source.anchors.get(("param_group", name), ())
+        raise GudError.one("E210", f"the group of `{name}` is not finite for component "
+                                   f"{int(np.argmax(~np.isfinite(values)))}",
+                           span=checked.source.span(path), path=checked.source.path)
+    return np.unique(values, return_inverse=True)[1].reshape(-1)
+
+
+def _formula_path(checked: CheckedSpec, name: str):
+    return _definition_path(checked, (name + "_i", name))
 
 
 def _gamma_path(checked: CheckedSpec):
-    return _definition_path(checked, ("gamma_i", "gamma"))
+    return _formula_path(checked, "gamma")
 
 
 def _definition_path(checked: CheckedSpec, names) -> tuple:

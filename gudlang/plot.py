@@ -41,7 +41,7 @@ def schedule_figure(model, max_lines: int = 400, grid: int = 256):
     plt = _pyplot()
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
     with torch.no_grad():
-        gamma, beta = model.conditioned_schedule(t)
+        gamma, beta = model.sampling_schedule(t)
     gamma, beta = gamma.numpy(), beta.numpy()
     given = np.zeros(model.dim, bool) if model.given is None else model.given
     order = np.array([i for i in model.generation_order() if not given[i]])
@@ -82,7 +82,7 @@ def forward_images(model, image: np.ndarray, ts, seed: int = 0) -> np.ndarray:
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn(chi_hat.shape, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        gamma, _ = model.schedule(torch.as_tensor(np.asarray(ts, dtype=np.float64)))
+        gamma, _ = model.sampling_path(torch.as_tensor(np.asarray(ts, dtype=np.float64)))
         alpha, sigma = noise_levels(gamma)
         return space.decode(alpha * chi_hat + sigma * eps).numpy()
 

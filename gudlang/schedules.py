@@ -5,7 +5,7 @@ Input: the inlined `gamma` of a `CheckedSpec`, per-component feature vectors
 constants H, W, C, D among them (numbers: `builtins.shape_constants`; `stats.component_features`
 gives both), and fixed param values.
 Output: `CompiledSchedule`, an `nn.Module` with
-    forward(t: (B,), params: {name: (B,)} | None) -> (gamma (B, D), beta (B, D)),
+    forward(t: (B,), params: {name: (B,), or (B, D) for `x_i`} | None) -> (gamma (B, D), beta (B, D)),
 beta = sigmoid(gamma) * dgamma/dt. Everything that does not depend on t or on a drawn
 param is folded at compile time into (1, D) buffers; dgamma/dt is a symbolic derivative
 (the chain rule over the derivative rules of `builtins.FUNCTIONS`, `REDUCTIONS` and
@@ -17,8 +17,11 @@ beta in the dtype of the t it is given.
 
 `check_schedule` evaluates it on a dense grid in float64 and raises `GudError`
 E301 (gamma decreases in t), E302 (NaN / inf, or beyond float32's range); it returns warnings
-W301 / W302 when the true SNR is not high at t = 0 or not low at t = 1. `generation_order` and
-`motion` say in which order components are generated and how many move at once.
+W301 / W302 when the true SNR is not high at t = 0 or not low at t = 1. `check_weight` raises
+E304 for a loss weight that is negative, not finite or zero everywhere; `check_support` raises
+E303 when a sampling path leaves the training support (the states gamma takes over t and the
+drawn params). `generation_order` and `motion` say in which order components are generated
+and how many move at once.
 """
 
 from __future__ import annotations
@@ -209,6 +212,8 @@ class _Folder:
     def depends_on_i(self, e) -> bool:
         if isinstance(e, Vec):
             return True
+        if isinstance(e, A.Name):
+            return e.id in self.drawn and e.id.endswith("_i")  # a param drawn per component
         if _is_reduction(e):
             return False
         return any(self.depends_on_i(c) for _, c in A.children(e)) if hasattr(e, "__dataclass_fields__") \
@@ -501,8 +506,11 @@ class CompiledSchedule(nn.Module):
         args = [t] + [buffers[name] for name in self._consts]
         for name in self.drawn:
             if params is not None and name in params:
-                args.append(torch.as_tensor(params[name], dtype=ref.dtype, device=ref.device)
-                            .reshape(-1, 1).expand(t.shape[0], 1))
+                value = torch.as_tensor(params[name], dtype=ref.dtype, device=ref.device)
+                if value.ndim == 2:  # drawn per component: (B, D)
+                    args.append(value.expand(t.shape[0], self.dim))
+                else:
+                    args.append(value.reshape(-1, 1).expand(t.shape[0], 1))
             else:
                 args.append(buffers[f"default_{name}"].expand(t.shape[0], 1))
         return args
@@ -514,6 +522,10 @@ class CompiledSchedule(nn.Module):
         shape = (args[0].shape[0], self.dim)
         dtype = _result_dtype(t)
         return _full(gamma, shape, args[0]).to(dtype), _full(slope, shape, args[0]).to(dtype)
+
+    def value(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The formula's value (B, D) alone, in t's dtype (a loss weight, a sampling path)."""
+        return self.gamma_and_slope(t, params)[0]
 
     def forward(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
         dtype = _result_dtype(t)
@@ -597,7 +609,7 @@ BATCH_VALUES = 1 << 18  # gamma values evaluated at once: a few MB per array, in
 
 @np.errstate(all="ignore")  # overflow in a user's formula is reported as E302, not a RuntimeWarning
 def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: Mapping[str, tuple[float, float]],
-                   constant: np.ndarray | None = None) -> list[Diagnostic]:
+                   constant: np.ndarray | None = None, coverage: bool = True) -> list[Diagnostic]:
     """Evaluate on a dense t grid in float64 (a uniform grid plus a golden-ratio sequence, so
     that no period aliases with it) at the drawn params' values of `_param_values`, in batches.
     Narrower features than the grid can still slip through. Raise GudError E302 on NaN / inf,
@@ -605,7 +617,9 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
     return float32), E301 where gamma decreases, each naming component, t and param values.
     Return at most one warning per code, at the worst param values: W301 when the true
     SNR = wvar * exp(-gamma) is not >= SNR_HIGH at t = 0, W302 when not <= SNR_LOW at t = 1
-    (components marked `constant`, whose data never varies, are left out of that test)."""
+    (components marked `constant`, whose data never varies, are left out of that test; with
+    coverage = False no warnings: a training distribution whose sampling path is another
+    formula). A param drawn per component takes one value for all components at a time."""
     names = list(drawn_ranges)
     t = _check_grid()
     combos = _param_values(drawn_ranges)
@@ -632,6 +646,8 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
             if worst1 is None or log_snr1[i1] > worst1[0]:
                 worst1 = (log_snr1[i1], i1, where)
     warnings: list[Diagnostic] = []
+    if not coverage:
+        return warnings
     if worst0[0] < np.log(SNR_HIGH):
         log_snr, i, where = worst0
         warnings.append(Diagnostic("W301", f"component {i} starts with true SNR {_snr_text(log_snr)} "
@@ -702,6 +718,138 @@ def _param_values(ranges: Mapping[str, tuple[float, float]]) -> list[tuple[float
         sobol = qmc.Sobol(len(bounds), scramble=True, seed=0).random(SOBOL_POINTS)
         values |= {tuple(lo), tuple(hi)} | {tuple(p) for p in qmc.scale(sobol, lo, hi)}
     return sorted(tuple(float(v) for v in p) for p in values)
+
+
+@np.errstate(all="ignore")
+def check_weight(weight: CompiledSchedule, drawn_ranges: Mapping[str, tuple[float, float]]) -> None:
+    """E304 unless the loss weight is finite and >= 0 on the check grid at every drawn-param
+    value of `_param_values`, and positive somewhere (a weight zero everywhere trains nothing)."""
+    names = list(drawn_ranges)
+    t = _check_grid()
+    positive = False
+    for combo in _param_values(drawn_ranges):
+        params = {n: torch.full((len(t),), v, dtype=torch.float64) for n, v in zip(names, combo)}
+        where = (" with " + ", ".join(f"{n} = {v:g}" for n, v in zip(names, combo))) if names else ""
+        with torch.no_grad():
+            w = weight.value(t, params).numpy()
+        bad = ~np.isfinite(w) | (w < 0)
+        if bad.any():
+            k, i = np.argwhere(bad)[0]
+            raise GudError.one("E304", f"the loss weight is {w[k, i]:.6g} for component {i} at t = {t[k].item():.4f}"
+                                       f"{where}: it must be finite and >= 0",
+                               help="a weight multiplies each component's squared error; e.g. 1 + exp(gamma_i(t))")
+        positive |= bool((w > 0).any())
+    if not positive:
+        raise GudError.one("E304", "the loss weight is 0 for every component and t: training would learn nothing",
+                           help="use a weight that is positive somewhere, e.g. 1 + exp(gamma_i(t))")
+
+
+SUPPORT_PATH_POINTS = 129  # times on the sampling path whose states are checked
+SUPPORT_T_CELLS = 512  # cells of training time
+SUPPORT_PARAM_POINTS = 17  # grid points of one drawn param (fewer per axis with more params)
+
+
+@np.errstate(all="ignore")
+def check_support(train: CompiledSchedule, path: CompiledSchedule, drawn_ranges: Mapping[str, tuple[float, float]],
+                  groups: Mapping[str, np.ndarray] | None = None, ignore: np.ndarray | None = None) -> None:
+    """Raise E303 unless every state of the sampling path lies in the training support.
+
+    The network is trained on the states gamma(t, params) for t in [0, 1] and the drawn params
+    in their ranges, and only those; sampling along `path` (drawn params at their sampling
+    values) asks it about the path's states. A path state p (D,) counts as inside when some
+    cell of a grid over training time (SUPPORT_T_CELLS) and the drawn params' box puts every
+    component's p_i within the range gamma_i spans at the cell's corners (exact where gamma is
+    monotone in each variable over a cell, as in t it must be), up to float64 rounding. A param
+    drawn per component (`groups[name]`: (D,) group ids) may sit in a different cell for each
+    group of components. `ignore` (D,) bool marks components left out (given ones, pinned clean
+    in both). Checked at SUPPORT_PATH_POINTS times of the path."""
+    s = torch.linspace(0.0, 1.0, SUPPORT_PATH_POINTS, dtype=torch.float64)
+    with torch.no_grad():
+        p = path.value(s).numpy()
+    keep = np.ones(train.dim, bool) if ignore is None else ~np.asarray(ignore, bool)
+    p = p[:, keep]
+    tol = 1e-6 * (1.0 + np.abs(p)) + 1e-9
+    groups = dict(groups or {})
+    shared = [n for n in drawn_ranges if n not in groups]
+    free = [n for n in drawn_ranges if n in groups]
+    per_axis = max(2, round(SUPPORT_PARAM_POINTS ** (1.0 / len(drawn_ranges)))) if drawn_ranges else 1
+    axes = {n: np.linspace(lo, hi, per_axis) for n, (lo, hi) in drawn_ranges.items()}
+    order, starts = _group_order(groups, free, keep)
+    t = torch.linspace(0.0, 1.0, SUPPORT_T_CELLS + 1, dtype=torch.float64)
+    found = np.zeros(len(p), bool)
+    low = np.full(p.shape[1], np.inf)
+    high = np.full(p.shape[1], -np.inf)
+    for shared_cell in _cells([len(axes[n]) for n in shared]):
+        lo_cell, hi_cell = _cell_ranges(train, t, shared, shared_cell, free, axes, keep)  # (E, K, D)
+        low, high = np.minimum(low, lo_cell.min(axis=(0, 1))), np.maximum(high, hi_cell.max(axis=(0, 1)))
+        for first in range(0, len(p), 8):
+            chunk = slice(first, first + 8)
+            pc, tc = p[chunk, None, None, :], tol[chunk, None, None, :]
+            ok = (pc >= lo_cell[None] - tc) & (pc <= hi_cell[None] + tc)  # (P, E, K, D)
+            if free:
+                ok = np.logical_and.reduceat(ok[..., order], starts, axis=-1).any(axis=1)  # (P, K, G)
+            else:
+                ok = ok[:, 0]
+            found[chunk] |= ok.all(axis=-1).any(axis=-1)
+        if found.all():
+            return
+    k = int(np.argmin(found))
+    outside = np.flatnonzero((p[k] < low - tol[k]) | (p[k] > high + tol[k]))
+    where = f"at t = {s[k].item():.3f}"
+    components = np.flatnonzero(keep)
+    if len(outside):
+        i = int(outside[0])
+        raise GudError.one("E303", f"the sampling path leaves the training support {where}: it puts component "
+                                   f"{components[i]} at gamma = {p[k, i]:.6g}, but training only sees it in "
+                                   f"[{low[i]:.6g}, {high[i]:.6g}]",
+                           help="the network only learns the states gamma takes in training: widen gamma's range "
+                                "or keep the path inside it")
+    raise GudError.one("E303", f"the sampling path leaves the training support {where}: each component's gamma "
+                               "is one training sees, but no training time and param values give them all at once",
+                       help="the network only learns the states gamma takes in training: make the path a "
+                            "re-timing of gamma, or draw the noise levels per component (param u_i ~ uniform)")
+
+
+def _cells(sizes: list[int]):
+    """Index tuples of the cells of a grid with `sizes` points per axis."""
+    return itertools.product(*[range(n - 1) for n in sizes])
+
+
+def _group_order(groups: Mapping[str, np.ndarray], free: list[str], keep: np.ndarray):
+    """(component order, group starts) that put components sharing every per-component draw
+    next to each other, for `np.logical_and.reduceat`."""
+    if not free:
+        return None, None
+    key = np.stack([np.asarray(groups[n])[keep] for n in free], axis=1)
+    _, ids = np.unique(key, axis=0, return_inverse=True)
+    order = np.argsort(ids.reshape(-1), kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(ids.reshape(-1)[order]) != 0])
+    return order, starts
+
+
+def _cell_ranges(train: CompiledSchedule, t: torch.Tensor, shared, shared_cell, free, axes, keep):
+    """(lo, hi), each (E, K, D): the range gamma spans over the corners of every cell of time
+    (K) and of the per-component params' grid (E), in one cell of the shared params."""
+    shared_corners = list(itertools.product(*[(axes[n][c], axes[n][c + 1]) for n, c in zip(shared, shared_cell)]))
+    free_points = list(itertools.product(*[axes[n] for n in free]))
+    values = np.empty((len(shared_corners), len(free_points), len(t), int(keep.sum())))
+    for a, corner in enumerate(shared_corners):
+        for b, point in enumerate(free_points):
+            params = {n: torch.full((len(t),), v, dtype=torch.float64)
+                      for n, v in list(zip(shared, corner)) + list(zip(free, point))}
+            with torch.no_grad():
+                values[a, b] = train.value(t, params).numpy()[:, keep]
+    lo = np.minimum(values[:, :, :-1], values[:, :, 1:]).min(axis=0)  # over time cells, shared corners
+    hi = np.maximum(values[:, :, :-1], values[:, :, 1:]).max(axis=0)
+    if free:  # over the corners of each cell of the per-component params' grid
+        shape = tuple(len(axes[n]) for n in free)
+        lo, hi = lo.reshape(shape + lo.shape[1:]), hi.reshape(shape + hi.shape[1:])
+        for axis in range(len(free)):
+            cut = lambda x, a, b: x[(slice(None),) * axis + (slice(a, b),)]
+            lo = np.minimum(cut(lo, None, -1), cut(lo, 1, None))
+            hi = np.maximum(cut(hi, None, -1), cut(hi, 1, None))
+        lo, hi = lo.reshape((-1,) + lo.shape[len(free):]), hi.reshape((-1,) + hi.shape[len(free):])
+    return lo, hi
 
 
 def _snr_text(log_snr: float) -> str:

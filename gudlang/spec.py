@@ -232,10 +232,14 @@ class FixedParam(_Model):
 
 
 class UniformParam(_Model):
-    """Drawn per training example; at sampling time fixed to `-s name=value` or its mean."""
+    """Drawn per training example; at sampling time fixed to `-s name=value` or its mean.
+    A param named `x_i` is drawn per component too (one draw per component, or per group of
+    components with equal `group` value: `param x_i ~ uniform(0, 1, group = col(i))`); `group`
+    is an unresolved expression, hashed through `CheckedSpec.groups`, not through the dump."""
     kind: Literal["uniform"] = "uniform"
     lo: float
     hi: float
+    group: Any = Field(default=None, exclude=True)
 
     @property
     def mean(self) -> float:
@@ -448,7 +452,20 @@ class _Builder:
         values = {}
         args = [(names[k] if k < len(names) else None, a, path + ("dist", "args", k))
                 for k, a in enumerate(dist.args)]
-        args += [(kw.name, kw.value, path + ("dist", "kwargs", k, "value")) for k, kw in enumerate(dist.kwargs)]
+        group = None
+        for k, kw in enumerate(dist.kwargs):
+            if kw.name == "group":  # a per-component expression, resolved by the checker
+                if group is not None:
+                    self.error("E205", f"argument `group` of `{dist.func}` given twice",
+                               path + ("dist", "kwargs", k, "value"), "given again")
+                elif not p.name.endswith("_i"):
+                    self.error("E208", f"`group` draws `{p.name}` per group of components, so the param "
+                               "varies with the component", path + ("name",), "per-component param",
+                               help=f"name it `{p.name}_i` to say so")
+                group = kw.value
+                self.locs[("param_group", p.name)] = path + ("dist", "kwargs", k, "value")
+            else:
+                args.append((kw.name, kw.value, path + ("dist", "kwargs", k, "value")))
         given = set()
         for name, expr, apath in args:
             if name is None:
@@ -456,7 +473,7 @@ class _Builder:
                 continue
             if name not in names:
                 self.error("E205", f"`{dist.func}` has no argument `{name}`", apath, "unknown argument",
-                           help=f"arguments: {', '.join(names)}")
+                           help=f"arguments: {', '.join(names)}, group")
                 continue
             if name in given:
                 self.error("E205", f"argument `{name}` of `{dist.func}` given twice", apath, "given again")
@@ -480,7 +497,7 @@ class _Builder:
                        "empty range")
             return None
         self.locs[("params", p.name)] = path + ("dist",)
-        return {"kind": "uniform", **values}
+        return {"kind": "uniform", **values, "group": group}
 
 
 def build_spec(program: A.Program, smap: A.SourceMap) -> Spec:

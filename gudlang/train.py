@@ -8,7 +8,10 @@ Maths (see ../shared/notes/gud-method.md): chi_0 = S^-1 U (x - mean); t is strat
 the batch, t_k = (k + u) / B permuted; params drawn per example for `param x ~ uniform`;
 chi_t = alpha(t) chi_0 + sigma(t) eps with alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma);
 the network sees U^T chi_t and predicts U^T eps; the loss is the unweighted MSE, which equals
-the MSE in whitened components because U is orthonormal. With a given mask (`given_i = ...`)
+the MSE in whitened components because U is orthonormal, or with `weight_i(t)` the mean of
+weight_i * (eps_hat_i - eps_i)^2 over whitened components (EDM's lambda(sigma) sigma^2 is
+1 + e^gamma / sigma_data^2 in this form). A param named `x_i` is drawn per component: one
+uniform draw per group of components (`Model.groups`). With a given mask (`given_i = ...`)
 the given components stay clean (gamma pinned, chi_t = chi_0 there) and the MSE is taken
 over the generated components only (`gudlang.conditioning`).
 
@@ -61,11 +64,18 @@ def step_generator(seed: int, step: int, rank: int = 0, device="cpu") -> torch.G
     return g
 
 
-def draw_params(spec, drawn, batch: int, gen: torch.Generator, device, dtype) -> dict[str, torch.Tensor]:
+def draw_params(spec, drawn, batch: int, gen: torch.Generator, device, dtype,
+                groups: dict | None = None) -> dict[str, torch.Tensor]:
+    """The drawn params of a batch: (B,) each, or (B, D) for a param drawn per component
+    (`groups[name]`: (D,) group ids; components of one group share a draw)."""
     out = {}
     for name in drawn:
         p = spec.params[name]
-        u = torch.rand(batch, generator=gen, device=gen.device, dtype=torch.float64)
+        if groups and name in groups:
+            ids = torch.as_tensor(groups[name], dtype=torch.long)
+            u = torch.rand(batch, int(ids.max()) + 1, generator=gen, device=gen.device, dtype=torch.float64)[:, ids]
+        else:
+            u = torch.rand(batch, generator=gen, device=gen.device, dtype=torch.float64)
         out[name] = (p.lo + (p.hi - p.lo) * u).to(device=device, dtype=dtype)
     return out
 
@@ -92,6 +102,7 @@ class Objective(nn.Module):
     def __init__(self, model, network: nn.Module):
         super().__init__()
         self.space, self.schedule = model.space, model.schedule
+        self.weight = getattr(model, "weight", None)
         self.network = network
         given = getattr(model, "given", None)
         self.register_buffer("given", None if given is None else torch.as_tensor(given).reshape(1, -1))
@@ -115,19 +126,25 @@ class Objective(nn.Module):
         else:
             pred = self.network(x_t, gamma)
         error = checked_output(pred, x_t).float() - batch.eps
-        if self.given is None:
+        if self.given is None and self.weight is None:
             return torch.mean(error ** 2)  # = the mean over whitened components (U orthonormal)
-        return torch.mean(self.space.from_network(error)[:, ~self.given[0]] ** 2)
+        squared = self.space.from_network(error) ** 2
+        if self.weight is not None:
+            squared = squared * self.weight.value(batch.t, batch.params).to(squared.dtype)
+        if self.given is None:
+            return torch.mean(squared)
+        return torch.mean(squared[:, ~self.given[0]])
 
 
-def make_batch(data: torch.Tensor, spec, drawn, step: int, batch: int, seed: int, rank: int, device) -> Batch:
+def make_batch(data: torch.Tensor, spec, drawn, step: int, batch: int, seed: int, rank: int, device,
+               groups: dict | None = None) -> Batch:
     """The batch of one step: indices, times, noise, params and (train.flip) horizontal flips,
-    all from the step's generator."""
+    all from the step's generator (`groups`: see `draw_params`)."""
     gen = step_generator(seed, step, rank)
     idx = torch.randint(0, data.shape[0], (batch,), generator=gen)
     t = stratified_times(batch, gen)
     eps = torch.randn((batch,) + tuple(data.shape[1:]), generator=gen)
-    params = draw_params(spec, drawn, batch, gen, device, torch.float64)
+    params = draw_params(spec, drawn, batch, gen, device, torch.float64, groups)
     x = data[idx]
     if spec.train.flip:
         flip = torch.rand(batch, generator=gen) < 0.5

@@ -324,7 +324,7 @@ def loop(session: Session, callbacks: list, stop: _StopSignals) -> tuple[int, bo
     step = s.start
     while step < s.stop:
         batch = make_batch(s.data, s.model.spec, s.model.checked.drawn, step, per_rank, settings.seed, s.rank,
-                           s.device)
+                           s.device, s.model.groups)
         loss, norm = train_step(s.objective, s.optimizer, batch, settings, step, s.autocast, params)
         s.ema.update(s.network, step)
         s.losses.append(loss)
