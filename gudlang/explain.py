@@ -18,7 +18,7 @@ import torch
 from gudlang import ast as A
 from gudlang.builtins import keywords
 from gudlang.check import describe_shape
-from gudlang.fmt import format_program
+from gudlang.fmt import format_expr, format_program
 from gudlang.lower import parse_program
 from gudlang.schedules import MOTION_BETA, Motion, motion
 from gudlang.spec import FixedParam, Spec
@@ -54,7 +54,6 @@ def resolved_text(spec: Spec, source: A.SourceMap) -> str:
     basis = spec.basis.model_dump()
     lines.append(f"basis = {_call(basis.pop('kind'), basis)}")
     if spec.prior.kind == "scale":
-        from gudlang.fmt import format_expr
         lines.append(f"prior = scale({format_expr(spec.prior.s)})")
     else:
         lines.append(f"prior = {spec.prior.kind}")
@@ -65,7 +64,8 @@ def resolved_text(spec: Spec, source: A.SourceMap) -> str:
         if isinstance(p, FixedParam):
             lines.append(f"param {name} = {p.value!r}")
         else:
-            lines.append(f"param {name} ~ uniform({p.lo!r}, {p.hi!r})")
+            group = "" if p.group is None else f", group = {format_expr(p.group)}"
+            lines.append(f"param {name} ~ uniform({p.lo!r}, {p.hi!r}{group})")
     definitions = A.Program(None, tuple(d for _, d in spec.definitions))
     body = format_program(definitions, A.SourceMap()).splitlines()
     lines.extend(line for line in body if line.strip() and not line.startswith("gud "))

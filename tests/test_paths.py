@@ -1,0 +1,258 @@
+"""Train on a family, sample along a path: `path_i(t)`, `weight_i(t)` and params drawn per
+component, against independent references (SciPy's normal quantile, EDM's loss written in its
+own variance-exploding form, the analytic Gaussian NLL, the sampler's own network calls)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import multivariate_normal, norm
+
+import gudlang
+from gudlang.check import check_text
+from gudlang.cli import main
+from gudlang.diagnostics import GudError
+from gudlang.pipeline import build_model, load_spec_data
+from gudlang.train import Batch, Objective, draw_params, make_batch
+
+# Karras et al. 2022 (EDM), Table 1: training noise ln(sigma) ~ N(P_mean, P_std^2), loss weight
+# lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2; sampling sigma_i of Eq. 5.
+EDM = """gud 1
+data = grf(size = 6, slope = 2, n = 600)
+basis = pixel()
+prior = white
+network = {network}
+gamma(t) = clip(2 * (-1.2 + 1.2 * ndtri(t)), -24, 20)
+path(t) = 2 * 7 * log(0.002^(1/7) + t * (80^(1/7) - 0.002^(1/7)))
+weight(t) = 1 + exp(gamma(t))
+sample {{ sampler = heun; steps = 18; grid = uniform; rtol = 1e-6; atol = 1e-6 }}
+"""
+
+# Diffusion Forcing (Chen et al. 2024): an independent noise level per token (here a column)
+# in training; sampling along a pyramid, left columns first.
+FORCING = """gud 1
+data = digits()
+basis = pixel()
+prior = white
+network = mlp(hidden = 32, depth = 1)
+param u_i ~ uniform(0, 1, group = {group})
+gamma_i(t) = linear(u_i, -7, 3) + log(wvar(i))
+path_i(t) = linear(2 * t - col(i), -7, 3) + log(wvar(i))
+train {{ steps = 4; batch = 16; sample_every = 0 }}
+sample {{ steps = 4; n = 4 }}
+"""
+
+
+def edm_model(network="mlp(hidden = 16, depth = 1)"):
+    return build_model(check_text(EDM.format(network=network)))
+
+
+def test_edm_training_noise_is_log_normal():
+    """t ~ U(0, 1) through gamma gives ln sigma = P_mean + P_std * Phi^-1(t) (VE sigma^2 = e^gamma)."""
+    model = edm_model()
+    z = np.linspace(-3.5, 3.5, 29)
+    t = torch.as_tensor(norm.cdf(z))
+    with torch.no_grad():
+        gamma = model.schedule.value(t).numpy()
+    sigma = np.exp(gamma / 2)
+    np.testing.assert_allclose(np.log(sigma), -1.2 + 1.2 * z[:, None] * np.ones((1, model.dim)), rtol=0, atol=1e-9)
+
+
+def test_edm_sampling_path_is_the_rho_discretisation():
+    """Eq. 5 of Karras et al.: sigma_i = (s_max^(1/rho) + i/(N-1) (s_min^(1/rho) - s_max^(1/rho)))^rho,
+    reached at t = 1 - i / (N - 1) on the uniform grid."""
+    model = edm_model()
+    n, rho, smin, smax = 18, 7.0, 0.002, 80.0
+    steps = np.arange(n)
+    sigma = (smax ** (1 / rho) + steps / (n - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+    with torch.no_grad():
+        gamma = model.sampling_path.value(torch.as_tensor(1 - steps / (n - 1))).numpy()[:, 0]
+    np.testing.assert_allclose(np.exp(gamma / 2), sigma, rtol=1e-12)
+
+
+def test_the_weighted_loss_is_edm_loss_in_its_own_form():
+    """Objective with weight = 1 + e^gamma equals EDM's lambda(sigma) |D - x0|^2, computed in
+    its own variance-exploding form x = x0 + sigma eps, D = x - sigma eps_hat."""
+    model = edm_model()
+
+    class Constant(torch.nn.Module):  # a network whose prediction does not depend on its input
+        def __init__(self, shape):
+            super().__init__()
+            self.c = torch.nn.Parameter(torch.randn(shape, generator=torch.Generator().manual_seed(4)))
+
+        def forward(self, x, gamma):
+            return self.c.expand_as(x)
+
+    x = torch.as_tensor(model.data.train[:64], dtype=torch.float32)
+    network = Constant(x.shape[1:])
+    batch = make_batch(x, model.spec, (), 3, 64, 0, 0, "cpu")
+    loss = float(Objective(model, network)(batch).detach())
+    # EDM (sigma_data = 1, data whitened: the white prior on this grf is the identity map)
+    sigma = np.exp(np.clip(-1.2 + 1.2 * norm.ppf(batch.t.numpy()), -12, 10))[:, None]
+    x0 = (batch.x.numpy() - np.asarray(model.stats.mean).reshape(1, *x.shape[1:])).reshape(64, -1)
+    eps = batch.eps.numpy().reshape(64, -1)
+    noisy = x0 + sigma * eps
+    denoised = noisy - sigma * network.c.detach().numpy().reshape(1, -1)  # D = x - sigma eps_hat
+    weight = (sigma ** 2 + 1.0) / sigma ** 2
+    assert loss == pytest.approx(float(np.mean(weight * (denoised - x0) ** 2)), rel=1e-5)
+
+
+def test_samplers_call_the_network_on_the_path_not_on_gamma():
+    built = build_model(check_text(EDM.format(network="oracle()")))
+    from gudlang.api import GudModel, oracle_eps_model
+    seen = []
+    inner = oracle_eps_model(built)
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, chi, t, gamma):
+            seen.append((t.detach().clone(), gamma.detach().clone()))
+            return self.inner(chi, t, gamma)
+
+    GudModel(built, Recording(), {}, "cpu").sample(3)
+    assert seen
+    with torch.no_grad():
+        for t, gamma in seen:
+            torch.testing.assert_close(gamma.double(), built.sampling_path.value(t.double()), rtol=1e-6, atol=1e-6)
+            assert not torch.allclose(gamma.double(), built.schedule.value(t.double()), atol=1e-2)
+
+
+def test_oracle_nll_along_a_path_is_the_analytic_nll(capsys, tmp_path, monkeypatch):
+    """Training draws each component's noise level (gamma constant in t): a likelihood that
+    integrated gamma instead of the path would see no flow at all."""
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "oracle.gud"
+    spec.write_text("""gud 1
+data = grf(size = 6, slope = 2, n = 600)
+basis = fourier()
+prior = white
+network = oracle()
+param u_i ~ uniform(0, 1)
+gamma_i(t) = linear(u_i, lo = -12, hi = 10)
+path(t) = linear(t, lo = -12, hi = 10)
+sample { rtol = 1e-6; atol = 1e-6 }
+""")
+    assert main(["nll", str(spec), "-n", "16"]) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "samples" / "oracle" / "nll-test.json").read_text())
+    data = load_spec_data(check_text(spec.read_text(), str(spec)))
+    x = data.test[:16].reshape(16, -1).astype(np.float64)
+    logp = multivariate_normal(mean=np.asarray(data.mean).reshape(-1), cov=data.cov).logpdf(x)
+    width = data.value_range[1] - data.value_range[0]
+    analytic = -(logp + x.shape[1] * math.log(width)) / (x.shape[1] * math.log(2))
+    assert abs(record["bits_per_dim"] - analytic.mean()) < 0.01
+
+
+# --------------------------------------------------------------------------- per-component draws
+def test_per_component_params_share_a_draw_within_a_group_and_only_there():
+    model = build_model(check_text(FORCING.format(group="col(i)")))
+    ids = model.groups["u_i"]
+    col = model.features["col"]
+    assert len(np.unique(ids)) == 8 and all(len(np.unique(ids[col == c])) == 1 for c in np.unique(col))
+    gen = torch.Generator().manual_seed(0)
+    u = draw_params(model.spec, ("u_i",), 4000, gen, "cpu", torch.float64, model.groups)["u_i"].numpy()
+    assert u.shape == (4000, 64)
+    for c in np.unique(col):
+        columns = u[:, col == c]
+        assert np.all(columns == columns[:, :1])
+    per_group = u[:, [int(np.flatnonzero(ids == g)[0]) for g in range(8)]]
+    corr = np.corrcoef(per_group.T)
+    assert np.abs(corr[~np.eye(8, dtype=bool)]).max() < 0.06  # independent draws: |r| ~ 1/sqrt(4000)
+    assert abs(per_group.mean() - 0.5) < 0.01 and abs(per_group.var() - 1 / 12) < 0.004
+
+
+def test_without_a_group_every_component_has_its_own_draw():
+    model = build_model(check_text(FORCING.format(group="col(i)").replace(", group = col(i)", "")))
+    np.testing.assert_array_equal(model.groups["u_i"], np.arange(64))
+
+
+def test_scalar_params_are_drawn_as_before():
+    spec = check_text("gud 1\ndata = digits()\nparam a ~ uniform(0.5, 2)\ngamma(t) = linear(a * t)\n")
+    gen = torch.Generator().manual_seed(5)
+    a = draw_params(spec.spec, ("a",), 6, gen, "cpu", torch.float64)["a"]
+    expected = 0.5 + 1.5 * torch.rand(6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    torch.testing.assert_close(a, expected)
+
+
+def test_diffusion_forcing_trains_and_samples(tmp_path, capsys):
+    spec = tmp_path / "forcing.gud"
+    spec.write_text(FORCING.format(group="col(i)"))
+    assert main(["train", "--quiet", str(spec), "--out", str(tmp_path / "runs")]) == 0, capsys.readouterr().err
+    (run,) = (tmp_path / "runs").iterdir()
+    x = gudlang.load(run).sample(2)
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+
+
+# --------------------------------------------------------------------------- the support check
+@pytest.mark.parametrize("spec", [
+    EDM.format(network="oracle()"),
+    FORCING.format(group="col(i)"),
+    # a re-timing of a per-component schedule
+    "gud 1\ndata = digits()\ngamma_i(t) = linear(t - 0.5 * rank(i))\npath_i(t) = linear(t^2 - 0.5 * rank(i))\n",
+    # a member of a trained family
+    "gud 1\ndata = digits()\nbasis = pca()\nparam a ~ uniform(0.4, 1.6)\ngamma_i(t) = soft(t, -log(var(i)), a = a)\n"
+    "path_i(t) = soft(t, -log(var(i)), a = 0.77)\n",
+])
+def test_paths_inside_the_training_support_are_accepted(spec):
+    build_model(check_text(spec))
+
+
+@pytest.mark.parametrize("spec, words", [
+    (EDM.format(network="oracle()").replace("-24, 20)", "-24, 8)"), "training only sees it in [-24, 8]"),
+    (FORCING.format(group="row(i)"), "no training time and param values give them all at once"),
+    ("gud 1\ndata = digits()\nbasis = pca()\nparam a ~ uniform(0.4, 1.6)\ngamma_i(t) = soft(t, -log(var(i)), a = a)\n"
+     "path_i(t) = soft(t, -log(var(i)), a = 2)\n", "the sampling path leaves the training support"),
+    ("gud 1\ndata = digits()\ngamma(t) = linear(t)\npath_i(t) = linear(t - 0.3 * rank(i))\n",
+     "no training time and param values give them all at once"),
+])
+def test_paths_leaving_the_training_support_are_E303_at_the_path(spec, words):
+    with pytest.raises(GudError) as e:
+        build_model(check_text(spec, "s.gud"))
+    (d,) = e.value.diagnostics
+    assert d.code == "E303" and words in d.message
+    line = next(k for k, text in enumerate(spec.splitlines(), 1) if text.startswith("path"))
+    assert d.span.line == line
+
+
+# --------------------------------------------------------------------------- bad input
+BASE = "gud 1\ndata = digits()\nbasis = pixel()\n"
+
+
+@pytest.mark.parametrize("body, code, words, stage", [
+    ("gamma(t) = linear(t)\nweight(t) = t - 0.5\n", "E304", "must be finite and >= 0", "build"),
+    ("gamma(t) = linear(t)\nweight(t) = 1 / t\n", "E304", "must be finite and >= 0", "build"),
+    ("gamma(t) = linear(t)\nweight(t) = 0 * t\n", "E304", "training would learn nothing", "build"),
+    ("param u_i ~ uniform(0, 1)\ngamma_i(t) = linear(u_i)\npath_i(t) = linear(t + u_i)\n",
+     "E208", "a param drawn per component in training", "check"),
+    ("param u_i ~ uniform(0, 1)\ngamma_i(t) = linear(t + u_i)\ngiven_i = u_i < 0.5\n", "E208", "drawn params", "check"),
+    ("param u ~ uniform(0, 1, group = col(i))\ngamma(t) = linear(t + u)\n", "E208", "name it `u_i`", "check"),
+    ("param u_i ~ uniform(0, 1, group = col(i) < 0.5)\ngamma_i(t) = linear(t + u_i)\n", "E213", "not a condition", "check"),
+    ("param a ~ uniform(0, 1)\nparam u_i ~ uniform(0, 1, group = a)\ngamma_i(t) = linear(t + u_i + a)\n",
+     "E208", "must not depend on drawn params", "check"),
+    ("param u_i ~ uniform(0, 1)\ngamma_i(t) = linear(u_i)\n", "E208", "does not depend on t", "check"),
+    ("gamma(t) = linear(0.5)\npath(t) = linear(t)\n", "E208", "depends on neither t nor a drawn param", "check"),
+    ("gamma(t) = linear(t)\nweight = 2\n", "E210", "must be declared as `weight(t) = ...`", "check"),
+    ("gamma(t) = linear(t)\nweight(t) = t < 0.5\n", "E213", "must be a number", "check"),
+    ("gamma(t) = linear(t)\npath(t) = linear(1 - t)\n", "E301", "gamma decreases", "build"),
+])
+def test_bad_paths_weights_and_per_component_params_are_clear_errors(body, code, words, stage):
+    text = BASE + body
+    with pytest.raises(GudError) as e:
+        checked = check_text(text, "s.gud")
+        assert stage == "build", "expected the checker to refuse it"
+        build_model(checked)
+    assert any(d.code == code and words in d.message + (d.help or "") for d in e.value.diagnostics), \
+        e.value.diagnostics
+    assert all(d.span is not None for d in e.value.diagnostics)
+
+
+def test_the_path_leaves_the_model_hash_alone():
+    """A run trained on gamma can be sampled along another path without retraining."""
+    one = check_text(EDM.format(network="oracle()"))
+    other = check_text(EDM.format(network="oracle()").replace("2 * 7 *", "2 * 5 *").replace("^(1/7)", "^(1/5)"))
+    from gudlang.hashing import full_hash, model_hash
+    assert model_hash(one, "fp") == model_hash(other, "fp") and full_hash(one, "fp") != full_hash(other, "fp")
