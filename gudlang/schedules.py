@@ -782,15 +782,10 @@ def check_support(train: CompiledSchedule, path: CompiledSchedule, drawn_ranges:
     for shared_cell in _cells([len(axes[n]) for n in shared]):
         lo_cell, hi_cell = _cell_ranges(train, t, shared, shared_cell, free, axes, keep)  # (E, K, D)
         low, high = np.minimum(low, lo_cell.min(axis=(0, 1))), np.maximum(high, hi_cell.max(axis=(0, 1)))
-        for first in range(0, len(p), 8):
-            chunk = slice(first, first + 8)
-            pc, tc = p[chunk, None, None, :], tol[chunk, None, None, :]
-            ok = (pc >= lo_cell[None] - tc) & (pc <= hi_cell[None] + tc)  # (P, E, K, D)
-            if free:
-                ok = np.logical_and.reduceat(ok[..., order], starts, axis=-1).any(axis=1)  # (P, K, G)
-            else:
-                ok = ok[:, 0]
-            found[chunk] |= ok.all(axis=-1).any(axis=-1)
+        pending = np.flatnonzero(~found)
+        for first in range(0, len(pending), 16):
+            chunk = pending[first:first + 16]
+            found[chunk] = _inside(p[chunk], tol[chunk], lo_cell, hi_cell, order, starts)
         if found.all():
             return
     k = int(np.argmin(found))
@@ -808,6 +803,34 @@ def check_support(train: CompiledSchedule, path: CompiledSchedule, drawn_ranges:
                                "is one training sees, but no training time and param values give them all at once",
                        help="the network only learns the states gamma takes in training: make the path a "
                             "re-timing of gamma, or draw the noise levels per component (param u_i ~ uniform)")
+
+
+def _inside(p: np.ndarray, tol: np.ndarray, lo: np.ndarray, hi: np.ndarray, order, starts) -> np.ndarray:
+    """(P,) bool: whether some time cell k puts every component's p_i within [lo - tol, hi + tol]
+    of cell k, where each group of components (order, starts; None: no per-component params)
+    may pick its own cell e of the per-component params. lo, hi: (E, K, D), non-decreasing in k
+    (gamma is non-decreasing in t), so component i allows a run of cells, from the first with
+    hi >= p_i - tol to the last with lo <= p_i + tol: binary searches, not a scan."""
+    runs = []
+    for e in range(lo.shape[0]):
+        first = torch.searchsorted(torch.as_tensor(np.ascontiguousarray(hi[e].T)),
+                                   torch.as_tensor((p - tol).T.copy()), right=False).numpy()  # (D, P)
+        last = torch.searchsorted(torch.as_tensor(np.ascontiguousarray(lo[e].T)),
+                                  torch.as_tensor((p + tol).T.copy()), right=True).numpy() - 1
+        if order is None:
+            return first.max(axis=0) <= last.min(axis=0)
+        runs.append((np.maximum.reduceat(first[order], starts, axis=0),  # (G, P): the group's run
+                     np.minimum.reduceat(last[order], starts, axis=0)))
+    cells = lo.shape[1]
+    cover = np.zeros((len(p), len(starts), cells + 1), np.int32)  # runs starting minus ending at k
+    points, groups = np.meshgrid(np.arange(len(p)), np.arange(len(starts)), indexing="ij")
+    for first, last in runs:
+        first, last = first.T, last.T  # (P, G)
+        good = first <= last
+        np.add.at(cover, (points[good], groups[good], first[good]), 1)
+        np.add.at(cover, (points[good], groups[good], last[good] + 1), -1)
+    covered = np.cumsum(cover[..., :cells], axis=-1) > 0  # (P, G, K)
+    return covered.all(axis=1).any(axis=-1)
 
 
 def _cells(sizes: list[int]):

@@ -256,3 +256,32 @@ def test_the_path_leaves_the_model_hash_alone():
     other = check_text(EDM.format(network="oracle()").replace("2 * 7 *", "2 * 5 *").replace("^(1/7)", "^(1/5)"))
     from gudlang.hashing import full_hash, model_hash
     assert model_hash(one, "fp") == model_hash(other, "fp") and full_hash(one, "fp") != full_hash(other, "fp")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_support_search_equals_a_scan_of_every_cell(seed):
+    """schedules._inside (binary searches, runs of cells) against the definition: some time
+    cell k with, for every group, some per-component cell e holding all its components."""
+    from gudlang.schedules import _group_order, _inside
+    rng = np.random.default_rng(seed)
+    cells, comps, points = 7, 6, 40
+    grouped = seed % 2 == 0
+    per = rng.integers(1, 4) if grouped else 1
+    steps = rng.exponential(1.0, (per, cells + 1, comps)) * (rng.random((per, cells + 1, comps)) < 0.7)
+    values = np.cumsum(steps, axis=1)  # non-decreasing in time, flat stretches included
+    lo, hi = np.minimum(values[:, :-1], values[:, 1:]), np.maximum(values[:, :-1], values[:, 1:])
+    p = rng.uniform(values.min(), values.max(), (points, comps))
+    p[: points // 4] = values[0, rng.integers(0, cells + 1, points // 4)]  # some exact training states
+    tol = np.full_like(p, 1e-9)
+    ids = rng.integers(0, 3, comps) if grouped else None
+    order, starts = _group_order({"u_i": ids}, ["u_i"], np.ones(comps, bool)) if grouped else (None, None)
+    got = _inside(p, tol, lo, hi, order, starts)
+    ok = (p[:, None, None, :] >= lo[None] - tol[:, None, None]) & (p[:, None, None, :] <= hi[None] + tol[:, None, None])
+    if grouped:
+        want = np.ones((points, cells), bool)
+        for g in np.unique(ids):
+            want &= ok[..., ids == g].all(axis=-1).any(axis=1)
+    else:
+        want = ok[:, 0].all(axis=-1)
+    np.testing.assert_array_equal(got, want.any(axis=-1))
+    assert got.any()
