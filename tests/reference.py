@@ -185,7 +185,7 @@ def _base(name: str) -> str:
 class Reference:
     """One spec, read once; `run` interprets its schedule, the other methods build on it."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, formula: str = "gamma"):
         program, _ = parse_program(source, "<reference>")
         library, _ = parse_program(PRELUDE, "<library>")
         self.library = {st.name: st for st in library.statements if isinstance(st, A.Define)}
@@ -198,11 +198,12 @@ class Reference:
                 self.fixed[st.name] = float(run.eval(st.value, {}).real.item())
                 run.params[st.name] = _complex(self.fixed[st.name], 0.0)
             elif isinstance(st, A.Param):
-                lo, hi = (run.eval(a, {}).real.item() for a in _bind(("lo", "hi"), st.dist))
+                dist = A.Call(st.dist.func, st.dist.args, tuple(k for k in st.dist.kwargs if k.name != "group"))
+                lo, hi = (run.eval(a, {}).real.item() for a in _bind(("lo", "hi"), dist))
                 self.drawn[st.name] = (float(lo), float(hi))
-        schedule = self.definitions.get("gamma")
+        schedule = self.definitions.get(formula)  # gamma, or another formula of t: path, weight
         if schedule is None or schedule.formals is None or [f.name for f in schedule.formals] != ["t"]:
-            raise EvaluationError("no schedule gamma(t) / gamma_i(t)")
+            raise EvaluationError(f"no formula {formula}(t) / {formula}_i(t)")
         self.schedule = schedule
 
     def run(self, t, features, params=None, *, side: int = 0, perturb=None) -> "_Run":
@@ -215,7 +216,8 @@ class Reference:
         for n, v in (params or {}).items():
             if n not in values:
                 raise EvaluationError(f"the spec has no param `{n}`")
-            values[n] = np.asarray(v, np.float64).reshape(-1, 1) if np.ndim(v) else np.float64(v)
+            v = np.asarray(v, np.float64)  # (T, D) for a param drawn per component
+            values[n] = v if v.ndim == 2 else v.reshape(-1, 1) if v.ndim else np.float64(v)
         run = _Run(self, t, {k: np.asarray(v, np.float64).reshape(1, -1) for k, v in features.items()},
                    {n: _complex(v, 0.0) for n, v in values.items()}, dim, side, perturb)
         with np.errstate(all="ignore"):
@@ -350,6 +352,8 @@ class _Run:
             return _complex(self.features[name], 0.0)
         if name in self.params:
             return self.params[name]
+        if name + "_i" in self.params:  # `u` names the per-component param `u_i`
+            return self.params[name + "_i"]
         d = self.ref.definitions.get(_base(name))
         if d is None or d.formals is not None:
             raise EvaluationError(f"`{name}` is not a value")

@@ -56,13 +56,14 @@ def compiled(text: str, features=FEATURES):
     return compile_schedule(checked.gamma, features, checked.fixed_params, drawn, dim), checked
 
 
-def drawn_values(ref: Reference, t: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """One value per time for every drawn param, its ends included."""
+def drawn_values(ref: Reference, t: np.ndarray, seed: int = 0, dim: int = 1) -> dict[str, np.ndarray]:
+    """One value per time for every drawn param, its ends included; (T, dim) values for a
+    param drawn per component (`x_i`)."""
     rng = np.random.default_rng(seed)
     values = {}
     for name, (lo, hi) in sorted(ref.drawn.items()):
-        v = rng.uniform(lo, hi, len(t))
-        v[:2] = lo, hi
+        v = rng.uniform(lo, hi, (len(t), dim) if name.endswith("_i") else len(t))
+        v[0], v[1] = lo, hi
         values[name] = v
     return values
 
@@ -73,9 +74,10 @@ def _where(bad: np.ndarray, t, got, want) -> str:
     return f"{int(bad.sum())} point(s) differ, e.g.\n  " + "\n  ".join(rows)
 
 
-def assert_matches_reference(schedule, text: str, features, t=T, params=None):
-    """gamma, dgamma/dt and beta of `schedule` equal the reference's, in float64 and float32."""
-    ref = Reference(text)
+def assert_matches_reference(schedule, text: str, features, t=T, params=None, formula: str = "gamma"):
+    """gamma, dgamma/dt and beta of `schedule` equal the reference's, in float64 and float32
+    (`formula`: another formula of t that the compiler compiles the same way, path or weight)."""
+    ref = Reference(text, formula)
     params = drawn_values(ref, t) if params is None else params
     ev = ref(t, features, params)
     right, left = ref.one_sided_slopes(t, features, params)
@@ -136,7 +138,7 @@ def assert_matches_reference(schedule, text: str, features, t=T, params=None):
 
 
 # --------------------------------------------------------------------------- shipped specs
-SPECS = sorted((ROOT / "specs").glob("*.gud"))
+SPECS = sorted((ROOT / "specs").glob("*.gud")) + sorted((ROOT / "specs").glob("peers/*.gud"))
 
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
@@ -148,7 +150,12 @@ def test_shipped_spec_matches_reference(path):
     assert ref.fixed == model.checked.fixed_params
     t = np.unique(np.concatenate([np.linspace(0.0, 1.0, 201), np.random.default_rng(1).uniform(0, 1, 55)]))
     for seed in range(3 if ref.drawn else 1):
-        assert_matches_reference(model.schedule, text, model.features, t, drawn_values(ref, t, seed))
+        params = drawn_values(ref, t, seed, model.dim)
+        assert_matches_reference(model.schedule, text, model.features, t, params)
+        for formula, module in (("path", model.path), ("weight", model.weight)):
+            if module is not None:
+                used = {n: v for n, v in params.items() if n in module.drawn}
+                assert_matches_reference(module, text, model.features, t, used, formula)
 
 
 # --------------------------------------------------------------------------- goldens
@@ -286,6 +293,39 @@ def test_disagreement_found_by_the_reference_stays_fixed(name):
     with torch.no_grad():
         _, slope = schedule.gamma_and_slope(torch.as_tensor(T), {k: torch.as_tensor(v) for k, v in params.items()})
     assert np.isfinite(slope.numpy())[np.isfinite(ev.slope) & np.isfinite(ev.gamma)].all()
+
+
+# Params drawn per component, (T, D) values, and the other formulas of t.
+PER_COMPONENT = {
+    "a per-component draw": "linear(u_i * t + 0.2 * rank(i))",
+    "reductions over a per-component draw": "t * (1 + max(u_i)) + mean(u_i * col(i)) + sum(u)",
+    "a per-component draw in a condition": "where(u_i < 0.5 and b < 0.1, t, 2 * t) + u * b",
+}
+
+
+@pytest.mark.parametrize("name", PER_COMPONENT)
+def test_per_component_params_match_reference(name):
+    text = ("gud 1\ndata = digits()\nbasis = pixel()\nparam b ~ uniform(0, 0.25)\n"
+            f"param u_i ~ uniform(-1, 1, group = col(i))\ngamma_i(t) = {PER_COMPONENT[name]}\n")
+    schedule, _ = compiled(text)
+    ref = Reference(text)
+    for seed in range(3):
+        assert_matches_reference(schedule, text, FEATURES, params=drawn_values(ref, T, seed, D))
+
+
+@pytest.mark.parametrize("formula, body", [
+    ("weight", "1 + exp(gamma_i(t)) * rank(i) + u_i"),
+    ("path", "linear(t^2 - 0.3 * rank(i)) + log(wvar(i))"),
+])
+def test_the_other_formulas_of_t_match_reference(formula, body):
+    text = ("gud 1\ndata = digits()\nbasis = pixel()\nparam u_i ~ uniform(0, 1)\n"
+            f"gamma_i(t) = linear(t - 0.3 * rank(i)) + u_i\n{formula}_i(t) = {body}\n")
+    checked = check_text(text, "test.gud")
+    drawn = {n: checked.spec.params[n].mean for n in checked.drawn}
+    module = compile_schedule(checked.formulas[formula], FEATURES, checked.fixed_params, drawn, D)
+    ref = Reference(text, formula)
+    params = {n: v for n, v in drawn_values(ref, T, 0, D).items() if n in module.drawn}
+    assert_matches_reference(module, text, FEATURES, params=params, formula=formula)
 
 
 # --------------------------------------------------------------------------- generated specs
