@@ -638,7 +638,7 @@ def _version() -> str:
     return f"gudlang {__version__} (language gud {LANGUAGE_VERSION})"
 
 
-def share_the_cpu(samples: int = 5) -> int | None:
+def share_the_cpu(samples: int = 5, loadavg: str = "/proc/loadavg") -> int | None:
     """When other processes are running on this CPU as gud starts (Linux: /proc/loadavg), use
     only the cores they leave free, with sleeping (not spinning) idle OpenMP threads: next to a
     busy process, torch's default threads slowed training 10-20 times
@@ -649,7 +649,7 @@ def share_the_cpu(samples: int = 5) -> int | None:
     counts = []
     try:
         for k in range(samples):
-            with open("/proc/loadavg") as f:  # "0.50 0.40 0.30 RUNNING/TOTAL LASTPID"
+            with open(loadavg) as f:  # "0.50 0.40 0.30 RUNNING/TOTAL LASTPID"
                 counts.append(int(f.read().split()[3].split("/")[0]) - 1)  # without this process
             if k + 1 < samples:
                 time.sleep(0.01)

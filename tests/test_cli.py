@@ -179,3 +179,28 @@ def test_python_m_gudlang_runs_the_cli():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "ok" in proc.stdout
+
+
+@pytest.mark.parametrize("running, threads", [(1, None), (2, "cores - 1"), (40, 1)])
+def test_gud_leaves_the_cores_other_processes_use(tmp_path, monkeypatch, running, threads):
+    """/proc/loadavg's running count includes gud itself; the others' cores are left to them."""
+    import os
+
+    from gudlang.cli import share_the_cpu
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    load = tmp_path / "loadavg"
+    load.write_text(f"0.50 0.40 0.30 {running}/321 4242\n")
+    want = {None: None, "cores - 1": 7, 1: 1}[threads]
+    assert share_the_cpu(samples=1, loadavg=str(load)) == want
+    assert os.environ.get("OMP_NUM_THREADS") == (None if want is None else str(want))
+    assert os.environ.get("OMP_WAIT_POLICY") == (None if want is None else "PASSIVE")
+
+
+def test_a_thread_count_the_user_chose_is_kept(tmp_path, monkeypatch):
+    from gudlang.cli import share_the_cpu
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    load = tmp_path / "loadavg"
+    load.write_text("0.50 0.40 0.30 5/321 4242\n")
+    assert share_the_cpu(samples=1, loadavg=str(load)) is None
