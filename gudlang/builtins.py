@@ -323,9 +323,107 @@ soft(t, l, a = 1, g_den = -7, g_noise = 3, clipped = false) =
 # starting at (1 - l) (1 - b). Label l in [0, 1], higher = noised earlier = generated
 # later: sequential(t, col(i)) generates the left column first. b = 1: all at once.
 sequential(t, l, b = 0.5, lo = -7, hi = 3) = linear((t - (1 - l) * (1 - b)) / b, lo, hi)
+
+# ---- Published schedules (docs/presets.md), each with its paper's defaults.
+
+# Ho et al. 2020 (DDPM), Sec. 4: betas linear from beta_1 to beta_T over T = steps steps,
+# alpha_bar_k = prod_{j <= k} (1 - beta_j) (Eq. 4) at t = k / T. Exact, not the VP SDE limit
+# (Song et al. 2021, beta from 0.1 to 20, off by up to 0.1 in gamma at small k):
+# log alpha_bar = sum_{u < k} log(y - u d), y = 1 - beta_1, d = (beta_T - beta_1) / (T - 1),
+# summed by Euler-Maclaurin to the d^2 term (the rest is below 1e-17), smooth between steps.
+# Below t = 1 / T it holds step 1, DDPM's least noisy latent (t = 0 would be gamma = -inf).
+ddpm_linear(t, beta_1 = 1e-4, beta_T = 0.02, steps = 1000) =
+    log(expm1(max(steps * t, 1) * (1 - log(1 - beta_1))
+              + ((1 - beta_1) * (steps - 1) / (beta_T - beta_1) - max(steps * t, 1) + 1 / 2)
+                * log1p(-max(steps * t, 1) * (beta_T - beta_1) / ((steps - 1) * (1 - beta_1)))
+              + (beta_T - beta_1) / (12 * (steps - 1))
+                * (1 / (1 - beta_1 - max(steps * t, 1) * (beta_T - beta_1) / (steps - 1)) - 1 / (1 - beta_1))))
+
+# Nichol & Dhariwal 2021 (improved DDPM), Eq. 17: alpha_bar(t) = f(t) / f(0) with
+# f(t) = cos^2((t + s) / (1 + s) pi / 2); gamma = log((f(0) - f(t)) / f(t)), the difference
+# written as sin(b + a) sin(b - a) to stay exact near t = 0. Their betas
+# 1 - alpha_bar(k / T) / alpha_bar((k - 1) / T), clipped at max_beta, reach the clip only at
+# the last step (f(1) = 0 makes it 1), so alpha_bar(1) = (1 - max_beta) alpha_bar(1 - 1 / T):
+# the min is that clip (gamma(1) = 19.8 at T = 1000). Below t = 1 / T it holds step 1.
+iddpm_cosine(t, s = 0.008, steps = 1000, max_beta = 0.999) =
+    min(log(sin((max(t, 1 / steps) + 2 * s) / (1 + s) * pi / 2) * sin(max(t, 1 / steps) / (1 + s) * pi / 2))
+        - 2 * log(cos((max(t, 1 / steps) + s) / (1 + s) * pi / 2)),
+        log(cos(s / (1 + s) * pi / 2)^2 / ((1 - max_beta) * cos((1 - 1 / steps + s) / (1 + s) * pi / 2)^2) - 1))
+
+# Kingma et al. 2021 (VDM), Sec. 3.2, Eqs. 3-5: their gamma is this gamma (SNR = exp(-gamma),
+# sigma^2 = sigmoid(gamma)); the fixed linear schedule of their experiments.
+vdm(t, g0 = -13.3, g1 = 5) = g0 + (g1 - g0) * t
+
+# Hoogeboom et al. 2023 (simple diffusion), Sec. 3.1, Eq. 5: SNR shifted from resolution ref
+# to d, log SNR + 2 log(ref / d), so gamma gains 2 log(d / ref); the cosine log SNR is their
+# listing's, -2 log tan(pi t / 2) truncated to [-hi, -lo] by mapping t onto the angles of
+# gamma = lo and hi. d = H in a spec; lo, hi bound the unshifted gamma.
+shifted_cosine(t, d = 64, ref = 64, lo = -15, hi = 15) =
+    2 * log(tan(atan(exp(lo / 2)) + t * (atan(exp(hi / 2)) - atan(exp(lo / 2))))) + 2 * log(d / ref)
+
+# Karras et al. 2022 (EDM), Table 1 and Sec. 5: training noise ln sigma ~ N(P_mean, P_std^2),
+# here by the quantile at t (uniform t gives their distribution), gamma = -log SNR = 2 ln sigma
+# (sigma in units of the whitened data; EDM's images have sigma_data = 0.5). t is clipped to
+# [tail, 1 - tail]: 2 tail of the mass (2e-6) sits on the ends, ln sigma = P_mean +- 4.75 P_std.
+edm_sigma(t, P_mean = -1.2, P_std = 1.2, tail = 1e-6) = 2 * (P_mean + P_std * ndtri(clip(t, tail, 1 - tail)))
+
+# Karras et al. 2022 (EDM), Eq. 5: the sampling noise levels
+# sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho as a
+# continuous path, t = 1 - i / (N - 1): sigma_max at t = 1, sigma_min at t = 0.
+edm_path(t, sigma_min = 0.002, sigma_max = 80, rho = 7) =
+    2 * rho * log(sigma_min^(1 / rho) + t * (sigma_max^(1 / rho) - sigma_min^(1 / rho)))
+
+# Hoogeboom & Salimans 2023 (blurring diffusion), their pseudo-code (get_frequency_scaling,
+# get_noise_scaling_cosine), for the dct basis: mode (ky, kx) is scaled by alpha_t d_i(t),
+# d_i = (1 - m) exp(-lambda_i tau_t) + m, m = min_scale, lambda_i = pi^2 (kx^2 / W^2 +
+# ky^2 / H^2) (frequencies pi k / n per axis), tau_t = sigma_B^2 / 2, sigma_B =
+# sigma_blur_max sin^2(pi t / 2), plus noise sigma_t; alpha_t, sigma_t their cosine with
+# log SNR in [-hi, -lo]. So gamma_i = -log(alpha_t^2 / sigma_t^2) - 2 log d_i.
+blurring(t, sigma_blur_max = 20, min_scale = 0.001, lo = -10, hi = 10) =
+    shifted_cosine(t, lo = lo, hi = hi)
+    - 2 * log(min_scale + (1 - min_scale)
+                * exp(-pi^2 * (kx(i)^2 / W^2 + ky(i)^2 / H^2) * sigma_blur_max^2 * sin(pi * t / 2)^4 / 2))
+
+# Falck et al. 2025 (a Fourier space perspective), EqualSNR: the noise covariance follows the
+# data's, so every component has the same true SNR, here the SNR of DDPM's linear betas (the
+# paper writes its SNRs with DDPM's alpha_bar; the noise's overall scale is our choice: the
+# true SNR is exactly the base schedule's).
+equal_snr(t, beta_1 = 1e-4, beta_T = 0.02, steps = 1000) = log(wvar(i)) + ddpm_linear(t, beta_1, beta_T, steps)
+
+# Ruhe et al. 2024 (rolling diffusion), Sec. 3.2: frame k of a window of W frames has local
+# time (k + t) / W; each time t has run down to 0 the window rolls on by one frame, leaving
+# clean frames behind it and noise ahead. One formula for a whole sequence: frame labels l in
+# [0, 1], the window w in label units (W frames of N: w = W / (N - 1)), the window sliding in
+# over the first frames (where the paper uses a separate init schedule, Sec. 3.3), local time
+# clip((l - 1 + t (1 + w)) / w, 0, 1): `sequential` with b = w / (1 + w). Base: the
+# truncated cosine (shifted_cosine) in [lo, hi], our choice.
+rolling(t, l, w = 0.5, lo = -15, hi = 15) = shifted_cosine(clip((l - 1 + t * (1 + w)) / w, 0, 1), lo = lo, hi = hi)
+
+# Wu et al. 2023 (AR-Diffusion), Sec. 3, f(n, t): token n of N gets a timestep on the line
+# through the start point (n_s, t_s) = (max(N - s, 0), max(s - N, 0)) and the anchor point
+# (anchor N, T), clipped to [0, T], for a global step s in [0, N + T] (here s = t (N + T)
+# and n = l (N - 1), l in [0, 1]). Their code rounds f to an integer step; in continuous
+# time that would make beta 0 between the steps, so f stays a real number (still monotone).
+# Local time f / T, base the truncated cosine in [lo, hi] (theirs, Diffusion-LM's sqrt
+# schedule, is made for word embeddings).
+ar_diffusion(t, l, tokens = W, steps = 2000, anchor = 2, lo = -15, hi = 15) =
+    shifted_cosine(clip(max((t * (tokens + steps) - tokens) / steps, 0)
+                        + (1 - max((t * (tokens + steps) - tokens) / steps, 0))
+                          * (l * (tokens - 1) / tokens - max(1 - t * (tokens + steps) / tokens, 0))
+                          / (anchor - max(1 - t * (tokens + steps) / tokens, 0)), 0, 1), lo = lo, hi = hi)
+
+# Chen et al. 2024 (Diffusion Forcing), the pyramid scheduling matrix of its sampling
+# (Algorithm 2's K; their code's _generate_pyramid_scheduling_matrix):
+# K[m, n] = clip(S + n u - m, 0, S) for sampling row m and token n of N, S = steps noise
+# levels, u = scale (their uncertainty scale), as a sampling path: t = 1 - m / (S + (N - 1) u),
+# l = n / (N - 1), local time K / S; later tokens are noisier. (They floor n u; with an
+# integer u that changes nothing.) Base the truncated cosine in [lo, hi], our choice.
+pyramid(t, l, tokens = W, steps = 50, scale = 1, lo = -15, hi = 15) =
+    shifted_cosine(clip(t + (tokens - 1) * scale * (t + l - 1) / steps, 0, 1), lo = lo, hi = hi)
 """
 
-LIBRARY = ("linear", "vp", "cosine", "soft", "sequential")
+LIBRARY = ("linear", "vp", "cosine", "soft", "sequential", "ddpm_linear", "iddpm_cosine", "vdm", "shifted_cosine",
+           "edm_sigma", "edm_path", "blurring", "equal_snr", "rolling", "ar_diffusion", "pyramid")
 
 
 def known_function_names() -> set[str]:

@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "editors"))
 import generate  # noqa: E402
 
 SHIPPED = sorted([*(ROOT / "specs").glob("*.gud"), *(ROOT / "specs" / "paper").glob("*.gud"),
+                  *(ROOT / "specs" / "peers").glob("*.gud"),
                   *GOLDEN.glob("**/*.gud")])
 # The golden files that the gud lexer itself rejects (NUL bytes, `$`, a non-ASCII digit).
 LEXICALLY_INVALID = {GOLDEN / "errors" / n for n in

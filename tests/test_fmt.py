@@ -14,7 +14,7 @@ from gudlang.fmt import format_expr, format_program, format_text, unified_diff
 from gudlang.lower import parse_program
 
 ROOT = Path(__file__).resolve().parent.parent
-SPECS = sorted((ROOT / "specs").glob("*.gud"))
+SPECS = sorted([*(ROOT / "specs").glob("*.gud"), *(ROOT / "specs").glob("peers/*.gud")])
 GOLDEN = sorted((Path(__file__).parent / "golden" / "fmt").glob("*.gud"))
 
 # Every syntax form, comments in every position, and layouts far from canonical.

@@ -115,7 +115,7 @@ def test_payload_has_defaults_and_no_runtime():
     assert p["basis"] == {"kind": "pca", "channels": "mix"}
 
 
-SPECS = sorted((ROOT / "specs").glob("*.gud"))
+SPECS = sorted([*(ROOT / "specs").glob("*.gud"), *(ROOT / "specs").glob("peers/*.gud")])
 
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
@@ -124,7 +124,8 @@ def test_shipped_spec_hashes_are_stable(path):
     checked = check_text(path.read_text(), str(path))
     data = load_spec_data(checked)
     text = f"model {model_hash(checked, data.fingerprint)}\nfull  {full_hash(checked, data.fingerprint)}\n"
-    check_golden(ROOT / "tests" / "golden" / "hash" / f"{path.stem}.expected", text)
+    name = path.stem if path.parent.name == "specs" else f"{path.parent.name}_{path.stem}"
+    check_golden(ROOT / "tests" / "golden" / "hash" / f"{name}.expected", text)
 
 
 # --------------------------------------------------------------------------- hash vs meaning
