@@ -4,6 +4,7 @@ own variance-exploding form, the analytic Gaussian NLL, the sampler's own networ
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,3 +286,16 @@ def test_the_support_search_equals_a_scan_of_every_cell(seed):
         want = ok[:, 0].all(axis=-1)
     np.testing.assert_array_equal(got, want.any(axis=-1))
     assert got.any()
+
+
+PEERS = sorted((Path(__file__).resolve().parent.parent / "specs" / "peers").glob("*.gud"))
+
+
+@pytest.mark.parametrize("spec", PEERS, ids=[p.stem for p in PEERS])
+def test_every_peer_spec_trains_and_samples(spec, tmp_path, capsys):
+    settings = ["-s", "train.steps=2", "-s", "train.batch=8", "-s", "train.sample_every=0",
+                "-s", "sample.n=2", "-s", "sample.steps=3"]
+    assert main(["train", "--quiet", str(spec), "--out", str(tmp_path), *settings]) == 0, capsys.readouterr().err
+    (run,) = tmp_path.iterdir()
+    x = gudlang.load(run).sample(2, steps=3)
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
