@@ -37,10 +37,17 @@ NOISE_BLOCK = 256
 
 
 def load(target: str | Path, *, network: torch.nn.Module | None = None, weights: str = "ema",
-         params: dict | None = None, device: str | torch.device | None = None) -> "GudModel":
+         params: dict | None = None, device: str | torch.device | None = None,
+         path: str | None = None) -> "GudModel":
     """A trained model from a run directory, checkpoint file or export, or the exact model of a
     spec with `network = oracle()`. `params` sets drawn params ({"a": 0.8}), `weights` picks
-    the EMA (default) or raw weights, `network` is the module a custom-network run needs."""
+    the EMA (default) or raw weights, `network` is the module a custom-network run needs,
+    `path` a sampling path other than the spec's ("edm_path(t, rho = 5)"; see `with_path`)."""
+    loaded = _load(target, network, weights, params, device)
+    return loaded if path is None else loaded.with_path(path)
+
+
+def _load(target, network, weights, params, device) -> "GudModel":
     from gudlang import runs
     overrides = {k: str(v) for k, v in (params or {}).items()}
     path = Path(target)
@@ -125,6 +132,7 @@ class GudModel:
         self.device = torch.device(device) if device is not None else device_for(model.spec.runtime)
         self.eps_model = eps_model.to(self.device)
         self._source, self._overrides, self._network, self._weights = source, overrides or {}, network, weights
+        self._path: str | None = None  # a sampling path given with `with_path`
 
     @classmethod
     def from_parts(cls, model, network: torch.nn.Module, device=None) -> "GudModel":
@@ -164,7 +172,17 @@ class GudModel:
         if self._source is None:
             raise GudError.one("E640", "params can only be changed on a model loaded with gudlang.load")
         return load(self._source, network=self._network, weights=self._weights,
-                    params={**self._overrides, **params}, device=self.device)
+                    params={**self._overrides, **params}, device=self.device, path=self._path)
+
+    def with_path(self, text: str) -> "GudModel":
+        """The same trained network sampled along another path, written as a spec's
+        `path_i(t) = ...` right-hand side: it must stay inside the training support (E303).
+        Samples, completions and the likelihood then follow it."""
+        from gudlang.pipeline import with_path_text
+        moved = GudModel(with_path_text(self.model, text), self.eps_model, self.meta, self.device, source=self._source,
+                         overrides=self._overrides, network=self._network, weights=self._weights)
+        moved._path = text
+        return moved
 
     def _options(self, sampler: str, grid: str | None) -> dict:
         return sampler_options(sampler, self.spec.sample, grid)

@@ -10,11 +10,11 @@ errors. Every `GudError` is printed as diagnostics; no user input produces a tra
     gud explain FILE
     gud plot FILE (--schedule | --forward) -o OUT.png;  gud plot RUN --metrics -o OUT.png
     gud train SPEC [-s key=value ...] [--out DIR] [--resume RUN] [--name NAME]
-    gud sample RUN [-n N] [--sampler S] [--steps K] [--given FILE] [--mask COND] [-s param=value ...]
+    gud sample RUN [-n N] [--sampler S] [--steps K] [--given FILE] [--mask COND] [--path FORMULA] [-s param=value ...]
     gud extend RUN --image FILE (--columns N | --rows N)
     gud export RUN DIR
     gud fid RUN --ref DIR|FILE.npz [-n N] [--samples DIR|FILE.npz] [--features inception|MODULE:NAME] [--inception FILE]
-    gud nll RUN [--split test] [-n N] [--divergence exact|hutchinson] [--given FILE]
+    gud nll RUN [--split test] [-n N] [--divergence exact|hutchinson] [--given FILE] [--path FORMULA]
 """
 
 from __future__ import annotations
@@ -313,7 +313,7 @@ def cmd_sample(args, overrides: dict) -> int:
 
     from gudlang.api import load
     from gudlang.images import save_grid, save_npz, save_pairs, save_png_dir
-    model = load(args.run, params=overrides, weights=args.weights)
+    model = load(args.run, params=overrides, weights=args.weights, path=args.path)
     settings = model.spec.sample
     method, steps = args.sampler or settings.sampler, args.steps or settings.steps
     seed = settings.seed if args.seed is None else args.seed
@@ -321,7 +321,7 @@ def cmd_sample(args, overrides: dict) -> int:
     stem = Path(args.output) if args.output else _outputs(args, args.run) / (
         f"{method}-{steps}steps-seed{seed}" + ("-given" if conditional else ""))
     record = {"sampler": method, "steps": steps, "grid": args.grid or settings.grid, "seed": seed,
-              "model_hash": model.hash, "overrides": overrides}
+              "model_hash": model.hash, "overrides": overrides, "path": args.path}
     start = time.time()
     if conditional:
         images, source = _known_images(model, args, args.n or settings.n)
@@ -427,7 +427,7 @@ def cmd_nll(args, overrides: dict) -> int:
 
     from gudlang.api import load
     from gudlang.likelihood import mean_and_stderr
-    model = load(args.run, params=overrides, weights=args.weights)
+    model = load(args.run, params=overrides, weights=args.weights, path=args.path)
     if args.given is not None:
         from gudlang.conditioning import load_images
         data = model.model.data
@@ -454,7 +454,7 @@ def cmd_nll(args, overrides: dict) -> int:
               "dequantised": model.model.data.levels is not None, "levels": model.model.data.levels,
               "nfe": result.nfe, "divergence_evaluations_per_image": result.divergence_evaluations,
               "rtol": model.spec.sample.rtol, "atol": model.spec.sample.atol,
-              "model_hash": model.hash, "world_size": world}
+              "model_hash": model.hash, "world_size": world, "path": args.path}
     folder = _outputs(args, args.run)
     _write_json((folder.parent if folder.name == "samples" else folder) / f"nll-{Path(split).stem}.json", record)
     what = "exact divergence" if result.divergence == "exact" else f"{result.divergence} divergence estimate"
@@ -573,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     def with_model(q):
         q.add_argument("--weights", choices=["ema", "raw"], default="ema",
                        help="the EMA weights (default) or the trained ones")
+        q.add_argument("--path", metavar="FORMULA",
+                       help='sample along this path instead of the spec\'s, written as a spec\'s path_i(t) = ..., '
+                            'e.g. "edm_path(t, rho = 5)" (it must stay inside the training support)')
 
     q = sub.add_parser("sample", help="sample from a trained run, a checkpoint, an export or an oracle spec")
     q.add_argument("run")

@@ -289,5 +289,45 @@ def given_from_text(model: Model, text: str) -> np.ndarray:
                         for d in e.diagnostics]) from None
 
 
+def with_path_text(model: Model, text: str) -> Model:
+    """The same model sampled along another path: `text` written as the right-hand side of a
+    spec's `path_i(t) = ...` (e.g. "edm_path(t, rho = 5)"), with the spec's definitions and
+    params in scope, checked like a path of the spec (non-decreasing, finite, inside the
+    training support: E301 / E302 / E303). The trained network is unchanged: the path is not
+    part of the model hash. Errors name the path."""
+    from dataclasses import replace
+
+    from gudlang.check import check_text
+
+    source = model.checked.source
+    lines = source.text.splitlines()
+    path = _formula_path(model.checked, "path")
+    if path:
+        span = source.span(path[:2])
+        del lines[span.line - 1: span.end_line]
+    if "\n" in text or "\r" in text:
+        raise GudError.one("E003", f"the path must be one line, got {text!r}")
+    lines.append(f"path_i(t) = {text}")
+
+    def named(e: GudError) -> GudError:
+        return GudError([replace(d, message=f"in the path `{text}`: {d.message}", span=None, path=None)
+                         for d in e.diagnostics])
+
+    try:
+        checked = check_text("\n".join(lines) + "\n", None, dict(model.checked.overrides))
+    except GudError as e:
+        raise named(e) from None
+    spec = checked.spec
+    drawn = {n: spec.params[n].mean for n in checked.drawn}
+    ranges = {n: (spec.params[n].lo, spec.params[n].hi) for n in model.checked.drawn}
+    try:
+        sampling = compile_schedule(checked.path, model.features, checked.fixed_params, drawn, model.dim)
+        check_schedule(sampling, model.features["wvar"], {}, None)
+        check_support(model.schedule, sampling, ranges, model.groups, ignore=model.given)
+    except GudError as e:
+        raise named(e) from None
+    return replace(model, path=sampling)
+
+
 __all__ = ["Model", "build_model", "build_prior", "given_from_text", "given_mask",
-           "load_spec_data", "VAR_FLOOR"]
+           "load_spec_data", "with_path_text", "VAR_FLOOR"]

@@ -299,3 +299,68 @@ def test_every_peer_spec_trains_and_samples(spec, tmp_path, capsys):
     (run,) = tmp_path.iterdir()
     x = gudlang.load(run).sample(2, steps=3)
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+
+
+# --------------------------------------------------------------------------- another path, no retraining
+ORACLE_LINEAR = """gud 1
+data = grf(size = 6, slope = 2, n = 600)
+basis = fourier()
+prior = white
+network = oracle()
+gamma(t) = linear(t, lo = -12, hi = 10)
+sample { rtol = 1e-6; atol = 1e-6; steps = 6 }
+"""
+
+
+def test_a_model_can_be_sampled_along_another_path_without_retraining():
+    model = build_model(check_text(ORACLE_LINEAR))
+    from gudlang.api import GudModel, oracle_eps_model
+    seen = []
+    inner = oracle_eps_model(model)
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, chi, t, gamma):
+            seen.append((t.detach().clone(), gamma.detach().clone()))
+            return self.inner(chi, t, gamma)
+
+    moved = GudModel(model, Recording(), {"gudlang_hash": model.model_hash}, "cpu").with_path("linear(t^3, -12, 10)")
+    assert moved.hash == model.model_hash
+    moved.sample(2)
+    for t, gamma in seen:
+        want = -12 + 22 * t.double() ** 3
+        torch.testing.assert_close(gamma.double(), want[:, None].expand_as(gamma), rtol=1e-6, atol=1e-5)
+
+
+def test_oracle_nll_along_another_path_is_the_analytic_nll(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "oracle.gud"
+    spec.write_text(ORACLE_LINEAR)
+    assert main(["nll", str(spec), "-n", "8", "--path", "linear(t^2 * (3 - 2 * t), -12, 10)"]) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "samples" / "oracle" / "nll-test.json").read_text())
+    assert record["path"] == "linear(t^2 * (3 - 2 * t), -12, 10)"
+    data = load_spec_data(check_text(spec.read_text(), str(spec)))
+    x = data.test[:8].reshape(8, -1).astype(np.float64)
+    logp = multivariate_normal(mean=np.asarray(data.mean).reshape(-1), cov=data.cov).logpdf(x)
+    width = data.value_range[1] - data.value_range[0]
+    analytic = -(logp + x.shape[1] * math.log(width)) / (x.shape[1] * math.log(2))
+    assert abs(record["bits_per_dim"] - analytic.mean()) < 0.01
+
+
+@pytest.mark.parametrize("formula, code, words", [
+    ("linear(t - 0.3 * rank(i), -12, 10)", "E303", "no training time and param values give them all at once"),
+    ("linear(t, -12, 12)", "E303", "training only sees it in [-12, 10]"),
+    ("lienar(t)", "E201", "unknown function `lienar`"),
+    ("linear(1 - t, -12, 10)", "E301", "gamma decreases"),
+    ("linear(t)\ngamma(t) = t", "E003", "must be one line"),
+])
+def test_a_bad_path_on_the_command_line_is_a_clear_error(capsys, tmp_path, monkeypatch, formula, code, words):
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "oracle.gud"
+    spec.write_text(ORACLE_LINEAR)
+    assert main(["sample", str(spec), "-n", "2", "--path", formula]) != 0
+    err = capsys.readouterr().err
+    assert f"error[{code}]" in err and words in err and "Traceback" not in err
