@@ -78,7 +78,7 @@ def assert_matches_reference(schedule, text: str, features, t=T, params=None, fo
     """gamma, dgamma/dt and beta of `schedule` equal the reference's, in float64 and float32
     (`formula`: another formula of t that the compiler compiles the same way, path or weight)."""
     ref = Reference(text, formula)
-    params = drawn_values(ref, t) if params is None else params
+    params = drawn_values(ref, t, dim=np.size(features["rank"])) if params is None else params
     ev = ref(t, features, params)
     right, left = ref.one_sided_slopes(t, features, params)
     rounding = ref.rounding(t, features, params)
@@ -433,18 +433,20 @@ SMALL, PLAIN, CALLING_F, CALLING_BOTH = formulas(depth=2), formulas(depth=3), fo
 
 @st.composite
 def specs(draw) -> str:
-    """A whole spec as text: a basis, fixed and drawn params, value definitions, helper
-    functions with defaults (one calling the other) and a schedule using all of them."""
+    """A whole spec as text: a basis, fixed and drawn params (one of them perhaps drawn per
+    component, perhaps grouped), value definitions, helper functions with defaults (one
+    calling the other) and a schedule using all of them."""
     basis = draw(st.sampled_from(["pixel", "wavelet", "dct"]))
     features = [f"{f}(i)" for f in sorted(BASIS_FEATURES[basis])]
     lines = ["gud 1", "data = digits()", f"basis = {basis}()", "prior = white"]
     fixed = draw(st.lists(st.sampled_from(["a", "c"]), unique=True, max_size=2))
-    drawn = draw(st.lists(st.sampled_from(["b", "d"]), unique=True, max_size=2))
+    drawn = draw(st.lists(st.sampled_from(["b", "d", "u_i"]), unique=True, max_size=2))
     for name in fixed:
         lines.append(f"param {name} = {draw(NUMBERS.filter(lambda v: 'e' not in v))}")
     for name in drawn:
         lo, hi = sorted(draw(st.lists(_moderate, min_size=2, max_size=2, unique=True)))
-        lines.append(f"param {name} ~ uniform({lo!r}, {hi!r})")
+        group = f", group = {draw(st.sampled_from(features))}" if name == "u_i" and draw(st.booleans()) else ""
+        lines.append(f"param {name} ~ uniform({lo!r}, {hi!r}{group})")
     params = fixed + drawn
     constant_atoms = features + fixed + ["H", "W", "C", "D"]
     lines.append(f"k = {fill(draw(SMALL), fixed, fixed)}")
