@@ -268,25 +268,9 @@ def given_from_text(model: Model, text: str) -> np.ndarray:
     """The mask (D,) bool that a condition written as in a spec (e.g. "col(i) < 0.5") selects
     in this model: checked as `given_i = TEXT` in place of the spec's own given mask, with the
     spec's definitions and params in scope. Errors name the condition (E2xx, E680)."""
-    from dataclasses import replace
-
-    from gudlang.check import check_text
-
-    source = model.checked.source
-    lines = source.text.splitlines()
-    path = _definition_path(model.checked, ("given_i", "given"))
-    if path:
-        span = source.span(path[:2])
-        del lines[span.line - 1: span.end_line]
-    if "\n" in text or "\r" in text:
-        raise GudError.one("E003", f"the condition must be one line, got {text!r}")
-    lines.append(f"given_i = {text}")
-    try:
-        checked = check_text("\n".join(lines) + "\n", None, dict(model.checked.overrides))
+    with _named("condition", text):
+        checked = _checked_with(model, "given", f"given_i = {text}", text, "condition")
         return given_mask(checked, model.features)
-    except GudError as e:
-        raise GudError([replace(d, message=f"in the condition `{text}`: {d.message}", span=None, path=None)
-                        for d in e.diagnostics]) from None
 
 
 def with_path_text(model: Model, text: str) -> Model:
@@ -297,36 +281,45 @@ def with_path_text(model: Model, text: str) -> Model:
     part of the model hash. Errors name the path."""
     from dataclasses import replace
 
-    from gudlang.check import check_text
-
-    source = model.checked.source
-    lines = source.text.splitlines()
-    path = _formula_path(model.checked, "path")
-    if path:
-        span = source.span(path[:2])
-        del lines[span.line - 1: span.end_line]
-    if "\n" in text or "\r" in text:
-        raise GudError.one("E003", f"the path must be one line, got {text!r}")
-    lines.append(f"path_i(t) = {text}")
-
-    def named(e: GudError) -> GudError:
-        return GudError([replace(d, message=f"in the path `{text}`: {d.message}", span=None, path=None)
-                         for d in e.diagnostics])
-
-    try:
-        checked = check_text("\n".join(lines) + "\n", None, dict(model.checked.overrides))
-    except GudError as e:
-        raise named(e) from None
-    spec = checked.spec
-    drawn = {n: spec.params[n].mean for n in checked.drawn}
-    ranges = {n: (spec.params[n].lo, spec.params[n].hi) for n in model.checked.drawn}
-    try:
+    with _named("path", text):
+        checked = _checked_with(model, "path", f"path_i(t) = {text}", text, "path")
+        spec = checked.spec
+        drawn = {n: spec.params[n].mean for n in checked.drawn}
+        ranges = {n: (spec.params[n].lo, spec.params[n].hi) for n in model.checked.drawn}
         sampling = compile_schedule(checked.path, model.features, checked.fixed_params, drawn, model.dim)
         check_schedule(sampling, model.features["wvar"], {}, None)
         check_support(model.schedule, sampling, ranges, model.groups, ignore=model.given)
-    except GudError as e:
-        raise named(e) from None
     return replace(model, path=sampling)
+
+
+def _checked_with(model: Model, name: str, line: str, text: str, what: str) -> CheckedSpec:
+    """The model's spec checked again with formula `name` replaced by `line` (E003 when the
+    user's `text` is not one line)."""
+    from gudlang.check import check_text
+
+    if "\n" in text or "\r" in text:
+        raise GudError.one("E003", f"the {what} must be one line, got {text!r}")
+    source = model.checked.source
+    lines = source.text.splitlines()
+    path = _formula_path(model.checked, name)
+    if path:
+        span = source.span(path[:2])
+        del lines[span.line - 1: span.end_line]
+    lines.append(line)
+    return check_text("\n".join(lines) + "\n", None, dict(model.checked.overrides))
+
+
+@contextmanager
+def _named(what: str, text: str):
+    """Errors raised inside say they are about the user's `what` `text`, with no spec line."""
+    from dataclasses import replace
+    try:
+        yield
+    except GudError as e:
+        if all(d.message.startswith(f"the {what} must be one line") for d in e.diagnostics):
+            raise
+        raise GudError([replace(d, message=f"in the {what} `{text}`: {d.message}", span=None, path=None)
+                        for d in e.diagnostics]) from None
 
 
 __all__ = ["Model", "build_model", "build_prior", "given_from_text", "given_mask",

@@ -100,22 +100,34 @@ def test_the_weighted_loss_is_edm_loss_in_its_own_form():
     assert loss == pytest.approx(float(np.mean(weight * (denoised - x0) ** 2)), rel=1e-5)
 
 
+class Recording(torch.nn.Module):
+    """The exact (oracle) epsilon model of `model`, noting every (t, gamma) it is called with."""
+
+    def __init__(self, model):
+        super().__init__()
+        from gudlang.api import oracle_eps_model
+        self.inner, self.seen = oracle_eps_model(model), []
+
+    def forward(self, chi, t, gamma):
+        self.seen.append((t.detach().clone(), gamma.detach().clone()))
+        return self.inner(chi, t, gamma)
+
+
+def analytic_bits_per_dim(spec: Path, n: int) -> float:
+    """The mean NLL in bits/dim of the first n test images under the data's own Gaussian."""
+    data = load_spec_data(check_text(spec.read_text(), str(spec)))
+    x = data.test[:n].reshape(n, -1).astype(np.float64)
+    logp = multivariate_normal(mean=np.asarray(data.mean).reshape(-1), cov=data.cov).logpdf(x)
+    width = data.value_range[1] - data.value_range[0]  # continuous data: the whole range is the unit
+    return float(np.mean(-(logp + x.shape[1] * math.log(width)) / (x.shape[1] * math.log(2))))
+
+
 def test_samplers_call_the_network_on_the_path_not_on_gamma():
+    from gudlang.api import GudModel
     built = build_model(check_text(EDM.format(network="oracle()")))
-    from gudlang.api import GudModel, oracle_eps_model
-    seen = []
-    inner = oracle_eps_model(built)
-
-    class Recording(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, chi, t, gamma):
-            seen.append((t.detach().clone(), gamma.detach().clone()))
-            return self.inner(chi, t, gamma)
-
-    GudModel(built, Recording(), {}, "cpu").sample(3)
+    network = Recording(built)
+    GudModel(built, network, {}, "cpu").sample(3)
+    seen = network.seen
     assert seen
     with torch.no_grad():
         for t, gamma in seen:
@@ -140,12 +152,7 @@ sample { rtol = 1e-6; atol = 1e-6 }
 """)
     assert main(["nll", str(spec), "-n", "16"]) == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "samples" / "oracle" / "nll-test.json").read_text())
-    data = load_spec_data(check_text(spec.read_text(), str(spec)))
-    x = data.test[:16].reshape(16, -1).astype(np.float64)
-    logp = multivariate_normal(mean=np.asarray(data.mean).reshape(-1), cov=data.cov).logpdf(x)
-    width = data.value_range[1] - data.value_range[0]
-    analytic = -(logp + x.shape[1] * math.log(width)) / (x.shape[1] * math.log(2))
-    assert abs(record["bits_per_dim"] - analytic.mean()) < 0.01
+    assert abs(record["bits_per_dim"] - analytic_bits_per_dim(spec, 16)) < 0.01
 
 
 # --------------------------------------------------------------------------- per-component draws
@@ -313,24 +320,13 @@ sample { rtol = 1e-6; atol = 1e-6; steps = 6 }
 
 
 def test_a_model_can_be_sampled_along_another_path_without_retraining():
+    from gudlang.api import GudModel
     model = build_model(check_text(ORACLE_LINEAR))
-    from gudlang.api import GudModel, oracle_eps_model
-    seen = []
-    inner = oracle_eps_model(model)
-
-    class Recording(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, chi, t, gamma):
-            seen.append((t.detach().clone(), gamma.detach().clone()))
-            return self.inner(chi, t, gamma)
-
-    moved = GudModel(model, Recording(), {"gudlang_hash": model.model_hash}, "cpu").with_path("linear(t^3, -12, 10)")
+    network = Recording(model)
+    moved = GudModel(model, network, {"gudlang_hash": model.model_hash}, "cpu").with_path("linear(t^3, -12, 10)")
     assert moved.hash == model.model_hash
     moved.sample(2)
-    for t, gamma in seen:
+    for t, gamma in network.seen:
         want = -12 + 22 * t.double() ** 3
         torch.testing.assert_close(gamma.double(), want[:, None].expand_as(gamma), rtol=1e-6, atol=1e-5)
 
@@ -342,12 +338,7 @@ def test_oracle_nll_along_another_path_is_the_analytic_nll(capsys, tmp_path, mon
     assert main(["nll", str(spec), "-n", "8", "--path", "linear(t^2 * (3 - 2 * t), -12, 10)"]) == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "samples" / "oracle" / "nll-test.json").read_text())
     assert record["path"] == "linear(t^2 * (3 - 2 * t), -12, 10)"
-    data = load_spec_data(check_text(spec.read_text(), str(spec)))
-    x = data.test[:8].reshape(8, -1).astype(np.float64)
-    logp = multivariate_normal(mean=np.asarray(data.mean).reshape(-1), cov=data.cov).logpdf(x)
-    width = data.value_range[1] - data.value_range[0]
-    analytic = -(logp + x.shape[1] * math.log(width)) / (x.shape[1] * math.log(2))
-    assert abs(record["bits_per_dim"] - analytic.mean()) < 0.01
+    assert abs(record["bits_per_dim"] - analytic_bits_per_dim(spec, 8)) < 0.01
 
 
 @pytest.mark.parametrize("formula, code, words", [
