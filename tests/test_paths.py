@@ -246,6 +246,9 @@ BASE = "gud 1\ndata = digits()\nbasis = pixel()\n"
     ("gamma(t) = linear(t)\nweight = 2\n", "E210", "must be declared as `weight(t) = ...`", "check"),
     ("gamma(t) = linear(t)\nweight(t) = t < 0.5\n", "E213", "must be a number", "check"),
     ("gamma(t) = linear(t)\npath(t) = linear(1 - t)\n", "E301", "gamma decreases", "build"),
+    ("gamma(t) = linear(t)\npath(t) = linear(t - 0.3 * rank(i))\n", "E208", "name it `path_i(t)`", "check"),
+    ("gamma(t) = linear(t)\npath(t) = linear(0.5)\n", "E208", "does not depend on t", "check"),
+    ("gamma(t) = linear(t)\npath(t) = log(t)\n", "E302", "not finite", "build"),
 ])
 def test_bad_paths_weights_and_per_component_params_are_clear_errors(body, code, words, stage):
     text = BASE + body
