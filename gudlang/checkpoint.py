@@ -245,3 +245,9 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise GudError.one("E621", f"training state {path} is not a dict")
     return state
+
+
+def model_tensors(model) -> dict[str, dict[str, torch.Tensor]]:
+    """The fitted parts of a model a checkpoint carries besides weights."""
+    return {"basis": model.basis.state_tensors(), "stats": model.stats.to_tensors(),
+            "prior": {"scales": model.prior.scales.detach().cpu()}}

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from gudlang.diagnostics import GudError, render_json, render_text
 from gudlang.spec import GridName, SamplerName
+from gudlang.terminal import positive_int, progress
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2
 # Codes about a file given on the command line (not about a spec): they exit like usage errors.
@@ -45,17 +46,6 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"gud: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 would otherwise fall back to a default or mean nothing)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _overrides(items) -> dict[str, str]:
@@ -258,19 +248,6 @@ def _run_command(handler):
     return run
 
 
-def _progress(what: str, total: int, quiet: bool = False):
-    """A tqdm bar on a terminal (None elsewhere or when quiet): called with (done, total)."""
-    if quiet or not sys.stderr.isatty():
-        return None, lambda: None
-    from tqdm import tqdm
-    bar = tqdm(total=total, desc=what, unit="image", dynamic_ncols=True, file=sys.stderr)
-
-    def update(done: int, _total: int) -> None:
-        bar.update(done - bar.n)
-
-    return update, bar.close
-
-
 def _write_json(path: Path, record: dict) -> None:
     from gudlang.checkpoint import atomic_write_text
     from gudlang.images import make_folder
@@ -336,7 +313,7 @@ def cmd_sample(args, overrides: dict) -> int:
         return 0
     n = args.n or settings.n
     first, count, rank, world = _shard(n)
-    update, close = _progress("sample", count, quiet=rank != 0)
+    update, close = progress("sample", count, quiet=rank != 0)
     x, nfe = model.sample(count, sampler=method, steps=steps, grid=args.grid, seed=seed, batch_size=args.batch_size,
                           start=first, progress=update, with_nfe=True)
     close()
@@ -435,7 +412,7 @@ def cmd_nll(args, overrides: dict) -> int:
     else:
         x, split = None, args.split
     first, count, rank, world = _shard(args.n if x is None else len(x))
-    update, close = _progress("nll", count, quiet=rank != 0)
+    update, close = progress("nll", count, quiet=rank != 0)
     if x is None:
         from gudlang.pipeline import load_spec_data
         data = load_spec_data(model.model.checked)
@@ -564,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--resume", metavar="RUN", help="continue the run in this directory (with -s train.steps=N: "
                                                    "let a finished run grow to N steps)")
     q.add_argument("--name", help="the run directory OUT/NAME; resumes it when it exists (requeued jobs)")
-    q.add_argument("--until", type=_positive_int, metavar="STEP",
+    q.add_argument("--until", type=positive_int, metavar="STEP",
                    help="stop after STEP steps with a checkpoint (continue later with --resume)")
     q.add_argument("--quiet", action="store_true")
     with_set(q)
@@ -579,12 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("sample", help="sample from a trained run, a checkpoint, an export or an oracle spec")
     q.add_argument("run")
-    q.add_argument("-n", type=_positive_int, default=None, help="number of samples")
+    q.add_argument("-n", type=positive_int, default=None, help="number of samples")
     q.add_argument("--sampler", choices=typing.get_args(SamplerName))
-    q.add_argument("--steps", type=_positive_int)
+    q.add_argument("--steps", type=positive_int)
     q.add_argument("--grid", choices=typing.get_args(GridName), help="time grid of fixed-step samplers")
     q.add_argument("--seed", type=int)
-    q.add_argument("--batch-size", type=_positive_int, help="samples per batch (default: all at once)")
+    q.add_argument("--batch-size", type=positive_int, help="samples per batch (default: all at once)")
     q.add_argument("--format", choices=["grid", "png-dir", "npz"], default="grid",
                    help="grid: PNG grid + float .npz; png-dir: one PNG per sample; npz: uint8 NHWC arr_0 "
                         "(what FID tools read)")
@@ -603,10 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run")
     q.add_argument("--image", required=True, metavar="FILE", help="the image(s) to extend, in data space")
     g = q.add_mutually_exclusive_group(required=True)
-    g.add_argument("--columns", type=_positive_int, metavar="N", help="add N columns on the right")
-    g.add_argument("--rows", type=_positive_int, metavar="N", help="add N rows at the bottom")
+    g.add_argument("--columns", type=positive_int, metavar="N", help="add N columns on the right")
+    g.add_argument("--rows", type=positive_int, metavar="N", help="add N rows at the bottom")
     q.add_argument("--sampler", choices=typing.get_args(SamplerName))
-    q.add_argument("--steps", type=_positive_int)
+    q.add_argument("--steps", type=positive_int)
     q.add_argument("--seed", type=int)
     q.add_argument("-o", "--output", help="output prefix (default RUN/samples/...)")
     with_set(q)
@@ -616,11 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run")
     q.add_argument("--split", choices=["train", "test"], default="test")
     q.add_argument("--given", metavar="FILE", help="measure these images (data space) instead of a split")
-    q.add_argument("-n", type=_positive_int, default=256, help="at most this many images (default 256)")
+    q.add_argument("-n", type=positive_int, default=256, help="at most this many images (default 256)")
     q.add_argument("--divergence", choices=["exact", "hutchinson"],
                    help="exact trace (default for D <= 3072) or Hutchinson's estimate")
-    q.add_argument("--probes", type=_positive_int, default=1, help="Hutchinson probe vectors per image")
-    q.add_argument("--batch-size", type=_positive_int, default=64, help="images per ODE solve")
+    q.add_argument("--probes", type=positive_int, default=1, help="Hutchinson probe vectors per image")
+    q.add_argument("--batch-size", type=positive_int, default=64, help="images per ODE solve")
     q.add_argument("--seed", type=int, default=0)
     with_model(q)
     with_set(q)

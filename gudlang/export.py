@@ -81,7 +81,6 @@ def verify_export(tensors: dict[str, torch.Tensor], meta: dict[str, str], file: 
 
 def export_model(model, folder: Path, *, nll: dict | None = None, command: str | None = None) -> Path:
     """Write `model` (a GudModel holding EMA weights) to `folder`; see the module docstring."""
-    from gudlang.runs import model_tensors
     folder = Path(folder)
     if folder.exists():
         raise GudError.one("E644", f"{folder} exists", help="export into a new folder (nothing was written)")
@@ -89,7 +88,7 @@ def export_model(model, folder: Path, *, nll: dict | None = None, command: str |
         raise GudError.one("E644", "an export holds the EMA weights", help="load the run with weights='ema'")
     network = model.eps_model.network
     tensors = ckpt.pack_tensors(ema={k: v.detach().cpu() for k, v in network.state_dict().items()},
-                                **model_tensors(model.model))
+                                **ckpt.model_tensors(model.model))
     meta = {k: v for k, v in model.meta.items() if k.startswith("gudlang_") and k != DIGEST_KEY}
     meta.update(gudlang_version=__version__, torch_version=torch.__version__)
     meta[DIGEST_KEY] = weights_digest(tensors)

@@ -561,7 +561,7 @@ def add_fid_parser(sub):
     """The `gud fid` subcommand on an argparse subparsers object; returns its parser."""
     import typing
 
-    from gudlang.cli import _positive_int
+    from gudlang.terminal import positive_int
     from gudlang.spec import GridName, SamplerName
     q = sub.add_parser("fid", help="FID and KID of a model's samples against reference images or statistics "
                                    "(pip install 'gudlang[fid]')")
@@ -569,7 +569,7 @@ def add_fid_parser(sub):
     q.add_argument("--ref", required=True, metavar="DIR|FILE.npz",
                    help="reference images (a folder of PNG / JPEG, or an .npz with arr_0 uint8 N H W C) or "
                         "statistics (an .npz with mu and sigma, as pytorch-fid and clean-fid write)")
-    q.add_argument("-n", type=_positive_int, help=f"generated images (default {DEFAULT_N}, the FID-50k convention; "
+    q.add_argument("-n", type=positive_int, help=f"generated images (default {DEFAULT_N}, the FID-50k convention; "
                                                   "with --samples: all of them)")
     q.add_argument("--samples", metavar="DIR|FILE.npz",
                    help="score these samples (gud sample --format npz or png-dir) instead of sampling")
@@ -581,10 +581,10 @@ def add_fid_parser(sub):
     q.add_argument("--save-stats", metavar="FILE.npz",
                    help="also write the reference's statistics (mu, sigma), to pass as --ref later")
     q.add_argument("--sampler", choices=typing.get_args(SamplerName))
-    q.add_argument("--steps", type=_positive_int)
+    q.add_argument("--steps", type=positive_int)
     q.add_argument("--grid", choices=typing.get_args(GridName), help="time grid of fixed-step samplers")
     q.add_argument("--seed", type=int)
-    q.add_argument("--batch-size", type=_positive_int, default=BATCH_SIZE,
+    q.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
                    help=f"images per sampling and feature batch (default {BATCH_SIZE})")
     q.add_argument("--weights", choices=["ema", "raw"], default="ema",
                    help="the EMA weights (default) or the trained ones")
@@ -607,7 +607,7 @@ def cmd_fid(args, overrides: dict) -> int:
     RUN/fid-REF.json."""
     from gudlang.api import load
     from gudlang.checkpoint import atomic_write_text
-    from gudlang.cli import _progress
+    from gudlang.terminal import progress
     from gudlang.images import make_folder
     start = time.time()
     model = load(args.run, params=overrides, weights=args.weights)
@@ -631,7 +631,7 @@ def cmd_fid(args, overrides: dict) -> int:
         generated = sampled(model, args.n or DEFAULT_N, sampler=args.sampler, steps=args.steps, grid=args.grid,
                             seed=args.seed, batch_size=args.batch_size)
         source = {"samples": "sampled", **generated.record, "weights": args.weights, "overrides": overrides}
-    update, close = _progress("fid", generated.count)
+    update, close = progress("fid", generated.count)
     scores = score(generated, reference, network, batch_size=args.batch_size, device=model.device, progress=update)
     close()
     if args.save_stats:

@@ -210,12 +210,6 @@ def checkpoint_metadata(model, spec_text: str, overrides: dict, step: int) -> di
     }
 
 
-def model_tensors(model) -> dict[str, dict[str, torch.Tensor]]:
-    """The fitted parts of a model a checkpoint carries besides weights."""
-    return {"basis": model.basis.state_tensors(), "stats": model.stats.to_tensors(),
-            "prior": {"scales": model.prior.scales.detach().cpu()}}
-
-
 def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
@@ -226,7 +220,7 @@ def save_run(run: Path, model, spec_text: str, overrides: dict, network, ema, op
     meta = checkpoint_metadata(model, spec_text, overrides, step)
     if custom_network:
         meta["gudlang_custom_network"] = custom_network
-    tensors = ckpt.pack_tensors(model=_weights(network), ema=_weights(ema.module), **model_tensors(model))
+    tensors = ckpt.pack_tensors(model=_weights(network), ema=_weights(ema.module), **ckpt.model_tensors(model))
     ckpt.save_checkpoint(run / CHECKPOINT, tensors, meta)
     ckpt.save_training_state(run / STATE, {"step": step, "optimizer": optimizer.state_dict()})
 
