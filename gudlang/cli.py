@@ -106,6 +106,8 @@ def cmd_check(args) -> int:
                 model = build_model(checked)
                 rep.show(model.warnings, _source(path))
                 msg = f"ok: D = {model.dim}, {model.spec.basis.kind} basis, {model.spec.prior.kind} prior"
+                if model.path is not None:
+                    msg += ", sampling path inside the training support"
                 if model.warnings:
                     msg += f", {len(model.warnings)} warning(s)"
             if args.format == "text":
