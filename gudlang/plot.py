@@ -35,9 +35,9 @@ def plot_schedule(model, out: str, max_lines: int = 400, grid: int = 256) -> Non
 
 
 def schedule_figure(model, max_lines: int = 400, grid: int = 256):
-    """gamma, sigma, beta and true SNR of every component against t, coloured by generation
-    order; components a spec declares given (held clean, never generated) in grey. A matplotlib
-    Figure."""
+    """gamma, sigma, beta and true SNR of every component against t on the sampling path (gamma
+    itself unless the spec declares `path_i(t)`), coloured by generation order; components a
+    spec declares given (held clean, never generated) in grey. A matplotlib Figure."""
     plt = _pyplot()
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
     with torch.no_grad():
@@ -54,7 +54,8 @@ def schedule_figure(model, max_lines: int = 400, grid: int = 256):
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     cmap = plt.get_cmap("viridis")
     # (axis, values, title, log scale, draw the given components: beta = 0 has no log)
-    panels = [(axes[0, 0], gamma, r"$\gamma_i(t)$", False, True), (axes[0, 1], sigma, r"$\sigma_i(t)$", False, True),
+    along = " on the sampling path" if model.path is not None else ""
+    panels = [(axes[0, 0], gamma, r"$\gamma_i(t)$" + along, False, True), (axes[0, 1], sigma, r"$\sigma_i(t)$", False, True),
               (axes[1, 0], beta, r"$\beta_i(t)$", True, False), (axes[1, 1], snr, r"true SNR$_i(t)$", True, True)]
     for ax, values, title, log, with_given in panels:
         for i in held if with_given else ():
