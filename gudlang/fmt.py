@@ -13,7 +13,10 @@ Layout:
   and comparisons, none around `* / ^`; numbers keep the text they were written with.
 - A block sits on one line (`train { steps = 3000; batch = 128 }`) when it holds no
   comments and fits in `WIDTH` columns, else one setting per line, indented by two spaces.
-  Other statements always take one line, however long: simple, and trivially idempotent.
+  Other statements take one line, except one wider than `WIDTH` whose value is a call of two
+  or more arguments: its head and `(` on the first line, one argument per line indented by
+  two spaces (`,` at the ends), `)` alone on the last. Whether to wrap depends only on the
+  one-line form, so formatting stays idempotent.
 - Comments are never lost or duplicated. A comment on its own line stays before the
   statement (or setting) that follows it; one at the end of a statement's last line stays
   there, after two spaces; one inside a multi-line statement moves before it; comments
@@ -225,10 +228,26 @@ def format_program(program: A.Program, smap: A.SourceMap) -> str:
             continue
         for c in attached.before[j] + attached.inside[j]:
             out.comment(c)
-        out.emit(_with_trailing(format_statement(stmt), attached.trailing[j]), span.line, span.col)
+        lines = _wrapped(stmt)
+        for n, line in enumerate(lines):
+            last = n == len(lines) - 1
+            out.emit(_with_trailing(line, attached.trailing[j]) if last else line,
+                     span.line if n == 0 else 0, span.col)
     for c in attached.after:
         out.comment(c)
     return "\n".join(out.lines) + "\n"
+
+
+def _wrapped(stmt: A.Statement) -> list[str]:
+    """The lines of a statement other than a block: one, or a wide call one argument a line."""
+    text = format_statement(stmt)
+    call = stmt.value if isinstance(stmt, A.Assign) else stmt.dist if isinstance(stmt, A.Param) \
+        else stmt.body if isinstance(stmt, A.Define) else None
+    if len(text) <= WIDTH or not isinstance(call, A.Call) or len(call.args) + len(call.kwargs) < 2:
+        return [text]
+    head = text[: len(text) - len(format_expr(call))] + call.func + "("
+    args = [format_expr(a) for a in call.args] + [f"{k.name} = {format_expr(k.value)}" for k in call.kwargs]
+    return [head] + [INDENT + a + ("," if k < len(args) - 1 else "") for k, a in enumerate(args)] + [")"]
 
 
 def _block(out: _Writer, block: A.Block, path: tuple, span: Span,

@@ -176,3 +176,17 @@ def test_fmt_dash_is_a_filter_from_stdin_to_stdout():
     bad = subprocess.run([sys.executable, "-m", "gudlang", "fmt", "-"], input="gud 1\ndata = (\n",
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "error[E1" in bad.stderr and bad.stdout == ""
+
+
+def test_a_wide_call_takes_one_argument_a_line_and_stays_so():
+    text = ("gud 1\n# the network\nnetwork = unet(channels = 128, channel_mult = [1, 2, 2, 2], num_res_blocks = 2, "
+            "attention_resolutions = [16], dropout = 0.1)  # 35M\nparam a ~ uniform(0, 1)\n")
+    want = ("gud 1\n\n# the network\nnetwork = unet(\n  channels = 128,\n  channel_mult = [1, 2, 2, 2],\n"
+            "  num_res_blocks = 2,\n  attention_resolutions = [16],\n  dropout = 0.1\n)  # 35M\n"
+            "param a ~ uniform(0, 1)\n")
+    assert format_text(text) == want
+    assert format_text(want) == want
+    short = "gud 1\n\nnetwork = unet(channels = 32)\n"
+    assert format_text(short) == short
+    wide_single = "gud 1\n\nl_i = " + " + ".join(["rank(i)"] * 14) + "\n"  # not a call: one line
+    assert format_text(wide_single) == wide_single
