@@ -127,11 +127,14 @@ class Basis(nn.Module, ABC):
     def _features(self) -> dict[str, np.ndarray]: ...
 
     def features(self) -> dict[str, torch.Tensor]:
-        """Per-component float64 vectors (D,): `rank` and the basis's own features."""
+        """Per-component float64 vectors (D,): `index` (the position in the natural order),
+        `rank` (the same scaled to [0, 1]) and the basis's own features."""
         order = self.order().cpu().numpy()
+        index = np.empty(self.dim)
+        index[order] = np.arange(self.dim)
         rank = np.empty(self.dim)
         rank[order] = _scaled(np.arange(self.dim), self.dim)
-        feats = {"rank": rank, **self._features()}
+        feats = {"rank": rank, "index": index, **self._features()}
         return {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in feats.items()}
 
     def _chan(self) -> np.ndarray:

@@ -44,6 +44,7 @@ FEATURES: dict[str, str] = {
     "var": "data variance of component i in the basis (fitted on the training split)",
     "wvar": "variance of component i after whitening, var(i) / s_i^2 (1 under the matched prior)",
     "rank": "position of component i in the basis's natural order, scaled to [0, 1] (0 = first)",
+    "index": "position of component i in the basis's natural order, an integer 0 .. D - 1 (0 = first)",
     "freq": "radial spatial frequency of component i, scaled to [0, 1]",
     "kx": "horizontal frequency index of component i, an integer: DCT 0 .. W - 1, Fourier 0 .. W / 2",
     "ky": "vertical frequency index of component i, an integer: DCT 0 .. H - 1, Fourier -H / 2 < ky <= H / 2",
@@ -55,7 +56,7 @@ FEATURES: dict[str, str] = {
     "chan": "channel of component i, scaled to [0, 1] (0 when there is one channel)",
 }
 
-_COMMON = {"var", "wvar", "rank"}
+_COMMON = {"var", "wvar", "rank", "index"}
 BASIS_FEATURES: dict[str, frozenset[str]] = {
     "pixel": frozenset(_COMMON | {"row", "col", "chan"}),
     "pca": frozenset(_COMMON | {"chan"}),  # chan only with channels = "separate"

@@ -36,13 +36,13 @@ CASES = [
 ]
 
 FEATURE_KEYS = {
-    "pixel": {"rank", "row", "col", "chan"},
-    "pca": {"rank"},
-    "dct": {"rank", "freq", "kx", "ky", "chan"},
-    "fourier": {"rank", "freq", "kx", "ky", "chan"},
-    "wavelet": {"rank", "level", "orient", "row", "col", "chan"},
+    "pixel": {"rank", "index", "row", "col", "chan"},
+    "pca": {"rank", "index"},
+    "dct": {"rank", "index", "freq", "kx", "ky", "chan"},
+    "fourier": {"rank", "index", "freq", "kx", "ky", "chan"},
+    "wavelet": {"rank", "index", "level", "orient", "row", "col", "chan"},
 }
-INTEGER_FEATURES = ("level", "orient", "kx", "ky")  # not scaled to [0, 1]
+INTEGER_FEATURES = ("index", "level", "orient", "kx", "ky")  # not scaled to [0, 1]
 
 
 def correlated(n: int, shape, seed: int = 0) -> torch.Tensor:
@@ -212,7 +212,7 @@ def test_pca_separate_diagonalises_each_channel_and_orders_globally():
     order = basis.order()
     assert torch.all(cov.diag()[order][1:] <= cov.diag()[order][:-1] + 1e-10)
     feats = basis.features()
-    assert set(feats) == {"rank", "chan"}
+    assert set(feats) == {"rank", "index", "chan"}
     np.testing.assert_array_equal(feats["chan"].numpy(), np.repeat([0.0, 0.5, 1.0], 20))
 
 
@@ -271,13 +271,14 @@ def test_features_have_the_documented_keys_and_rank_follows_order(name, shape, o
     expected_rank = torch.linspace(0, 1, basis.dim, dtype=torch.float64) if basis.dim > 1 \
         else torch.zeros(1, dtype=torch.float64)
     assert torch.allclose(feats["rank"][order], expected_rank, atol=1e-15)
+    assert torch.equal(feats["index"][order], torch.arange(basis.dim, dtype=torch.float64))
 
 
 def test_pixel_features_are_raster_positions():
     feats = make_basis("pixel", (3, 4, 5)).features()
     i = 2 * 20 + 3 * 5 + 1  # channel 2, row 3, column 1
     assert (feats["chan"][i], feats["row"][i], feats["col"][i]) == (1.0, 1.0, 0.25)
-    assert feats["rank"][i] == i / 59
+    assert feats["rank"][i] == i / 59 and feats["index"][i] == i
     assert set(make_basis("pixel", (1, 4, 5)).features()["chan"].tolist()) == {0.0}
 
 

@@ -160,3 +160,15 @@ def test_specs_differing_only_in_data_size_hash_apart(tmp_path):
         gammas.append(model.schedule(torch.zeros(1, dtype=torch.float64))[0][0, 0].item())
     assert hashes[0] != hashes[1]
     assert gammas == pytest.approx([-13.3 + 2 * np.log(4 / 64), -13.3 + 2 * np.log(8 / 64)])
+
+
+def test_index_counts_components_in_the_natural_order():
+    """`index(i) < 10` in PCA gives the ten components of largest variance (NumPy's eigh of the
+    training covariance orders them independently of the basis code)."""
+    model = build_model(check_text("gud 1\ndata = digits()\nbasis = pca()\ngamma(t) = linear(t)\n"
+                                   "given_i = index(i) < 10\n"))
+    assert model.given.sum() == 10
+    x = model.data.train.reshape(len(model.data.train), -1).astype(np.float64)
+    variances = np.linalg.eigvalsh(np.cov(x, rowvar=False, bias=True))[::-1]
+    np.testing.assert_allclose(np.sort(np.asarray(model.stats.var)[model.given])[::-1], variances[:10], rtol=1e-6)
+    assert np.array_equal(model.features["index"], np.round(model.features["rank"] * (model.dim - 1)))

@@ -39,7 +39,7 @@ D = 16
 ROWS, COLS = np.divmod(np.arange(D), 4)
 FEATURES = {
     "var": np.geomspace(3.0, 0.01, D), "wvar": np.geomspace(3.0, 0.01, D) / 1.5,
-    "rank": np.arange(D) / (D - 1), "row": ROWS / 3.0, "col": COLS / 3.0,
+    "rank": np.arange(D) / (D - 1), "index": np.arange(D, dtype=float), "row": ROWS / 3.0, "col": COLS / 3.0,
     "chan": (np.arange(D) % 2).astype(float), "level": np.minimum(np.arange(D) // 4, 2).astype(float),
     "orient": np.minimum(np.arange(D) // 4, 3).astype(float),
     "freq": np.sqrt(ROWS ** 2 + COLS ** 2) / np.sqrt(18.0), "kx": COLS.astype(float), "ky": ROWS.astype(float),

@@ -196,7 +196,7 @@ def test_component_features_add_var_to_the_basis_features():
     stats = compute_stats([x], basis)
     feats = component_features(basis, stats)
     shape = {"H", "W", "C", "D"}
-    assert set(feats) == {"rank", "freq", "kx", "ky", "chan", "var"} | shape
+    assert set(feats) == {"rank", "index", "freq", "kx", "ky", "chan", "var"} | shape
     assert all(isinstance(v, np.ndarray) and v.dtype == np.float64 and v.shape == (basis.dim,)
                for k, v in feats.items() if k not in shape)
     assert [feats[k] for k in ("C", "H", "W", "D")] == [*x.shape[1:], basis.dim]
