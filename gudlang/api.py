@@ -126,13 +126,13 @@ class GudModel:
     """A trained (or exact) model: see the module docstring."""
 
     def __init__(self, model, eps_model, meta: dict, device=None, *, source=None, overrides=None,
-                 network=None, weights: str = "ema"):
+                 network=None, weights: str = "ema", path: str | None = None):
         from gudlang.runs import device_for
         self.model, self.meta = model, meta
         self.device = torch.device(device) if device is not None else device_for(model.spec.runtime)
         self.eps_model = eps_model.to(self.device)
         self._source, self._overrides, self._network, self._weights = source, overrides or {}, network, weights
-        self._path: str | None = None  # a sampling path given with `with_path`
+        self._path = path  # the sampling path given with `with_path`, if any
 
     @classmethod
     def from_parts(cls, model, network: torch.nn.Module, device=None) -> "GudModel":
@@ -179,10 +179,8 @@ class GudModel:
         `path_i(t) = ...` right-hand side: it must stay inside the training support (E303).
         Samples, completions and the likelihood then follow it."""
         from gudlang.pipeline import with_path_text
-        moved = GudModel(with_path_text(self.model, text), self.eps_model, self.meta, self.device, source=self._source,
-                         overrides=self._overrides, network=self._network, weights=self._weights)
-        moved._path = text
-        return moved
+        return GudModel(with_path_text(self.model, text), self.eps_model, self.meta, self.device, source=self._source,
+                        overrides=self._overrides, network=self._network, weights=self._weights, path=text)
 
     def _options(self, sampler: str, grid: str | None) -> dict:
         return sampler_options(sampler, self.spec.sample, grid)

@@ -100,6 +100,16 @@ class CheckedSpec:
     groups: dict[str, A.Expr] = field(default_factory=dict)  # per-component param -> its group
 
     @property
+    def drawn_ranges(self) -> dict[str, tuple[float, float]]:
+        """(lo, hi) of each drawn param, in `drawn` order."""
+        return {n: (self.spec.params[n].lo, self.spec.params[n].hi) for n in self.drawn}
+
+    @property
+    def drawn_means(self) -> dict[str, float]:
+        """The value each drawn param takes when it is not drawn (sampling): its mean."""
+        return {n: self.spec.params[n].mean for n in self.drawn}
+
+    @property
     def per_component(self) -> tuple[str, ...]:
         """The drawn params drawn per component (named `x_i`), in `drawn` order."""
         return tuple(n for n in self.drawn if n.endswith("_i"))

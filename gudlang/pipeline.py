@@ -186,8 +186,7 @@ def _build_model(checked, data, stats, basis_state, use_cache) -> Model:
                     f"variance var / scale^2 = {feats['wvar'][i]:.3g}, which must be positive and finite",
             help="use prior scales of the order of the data's standard deviations"), checked, "prior")
     given = given_mask(checked, feats)
-    drawn = {n: spec.params[n].mean for n in checked.drawn}
-    ranges = {n: (spec.params[n].lo, spec.params[n].hi) for n in checked.drawn}
+    drawn, ranges = checked.drawn_means, checked.drawn_ranges
     groups = {n: _group_ids(checked, n, feats) for n in checked.per_component}
     constant = np.asarray(stats.var) <= VAR_FLOOR * float(np.max(stats.var))
     if given is not None:
@@ -195,7 +194,7 @@ def _build_model(checked, data, stats, basis_state, use_cache) -> Model:
     with _at_formula(checked, "gamma"):
         schedule = compile_schedule(checked.gamma, feats, checked.fixed_params, drawn, len(var))
         warnings = check_schedule(schedule, feats["wvar"], ranges, constant, coverage=checked.path is None)
-    warnings = [w.with_span(checked.source.span(_formula_path(checked, "gamma"))).with_path(checked.source.path)
+    warnings = [w.with_span(checked.source.span(_gamma_path(checked))).with_path(checked.source.path)
                 for w in warnings]
     path = weight = None
     if checked.path is not None:
@@ -283,12 +282,10 @@ def with_path_text(model: Model, text: str) -> Model:
 
     with _named("path", text):
         checked = _checked_with(model, "path", f"path_i(t) = {text}", text, "path")
-        spec = checked.spec
-        drawn = {n: spec.params[n].mean for n in checked.drawn}
-        ranges = {n: (spec.params[n].lo, spec.params[n].hi) for n in model.checked.drawn}
-        sampling = compile_schedule(checked.path, model.features, checked.fixed_params, drawn, model.dim)
+        sampling = compile_schedule(checked.path, model.features, checked.fixed_params, checked.drawn_means,
+                                    model.dim)
         check_schedule(sampling, model.features["wvar"], {}, None)
-        check_support(model.schedule, sampling, ranges, model.groups, ignore=model.given)
+        check_support(model.schedule, sampling, model.checked.drawn_ranges, model.groups, ignore=model.given)
     return replace(model, path=sampling)
 
 

@@ -489,6 +489,7 @@ class CompiledSchedule(nn.Module):
         exec(compile(source + "\n" + forward_source, "<gud schedule>", "exec"), namespace)
         self._fn = namespace["schedule"]
         self._forward = namespace["schedule_forward"]
+        self._value = namespace["schedule_value"]
 
     def _apply(self, fn, recurse=True):
         def keep_float64(x: torch.Tensor) -> torch.Tensor:
@@ -524,8 +525,10 @@ class CompiledSchedule(nn.Module):
         return _full(gamma, shape, args[0]).to(dtype), _full(slope, shape, args[0]).to(dtype)
 
     def value(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The formula's value (B, D) alone, in t's dtype (a loss weight, a sampling path)."""
-        return self.gamma_and_slope(t, params)[0]
+        """The formula's value (B, D) alone, in t's dtype (a loss weight, a sampling path): no
+        derivative computed."""
+        args = self._args(t, params)
+        return _full(self._value(*args), (args[0].shape[0], self.dim), args[0]).to(_result_dtype(t))
 
     def forward(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
         dtype = _result_dtype(t)
@@ -563,6 +566,7 @@ def compile_schedule(gamma: A.Expr, features: Mapping[str, np.ndarray], fixed: M
     params = list(drawn)
     em = _Emitter(params)
     g_code = em.emit(g)
+    value_lines = list(em.lines)  # gamma alone: its lines come before the derivative's
     dg_code = em.emit(dg)
     used = {k: folder.table[k] for k in sorted(em.consts)}
     signature = ", ".join(["t"] + [f"c{k}" for k in used] + [f"p_{p}" for p in params])
@@ -573,7 +577,8 @@ def compile_schedule(gamma: A.Expr, features: Mapping[str, np.ndarray], fixed: M
     forward_source = "\n".join(
         [f"def schedule_forward({signature}):"] + em.lines
         + [f"    gamma = {gamma_value}", f"    beta = torch.sigmoid(gamma) * {dg_code}",
-           f"    shape = (t.shape[0], {dim})", "    return gamma.expand(shape), beta.expand(shape)", ""])
+           f"    shape = (t.shape[0], {dim})", "    return gamma.expand(shape), beta.expand(shape)", ""]
+        + [f"def schedule_value({signature}):"] + value_lines + [f"    return {g_code}", ""])
     return CompiledSchedule(dim, used, source, dict(drawn), forward_source)
 
 
