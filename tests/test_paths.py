@@ -358,3 +358,17 @@ def test_a_bad_path_on_the_command_line_is_a_clear_error(capsys, tmp_path, monke
     assert main(["sample", str(spec), "-n", "2", "--path", formula]) != 0
     err = capsys.readouterr().err
     assert f"error[{code}]" in err and words in err and "Traceback" not in err
+
+
+def test_one_draw_per_wavelet_level():
+    spec = ("gud 1\ndata = digits()\nbasis = wavelet(\"haar\", levels = 2)\nparam u_i ~ uniform(0, 1, group = level(i))\n"
+            "gamma_i(t) = linear(t + 0.2 * u_i)\n")
+    model = build_model(check_text(spec))
+    level = model.features["level"]
+    u = draw_params(model.spec, ("u_i",), 50, torch.Generator().manual_seed(1), "cpu", torch.float64,
+                    model.groups)["u_i"].numpy()
+    assert len(np.unique(model.groups["u_i"])) == len(np.unique(level)) == 3
+    for k in np.unique(level):
+        assert np.all(u[:, level == k] == u[:, level == k][:, :1])
+    firsts = [u[:, np.flatnonzero(level == k)[0]] for k in np.unique(level)]
+    assert not np.allclose(firsts[0], firsts[1]) and not np.allclose(firsts[1], firsts[2])
