@@ -183,7 +183,11 @@ class GudModel:
                         overrides=self._overrides, network=self._network, weights=self._weights, path=text)
 
     def _options(self, sampler: str, grid: str | None) -> dict:
-        return sampler_options(sampler, self.spec.sample, grid)
+        from gudlang.samplers import OPTIONS
+        options = sampler_options(sampler, self.spec.sample, grid)
+        if "variance" in OPTIONS.get(sampler, ()):
+            options["variance"] = self.model.features["wvar"]  # the whitened data's, for unipc's gain
+        return options
 
     # ------------------------------------------------------------------ sampling
     def sample(self, n: int | None = None, *, sampler: str | None = None, steps: int | None = None,

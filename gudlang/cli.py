@@ -282,6 +282,16 @@ def _shard(n: int) -> tuple[int, int, int, int]:
     return lo, hi - lo, rank, world
 
 
+def _load_run(args, overrides: dict):
+    """`gudlang.load` of args.run with the command's params, weights and --path; the coverage
+    warnings (W301 / W302) of a path given with --path go to stderr."""
+    from gudlang.api import load
+    model = load(args.run, params=overrides, weights=args.weights, path=args.path)
+    if args.path is not None:
+        _Reporter("text").show(model.model.warnings)
+    return model
+
+
 def cmd_sample(args, overrides: dict) -> int:
     """`gud sample RUN`: samples in data space as a PNG grid (+ a float .npz), a folder of PNGs,
     or a uint8 NHWC .npz; under torchrun each rank writes its shard. With --given FILE (or for
@@ -290,9 +300,8 @@ def cmd_sample(args, overrides: dict) -> int:
 
     import numpy as np
 
-    from gudlang.api import load
     from gudlang.images import save_grid, save_npz, save_pairs, save_png_dir
-    model = load(args.run, params=overrides, weights=args.weights, path=args.path)
+    model = _load_run(args, overrides)
     settings = model.spec.sample
     method, steps = args.sampler or settings.sampler, args.steps or settings.steps
     seed = settings.seed if args.seed is None else args.seed
@@ -404,9 +413,8 @@ def cmd_nll(args, overrides: dict) -> int:
     given mask. Under torchrun each rank measures its shard and rank 0 reports them all."""
     import numpy as np
 
-    from gudlang.api import load
     from gudlang.likelihood import mean_and_stderr
-    model = load(args.run, params=overrides, weights=args.weights, path=args.path)
+    model = _load_run(args, overrides)
     if args.given is not None:
         from gudlang.conditioning import load_images
         data = model.model.data

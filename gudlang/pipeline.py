@@ -188,9 +188,7 @@ def _build_model(checked, data, stats, basis_state, use_cache) -> Model:
     given = given_mask(checked, feats)
     drawn, ranges = checked.drawn_means, checked.drawn_ranges
     groups = {n: _group_ids(checked, n, feats) for n in checked.per_component}
-    constant = np.asarray(stats.var) <= VAR_FLOOR * float(np.max(stats.var))
-    if given is not None:
-        constant = constant | given  # held clean: their own gamma never acts
+    constant = _never_noised(stats, given)
     with _at_formula(checked, "gamma"):
         schedule = compile_schedule(checked.gamma, feats, checked.fixed_params, drawn, len(var))
         warnings = check_schedule(schedule, feats["wvar"], ranges, constant, coverage=checked.path is None)
@@ -209,6 +207,13 @@ def _build_model(checked, data, stats, basis_state, use_cache) -> Model:
             weight = compile_schedule(checked.weight, feats, checked.fixed_params, drawn, len(var))
             check_weight(weight, ranges)
     return Model(checked, data, basis, stats, prior, feats, schedule, warnings, given, path, weight, groups)
+
+
+def _never_noised(stats: ComponentStats, given: np.ndarray | None) -> np.ndarray:
+    """(D,) bool: components whose data never vary, and given ones (held clean: their own gamma
+    never acts); the coverage warnings leave them out."""
+    constant = np.asarray(stats.var) <= VAR_FLOOR * float(np.max(stats.var))
+    return constant if given is None else constant | given
 
 
 @contextmanager
@@ -277,16 +282,18 @@ def with_path_text(model: Model, text: str) -> Model:
     spec's `path_i(t) = ...` (e.g. "edm_path(t, rho = 5)"), with the spec's definitions and
     params in scope, checked like a path of the spec (non-decreasing, finite, inside the
     training support: E301 / E302 / E303). The trained network is unchanged: the path is not
-    part of the model hash. Errors name the path."""
+    part of the model hash. Errors name the path; the model's warnings become the path's
+    coverage warnings (W301 / W302), which name it too."""
     from dataclasses import replace
 
     with _named("path", text):
         checked = _checked_with(model, "path", f"path_i(t) = {text}", text, "path")
         sampling = compile_schedule(checked.path, model.features, checked.fixed_params, checked.drawn_means,
                                     model.dim)
-        check_schedule(sampling, model.features["wvar"], {}, None)
+        warnings = check_schedule(sampling, model.features["wvar"], {}, _never_noised(model.stats, model.given))
         check_support(model.schedule, sampling, model.checked.drawn_ranges, model.groups, ignore=model.given)
-    return replace(model, path=sampling)
+    warnings = [replace(w, message=f"in the path `{text}`: {w.message}") for w in warnings]
+    return replace(model, path=sampling, warnings=warnings)
 
 
 def _checked_with(model: Model, name: str, line: str, text: str, what: str) -> CheckedSpec:

@@ -53,17 +53,22 @@ without the final denoise:
               chi_p (the call the next step needs anyway) gives x0_s, and the step is redone
               with the polynomial through x0_s and the predictor's nodes (corrector, UniC) to
               chi_c. Later steps integrate x0_s as the value at chi_c, so it is moved there to
-              first order with the gain of the whitened prior N(0, I):
-                  x0_s <- x0_s + alpha_s (chi_c - chi_p).
-              By Tweedie d x0 / d chi = alpha Cov[x0 | chi] / sigma^2: alpha for unit-variance
-              data, and for any data 1 / alpha (-> 1, as alpha) where the SNR is high and
-              -> 0 (as alpha) where it is low. UniPC keeps x0_s as called; against that, the
-              benchmark's KL falls on 49 of 56 rows at 50 calls (up to 19 times; it rises on 7,
-              at most 3.6 times, all still below em's) and on 39 at 25 calls (it rises on 16,
-              most on the white grf rows, which stay at least 7 times below em's), and on three
-              trained digits networks the distance to dopri5 falls 1.02 - 2.7 times at 25 - 50
-              calls and rises 3 - 30% at 10. Order 4, NFE = steps (the last step has no
-              corrector: it would cost a call at t_end).
+              first order with the gain of independent Gaussian components of the data's
+              whitened variances v_i (option `variance`; runs pass their data's, the feature
+              wvar; default 1, the whitened prior N(0, I)):
+                  x0_s <- x0_s + k_s (chi_c - chi_p),  k = alpha v / (alpha^2 v + sigma^2).
+              By Tweedie d x0 / d chi = alpha Cov[x0 | chi] / sigma^2, which is k for N(0, v):
+              alpha for unit variance, and for any data 1 / alpha (-> 1) where the SNR is high
+              and -> 0 where it is low. UniPC keeps x0_s as called; against that, the prior's
+              gain lowered the benchmark's KL on 49 of 56 rows at 50 calls (up to 19 times; it
+              rose on 7, at most 3.6 times, all still below em's) and on 39 at 25 calls. The
+              data's gain lowers it further on 27 rows at 50 calls (up to 11 times, none rises;
+              the other 29 have v = 1: matched priors) and on 24 at 25 calls (up to 39 times;
+              it rises on 3, at most 2.1 times). On trained digits networks (`--run`) both gains
+              are alike: with the data's the distance to dopri5 is 3 - 11% smaller at 10 - 50
+              calls for the default spec, 5 - 13% smaller at 10 - 15 and 5 - 22% larger at
+              25 - 50 for a clipped autoregressive one in the DCT basis. Order 4, NFE = steps
+              (the last step has no corrector: it would cost a call at t_end).
     adaptive  dopri5 on the PF-ODE (torchdiffeq), options rtol and atol; `steps` only sets the
               first trial step (1 - t_end) / steps. NFE as counted.
 
@@ -81,14 +86,14 @@ the covariances of the digits and of a steep Gaussian field, PCA / DCT / wavelet
 white and matched priors, scalar, soft, clipped and sequential schedules): under the white prior
 the whitened variances of real data span orders of magnitude, each component's flow bends where
 its true SNR passes 1, and the exponential integrators, exact in the linear part, win by orders
-of magnitude. unipc beats em at 1000 steps within 25 calls on 42 rows and within 50 on 55;
+of magnitude. unipc beats em at 1000 steps within 25 calls on 42 rows and within 50 on all 56;
 heun and midpoint miss it by factors of 10^2 - 10^7 at 25 calls on every digits row. They stay
 competitive only where the whitened data are nearly white (grf, matched prior): at unit
 variance the PF-ODE velocity vanishes, Runge-Kutta methods are exact, and exponential
 integrators split it into two cancelling terms. Clipped (autoregressive) schedules move each
 component through its whole log-SNR range in a sixth of the time at a = 50, in steps of
 h_i ~ 1.2 at 25 calls (0.4 on the scalar rows): there no method reaches em within 25 calls (the
-best is 16 - 650 times its KL) and unipc needs 40 - 60. The calls hold enough: fed the exact
+best is 16 - 650 times its KL) and unipc needs 40 - 50. The calls hold enough: fed the exact
 x0 at the same 25 times on the exact flow, unipc's steps would be within 0.4 - 64 times em's KL
 and a polynomial in t through the same nodes within 0.6 - 3.4 times. What is lost is causal: each
 call is made at the predictor's state, whose error (a 3-node extrapolation over a step in which
@@ -484,11 +489,30 @@ def sample_dpm2(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoi
     return _finish(eps_model, schedule, x, t_end, denoise, 2 * steps)
 
 
-def _multistep(eps_model, schedule, x1, steps, t_end, denoise, grid, order: int, corrector: bool):
+def _variance_of(variance, x: torch.Tensor) -> torch.Tensor:
+    """The whitened data's per-component variance as (1, D) float64 on x's device (default 1)."""
+    if variance is None:
+        return torch.ones((1, x.shape[1]), dtype=torch.float64, device=x.device)
+    v = torch.as_tensor(variance, dtype=torch.float64).to(x.device).reshape(-1)
+    if v.shape != (x.shape[1],) or not bool((torch.isfinite(v) & (v >= 0)).all()):
+        raise GudError.one("E651", f"variance must be {x.shape[1]} finite non-negative numbers (one per "
+                                   f"component), got shape {tuple(v.shape)}")
+    return v[None]
+
+
+def _gain(gamma, variance):
+    """d x0 / d chi of N(0, v) data per component, alpha v / (alpha^2 v + sigma^2) (float64)."""
+    alpha2 = torch.sigmoid(-gamma)
+    return alpha2.sqrt() * variance / (alpha2 * variance + torch.sigmoid(gamma))
+
+
+def _multistep(eps_model, schedule, x1, steps, t_end, denoise, grid, order: int, corrector: bool,
+               variance=None):
     """Data-prediction multistep exponential integrator of `order`, with UniPC's corrector and the
-    refresh of the stored x0 in every step (`corrector`), or the corrector alone in the first
-    order - 1 steps (start-up)."""
+    refresh of the stored x0 in every step (`corrector`, with the gain of N(0, variance)), or the
+    corrector alone in the first order - 1 steps (start-up)."""
     ts = _times_of(grid, schedule, steps, t_end, x1)
+    variance = _variance_of(variance, x1)
     x = x1
     gamma_t, _ = _levels(schedule, ts[0], x)
     history = [(ts[0], gamma_t, _x0(eps_model, x, ts[0], gamma_t))]  # (t_j, gamma_j, x0_j), oldest first
@@ -508,8 +532,8 @@ def _multistep(eps_model, schedule, x1, steps, t_end, denoise, grid, order: int,
                                                 [x0_s] + values, "x0")
                 if corrector:
                     # x0_s was called at the predictor's state and later steps integrate it as the value at
-                    # the corrected one: move it there with the prior's gain (module docstring, unipc).
-                    x0_s = x0_s + _cast(torch.sigmoid(-gamma_s).sqrt(), x) * (x_corrected - x_new)
+                    # the corrected one: move it there with the data's gain (module docstring, unipc).
+                    x0_s = x0_s + _cast(_gain(gamma_s, variance), x) * (x_corrected - x_new)
                 x_new = x_corrected
             history = (history + [(s, gamma_s, x0_s)])[-order:]
         x, gamma_t = x_new, gamma_s
@@ -534,9 +558,12 @@ def sample_dpmpp3m(eps_model, schedule, x1, steps, generator=None, t_end=0.0, de
 
 @torch.no_grad()
 def sample_unipc(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True,
-                 grid=DEFAULT_GRID) -> SampleResult:
-    """dpmpp3m with UniPC's corrector (order 4, one model call per step). `generator` is unused."""
-    return _multistep(eps_model, schedule, x1, steps, t_end, denoise, grid, order=3, corrector=True)
+                 grid=DEFAULT_GRID, variance=None) -> SampleResult:
+    """dpmpp3m with UniPC's corrector (order 4, one model call per step); `variance` (D,): the
+    whitened data's variance per component, for the corrector's gain (default 1, the whitened
+    prior's). `generator` is unused."""
+    return _multistep(eps_model, schedule, x1, steps, t_end, denoise, grid, order=3, corrector=True,
+                      variance=variance)
 
 
 @torch.no_grad()
@@ -589,6 +616,7 @@ SAMPLERS = {"em": sample_em, "heun": sample_heun, "midpoint": sample_midpoint, "
 # Options each method accepts besides the common positional arguments.
 OPTIONS = {name: ("t_end", "denoise", "grid") for name in SAMPLERS}
 OPTIONS["adaptive"] = ("t_end", "denoise", "rtol", "atol")
+OPTIONS["unipc"] = ("t_end", "denoise", "grid", "variance")
 
 
 def sample(method: str, eps_model, schedule, start, steps: int, generator=None, *,

@@ -372,3 +372,20 @@ def test_one_draw_per_wavelet_level():
         assert np.all(u[:, level == k] == u[:, level == k][:, :1])
     firsts = [u[:, np.flatnonzero(level == k)[0]] for k in np.unique(level)]
     assert not np.allclose(firsts[0], firsts[1]) and not np.allclose(firsts[1], firsts[2])
+
+
+def test_a_path_on_the_command_line_shows_its_coverage_warnings(capsys, tmp_path, monkeypatch):
+    # The path ends at gamma = 2: inside the training support, but the noise never drowns the
+    # data (W302), as it would for the same formula written in the spec.
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "oracle.gud"
+    spec.write_text(ORACLE_LINEAR)
+    formula = "linear(t, -12, 2)"
+    assert main(["sample", str(spec), "-n", "2", "--steps", "3", "--path", formula]) == 0
+    err = capsys.readouterr().err
+    assert f"warning[W302]: in the path `{formula}`: component" in err and "Traceback" not in err
+    assert [w.code for w in gudlang.load(spec, path=formula).model.warnings] == ["W302"]
+    written = check_text(ORACLE_LINEAR + f"path(t) = {formula}\n")
+    assert [w.code for w in build_model(written).warnings] == ["W302"]
+    assert main(["sample", str(spec), "-n", "2", "--steps", "3", "--path", "linear(t, -12, 10)"]) == 0
+    assert "warning" not in capsys.readouterr().err

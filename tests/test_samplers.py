@@ -478,17 +478,54 @@ def unipc_reference(model, schedule, x, steps, recall: bool):
 
 
 @pytest.mark.parametrize("schedule_name", ["linear", "soft"])
-def test_unipc_moves_x0_to_the_corrected_state_with_the_prior_gain(schedule_name):
-    # Unit-variance white data: x0 = alpha chi, so moving the x0 called at the predictor's state by
-    # alpha (corrected - predicted) is exactly the x0 a second call at the corrected state returns.
-    white = GaussianOracle(torch.zeros(D, dtype=torch.float64), torch.eye(D, dtype=torch.float64))
+@pytest.mark.parametrize("spread", [0.0, 3.0])
+def test_unipc_moves_x0_to_the_corrected_state_with_the_datas_gain(schedule_name, spread):
+    # Independent components of variance v (1 when spread = 0: the whitened prior, the default):
+    # x0 = alpha v / (alpha^2 v + sigma^2) chi (Tweedie), so moving the x0 called at the predictor's
+    # state by that gain times (corrected - predicted) is exactly the x0 a second call at the
+    # corrected state returns.
+    v = torch.logspace(-spread, spread, D, dtype=torch.float64)
+    data = GaussianOracle(torch.zeros(D, dtype=torch.float64), torch.diag(v))
     schedule = schedules(D)[schedule_name]
     x1 = torch.randn(8, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    out = SAMPLERS["unipc"](white, schedule, x1, 9, denoise=False, grid="uniform")
+    options = {"variance": v.numpy()} if spread else {}
+    out = SAMPLERS["unipc"](data, schedule, x1, 9, denoise=False, grid="uniform", **options)
     assert out.nfe == 9
-    assert torch.allclose(out.x0, unipc_reference(white, schedule, x1, 9, recall=True), rtol=0, atol=1e-10)
-    stale = unipc_reference(white, schedule, x1, 9, recall=False)
+    assert torch.allclose(out.x0, unipc_reference(data, schedule, x1, 9, recall=True), rtol=0, atol=1e-10)
+    stale = unipc_reference(data, schedule, x1, 9, recall=False)
     assert (out.x0 - stale).abs().max() > 1e-4
+    if spread:  # the prior's gain is not the data's
+        prior_gain = SAMPLERS["unipc"](data, schedule, x1, 9, denoise=False, grid="uniform")
+        assert (prior_gain.x0 - out.x0).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("variance", [np.ones(D - 1), np.full(D, np.nan), -np.ones(D)])
+def test_a_variance_that_is_not_one_per_component_is_E651(oracle, variance):
+    with pytest.raises(GudError) as err:
+        sample("unipc", oracle, schedules(D)["linear"], (2, D), 3, variance=variance)
+    assert err.value.diagnostics[0].code == "E651" and "variance" in err.value.diagnostics[0].message
+
+
+def test_models_give_unipc_the_whitened_variance_of_their_data(tmp_path, monkeypatch):
+    import gudlang
+    import gudlang.samplers as samplers
+    spec = tmp_path / "oracle.gud"
+    spec.write_text("gud 1\ndata = grf(size = 4, slope = 3, n = 400)\nbasis = dct()\nprior = white\n"
+                    "network = oracle()\ngamma(t) = linear(t, lo = -8, hi = 8)\n")
+    seen = {}
+
+    def spy(name):
+        def run(*args, **options):
+            seen[name] = options
+            return SAMPLERS[name](*args, **options)
+        return run
+    monkeypatch.setattr(samplers, "SAMPLERS", {name: spy(name) for name in SAMPLERS})
+    model = gudlang.load(spec)
+    for name in ("unipc", "dpmpp3m"):
+        model.sample(2, sampler=name, steps=3)
+    np.testing.assert_array_equal(seen["unipc"]["variance"], model.model.features["wvar"])
+    assert np.ptp(model.model.features["wvar"]) > 1  # white prior, steep field: not the prior's 1
+    assert "variance" not in seen["dpmpp3m"]
 
 
 @pytest.mark.parametrize("h", [0.0, 1e-9, -1e-9, 1e-4, -0.3, 0.999, 1.0, -1.0, 1.001, 2.5, -7.0, 20.0])
