@@ -7,19 +7,28 @@ Maths, in whitened components chi (B, D), t = 0 data, t = 1 noise:
     so         log p_0(chi_0) = log p_1(chi_1) + int_0^1 div f dt,
                div f = -1/2 sum_i beta_i + sum_i (beta_i / (2 sigma_i)) d eps_i / d chi_i.
 
-The integral does not feed back into chi, so it is computed in two parts:
+The integral does not feed back into chi, so it is computed in two parts, each split at the
+schedule's kinks (`schedule_kinks`: the times where some component's dgamma/dt jumps, the
+corners of clipped, sequential and rolling schedules, where beta and so div f jump):
     trajectory  chi(t) by torchdiffeq's dopri5 on the PF-ODE alone, at tolerances
                 TRAJECTORY_TOLERANCE times rtol and atol (one model call per step: cheap;
                 its error enters the integral amplified, so it is solved tighter), with steps
-                that end at t = 1; the schedule and the model only see t in [0, 1]
-    integral    int_0^1 div f dt by adaptive composite Boole quadrature along chi(t): [0, 1]
-                starts as INITIAL_PANELS panels of 5 equally spaced points; a panel's error is
+                that end at t = 1 and restart at each kink; the schedule and the model only
+                see t in [0, 1]
+    integral    int_0^1 div f dt by adaptive composite Boole quadrature along chi(t) on each
+                piece between kinks, div f taken one-sidedly (_KINK_SIDE inside) at a piece's
+                kink ends. Without the split a jump costs a bisection down to MIN_PANEL_WIDTH
+                (or E661), and a component that moves only between the first points (1 / 32
+                apart) is not seen at all: four groups moving within windows 0.01 wide gave a
+                density wrong by nats (tests/test_likelihood.py). [0, 1] starts as
+                INITIAL_PANELS panels of 5 equally spaced points (each piece its share, a
+                power of two, at least one); a panel's error is
                 estimated as |S2 - S1| / 15 (S1, S2 Simpson's rule with 3 and 5 points; Boole =
                 S2 + (S2 - S1) / 15), and while an example's summed estimate exceeds
                 atol + rtol int |div f| dt, its panels with more than their share (the
                 tolerance times their width) are halved, which reuses every point (2 new ones
-                per half), down to width MIN_PANEL_WIDTH or MAX_DIVERGENCE_POINTS points (then
-                E661). Kinks of a clipped schedule are found this way. A solve keeps chi at the
+                per half), down to width MIN_PANEL_WIDTH (1 / 256 of a narrower piece) or
+                MAX_DIVERGENCE_POINTS points (then E661). A solve keeps chi at the
                 points two halvings ahead, so the trajectory is re-solved (identically: the
                 same steps) at most every second round.
 The divergence costs D vector-Jacobian products per point, the trajectory one model call per
@@ -79,6 +88,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .diagnostics import GudError
@@ -98,14 +108,28 @@ DIVERGENCES = ("exact", "hutchinson")
 PROBE_ROWS = 256
 # Points (example, time) per batched model call when evaluating the divergence.
 POINT_ROWS = 64
-# The quadrature of the divergence: panels of [0, 1] to start with, the narrowest panel, and
-# the dyadic grid every point lies on (exact integer arithmetic for the panel bookkeeping).
+# The quadrature of the divergence: panels of [0, 1] to start with (a piece between kinks
+# gets its share, at least one), the narrowest panel, and the dyadic grid of each piece every
+# point lies on (exact integer arithmetic for the panel bookkeeping).
 INITIAL_PANELS = 8
 MIN_PANEL_WIDTH = 2.0 ** -16
-# An example whose integral needs more points than this is E661 (a noisy or discontinuous
-# divergence would otherwise be refined down to MIN_PANEL_WIDTH everywhere).
+# An example whose integral needs more points than this, plus KINK_POINTS per kink, is E661
+# (a noisy or discontinuous divergence would otherwise be refined down to MIN_PANEL_WIDTH
+# everywhere).
 MAX_DIVERGENCE_POINTS = 4097
+KINK_POINTS = 16
 _GRID = 2 ** 18
+# Kinks (`schedule_kinks`): the schedule is scanned on KINK_CELLS cells; a cell is searched
+# where some component's dgamma/dt changes by more than _KINK_SEARCH of its size, and holds a
+# kink when the change stays above _KINK_KEEP of it across _KINK_WIDTH (a smooth slope's does
+# not). The divergence is taken _KINK_SIDE after (before) a kink for the piece that starts
+# (ends) there.
+KINK_CELLS = 4096
+_KINK_SEARCH = 0.25
+_KINK_KEEP = 1e-3
+_KINK_WIDTH = 1e-13
+_KINK_SIDE = 1e-12
+_KINK_CHUNK = 256
 # The trajectory's tolerance relative to rtol and atol: on the default digits model its error
 # moves the integral by about 0.1 nats at 1e-4 and 0.01 nats at 1e-5.
 TRAJECTORY_TOLERANCE = 0.1
@@ -131,11 +155,12 @@ def standard_normal_logp(x: torch.Tensor) -> torch.Tensor:
 def log_likelihood(eps_model, schedule, x0: torch.Tensor, divergence: str | None = None,
                    hutchinson_samples: int = 1, rtol: float = 1e-5, atol: float = 1e-5,
                    generator: torch.Generator | None = None, prior_logp=None,
-                   probe_rows: int = PROBE_ROWS, given: torch.Tensor | None = None) -> LogLikResult:
+                   probe_rows: int = PROBE_ROWS, given: torch.Tensor | None = None,
+                   kinks: list[float] | None = None) -> LogLikResult:
     """log p_0(x0) by the PF-ODE from t = 0 to 1 (see the module docstring). With a mask `given`
     (D,) of components the schedule holds clean (beta = 0, as conditioning.GivenSchedule does),
     the result is the conditional density of the other components: the standard normal prior
-    and the divergence cover only those."""
+    and the divergence cover only those. `kinks`: the schedule's (default `schedule_kinks`)."""
     if x0.dim() != 2 or not bool(torch.isfinite(x0).all()):
         raise GudError.one("E660", f"x0 must be a finite (B, D) tensor, got shape {tuple(x0.shape)}")
     if not (isinstance(hutchinson_samples, int) and hutchinson_samples >= 1):
@@ -158,13 +183,15 @@ def log_likelihood(eps_model, schedule, x0: torch.Tensor, divergence: str | None
             probes = torch.zeros_like(probes).index_copy_(2, generated, probes.index_select(2, generated))
         method = f"hutchinson({hutchinson_samples})"
     x0 = x0.detach()
-    trajectory = _Trajectory(eps_model, schedule, x0, TRAJECTORY_TOLERANCE * rtol, TRAJECTORY_TOLERANCE * atol)
+    kinks = schedule_kinks(schedule) if kinks is None else sorted(kinks)
+    trajectory = _Trajectory(eps_model, schedule, x0, TRAJECTORY_TOLERANCE * rtol, TRAJECTORY_TOLERANCE * atol,
+                             kinks)
 
     def divergence_at(rows: torch.Tensor, chi: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return _divergence_at(eps_model, schedule, chi, t, None if probes is None else probes[:, rows],
                               generated, probe_rows)
 
-    integrals, points = _integrate_divergence(trajectory, divergence_at, batch, rtol, atol)
+    integrals, points = _integrate_divergence(trajectory, divergence_at, batch, rtol, atol, _Pieces(kinks))
     x1 = trajectory.end
     prior = prior_logp(x1) if prior_logp else standard_normal_logp(x1.index_select(1, generated))
     logp = prior + integrals.to(device=x1.device, dtype=x1.dtype)
@@ -174,30 +201,108 @@ def log_likelihood(eps_model, schedule, x0: torch.Tensor, divergence: str | None
     return LogLikResult(logp, method, trajectory.nfe, points, x1)
 
 
-def _integrate_divergence(trajectory, divergence_at, batch: int, rtol: float, atol: float):
-    """int_0^1 div f dt (B,) along the trajectory by adaptive composite Boole quadrature (see the
-    module docstring), and the number of points per example (B,). Points of all open examples
-    are evaluated together, sorted by time."""
-    values: list[dict[int, float]] = [{} for _ in range(batch)]  # div f per example at grid points
-    step = _GRID // INITIAL_PANELS
-    panels = [[(k * step, (k + 1) * step) for k in range(INITIAL_PANELS)] for _ in range(batch)]
+def schedule_kinks(schedule, cells: int = KINK_CELLS) -> list[float]:
+    """Times in (0, 1) where some component's dgamma / dt jumps (the corners of a clipped
+    schedule), sorted; at most one per cell of a uniform scan with `cells` cells. Each cell where
+    a slope changes by more than _KINK_SEARCH of its size is bisected towards the larger change,
+    down to _KINK_WIDTH, and kept when the change is still there (a steep smooth slope's is
+    gone). `schedule(t) -> (gamma, beta)` is evaluated in float64, dgamma / dt = beta / sigma^2."""
+    def slopes(times: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            gamma, beta = schedule(torch.as_tensor(times, dtype=torch.float64))
+        gamma, beta = gamma.double().cpu(), beta.double().cpu()
+        return (beta / torch.sigmoid(gamma)).numpy()
+
+    def change(left: np.ndarray, right: np.ndarray, share: float) -> np.ndarray:
+        jump = np.abs(right - left)
+        return np.nan_to_num(jump - share * (np.abs(left) + np.abs(right)), nan=-1.0).max(axis=1) > 0
+
+    edges = np.linspace(0.0, 1.0, cells + 1)
+    found = []
+    for lo in range(0, cells, _KINK_CHUNK):
+        s = slopes(edges[lo: lo + _KINK_CHUNK + 1])
+        found.extend(lo + np.flatnonzero(change(s[:-1], s[1:], _KINK_SEARCH)))
+    kinks = []
+    for first in range(0, len(found), _KINK_CHUNK):
+        cell = np.asarray(found[first: first + _KINK_CHUNK])
+        a, b = edges[cell], edges[cell + 1]
+        sa, sb = slopes(a), slopes(b)
+        while np.max(b - a) > _KINK_WIDTH:
+            m = 0.5 * (a + b)
+            sm = slopes(m)
+            left = np.abs(sm - sa).max(axis=1) >= np.abs(sb - sm).max(axis=1)
+            a, sa = np.where(left, a, m), np.where(left[:, None], sa, sm)
+            b, sb = np.where(left, m, b), np.where(left[:, None], sm, sb)
+        kinks.extend(float(t) for t in 0.5 * (a + b)[change(sa, sb, _KINK_KEEP)])
+    merged: list[list[float]] = []  # kinks of several components at one time, found in two cells
+    for t in sorted(kinks):
+        if merged and t - merged[-1][-1] < 10 * _KINK_SIDE:
+            merged[-1].append(t)
+        else:
+            merged.append([t])
+    return [t for t in (sum(g) / len(g) for g in merged) if 10 * _KINK_SIDE < t < 1 - 10 * _KINK_SIDE]
+
+
+class _Pieces:
+    """[0, 1] cut at the kinks; point (j, k) of piece j = [a_j, b_j] lies at
+    a_j + (b_j - a_j) k / _GRID. Its time on the trajectory is that; the divergence is taken
+    _KINK_SIDE inside the piece at an end that is a kink (one-sided: the integrand jumps there)."""
+
+    def __init__(self, kinks: list[float]):
+        self.bounds = [0.0, *kinks, 1.0]
+        self.count = len(self.bounds) - 1
+
+    def width(self, j: int) -> float:
+        return self.bounds[j + 1] - self.bounds[j]
+
+    def time(self, j: int, k: int) -> float:
+        if k == _GRID:
+            return self.bounds[j + 1]
+        return self.bounds[j] + self.width(j) * (k / _GRID)
+
+    def eval_time(self, j: int, k: int) -> float:
+        if k == 0 and j > 0:
+            return self.bounds[j] + _KINK_SIDE
+        if k == _GRID and j < self.count - 1:
+            return self.bounds[j + 1] - _KINK_SIDE
+        return self.time(j, k)
+
+    def initial_panels(self) -> list[tuple[int, int, int]]:
+        """(piece, lo, hi): INITIAL_PANELS over [0, 1], each piece its share (a power of two, >= 1)."""
+        panels = []
+        for j in range(self.count):
+            count = 2 ** max(0, math.floor(math.log2(max(1.0, INITIAL_PANELS * self.width(j)))))
+            step = _GRID // count
+            panels += [(j, k * step, (k + 1) * step) for k in range(count)]
+        return panels
+
+
+def _integrate_divergence(trajectory, divergence_at, batch: int, rtol: float, atol: float,
+                          pieces: _Pieces):
+    """int_0^1 div f dt (B,) along the trajectory by adaptive composite Boole quadrature on each
+    piece between kinks (see the module docstring), and the number of points per example (B,).
+    Points of all open examples are evaluated together, sorted by time."""
+    values: list[dict[tuple[int, int], float]] = [{} for _ in range(batch)]  # div f at (piece, k)
+    panels = [pieces.initial_panels() for _ in range(batch)]
     integrals = [0.0] * batch
     open_rows = list(range(batch))
-    dtype, device = trajectory.x0.dtype, trajectory.x0.device
+    device = trajectory.x0.device
     while open_rows:
-        wanted = sorted({(b, k) for b in open_rows for lo, hi in panels[b] for k in _boole_points(lo, hi)
-                         if k not in values[b]}, key=lambda bk: bk[1])
+        wanted = sorted({(b, (j, k)) for b in open_rows for j, lo, hi in panels[b] for k in _boole_points(lo, hi)
+                         if (j, k) not in values[b]}, key=lambda bp: pieces.eval_time(*bp[1]))
         # Each solve also keeps the points two halvings further down in every open panel.
-        ahead = {k for b in open_rows for lo, hi in panels[b] for k in range(lo, hi + 1, max(1, (hi - lo) // 16))}
-        chi = trajectory.at({k for _, k in wanted}, ahead)
+        ahead = {pieces.time(j, k) for b in open_rows for j, lo, hi in panels[b]
+                 for k in range(lo, hi + 1, max(1, (hi - lo) // 16))}
+        chi = trajectory.at({pieces.time(*p) for _, p in wanted}, ahead)
         div = divergence_at(torch.tensor([b for b, _ in wanted], device=device),
-                            torch.stack([chi[k][b] for b, k in wanted]),
-                            torch.tensor([k / _GRID for _, k in wanted], dtype=dtype, device=device))
-        for (b, k), v in zip(wanted, div.tolist()):
-            values[b][k] = v
+                            torch.stack([chi[pieces.time(*p)][b] for b, p in wanted]),
+                            torch.tensor([pieces.eval_time(*p) for _, p in wanted], dtype=torch.float64,
+                                         device=device))
+        for (b, p), v in zip(wanted, div.tolist()):
+            values[b][p] = v
         still_open = []
         for b in open_rows:
-            integral, panels[b] = _refine(panels[b], values[b], rtol, atol)
+            integral, panels[b] = _refine(panels[b], values[b], rtol, atol, pieces)
             if integral is None:
                 still_open.append(b)
             else:
@@ -206,24 +311,28 @@ def _integrate_divergence(trajectory, divergence_at, batch: int, rtol: float, at
     return torch.tensor(integrals, dtype=torch.float64), torch.tensor([len(v) for v in values])
 
 
-def _refine(panels: list[tuple[int, int]], values: dict[int, float], rtol: float, atol: float):
+def _refine(panels: list[tuple[int, int, int]], values: dict[tuple[int, int], float], rtol: float,
+            atol: float, pieces: _Pieces):
     """(the integral, panels) when the summed error estimate is within atol + rtol int |f|,
-    else (None, panels with those over their share halved); E661 when that is impossible."""
-    estimates = [_boole(values, lo, hi) for lo, hi in panels]
+    else (None, panels with those over their share halved); E661 when that is impossible. A
+    panel can be halved down to MIN_PANEL_WIDTH, or 1/256 of a narrower piece."""
+    widths = [pieces.width(j) * (hi - lo) / _GRID for j, lo, hi in panels]
+    estimates = [_boole(values, j, lo, hi, w) for (j, lo, hi), w in zip(panels, widths)]
     error = sum(e for _, e, _ in estimates)
     budget = atol + rtol * sum(a for _, _, a in estimates)
-    over = [e > budget * (hi - lo) / _GRID for (lo, hi), (_, e, _) in zip(panels, estimates)]
+    over = [e > budget * w for w, (_, e, _) in zip(widths, estimates)]
     if error <= budget or not any(over):  # (the second only by rounding: the shares sum to budget)
         return sum(i for i, _, _ in estimates), panels
-    narrowest = min(hi - lo for (lo, hi), o in zip(panels, over) if o) / _GRID
-    if narrowest < 2 * MIN_PANEL_WIDTH or len(values) + 4 * sum(over) > MAX_DIVERGENCE_POINTS:
-        worst = max(zip(estimates, panels), key=lambda ep: ep[0][1])[1][0] / _GRID
+    floor = [min(MIN_PANEL_WIDTH, pieces.width(j) / 256) for j, _, _ in panels]
+    stuck = any(o and w < 2 * f for o, w, f in zip(over, widths, floor))
+    if stuck or len(values) + 4 * sum(over) > MAX_DIVERGENCE_POINTS + KINK_POINTS * (pieces.count - 1):
+        j, lo, _ = max(zip(estimates, panels), key=lambda ep: ep[0][1])[1]
         raise GudError.one("E661", f"the divergence integral did not reach its tolerance: estimated error "
                            f"{error:.3g} nats > {budget:.3g} after {len(values)} points (worst near "
-                           f"t = {worst:.6g})", help="loosen rtol and atol, or compute in float64")
+                           f"t = {pieces.time(j, lo):.6g})", help="loosen rtol and atol, or compute in float64")
     halved = []
-    for (lo, hi), o in zip(panels, over):
-        halved += [(lo, (lo + hi) // 2), ((lo + hi) // 2, hi)] if o else [(lo, hi)]
+    for (j, lo, hi), o in zip(panels, over):
+        halved += [(j, lo, (lo + hi) // 2), (j, (lo + hi) // 2, hi)] if o else [(j, lo, hi)]
     return None, halved
 
 
@@ -232,10 +341,10 @@ def _boole_points(lo: int, hi: int) -> range:
     return range(lo, hi + 1, (hi - lo) // 4)
 
 
-def _boole(values: dict[int, float], lo: int, hi: int) -> tuple[float, float, float]:
-    """(Boole's rule, its error estimate |S2 - S1| / 15, Boole's rule of |f|) on one panel."""
-    f = [values[k] for k in _boole_points(lo, hi)]
-    width = (hi - lo) / _GRID
+def _boole(values: dict[tuple[int, int], float], j: int, lo: int, hi: int, width: float):
+    """(Boole's rule, its error estimate |S2 - S1| / 15, Boole's rule of |f|) on one panel of
+    piece j, `width` long in t."""
+    f = [values[j, k] for k in _boole_points(lo, hi)]
     s1 = width / 6 * (f[0] + 4 * f[2] + f[4])
     s2 = width / 12 * (f[0] + 4 * f[1] + 2 * f[2] + 4 * f[3] + f[4])
     weights = (7, 32, 12, 32, 7)
@@ -243,16 +352,18 @@ def _boole(values: dict[int, float], lo: int, hi: int) -> tuple[float, float, fl
 
 
 class _Trajectory:
-    """chi(t) of the PF-ODE from x0 at grid points, by dopri5. Every solve takes the same steps,
-    so points from different solves lie on one trajectory; the points of the last solve are
-    kept for later rounds."""
+    """chi(t) of the PF-ODE from x0 at given times, by dopri5 (restarted at the kinks). Every
+    solve takes the same steps, so points from different solves lie on one trajectory; the
+    points of the last solve are kept for later rounds."""
 
-    def __init__(self, eps_model, schedule, x0: torch.Tensor, rtol: float, atol: float):
+    def __init__(self, eps_model, schedule, x0: torch.Tensor, rtol: float, atol: float,
+                 kinks: list[float] = ()):
         self.eps_model, self.schedule, self.x0 = eps_model, schedule, x0
         self.rtol, self.atol = max(rtol, MIN_TOLERANCE), max(atol, MIN_TOLERANCE)
+        self.kinks = list(kinks)
         self.nfe = 0
         self.end: torch.Tensor | None = None  # chi(1), from the first solve that reaches t = 1
-        self.kept: dict[int, torch.Tensor] = {}
+        self.kept: dict[float, torch.Tensor] = {}
 
     def velocity(self, t, x: torch.Tensor) -> torch.Tensor:
         tt = torch.full((len(x),), _clamp01(float(t)), dtype=x.dtype, device=x.device)
@@ -264,21 +375,27 @@ class _Trajectory:
             raise GudError.one("E661", f"the model's eps is not finite at t = {float(tt[0]):.4g}")
         return 0.5 * beta * (eps * torch.sigmoid(gamma).rsqrt() - x)
 
-    def at(self, points: set[int], ahead: set[int]) -> dict[int, torch.Tensor]:
-        """chi (B, D) at grid points k (t = k / _GRID); a new solve also keeps the points `ahead`."""
-        if points <= self.kept.keys():
+    def at(self, times: set[float], ahead: set[float]) -> dict[float, torch.Tensor]:
+        """chi (B, D) at `times`; a new solve also keeps the times `ahead`."""
+        if times <= self.kept.keys():
             return self.kept
-        grid = sorted(points | ahead)
-        span = torch.tensor(([0.0] if grid[0] > 0 else []) + [k / _GRID for k in grid],
-                            dtype=self.x0.dtype, device=self.x0.device)
+        grid = sorted(times | ahead)
+        # Times that one float in the state's dtype (dopri5's) holds share its point.
+        rounded = torch.tensor(grid, dtype=torch.float64).to(self.x0.dtype)
+        distinct, index = torch.unique_consecutive(rounded, return_inverse=True)
+        span = (torch.cat([distinct.new_zeros(1), distinct]) if float(distinct[0]) > 0 else distinct).to(self.x0.device)
+        # Steps end exactly at t = 1 instead of stepping past it and interpolating back, and
+        # restart at the kinks, where the velocity jumps.
+        options = {"step_t": torch.ones(1, dtype=span.dtype)}
+        if self.kinks:
+            options["jump_t"] = torch.tensor(self.kinks, dtype=span.dtype)
         with torch.no_grad():
-            # Steps end exactly at t = 1 instead of stepping past it and interpolating back.
             xs, nfe = solve_dopri5(self.velocity, self.x0, span, self.rtol, self.atol, "E661",
-                                   "the likelihood's trajectory", help="loosen rtol and atol",
-                                   options={"step_t": torch.ones(1, dtype=span.dtype)})
+                                   "the likelihood's trajectory", help="loosen rtol and atol", options=options)
         self.nfe += nfe
-        self.kept = dict(zip(grid, xs[len(span) - len(grid):]))
-        if self.end is None and grid[-1] == _GRID:
+        xs = xs[len(span) - len(distinct):]
+        self.kept = {t: xs[i] for t, i in zip(grid, index.tolist())}
+        if self.end is None and grid[-1] == 1.0:
             self.end = xs[-1]
         return self.kept
 
@@ -290,7 +407,7 @@ def _clamp01(t: float) -> float:
 
 def _divergence_at(eps_model, schedule, chi: torch.Tensor, t: torch.Tensor, probes: torch.Tensor | None,
                    generated: torch.Tensor, probe_rows: int) -> torch.Tensor:
-    """div f (R,) at points chi (R, D) and times t (R,), sorted by time; probes (S, R, D) for
+    """div f (R,) at points chi (R, D) and float64 times t (R,), sorted by time; probes (S, R, D) for
     Hutchinson's estimate or None for the exact divergence over the `generated` components.
     Each model call takes points of one time (at most POINT_ROWS), so that the schedule and an
     oracle see one noise level."""
@@ -298,11 +415,12 @@ def _divergence_at(eps_model, schedule, chi: torch.Tensor, t: torch.Tensor, prob
     for count in torch.unique_consecutive(t, return_counts=True)[1].tolist():
         for start in range(lo, lo + count, POINT_ROWS):
             end = min(start + POINT_ROWS, lo + count)
-            x, tt = chi[start:end], t[start:end]
+            x, t64 = chi[start:end], t[start:end]
+            tt = t64.to(x.dtype)
             # torch.func.vjp differentiates with respect to x inside no_grad; without it,
             # autograd would also record every call for the model's weights and keep it alive.
             with torch.no_grad():
-                gamma, beta = schedule(tt)
+                gamma, beta = schedule(t64)  # float64 times: the side of a kink survives
                 gamma, beta = gamma.to(x.dtype), beta.to(x.dtype)
                 eps, pullback = torch.func.vjp(lambda c: eps_model(c, tt, gamma), x)
                 if not bool(torch.isfinite(eps).all()):
@@ -439,10 +557,11 @@ def dataset_bits_per_dim(eps_model, schedule, encode, x, *, levels: int | None, 
     if levels is not None:
         x = dequantise(x, levels, data_scale, generator=generator)
     bits, points, nfe, method, dims = [], [], 0, "", 0
+    kinks = schedule_kinks(schedule)
     for chunk in torch.split(x, batch_size):
         chi = encode(chunk)
         result = log_likelihood(eps_model, schedule, chi, divergence, hutchinson_samples, rtol, atol,
-                                generator, probe_rows=probe_rows, given=given)
+                                generator, probe_rows=probe_rows, given=given, kinks=kinks)
         dims = chi.shape[1] - (0 if given is None else int(torch.as_tensor(given).sum()))
         bits.append(bits_per_dim(result.logp.double().cpu(), logabsdet, dims, data_scale, levels))
         points.append(result.divergence_points)

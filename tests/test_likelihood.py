@@ -20,11 +20,11 @@ from scipy.stats import multivariate_normal
 from torch import nn
 
 from gudlang.diagnostics import GudError
-from gudlang.likelihood import (bits_per_dim, dataset_bits_per_dim, dequantise, log_likelihood,
+from gudlang.likelihood import (bits_per_dim, dataset_bits_per_dim, dequantise, log_likelihood, schedule_kinks,
                                 mean_and_stderr, standard_normal_logp, weighted_jacobian_trace)
 from gudlang.networks import make_network
 from gudlang.oracle import GaussianOracle, whitened_moments
-from schedule_fixtures import LinearSchedule, gaussian_data, schedules, one_thread  # noqa: F401 (autouse fixture)
+from schedule_fixtures import LinearSchedule, SequentialSchedule, gaussian_data, schedules, one_thread  # noqa: F401 (autouse fixture)
 
 D = 16
 TOL = dict(rtol=1e-8, atol=1e-8)
@@ -381,3 +381,65 @@ def test_with_given_components_the_result_is_the_exact_conditional_density():
     result = log_likelihood(eps_model, schedule, x0, given=given, rtol=1e-7, atol=1e-7)
     assert torch.allclose(result.logp, conditional.log_prob(x0[:, gen_idx], gamma0), atol=1e-4, rtol=0)
     assert torch.equal(result.x1[:, giv_idx], x0[:, giv_idx])
+
+
+# --------------------------------------------------------------------------- kinks
+def test_kinks_are_the_corners_of_a_clipped_schedule():
+    schedule = schedules(D)["sequential"]  # group c moves over [tau_c, tau_c + w], w = 1 - tau_max
+    corners = sorted({round(float(t), 12) for tau in schedule.tau.tolist() for t in (tau, tau + 0.5)} - {0.0, 1.0})
+    np.testing.assert_allclose(schedule_kinks(schedule), corners, rtol=0, atol=1e-12)
+
+
+def test_kinks_of_a_compiled_autoregressive_schedule_match_its_closed_form():
+    from gudlang.check import check_text
+    from gudlang.pipeline import build_model
+    model = build_model(check_text("gud 1\ndata = digits()\nbasis = pca()\n"
+                                   "gamma_i(t) = soft(t, rank(i), a = 50, clipped = true)\n"))
+    # soft clips g_den + a (l - 1) + t (g_noise - g_den + a) to [g_den, g_noise] = [-7, 3], l = rank
+    rank = np.unique(model.features["rank"])
+    corners = np.concatenate([50 * (1 - rank) / 60, (10 + 50 * (1 - rank)) / 60])
+    corners = np.sort(corners[(corners > 1e-9) & (corners < 1 - 1e-9)])
+    np.testing.assert_allclose(schedule_kinks(model.schedule), corners, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("schedule", [schedules(D)["linear"], schedules(D)["soft"], EdgeSchedule(D)],
+                         ids=["linear", "soft", "edge"])
+def test_smooth_schedules_have_no_kinks(schedule):
+    assert schedule_kinks(schedule) == []
+
+
+@pytest.mark.parametrize("formula", ["cosine(t, hi = 15)", "vp(t)", "shifted_cosine(t, d = 128)",
+                                     "log(wvar(i)) + linear(t, -8, 8)"])
+def test_steep_but_smooth_compiled_schedules_have_no_kinks(formula):
+    from gudlang.check import check_text
+    from gudlang.pipeline import build_model
+    model = build_model(check_text(f"gud 1\ndata = digits()\nbasis = dct()\ngamma_i(t) = {formula}\n"))
+    assert schedule_kinks(model.schedule) == []
+
+
+def test_components_that_move_in_narrow_windows_get_the_exact_density(oracle):
+    # Four groups, each moving from gamma = -12 to 12 within a window of width 0.01, between
+    # the quadrature's first points (1 / 32 apart): split at the kinks, every window is seen;
+    # without the split (kinks = []) the integral misses three of them by nats and converges.
+    schedule = SequentialSchedule(torch.arange(D) % 4, tau_max=0.99, g_min=-12.0, g_max=12.0)
+    x0 = data(oracle, schedule, 4)
+    gamma1 = at(schedule, 1.0)
+    exact = oracle.log_prob_data(x0, schedule)
+    split = log_likelihood(oracle, schedule, x0, prior_logp=lambda x: oracle.log_prob(x, gamma1), rtol=1e-5, atol=1e-5)
+    assert (split.logp - exact).abs().max() < 1e-2
+    blind = log_likelihood(oracle, schedule, x0, prior_logp=lambda x: oracle.log_prob(x, gamma1), rtol=1e-5, atol=1e-5,
+                           kinks=[])
+    assert (blind.logp - exact).abs().max() > 1.0
+
+
+def test_splitting_at_kinks_takes_fewer_points_for_the_same_accuracy(oracle):
+    schedule = schedules(D)["sequential"]
+    x0 = data(oracle, schedule, 4)
+    gamma1 = at(schedule, 1.0)
+    exact = oracle.log_prob_data(x0, schedule)
+    runs = {name: log_likelihood(oracle, schedule, x0, prior_logp=lambda x: oracle.log_prob(x, gamma1), rtol=1e-6,
+                                 atol=1e-6, kinks=kinks) for name, kinks in (("split", None), ("whole", []))}
+    errors = {name: float((r.logp - exact).abs().max()) for name, r in runs.items()}
+    assert errors["split"] <= errors["whole"] and errors["split"] < 1e-3
+    assert runs["split"].divergence_points.sum() < runs["whole"].divergence_points.sum()
+    assert runs["split"].nfe < runs["whole"].nfe
