@@ -130,6 +130,7 @@ def explain_text(model) -> str:
             "drawn params: " + (", ".join(
                 f"{n} ~ uniform({spec.params[n].lo:g}, {spec.params[n].hi:g}), " + _drawn_how(model, n)
                 for n in checked.drawn) or "none"),
+            _kinks_line(model),
             f"model hash: {model.model_hash}",
             ""]
     order = model.generation_order()
@@ -142,16 +143,20 @@ def explain_text(model) -> str:
     ts = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
     with torch.no_grad():
         gamma = model.sampling_path.gamma_and_slope(ts)[0].numpy()
+        trained = model.schedule.gamma_and_slope(ts)[0].numpy()
     wvar = model.features["wvar"]
     along = "on the sampling path " if model.path is not None else ""
-    out.append(f"# gamma, sigma and true SNR = wvar * exp(-gamma) {along}(first, middle, last generated)")
-    out.append(f"{'component':>10} {'t':>5} {'gamma':>9} {'sigma':>9} {'true SNR':>10}")
+    out.append(f"# gamma, sigma and true SNR = wvar * exp(-gamma) {along}(first, middle, last generated)"
+               + ("; training: gamma(t) at the same t, t ~ U(0, 1) in training" if model.path is not None else ""))
+    out.append(f"{'component':>10} {'t':>5} {'gamma':>9} {'sigma':>9} {'true SNR':>10}"
+               + (f" {'training':>9}" if model.path is not None else ""))
     for i in picks:
         for k, t in enumerate(ts.tolist()):
             g = gamma[k, i]
             sigma = float(np.sqrt(1.0 / (1.0 + np.exp(-g))))
             snr = float(wvar[i] * np.exp(-g))
-            out.append(f"{i:>10} {t:>5.2f} {g:>9.3f} {sigma:>9.4f} {snr:>10.3g}")
+            out.append(f"{i:>10} {t:>5.2f} {g:>9.3f} {sigma:>9.4f} {snr:>10.3g}"
+                       + (f" {trained[k, i]:>9.3f}" if model.path is not None else ""))
     out.append("")
     for w in model.warnings:
         out.append(f"warning[{w.code}]: {w.message}")
@@ -163,6 +168,16 @@ def explain_text(model) -> str:
         if module is not None:
             out += ["", f"# generated {name} code", module.source.rstrip()]
     return "\n".join(out) + "\n"
+
+
+def _kinks_line(model) -> str:
+    """How many kinks (a component starts or stops moving) the sampling path has."""
+    from gudlang.samplers import schedule_kinks
+    kinks = schedule_kinks(model.sampling_schedule)
+    if not kinks:
+        return "kinks:     none (every component's dgamma/dt is continuous)"
+    return (f"kinks:     {len(kinks)} in t = {kinks[0]:.4g} .. {kinks[-1]:.4g} (a component starts or stops "
+            f"moving; the adaptive sampler and the likelihood split there)")
 
 
 def _drawn_how(model, name: str) -> str:

@@ -41,3 +41,24 @@ def test_given_components_are_listed_as_given_not_generated():
     assert "never noised" not in section
     first = int(re.search(r"first generated: +component (\d+)", section).group(1))
     assert not model.given[first]
+
+
+def test_with_a_path_the_table_also_shows_the_training_distribution():
+    # EDM trains on gamma = 2 (P_mean + P_std ndtri(t)), t ~ U(0, 1) (SciPy's quantile here), and
+    # samples along its rho path; the table's last column is the training gamma at the same t.
+    from scipy.stats import norm
+    text = explain_text(build_model(check_file(str(SPECS / "peers" / "edm.gud"))))
+    rows = [line.split() for line in text.split("true SNR  training\n")[1].split("\n\n")[0].splitlines()]
+    for row in rows:
+        t, training = float(row[1]), float(row[5])
+        want = 2 * (-1.2 + 1.2 * norm.ppf(min(max(t, 1e-6), 1 - 1e-6)))
+        assert abs(training - want) < 1e-3, row
+    assert len(rows) == 15
+
+
+def test_explain_counts_the_sampling_paths_kinks():
+    # sequential(t, col(i), b = 0.5): column k of 8 moves over [(1 - k/7) / 2, (1 - k/7) / 2 + 1/2];
+    # inside (0, 1) that is 7 starts and 7 ends, one time shared: 13 kinks, from 1/14 to 13/14.
+    text = explain_text(build_model(check_file(str(SPECS / "sequential_columns.gud"))))
+    assert "kinks:     13 in t = 0.07143 .. 0.9286" in text
+    assert "kinks:     none" in explain_text(build_model(check_file(str(SPECS / "digits.gud"))))
