@@ -36,8 +36,9 @@ def plot_schedule(model, out: str, max_lines: int = 400, grid: int = 256) -> Non
 
 def schedule_figure(model, max_lines: int = 400, grid: int = 256):
     """gamma, sigma, beta and true SNR of every component against t on the sampling path (gamma
-    itself unless the spec declares `path_i(t)`), coloured by generation order; components a
-    spec declares given (held clean, never generated) in grey. A matplotlib Figure."""
+    itself unless the spec declares `path_i(t)`, whose training gamma is then dotted in red for
+    the first, middle and last generated), coloured by generation order; components a spec
+    declares given (held clean, never generated) in grey. A matplotlib Figure."""
     plt = _pyplot()
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
     with torch.no_grad():
@@ -66,6 +67,15 @@ def schedule_figure(model, max_lines: int = 400, grid: int = 256):
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
+    if model.path is not None:  # the training distribution: gamma at t ~ U(0, 1), as its quantiles
+        with torch.no_grad():
+            trained = model.conditioned_schedule(t)[0].numpy()
+        picks = [int(order[0]), int(order[len(order) // 2]), int(order[-1])] if len(order) else []
+        for k, i in enumerate(dict.fromkeys(picks)):
+            axes[0, 0].plot(t.numpy(), trained[:, i], color="crimson", lw=1.2, ls=":",
+                            label="training: t ~ U(0, 1)" if k == 0 else None)
+        if picks:
+            axes[0, 0].legend(loc="lower right", fontsize=8)
     for ax in axes[1]:
         ax.set_xlabel("t (0 = data, 1 = noise)")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))

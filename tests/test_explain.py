@@ -1,8 +1,12 @@
 """`gud explain`'s account of the generation order: components that never move are reported as
-never noised (not as generated first), and the most components in motion at once is shown."""
+never noised (not as generated first), and the most components in motion at once is shown;
+its kinks, and with a sampling path the training gamma beside it (table and plot)."""
 
 import re
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from gudlang.check import check_file, check_text
 from gudlang.explain import explain_text
@@ -62,3 +66,17 @@ def test_explain_counts_the_sampling_paths_kinks():
     text = explain_text(build_model(check_file(str(SPECS / "sequential_columns.gud"))))
     assert "kinks:     13 in t = 0.07143 .. 0.9286" in text
     assert "kinks:     none" in explain_text(build_model(check_file(str(SPECS / "digits.gud"))))
+
+
+def test_the_schedule_plot_of_a_path_draws_the_training_gamma_too():
+    from gudlang.plot import schedule_figure
+    model = build_model(check_file(str(SPECS / "peers" / "edm.gud")))
+    ax = schedule_figure(model).axes[0]
+    dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert 1 <= len(dotted) <= 3 and "training" in ax.get_legend().get_texts()[0].get_text()
+    t, gamma = dotted[0].get_data()
+    with torch.no_grad():
+        want = model.schedule(torch.as_tensor(t))[0][:, 0].numpy()  # one scalar gamma for all
+    np.testing.assert_allclose(gamma, want)
+    plain = schedule_figure(build_model(check_file(str(SPECS / "digits.gud")))).axes[0]
+    assert not [line for line in plain.get_lines() if line.get_linestyle() == ":"]
