@@ -281,17 +281,13 @@ def schedule_kinks(schedule, cells: int = KINK_CELLS) -> list[float]:
     schedule), sorted; at most one per cell of a uniform scan with `cells` cells. Each cell where
     a slope changes by more than _KINK_SEARCH of its size is bisected towards the larger change,
     down to _KINK_WIDTH, and kept when the change is still there (a steep smooth slope's is
-    gone). The slope is the schedule's `gamma_and_slope` where it has one, else beta / sigma^2
-    from `schedule(t) -> (gamma, beta)`, in float64; a non-finite slope counts as 0."""
+    gone). The slope is beta / sigma^2 from `schedule(t) -> (gamma, beta)` in float64; a
+    non-finite one (beta = 0 where sigma^2 underflows) counts as 0."""
     def slopes(times: np.ndarray) -> np.ndarray:
-        t = torch.as_tensor(times, dtype=torch.float64)
         with torch.no_grad():
-            if hasattr(schedule, "gamma_and_slope"):  # compiled: the symbolic derivative
-                slope = schedule.gamma_and_slope(t)[1]
-            else:
-                gamma, beta = schedule(t)
-                slope = beta.double() / torch.sigmoid(gamma.double())
-        return np.nan_to_num(slope.double().cpu().numpy(), nan=0.0, posinf=0.0, neginf=0.0)
+            gamma, beta = schedule(torch.as_tensor(times, dtype=torch.float64))
+        slope = beta.double().cpu() / torch.sigmoid(gamma.double().cpu())
+        return np.nan_to_num(slope.numpy(), nan=0.0, posinf=0.0, neginf=0.0)  # 0 / 0: standing still
 
     def change(left: np.ndarray, right: np.ndarray, share: float) -> np.ndarray:
         jump = np.abs(right - left)
