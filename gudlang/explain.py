@@ -143,20 +143,21 @@ def explain_text(model) -> str:
     ts = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
     with torch.no_grad():
         gamma = model.sampling_path.gamma_and_slope(ts)[0].numpy()
-        trained = model.schedule.gamma_and_slope(ts)[0].numpy()
+        # with a path, the training gamma at the same t beside it (t ~ U(0, 1): its quantiles)
+        trained = model.schedule.gamma_and_slope(ts)[0].numpy() if model.path is not None else None
     wvar = model.features["wvar"]
-    along = "on the sampling path " if model.path is not None else ""
+    along = "on the sampling path " if trained is not None else ""
     out.append(f"# gamma, sigma and true SNR = wvar * exp(-gamma) {along}(first, middle, last generated)"
-               + ("; training: gamma(t) at the same t, t ~ U(0, 1) in training" if model.path is not None else ""))
+               + ("; training: gamma(t) at the same t, t ~ U(0, 1) in training" if trained is not None else ""))
     out.append(f"{'component':>10} {'t':>5} {'gamma':>9} {'sigma':>9} {'true SNR':>10}"
-               + (f" {'training':>9}" if model.path is not None else ""))
+               + (f" {'training':>9}" if trained is not None else ""))
     for i in picks:
         for k, t in enumerate(ts.tolist()):
             g = gamma[k, i]
             sigma = float(np.sqrt(1.0 / (1.0 + np.exp(-g))))
             snr = float(wvar[i] * np.exp(-g))
             out.append(f"{i:>10} {t:>5.2f} {g:>9.3f} {sigma:>9.4f} {snr:>10.3g}"
-                       + (f" {trained[k, i]:>9.3f}" if model.path is not None else ""))
+                       + (f" {trained[k, i]:>9.3f}" if trained is not None else ""))
     out.append("")
     for w in model.warnings:
         out.append(f"warning[{w.code}]: {w.message}")

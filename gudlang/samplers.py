@@ -290,8 +290,7 @@ def schedule_kinks(schedule, cells: int = KINK_CELLS) -> list[float]:
         return np.nan_to_num(slope.numpy(), nan=0.0, posinf=0.0, neginf=0.0)  # 0 / 0: standing still
 
     def change(left: np.ndarray, right: np.ndarray, share: float) -> np.ndarray:
-        jump = np.abs(right - left)
-        return np.nan_to_num(jump - share * (np.abs(left) + np.abs(right)), nan=-1.0).max(axis=1) > 0
+        return (np.abs(right - left) - share * (np.abs(left) + np.abs(right))).max(axis=1) > 0
 
     edges = np.linspace(0.0, 1.0, cells + 1)
     found = []
@@ -317,7 +316,6 @@ def schedule_kinks(schedule, cells: int = KINK_CELLS) -> list[float]:
         else:
             merged.append([t])
     return [t for t in (sum(g) / len(g) for g in merged) if KINK_MERGE < t < 1 - KINK_MERGE]
-
 
 
 # --------------------------------------------------------------------------- coefficients
