@@ -197,7 +197,7 @@ class GudModel:
         """n samples in data space, (n, C, H, W) float32 on the CPU (and the network calls when
         `with_nfe`). Samples start .. start + n - 1 of the seed's sequence (torchrun shards).
         With `given` images (N, C, h, w) in data space: their completions (see `complete`)."""
-        from gudlang.samplers import sample
+        from gudlang.samplers import sample, schedule_kinks
         if params:
             return self.with_params(params).sample(n, sampler=sampler, steps=steps, grid=grid, seed=seed,
                                                    batch_size=batch_size, given=given, mask=mask, start=start,
@@ -218,14 +218,16 @@ class GudModel:
         batch_size = batch_size or n
         schedule = self.model.sampling_path.to(self.device)
         space = self.model.space.to(self.device)
+        options = self._options(method, grid)
+        if method == "adaptive":  # its restart times, found once for every batch
+            options["kinks"] = schedule_kinks(schedule)
         out, nfe = [], 0
         for lo in range(start, start + n, batch_size):
             hi = min(lo + batch_size, start + n)
             x1 = start_noise(seed, lo, hi, self.model.dim, self.dtype, self.device)
             gen = torch.Generator(device=self.device).manual_seed(seed * 7919 + lo)
             with torch.no_grad():
-                result = sample(method, self.eps_model, schedule, x1, steps, generator=gen,
-                                **self._options(method, grid))
+                result = sample(method, self.eps_model, schedule, x1, steps, generator=gen, **options)
                 out.append(space.decode(result.x0).float().cpu())
             nfe = result.nfe
             if progress is not None:

@@ -71,7 +71,8 @@ without the final denoise:
               (the last step has no corrector: it would cost a call at t_end).
     adaptive  dopri5 on the PF-ODE (torchdiffeq), options rtol and atol; `steps` only sets the
               first trial step (1 - t_end) / steps. It restarts at the schedule's kinks
-              (`schedule_kinks`: where some component's dgamma/dt jumps), where stepping over
+              (option `kinks`, default `schedule_kinks`: where some component's dgamma/dt
+              jumps; `GudModel.sample` finds them once for all its batches), where stepping over
               the corner left errors far above the tolerance: on the six shipped specs with
               kinks (the digits' Gaussian stand-in, tolerance 1e-4, largest error against
               dopri5 at 1e-8) 0.01 - 2 before, 3e-5 - 0.05 now (the most on rolling
@@ -629,9 +630,12 @@ def sample_unipc(eps_model, schedule, x1, steps, generator=None, t_end=0.0, deno
 
 @torch.no_grad()
 def sample_adaptive(eps_model, schedule, x1, steps, generator=None, t_end=0.0, denoise=True,
-                    rtol=1e-5, atol=1e-5) -> SampleResult:
-    """dopri5 on the PF-ODE from t = 1 to t_end with torchdiffeq. `generator` is unused."""
+                    rtol=1e-5, atol=1e-5, kinks=None) -> SampleResult:
+    """dopri5 on the PF-ODE from t = 1 to t_end with torchdiffeq, restarted at `kinks` (default
+    `schedule_kinks(schedule)`; callers that sample in batches pass them to scan once).
+    `generator` is unused."""
     _check_steps(steps, t_end)
+    kinks = schedule_kinks(schedule) if kinks is None else _checked_kinks(kinks)
 
     def velocity(t, x):
         gamma, beta = _levels(schedule, float(t), x)
@@ -645,12 +649,23 @@ def sample_adaptive(eps_model, schedule, x1, steps, generator=None, t_end=0.0, d
     # Steps end exactly at t_end instead of stepping past it (where the schedule may differ,
     # or not be defined) and interpolating back.
     options = {"first_step": (1.0 - t_end) / steps, "step_t": torch.tensor([t_end], dtype=x1.dtype)}
-    kinks = [t for t in schedule_kinks(schedule) if t > t_end]
+    kinks = [t for t in kinks if t > t_end]
     if kinks:  # restart where the velocity jumps instead of stepping over the corner
         options["jump_t"] = torch.tensor(kinks[::-1], dtype=x1.dtype)
     xs, nfe = solve_dopri5(velocity, x1, span, rtol, atol, "E652", "the adaptive sampler",
                            help="loosen rtol and atol, or use a fixed-step sampler", options=options)
     return _finish(eps_model, schedule, xs[-1], t_end, denoise, nfe)
+
+
+def _checked_kinks(kinks) -> list[float]:
+    """Kinks given by a caller: times in (0, 1), returned sorted."""
+    try:
+        times = sorted(float(t) for t in kinks)
+    except (TypeError, ValueError):
+        raise GudError.one("E651", f"kinks must be a list of times, got {kinks!r}") from None
+    if any(not 0.0 < t < 1.0 for t in times):
+        raise GudError.one("E651", "kinks must lie in (0, 1)", help="pass schedule_kinks(schedule), or leave them out")
+    return times
 
 
 def solve_dopri5(func, y0, span, rtol: float, atol: float, code: str, what: str, help: str,
@@ -681,7 +696,7 @@ SAMPLERS = {"em": sample_em, "heun": sample_heun, "midpoint": sample_midpoint, "
             "unipc": sample_unipc, "adaptive": sample_adaptive}
 # Options each method accepts besides the common positional arguments.
 OPTIONS = {name: ("t_end", "denoise", "grid") for name in SAMPLERS}
-OPTIONS["adaptive"] = ("t_end", "denoise", "rtol", "atol")
+OPTIONS["adaptive"] = ("t_end", "denoise", "rtol", "atol", "kinks")
 OPTIONS["unipc"] = ("t_end", "denoise", "grid", "variance")
 
 

@@ -171,6 +171,18 @@ def test_load_gives_a_model_that_samples_in_data_space(trained):
     assert not torch.equal(raw, x)
 
 
+def test_adaptive_sampling_in_batches_finds_the_kinks_once(trained, monkeypatch):
+    import gudlang.samplers
+    model = gudlang.load(trained).with_path("soft(clip(1.5 * t - 0.25, 0, 1), -log(var(i)))")
+    scans = []
+    real = gudlang.samplers.schedule_kinks
+    monkeypatch.setattr(gudlang.samplers, "schedule_kinks", lambda s: scans.append(1) or real(s))
+    x = model.sample(3, sampler="adaptive", batch_size=1, seed=1)
+    assert len(scans) == 1 and real(model.model.sampling_path)  # one scan for three batches, and there are kinks
+    # the batches are those of one adaptive solve each (restarted at the same kinks)
+    torch.testing.assert_close(model.sample(1, sampler="adaptive", seed=1, start=2), x[2:])
+
+
 @pytest.mark.parametrize("fmt", ["png-dir", "npz"])
 def test_sample_writes_large_sets_in_the_formats_fid_tools_read(capsys, trained, tmp_path, fmt):
     code, out, err = gud(capsys, "sample", trained, "-n", 7, "--batch-size", 3, "--format", fmt, "-o", tmp_path / "s")
