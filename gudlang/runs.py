@@ -18,7 +18,10 @@ and a resumed run drops lines past its checkpoint (or cut short by a crash).
 
 `load_run` returns (Model, EpsModel with the EMA or raw weights, metadata) from the
 checkpoint alone: the spec, statistics and basis state are inside it, and its stored hash
-must match the spec (`checkpoint.verify_checkpoint`). Hashes of the first scheme (gud1) still
+must match the spec (`checkpoint.verify_checkpoint`). The data description (`gudlang_data`:
+shape, value range, levels, fingerprint) cannot be checked against the fingerprint without the
+data, so its sha256 is stored beside it (`gudlang_data_sha256`) and a changed description is
+refused (E622; checkpoints written before the digest load unchecked). Hashes of the first scheme (gud1) still
 verify, so old checkpoints sample and measure; they cannot train on (`check_resumable`).
 
 Errors: GudError E640 run directory problems, E641 checkpoint and data or spec disagree,
@@ -28,6 +31,7 @@ E643 a custom network is needed, plus those of `gudlang.checkpoint` (E620-E625).
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -49,6 +53,8 @@ RUN_RECORD = "run.json"
 METRICS = "metrics.csv"
 METRICS_HEADER = "step,loss,grad_norm,lr,seconds\n"
 WEIGHTS = ("ema", "raw")  # --weights: the EMA weights (default) or the trained ones
+# The sha256 of the `gudlang_data` metadata text, stored beside it in every checkpoint.
+DATA_DIGEST = "gudlang_data_sha256"
 
 
 def device_for(runtime) -> torch.device:
@@ -197,13 +203,15 @@ def checkpoint_metadata(model, spec_text: str, overrides: dict, step: int) -> di
     the data description, the step and the versions that wrote it."""
     from gudlang.explain import resolved_text
     d = model.data
+    data = json.dumps({"fingerprint": d.fingerprint, "shape": list(d.shape), "name": d.name,
+                       "levels": d.levels, "value_range": list(d.value_range)})
     return {
         "gudlang_spec": spec_text,
         "gudlang_hash": model.model_hash,
         "gudlang_resolved": resolved_text(model.spec, model.checked.source),
         "gudlang_overrides": json.dumps(overrides, sort_keys=True),
-        "gudlang_data": json.dumps({"fingerprint": d.fingerprint, "shape": list(d.shape), "name": d.name,
-                                    "levels": d.levels, "value_range": list(d.value_range)}),
+        "gudlang_data": data,
+        DATA_DIGEST: _sha256(data),
         "gudlang_step": str(step),
         "gudlang_version": __version__,
         "torch_version": torch.__version__,
@@ -353,12 +361,19 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
     return model, EpsModel(network, model.space), meta
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _data_info(meta: dict, file: Path) -> dict:
     """The data description a checkpoint carries (shape, value range, levels, fingerprint);
     E622 when it is not there or malformed."""
     def bad(why: str) -> GudError:
         return GudError.one("E622", f"checkpoint metadata `gudlang_data` of {file} {why}",
                             help="restore the checkpoint from a copy or retrain")
+    stored = meta.get(DATA_DIGEST)
+    if stored is not None and stored != _sha256(meta.get("gudlang_data", "")):
+        raise bad("was changed after it was written (its sha256 differs from the one stored with it)")
     try:
         info = json.loads(meta.get("gudlang_data", ""))
     except json.JSONDecodeError:

@@ -2,6 +2,7 @@
 E6xx diagnostic naming the file and what to do, never a traceback, and nothing already written
 is lost."""
 
+import hashlib
 import json
 import shutil
 
@@ -10,6 +11,7 @@ import torch
 
 from gudlang import checkpoint as ckpt
 from gudlang.cli import main
+from gudlang.runs import DATA_DIGEST
 from test_train import TINY, only_run
 
 
@@ -89,10 +91,11 @@ def test_an_optimizer_state_that_does_not_fit_is_E621(capsys, run):
     assert code == 1 and "error[E621]" in err and "optimizer state" in err
 
 
-def rewrite_checkpoint(run, tmp_path, *, meta=None, tensors=None):
+def rewrite_checkpoint(run, tmp_path, *, meta=None, tensors=None, drop=()):
     old_tensors, old_meta = ckpt.load_checkpoint(run / "checkpoint.safetensors")
     out = tmp_path / "edited.safetensors"
-    ckpt.save_checkpoint(out, tensors(old_tensors) if tensors else old_tensors, dict(old_meta, **(meta or {})))
+    new_meta = {k: v for k, v in dict(old_meta, **(meta or {})).items() if k not in drop}
+    ckpt.save_checkpoint(out, tensors(old_tensors) if tensors else old_tensors, new_meta)
     return out
 
 
@@ -105,10 +108,26 @@ def test_checkpoint_data_metadata_is_validated_E622(capsys, run, tmp_path, data,
     if data == "VALUE_RANGE":
         _, meta = ckpt.load_checkpoint(run / "checkpoint.safetensors")
         data = json.dumps(dict(json.loads(meta["gudlang_data"]), value_range=[1]))
-    edited = rewrite_checkpoint(run, tmp_path, meta={"gudlang_data": data})
+    # as in a checkpoint written before the data description had its digest
+    edited = rewrite_checkpoint(run, tmp_path, meta={"gudlang_data": data}, drop=(DATA_DIGEST,))
     code = main(["sample", str(edited), "-n", "2", "-o", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert code == 1 and "error[E622]" in err and phrase in err and "Traceback" not in err
+
+
+def test_a_changed_data_description_is_refused_E622_and_old_checkpoints_load(capsys, run, tmp_path):
+    # value_range sets how samples are scaled back to data: a valid but edited one would
+    # silently change every sample, so its digest must match.
+    _, meta = ckpt.load_checkpoint(run / "checkpoint.safetensors")
+    assert meta[DATA_DIGEST] == hashlib.sha256(meta["gudlang_data"].encode()).hexdigest()
+    data = json.dumps(dict(json.loads(meta["gudlang_data"]), value_range=[0, 255]))
+    edited = rewrite_checkpoint(run, tmp_path, meta={"gudlang_data": data})
+    code = main(["sample", str(edited), "-n", "2", "-o", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 1 and "error[E622]" in err and "was changed after it was written" in err
+    assert "Traceback" not in err
+    unchanged = rewrite_checkpoint(run, tmp_path, drop=(DATA_DIGEST,))
+    assert main(["sample", str(unchanged), "-n", "2", "-o", str(tmp_path / "old")]) == 0
 
 
 def test_checkpoint_weights_that_do_not_fit_the_network_are_E621(capsys, run, tmp_path):
