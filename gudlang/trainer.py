@@ -225,6 +225,8 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
             torch.cuda.set_device(device)
     torch.manual_seed(settings.seed)
     custom = type(network).__qualname__ if network is not None else None
+    if network is not None:
+        probe_network(network, model)  # before a run directory exists for it
     network = network if network is not None else runs.make_spec_network(model)
     ema = EMA(network, settings.ema, settings.ema_warmup)
     start, state = 0, None
@@ -268,6 +270,28 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
     stop = settings.steps if until is None else min(settings.steps, until)
     return Session(run, model, spec_text, overrides, network, ema, optimizer, objective, device,
                    torch.as_tensor(model.data.train), start, stop, rank, world, autocast, custom, command)
+
+
+def probe_network(network: torch.nn.Module, model) -> None:
+    """Call a user's network once on 2 examples shaped like the data (no gradients, eval mode,
+    no random numbers drawn): E613 if it fails or returns a tensor of another shape."""
+    from gudlang.train import checked_output
+    x = torch.zeros((2,) + tuple(model.data.shape))
+    gamma = torch.zeros(2, model.dim)
+    was_training = network.training
+    try:
+        network.eval()
+        with torch.no_grad():
+            pred = network(x, gamma)
+    except GudError:
+        raise
+    except Exception as e:  # the user's code: say what it raised, where training would have
+        raise GudError.one("E613", f"the network raised {type(e).__name__} on an input x of shape "
+                                   f"{tuple(x.shape)} with gamma of shape {tuple(gamma.shape)}: {e}",
+                           help="a network maps (x (B, C, H, W), gamma (B, D)) to eps shaped like x") from None
+    finally:
+        network.train(was_training)
+    checked_output(pred, x)
 
 
 # --------------------------------------------------------------------------- loop

@@ -157,6 +157,26 @@ def test_resume_of_a_missing_run_is_a_clear_error(capsys, tmp_path):
     assert code == 1 and "E640" in err and "Traceback" not in err
 
 
+class FailingNet(torch.nn.Module):
+    """A user's network that does not fit the data (it expects 10 features)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(10, 10)
+
+    def forward(self, x, gamma):
+        return self.lin(x.flatten(1))
+
+
+def test_a_custom_network_that_raises_is_E613_before_the_run_starts(spec, tmp_path):
+    import gudlang
+    with pytest.raises(GudError) as info:
+        gudlang.train_run(spec, {"train.steps": "2"}, out=tmp_path / "runs", quiet=True, network=FailingNet())
+    d = info.value.diagnostics[0]
+    assert d.code == "E613" and "raised RuntimeError" in d.message and "(2, 1, 8, 8)" in d.message
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 def test_ddp_with_two_cpu_processes(tmp_path):
     spec = tmp_path / "tiny.gud"
@@ -220,7 +240,8 @@ def test_a_custom_network_returning_the_wrong_shape_is_E613(spec, tmp_path):
     with pytest.raises(GudError) as info:
         gudlang.train_run(spec, {"train.steps": "2"}, out=tmp_path / "runs", quiet=True, network=CroppingNet())
     d = info.value.diagnostics[0]
-    assert d.code == "E613" and "(16, 1, 8, 4)" in d.message and "(16, 1, 8, 8)" in d.message
+    assert d.code == "E613" and "(2, 1, 8, 4)" in d.message and "(2, 1, 8, 8)" in d.message
+    assert not (tmp_path / "runs").exists()  # found before a run directory was made for it
     model, _, _ = gudlang.load_run(gudlang.train_run(spec, {"train.steps": "2"}, out=tmp_path / "ok",
                                                      quiet=True, network=TinyNet()).run, network=TinyNet())
     eps_model = EpsModel(CroppingNet(), model.space)
