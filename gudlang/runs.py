@@ -345,6 +345,10 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
                    levels=data_info["levels"])
     stats = ComponentStats.from_tensors(groups["stats"])
     model = build_model(checked, data, stats=stats, basis_state=groups.get("basis"))
+    if overrides:
+        trained = build_model(check_text(spec_text, f"{file}:spec", stored_overrides), data, stats=stats,
+                              basis_state=groups.get("basis"))
+        within_training(trained, model, overrides)
     custom = meta.get("gudlang_custom_network")
     if network is None and custom:
         raise GudError.one("E643", f"{file} was trained with a custom network ({custom})",
@@ -359,6 +363,25 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
     load_weights(network, groups, group, file)
     network.eval()
     return model, EpsModel(network, model.space), meta
+
+
+def within_training(trained, model, overrides: dict) -> None:
+    """E303 unless `model` (the trained one's spec with `overrides`, e.g. a param set with -s)
+    samples inside the states the network was trained on: its gamma and its sampling path
+    against the support of `trained`'s gamma over its drawn params (`check_support`)."""
+    from dataclasses import replace
+
+    from gudlang.schedules import check_support
+    shown = ", ".join(f"{k} = {v}" for k, v in overrides.items())
+    for schedule in dict.fromkeys([model.schedule, model.sampling_path]):
+        try:
+            check_support(trained.schedule, schedule, trained.checked.drawn_ranges, trained.groups,
+                          ignore=trained.given)
+        except GudError as e:
+            raise GudError([replace(d, message=f"with {shown}: {d.message}",
+                                    help="sample the model with the values it was trained on, or train it "
+                                         "on these (draw the param over a range that holds them)")
+                            for d in e.diagnostics]) from None
 
 
 def _sha256(text: str) -> str:

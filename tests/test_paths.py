@@ -389,3 +389,37 @@ def test_a_path_on_the_command_line_shows_its_coverage_warnings(capsys, tmp_path
     assert [w.code for w in build_model(written).warnings] == ["W302"]
     assert main(["sample", str(spec), "-n", "2", "--steps", "3", "--path", "linear(t, -12, 10)"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+FAMILY = """gud 1
+data = digits()
+basis = pca()
+prior = white
+param a ~ uniform(0.4, 1.6)
+param b = 1.0
+gamma_i(t) = soft(t, -log(var(i)), a = a * b)
+network = mlp(hidden = 16, depth = 1)
+train { steps = 2; batch = 16; log_every = 1 }
+"""
+
+
+@pytest.mark.parametrize("override, accepted", [("a=0.5", True), ("a=1.6", True), ("a=0.1", False),
+                                                ("b=1.2", True), ("b=2.0", False), ("sample.steps=3", True)])
+def test_params_set_when_sampling_stay_inside_the_training_support(capsys, tmp_path, override, accepted):
+    # The network learned the states of a * b in [0.4, 1.6]: sampling at a = 0.1, or at b = 2
+    # (a * b = 2 at a's sampling value 1), asks it about states it never saw (E303, as a path
+    # outside the support is), from the CLI and from Python; b = 1.2 (a * b = 1.2) is inside.
+    (tmp_path / "family.gud").write_text(FAMILY)
+    assert main(["train", "--quiet", str(tmp_path / "family.gud"), "--out", str(tmp_path / "runs"),
+                 "--name", "family"]) == 0
+    run = tmp_path / "runs" / "family"
+    code = main(["sample", str(run), "-n", "2", "--steps", "3", "-s", override, "-o", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    name, value = override.split("=")
+    if accepted:
+        assert code == 0, err
+        return
+    assert code == 1 and "error[E303]" in err and f"with {name} = {value}:" in err and "Traceback" not in err
+    with pytest.raises(GudError) as info:
+        gudlang.load(run, params={name: float(value)})
+    assert info.value.diagnostics[0].code == "E303"
