@@ -20,6 +20,7 @@ errors. Every `GudError` is printed as diagnostics; no user input produces a tra
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -441,9 +442,11 @@ def cmd_nll(args, overrides: dict) -> int:
               "dequantised": model.model.data.levels is not None, "levels": model.model.data.levels,
               "nfe": result.nfe, "divergence_evaluations_per_image": result.divergence_evaluations,
               "rtol": model.spec.sample.rtol, "atol": model.spec.sample.atol,
-              "model_hash": model.hash, "world_size": world, "path": args.path}
+              "model_hash": model.hash, "world_size": world, "path": args.path, "overrides": overrides,
+              "weights": args.weights}
     folder = _outputs(args, args.run)
-    _write_json((folder.parent if folder.name == "samples" else folder) / f"nll-{Path(split).stem}.json", record)
+    file, note = _nll_file(folder.parent if folder.name == "samples" else folder, Path(split).stem, record)
+    _write_json(file, record)
     what = "exact divergence" if result.divergence == "exact" else f"{result.divergence} divergence estimate"
     deq = f", uniform dequantisation of {model.model.data.levels} levels" if model.model.data.levels else \
         ", continuous data"
@@ -451,7 +454,37 @@ def cmd_nll(args, overrides: dict) -> int:
     print(f"NLL {mean:.4f} +- {stderr:.4f} bits/dim{cond} on {len(bits)} {split} images ({what}{deq}; "
           f"{result.nfe} network calls along the trajectories, {result.divergence_evaluations:.0f} divergence "
           f"evaluations per image)")
+    print(f"wrote {file}{note}")
     return 0
+
+
+def _nll_file(folder: Path, split: str, record: dict) -> tuple[Path, str]:
+    """Where an NLL record goes, and a note on why there: `nll-SPLIT.json` holds the model's own
+    NLL (its spec's path and params, EMA weights; what `gud export` publishes), and is not
+    replaced by one measured on fewer images (that goes to `nll-SPLIT-nN.json`); a measurement
+    along another path, with params set by -s or with raw weights goes to `nll-SPLIT-VARIANT.json`
+    (VARIANT: 8 hex digits of their sha256)."""
+    params = {k: v for k, v in record["overrides"].items() if "." not in k}  # settings (sample.rtol) are not
+    variant = {"path": record["path"], "overrides": params, "weights": record["weights"]}
+    if variant != {"path": None, "overrides": {}, "weights": "ema"}:
+        tag = hashlib.sha256(json.dumps(variant, sort_keys=True).encode()).hexdigest()[:8]
+        return folder / f"nll-{split}-{tag}.json", f" (not the model's own NLL: {_variant_text(variant)})"
+    plain = folder / f"nll-{split}.json"
+    try:
+        kept = json.loads(plain.read_text(encoding="utf-8")).get("n", 0)
+    except (OSError, ValueError, AttributeError):
+        kept = 0
+    if isinstance(kept, int) and kept > record["n"]:
+        return folder / f"nll-{split}-n{record['n']}.json", f" ({plain} keeps the measurement on {kept} images)"
+    return plain, ""
+
+
+def _variant_text(variant: dict) -> str:
+    parts = [f"path {variant['path']}"] if variant["path"] is not None else []
+    parts += [f"{k} = {v}" for k, v in variant["overrides"].items()]
+    if variant["weights"] != "ema":
+        parts.append(f"{variant['weights']} weights")
+    return ", ".join(parts)
 
 
 def _gather(values, world: int):
@@ -491,6 +524,9 @@ def cmd_export(args, overrides: dict) -> int:
                 nll = json.loads(record.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 nll = None
+            if not isinstance(nll, dict) or nll.get("path") is not None or nll.get("weights", "ema") != "ema" \
+                    or any("." not in k for k in nll.get("overrides") or {}):
+                nll = None  # not the model's own NLL (older records held any measurement)
         if (target / "run.json").is_file():
             commands = [s.get("command") for s in read_record(target).get("segments", []) if s.get("command")]
             command = " && ".join(" ".join(map(shlex.quote, c)) for c in commands) or None

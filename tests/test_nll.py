@@ -64,3 +64,20 @@ sample { steps = 2; n = 2; rtol = 1e-3; atol = 1e-3 }
     assert "bits/dim" in out and "dequantisation of 17 levels" in out
     record = json.loads((run / "nll-test.json").read_text())
     assert math.isfinite(record["bits_per_dim"]) and record["bits_per_dim"] > 0
+    # The model's own NLL is not replaced by a quicker measurement, nor by one along another
+    # path, with a param set or with the raw weights; `gud export` publishes only its own.
+    assert main(["nll", str(run), "-n", "2"]) == 0
+    assert f"{run / 'nll-test.json'} keeps the measurement on 4 images" in capsys.readouterr().out
+    assert json.loads((run / "nll-test.json").read_text())["n"] == 4
+    assert json.loads((run / "nll-test-n2.json").read_text())["n"] == 2
+    for extra, shown in ((["--path", "linear(t^2)"], "path linear(t^2)"), (["--weights", "raw"], "raw weights")):
+        assert main(["nll", str(run), "-n", "2", *extra]) == 0
+        assert f"(not the model's own NLL: {shown})" in capsys.readouterr().out
+    variants = [json.loads(p.read_text()) for p in run.glob("nll-test-*.json") if p.name != "nll-test-n2.json"]
+    assert sorted((str(r["path"]), r["weights"]) for r in variants) == [("None", "raw"), ("linear(t^2)", "ema")]
+    assert json.loads((run / "nll-test.json").read_text())["n"] == 4
+    assert main(["export", str(run), str(tmp_path / "exported")]) == 0
+    assert json.loads((tmp_path / "exported" / "config.json").read_text())["nll"]["n"] == 4
+    (run / "nll-test.json").write_text(json.dumps(dict(variants[0], n=9)))  # a record from before the split
+    assert main(["export", str(run), str(tmp_path / "exported2")]) == 0
+    assert json.loads((tmp_path / "exported2" / "config.json").read_text())["nll"] is None
