@@ -420,6 +420,10 @@ def cmd_nll(args, overrides: dict) -> int:
         from gudlang.conditioning import load_images
         data = model.model.data
         x, split = load_images(args.given, data.shape, data.value_range)[: args.n], str(args.given)
+        if x.shape[1:] != tuple(data.shape):
+            raise GudError.one("E681", f"{args.given} holds images of shape {x.shape[1:]}; the likelihood is of "
+                                       f"the model's images, {tuple(data.shape)}",
+                               help="give images at the model's size (only sampling upsamples smaller ones)")
     else:
         x, split = None, args.split
     first, count, rank, world = _shard(args.n if x is None else len(x))

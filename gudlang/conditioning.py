@@ -41,6 +41,8 @@ Errors (GudError):
 from __future__ import annotations
 
 import math
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -137,11 +139,17 @@ def load_images(path: str | Path, shape, value_range) -> np.ndarray:
             except UnidentifiedImageError:
                 raise GudError.one("E681", f"{path} is not an image PIL can read",
                                    help="give a PNG or JPEG image, or an .npy / .npz array") from None
+            except Image.DecompressionBombError as e:
+                raise GudError.one("E681", f"{path} is too large to read ({e})",
+                                   help="give the images at the model's size") from None
             arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
             arr = lo + (hi - lo) * arr / 255.0
             pixels = True
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # corrupt or truncated
         raise GudError.one("E681", f"cannot read {path}: {e}", help="give an image, .npy or .npz file") from None
+    except MemoryError:
+        raise GudError.one("E681", f"{path} holds more than fits in memory",
+                           help="give fewer or smaller images") from None
     if arr.ndim == 2:
         arr = arr[None, None]
     elif arr.ndim == 3:

@@ -47,6 +47,7 @@ import io
 import json
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -261,7 +262,7 @@ def _open_npz(path: Path):
     import numpy as np
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise _unusable(f"cannot read {path}: {e}", path) from None
 
 
@@ -327,7 +328,7 @@ def _folder(folder: Path, shape, what: str, limit: int | None) -> ImageSet:
     def opened(path: Path):
         try:
             return Image.open(path)
-        except (OSError, UnidentifiedImageError) as e:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise _unusable(f"cannot read {path}: {e}", path) from None
 
     for path in files:  # headers only: a wrong size fails before any image is scored

@@ -32,6 +32,10 @@ def files(tmp_path):
     np.save(tmp_path / "rgb.npy", rng.uniform(-1, 1, size=(2, 3, 8, 8)))
     np.save(tmp_path / "odd.npy", rng.uniform(-1, 1, size=(2, 1, 8, 6)))
     Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8)).save(tmp_path / "one.png")
+    (tmp_path / "garbage.npz").write_bytes(b"PK\x03\x04garbage")  # a zip header and nothing else
+    np.savez(tmp_path / "whole.npz", x=rng.uniform(-1, 1, size=(2, 1, 8, 8)))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:300])  # truncated mid-member
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(tmp_path / "big.png")
     return tmp_path
 
 
@@ -102,9 +106,14 @@ def test_extend_adds_columns_and_keeps_the_given_image(capsys, files):
     (("sample", "cond.gud", "--given", "images.npy", "--mask", "row(i) < 0.5"), 1, "trained to be given"),
     (("extend", "uncond.gud", "--image", "images.npy", "--columns", "3"), 1, "E682"),
     (("extend", "wavelet.gud", "--image", "images.npy", "--columns", "3"), 1, "not a band"),
+    (("sample", "cond.gud", "--given", "garbage.npz"), 2, "cannot read"),
+    (("sample", "cond.gud", "--given", "cut.npz"), 2, "cannot read"),
+    (("extend", "cond.gud", "--image", "garbage.npz", "--columns", "3"), 2, "cannot read"),
+    (("sample", "cond.gud", "--given", "big.png"), 2, "too large to read"),
 ])
-def test_bad_conditioning_input_is_a_clear_error_and_writes_nothing(capsys, files, args, code, words):
-    argv = [files / a if a.endswith((".gud", ".npy")) else a for a in args]
+def test_bad_conditioning_input_is_a_clear_error_and_writes_nothing(capsys, files, args, code, words, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # big.png (1600 pixels) counts as a decompression bomb
+    argv = [files / a if a.endswith((".gud", ".npy", ".npz", ".png")) else a for a in args]
     got, out, err = run(capsys, *argv, "-o", files / "bad" / "x")
     assert got == code, err
     assert words in err and "Traceback" not in err
@@ -161,3 +170,11 @@ def test_conditional_nll_of_the_oracle_is_the_analytic_conditional_nll(capsys, f
         lo, hi = data.value_range
         bits.append(-(logp + 32 * np.log(hi - lo)) / (32 * np.log(2)))
     assert abs(result.mean - np.mean(bits)) < 0.01, (result.mean, np.mean(bits))
+
+
+def test_nll_of_images_not_at_the_models_size_is_E681(capsys, files):
+    code, _, err = run(capsys, "nll", files / "cond.gud", "--given", files / "small.npy")
+    assert code == 2 and "error[E681]" in err and "the likelihood is of the model's images, (1, 8, 8)" in err
+    assert "Traceback" not in err
+    code, _, err = run(capsys, "nll", files / "cond.gud", "--given", files / "garbage.npz")
+    assert code == 2 and "error[E681]" in err and "cannot read" in err

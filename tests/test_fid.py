@@ -288,3 +288,10 @@ def test_bad_input_is_a_clear_error_with_exit_2_and_no_record(capsys, oracle, mo
     assert f"error[{code_}]" in err and words in err
     assert "Traceback" not in err and out == ""
     assert records(oracle) == []
+
+
+def test_a_corrupt_npz_is_e690(tmp_path):
+    (tmp_path / "garbage.npz").write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(fid.GudError) as info:
+        fid.load_statistics(tmp_path / "garbage.npz")
+    assert info.value.diagnostics[0].code == "E690" and "cannot read" in str(info.value)
