@@ -266,6 +266,37 @@ def _outputs(args, target: str) -> Path:
     return (path if path.is_dir() else path.parent) / "samples"
 
 
+def _stem(args, default: str) -> Path:
+    """The output prefix: -o as given (a trailing .png / .npz dropped; an existing folder, or one
+    written with a trailing slash, gets the default name inside it), else RUN/samples/DEFAULT."""
+    if not args.output:
+        return _outputs(args, args.run) / default
+    out = Path(args.output)
+    if args.output.endswith(("/", os.sep)) or out.is_dir():
+        return out / default
+    return out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
+
+
+def _with(stem: Path, suffix: str) -> Path:
+    """stem + suffix, keeping any dot already in the stem's name (`res.a` -> `res.a.png`)."""
+    return stem.parent / f"{stem.name}{suffix}"
+
+
+def _variant(path: str | None, overrides: dict, weights: str = "ema") -> dict:
+    """What makes a measurement or a sample set other than the model's own: a sampling path, params
+    set with -s (settings such as sample.rtol are not), raw weights; {} for none."""
+    params = {k: v for k, v in overrides.items() if "." not in k}
+    return {k: v for k, v in (("path", path), ("params", params), ("weights", weights))
+            if v and v != "ema"}
+
+
+def _variant_tag(variant: dict) -> str:
+    """'' for the model's own, else '-' and 8 hex digits of the variant's sha256."""
+    if not variant:
+        return ""
+    return "-" + hashlib.sha256(json.dumps(variant, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def cmd_train(args, overrides: dict) -> int:
     """`gud train SPEC` / `--resume RUN` / `--name NAME`: exit 128 + the signal number when
     SIGINT (130) or SIGTERM (143) stopped it, after saving a checkpoint."""
@@ -307,8 +338,13 @@ def cmd_sample(args, overrides: dict) -> int:
     method, steps = args.sampler or settings.sampler, args.steps or settings.steps
     seed = settings.seed if args.seed is None else args.seed
     conditional = args.given is not None or args.mask is not None or model.conditional
-    stem = Path(args.output) if args.output else _outputs(args, args.run) / (
-        f"{method}-{steps}steps-seed{seed}" + ("-given" if conditional else ""))
+    if conditional and args.format != "grid":
+        raise GudError.one("E003", f"--format {args.format} writes unconditional samples; completions are written "
+                                   "as a PNG grid beside what is given and a float .npz",
+                           help="drop --format")
+    how = (f"rtol{settings.rtol:g}-atol{settings.atol:g}" if method == "adaptive" else f"{steps}steps")
+    stem = _stem(args, f"{method}-{how}-seed{seed}{_variant_tag(_variant(args.path, overrides, args.weights))}"
+                       + ("-given" if conditional else ""))
     record = {"sampler": method, "steps": steps, "grid": args.grid or settings.grid, "seed": seed,
               "model_hash": model.hash, "overrides": overrides, "path": args.path}
     start = time.time()
@@ -317,9 +353,9 @@ def cmd_sample(args, overrides: dict) -> int:
         done = model.complete(images, mask=args.mask, sampler=method, steps=steps, grid=args.grid, seed=seed)
         record.update(conditioning=done.method, given=source, given_components=int(done.mask.sum()),
                       n=len(done.x), nfe=done.nfe, seconds=time.time() - start)
-        save_pairs(done.known, done.x, stem.with_suffix(".png"), model.model.data.value_range)
-        _save_float_npz(stem.with_suffix(".npz"), record, x=done.x, known=done.known, mask=done.mask)
-        print(f"wrote {stem.with_suffix('.png')} and {stem.with_suffix('.npz')}: {len(done.x)} completions of "
+        save_pairs(done.known, done.x, _with(stem, ".png"), model.model.data.value_range)
+        _save_float_npz(_with(stem, ".npz"), record, x=done.x, known=done.known, mask=done.mask)
+        print(f"wrote {_with(stem, '.png')} and {_with(stem, '.npz')}: {len(done.x)} completions of "
               f"{source} ({done.method} conditioning on {int(done.mask.sum())} of {model.model.dim} components), "
               f"beside what is given, {method}, {steps} steps, {done.nfe} network evaluations, seed {seed}")
         return 0
@@ -339,16 +375,17 @@ def cmd_sample(args, overrides: dict) -> int:
             _write_json(stem / "samples.json", record)
         where = f"{stem}/ ({count} PNGs from {first:06d}.png)"
     elif args.format == "npz":
-        out = Path(f"{stem}{shard}.npz")
+        out = _with(stem, f"{shard}.npz")
         save_npz(x, out, value_range, **record)
         where = f"{out} (arr_0: uint8 {tuple(x.shape[:1]) + tuple(x.shape[2:]) + tuple(x.shape[1:2])}, N H W C)"
     else:
-        out = Path(f"{stem}{shard}")
-        save_grid(x, out.with_suffix(".png"), value_range)
-        _save_float_npz(out.with_suffix(".npz"), record, x=x)
-        where = f"{out.with_suffix('.png')} and {out.with_suffix('.npz')}"
+        png, npz = _with(stem, f"{shard}.png"), _with(stem, f"{shard}.npz")
+        save_grid(x, png, value_range)
+        _save_float_npz(npz, record, x=x)
+        where = f"{png} and {npz}"
+    steps_text = f"rtol {settings.rtol:g}, atol {settings.atol:g}" if method == "adaptive" else f"{steps} steps"
     print(f"wrote {where}: {count} samples{f' (shard {rank} of {world})' if world > 1 else ''}, {method}, "
-          f"{steps} steps, {nfe} network evaluations per batch, seed {seed}")
+          f"{steps_text}, {nfe} network evaluations per batch, seed {seed}")
     return 0
 
 
@@ -397,13 +434,13 @@ def cmd_extend(args, overrides: dict) -> int:
     x, nfe, k = model.extend(images, columns=args.columns, rows=args.rows, sampler=args.sampler, steps=args.steps,
                              seed=seed)
     axis, count = ("columns", args.columns) if args.columns else ("rows", args.rows)
-    stem = Path(args.output) if args.output else _outputs(args, args.run) / f"extend-{count}{axis}-seed{seed}"
+    stem = _stem(args, f"extend-{count}{axis}-seed{seed}{_variant_tag(_variant(None, overrides))}")
     size = data.shape[2] if axis == "columns" else data.shape[1]
     record = {"axis": axis, "count": count, "band": k, "window": size, "seed": seed, "nfe": nfe,
               "model_hash": model.hash, "image": str(args.image), "seconds": time.time() - start}
-    save_grid(x, stem.with_suffix(".png"), data.value_range, cols=1 if axis == "columns" else len(x))
-    _save_float_npz(stem.with_suffix(".npz"), record, x=x, given=images)
-    print(f"wrote {stem.with_suffix('.png')} and {stem.with_suffix('.npz')}: {len(x)} image(s) extended by "
+    save_grid(x, _with(stem, ".png"), data.value_range, cols=1 if axis == "columns" else len(x))
+    _save_float_npz(_with(stem, ".npz"), record, x=x, given=images)
+    print(f"wrote {_with(stem, '.png')} and {_with(stem, '.npz')}: {len(x)} image(s) extended by "
           f"{count} {axis} (window {size}, {k} given, {nfe} network evaluations), seed {seed}")
     return 0
 
@@ -467,12 +504,10 @@ def _nll_file(folder: Path, split: str, record: dict) -> tuple[Path, str]:
     NLL (its spec's path and params, EMA weights; what `gud export` publishes), and is not
     replaced by one measured on fewer images (that goes to `nll-SPLIT-nN.json`); a measurement
     along another path, with params set by -s or with raw weights goes to `nll-SPLIT-VARIANT.json`
-    (VARIANT: 8 hex digits of their sha256)."""
-    params = {k: v for k, v in record["overrides"].items() if "." not in k}  # settings (sample.rtol) are not
-    variant = {"path": record["path"], "overrides": params, "weights": record["weights"]}
-    if variant != {"path": None, "overrides": {}, "weights": "ema"}:
-        tag = hashlib.sha256(json.dumps(variant, sort_keys=True).encode()).hexdigest()[:8]
-        return folder / f"nll-{split}-{tag}.json", f" (not the model's own NLL: {_variant_text(variant)})"
+    (VARIANT: `_variant_tag`)."""
+    variant = _variant(record["path"], record["overrides"], record["weights"])
+    if variant:
+        return folder / f"nll-{split}{_variant_tag(variant)}.json", f" (not the model's own NLL: {_variant_text(variant)})"
     plain = folder / f"nll-{split}.json"
     try:
         kept = json.loads(plain.read_text(encoding="utf-8")).get("n", 0)
@@ -484,9 +519,9 @@ def _nll_file(folder: Path, split: str, record: dict) -> tuple[Path, str]:
 
 
 def _variant_text(variant: dict) -> str:
-    parts = [f"path {variant['path']}"] if variant["path"] is not None else []
-    parts += [f"{k} = {v}" for k, v in variant["overrides"].items()]
-    if variant["weights"] != "ema":
+    parts = [f"path {variant['path']}"] if "path" in variant else []
+    parts += [f"{k} = {v}" for k, v in variant.get("params", {}).items()]
+    if "weights" in variant:
         parts.append(f"{variant['weights']} weights")
     return ", ".join(parts)
 

@@ -194,6 +194,24 @@ def test_sample_writes_large_sets_in_the_formats_fid_tools_read(capsys, trained,
         assert sorted(p.name for p in (tmp_path / "s").glob("*.png")) == [f"{k:06d}.png" for k in range(7)]
 
 
+def test_output_prefixes_keep_their_dots_and_folders_get_the_default_name(capsys, trained, tmp_path):
+    # -o res.a and -o res.b are two prefixes (both used to write res.png); an existing folder, or
+    # one named with a trailing slash, gets the default name inside it; a .png suffix is the prefix's.
+    (tmp_path / "there").mkdir()
+    for prefix in ("res.a", "res.b", "there", f"{tmp_path / 'new'}/", "x.png"):
+        target = prefix if prefix.endswith("/") else tmp_path / prefix
+        code, out, err = gud(capsys, "sample", trained, "-n", 2, "--steps", 2, "-o", target)
+        assert code == 0, err
+    names = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png"))
+    assert names == ["new/ddim-2steps-seed0.png", "res.a.png", "res.b.png", "there/ddim-2steps-seed0.png", "x.png"]
+    # the default names of samples along another path or at other params differ from the model's own
+    code, out, err = gud(capsys, "sample", trained, "-n", 2, "--steps", 2, "--path", "soft(t^1.1, -log(var(i)))")
+    assert code == 0 and "ddim-2steps-seed0-" in out, err
+    # completions are written one way only
+    code, out, err = gud(capsys, "sample", trained, "--mask", "col(i) < 0.5", "--format", "npz", "-o", tmp_path / "c")
+    assert code == 2 and "error[E003]" in err and "--format npz writes unconditional samples" in err
+
+
 def test_an_unknown_format_is_a_usage_error(capsys, trained, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["sample", str(trained), "--format", "gif"])
