@@ -619,6 +619,9 @@ def cmd_fid(args, overrides: dict) -> int:
     reference = read_reference(args.ref, model.shape, value_range)
     if args.save_stats and isinstance(reference, Statistics):
         raise _unusable(f"--save-stats needs reference images, and {args.ref} holds statistics already")
+    if args.save_stats and Path(args.save_stats).suffix.lower() != ".npz":
+        raise GudError.one("E003", f"--save-stats writes the reference statistics as an .npz file, got "
+                                   f"{args.save_stats}", help="name a file ending in .npz (an existing one is replaced)")
     network = import_features(args.features) if args.features != "inception" else inception(args.inception)
     network.module.to(model.device)
     if args.samples:
@@ -650,7 +653,7 @@ def cmd_fid(args, overrides: dict) -> int:
     make_folder(out.parent)
     atomic_write_text(out, json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(_summary(scores, record, network, generated, reference, args))
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" and the reference statistics to {args.save_stats}" if args.save_stats else ""))
     return 0
 
 

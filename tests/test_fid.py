@@ -244,8 +244,8 @@ def test_gud_fid_on_an_oracle_scores_its_own_data_far_better_than_another_law(ca
 
 def test_scoring_gud_sample_output_equals_sampling_and_statistics_equal_images(capsys, oracle):
     common = ("-n", 300, "--features", STAND_IN, "--seed", 5)
-    code, _, err = run(capsys, "fid", "spec.gud", "--ref", "ref.npz", "--save-stats", "stats.npz", *common)
-    assert code == 0, err
+    code, out, err = run(capsys, "fid", "spec.gud", "--ref", "ref.npz", "--save-stats", "stats.npz", *common)
+    assert code == 0 and "and the reference statistics to stats.npz" in out, err
     sampled = json.loads((oracle / "samples" / "spec" / "fid-ref.json").read_text())
     code, _, err = run(capsys, "sample", "spec.gud", "-n", 300, "--seed", 5, "--format", "npz", "-o", "s")
     assert code == 0, err
@@ -261,7 +261,8 @@ def test_scoring_gud_sample_output_equals_sampling_and_statistics_equal_images(c
 
 @pytest.mark.parametrize("case", ["missing reference", "wrong size", "wrong channels", "no weights",
                                   "bad weights file", "unimportable features", "statistics of another network",
-                                  "too many samples asked", "sampler options beside samples", "one sample"])
+                                  "too many samples asked", "sampler options beside samples", "one sample",
+                                  "statistics into a non-npz file"])
 def test_bad_input_is_a_clear_error_with_exit_2_and_no_record(capsys, oracle, monkeypatch, case):
     monkeypatch.setenv("TORCH_HOME", str(oracle / "torch-home"))
     save_npz(np.zeros((4, 1, 16, 16)), oracle / "big.npz", VALUE_RANGE)
@@ -282,12 +283,15 @@ def test_bad_input_is_a_clear_error_with_exit_2_and_no_record(capsys, oracle, mo
         "sampler options beside samples": (["--ref", "ref.npz", "--samples", "three.npz", "--seed", 3,
                                             "--features", STAND_IN], "E690", "--seed only apply when"),
         "one sample": (["--ref", "ref.npz", "-n", 1, "--features", STAND_IN], "E690", "need at least two"),
+        "statistics into a non-npz file": (["--ref", "ref.npz", "--features", STAND_IN, "--save-stats", "notes.txt"],
+                                           "E003", "as an .npz file"),
     }[case]
+    (oracle / "notes.txt").write_text("a user's notes")
     code, out, err = run(capsys, "fid", "spec.gud", "-n", 10, *argv)
     assert code == 2, err
     assert f"error[{code_}]" in err and words in err
     assert "Traceback" not in err and out == ""
-    assert records(oracle) == []
+    assert records(oracle) == [] and (oracle / "notes.txt").read_text() == "a user's notes"
 
 
 def test_a_corrupt_npz_is_e690(tmp_path):
