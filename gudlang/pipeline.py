@@ -205,7 +205,7 @@ def _build_model(checked, data, stats, basis_state, use_cache) -> Model:
     if checked.weight is not None:
         with _at_formula(checked, "weight"):
             weight = compile_schedule(checked.weight, feats, checked.fixed_params, drawn, len(var))
-            check_weight(weight, ranges)
+            check_weight(weight, ranges, ignore=given)
     return Model(checked, data, basis, stats, prior, feats, schedule, warnings, given, path, weight, groups)
 
 

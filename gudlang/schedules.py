@@ -726,26 +726,32 @@ def _param_values(ranges: Mapping[str, tuple[float, float]]) -> list[tuple[float
 
 
 @np.errstate(all="ignore")
-def check_weight(weight: CompiledSchedule, drawn_ranges: Mapping[str, tuple[float, float]]) -> None:
-    """E304 unless the loss weight is finite and >= 0 on the check grid at every drawn-param
-    value of `_param_values`, and positive somewhere (a weight zero everywhere trains nothing)."""
+def check_weight(weight: CompiledSchedule, drawn_ranges: Mapping[str, tuple[float, float]],
+                 ignore: np.ndarray | None = None) -> None:
+    """E304 unless the loss weight is finite, >= 0 and within float32's range (training's dtype)
+    on the check grid at every drawn-param value of `_param_values`, and positive in float32 on
+    some component not in `ignore` (D,) bool (the given ones, which are never trained): a weight
+    that is zero there trains nothing."""
     names = list(drawn_ranges)
     t = _check_grid()
+    trained = np.ones(weight.dim, bool) if ignore is None else ~np.asarray(ignore, bool)
     positive = False
     for combo in _param_values(drawn_ranges):
         params = {n: torch.full((len(t),), v, dtype=torch.float64) for n, v in zip(names, combo)}
         where = (" with " + ", ".join(f"{n} = {v:g}" for n, v in zip(names, combo))) if names else ""
         with torch.no_grad():
             w = weight.value(t, params).numpy()
-        bad = ~np.isfinite(w) | (w < 0)
+        bad = ~np.isfinite(w) | (w < 0) | (w > FLOAT32_MAX)
         if bad.any():
             k, i = np.argwhere(bad)[0]
             raise GudError.one("E304", f"the loss weight is {w[k, i]:.6g} for component {i} at t = {t[k].item():.4f}"
-                                       f"{where}: it must be finite and >= 0",
+                                       f"{where}: it must be finite, >= 0 and within float32's range (3.4e38)",
                                help="a weight multiplies each component's squared error; e.g. 1 + exp(gamma_i(t))")
-        positive |= bool((w > 0).any())
+        positive |= bool((w[:, trained].astype(np.float32) > 0).any())
     if not positive:
-        raise GudError.one("E304", "the loss weight is 0 for every component and t: training would learn nothing",
+        which = "every component" if trained.all() else "every generated component (the given ones are not trained)"
+        raise GudError.one("E304", f"the loss weight is 0 (in float32, as training computes it) for {which} and "
+                                   "every t: training would learn nothing",
                            help="use a weight that is positive somewhere, e.g. 1 + exp(gamma_i(t))")
 
 

@@ -231,9 +231,13 @@ BASE = "gud 1\ndata = digits()\nbasis = pixel()\n"
 
 
 @pytest.mark.parametrize("body, code, words, stage", [
-    ("gamma(t) = linear(t)\nweight(t) = t - 0.5\n", "E304", "must be finite and >= 0", "build"),
-    ("gamma(t) = linear(t)\nweight(t) = 1 / t\n", "E304", "must be finite and >= 0", "build"),
+    ("gamma(t) = linear(t)\nweight(t) = t - 0.5\n", "E304", "must be finite, >= 0", "build"),
+    ("gamma(t) = linear(t)\nweight(t) = 1 / t\n", "E304", "must be finite, >= 0", "build"),
     ("gamma(t) = linear(t)\nweight(t) = 0 * t\n", "E304", "training would learn nothing", "build"),
+    ("gamma(t) = linear(t)\nweight(t) = 1e-320\n", "E304", "in float32", "build"),
+    ("gamma(t) = linear(t)\nweight(t) = 1e300 * t\n", "E304", "within float32's range", "build"),
+    ("gamma(t) = linear(t)\ngiven_i = col(i) < 0.5\nweight_i(t) = where(col(i) < 0.5, 1, 0)\n", "E304",
+     "every generated component (the given ones are not trained)", "build"),
     ("param u_i ~ uniform(0, 1)\ngamma_i(t) = linear(u_i)\npath_i(t) = linear(t + u_i)\n",
      "E208", "a param drawn per component in training", "check"),
     ("param u_i ~ uniform(0, 1)\ngamma_i(t) = linear(t + u_i)\ngiven_i = u_i < 0.5\n", "E208", "drawn params", "check"),
