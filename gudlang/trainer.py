@@ -194,11 +194,13 @@ def _open_run(spec, overrides: dict, out, resume, name) -> tuple[Path | None, Pa
         if not (run / "spec.gud").is_file():
             raise GudError.one("E640", f"{run} is not a run directory (no spec.gud)",
                                help="pass the folder that `gud train` created")
-        if spec is not None and name is not None:
+        if spec is not None:  # a spec beside --resume (or --name) must be the run's own
             given = read_source(str(spec))
             if given != read_source(str(run / "spec.gud")):
                 raise GudError.one("E641", f"{spec} differs from the spec {run} was trained with",
-                                   help=f"use another --name, or train on with gud train --resume {run}")
+                                   help=f"use another --name, or train on with gud train --resume {run}"
+                                   if name is not None else f"drop {spec}: gud train --resume {run} trains on "
+                                                            "with the run's own spec")
         return run, run / "spec.gud", {**runs.stored_overrides(run), **overrides}
     if not spec:
         raise GudError.one("E003", "gud train needs a spec file or --resume RUN")

@@ -157,6 +157,15 @@ def test_resume_of_a_missing_run_is_a_clear_error(capsys, tmp_path):
     assert code == 1 and "E640" in err and "Traceback" not in err
 
 
+def test_a_spec_beside_resume_must_be_the_runs_own(capsys, trained, tmp_path):
+    other = tmp_path / "other.gud"
+    other.write_text(TINY.replace("steps = ", "steps = 1 + "))
+    code, _, err = train(capsys, other, "--resume", trained)
+    assert code == 1 and "error[E641]" in err and "differs from the spec" in err and "Traceback" not in err
+    code, _, err = train(capsys, trained / "spec.gud", "--resume", trained)  # the run's own: trains on
+    assert code == 0, err
+
+
 class FailingNet(torch.nn.Module):
     """A user's network that does not fit the data (it expects 10 features)."""
 
