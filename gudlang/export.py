@@ -16,8 +16,9 @@ the command that trained it. Output: a folder
 The folder is written under a temporary name and renamed when complete, so an interrupted
 export leaves nothing half-written. `gudlang.load(DIR)` and `gud sample DIR` read it; a
 tampered export is refused: a changed spec no longer hashes to its stored hash (E624), changed
-weights no longer match their digest, a changed config.json no longer matches the weights
-file (E626).
+weights no longer match their digest, a config.json or spec.gud that no longer describes the
+weights file (hashes, digest, resolved spec, overrides, data; the spec's text) is E626. The
+weights file alone is the model: without config.json or spec.gud it still loads.
 
 Errors (GudError): E644 the export folder exists, E626 a tampered or mismatched export,
 E620 cannot write.
@@ -67,16 +68,25 @@ def verify_export(tensors: dict[str, torch.Tensor], meta: dict[str, str], file: 
         raise GudError.one("E626", f"the weights in {file} were changed after export (their sha256 no "
                                    "longer matches the one stored with them)",
                            help="export the model again from its run")
-    config = Path(file).parent / CONFIG
+    folder = Path(file).parent
+    config = folder / CONFIG
     if config.is_file():
         try:
             info = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise GudError.one("E626", f"{config} is not readable JSON ({e})") from None
-        if not isinstance(info, dict) or info.get("weights_sha256") != stored \
-                or info.get("model_hash") != meta.get("gudlang_hash"):
-            raise GudError.one("E626", f"{config} does not describe {file} (its hash or weights digest differ)",
+        expected = {"weights_sha256": stored, "model_hash": meta.get("gudlang_hash"),
+                    "resolved_spec": meta.get("gudlang_resolved", ""),
+                    "overrides": json.loads(meta.get("gudlang_overrides", "{}")),
+                    "data": json.loads(meta.get("gudlang_data", "{}"))}
+        differ = [k for k, v in expected.items() if not isinstance(info, dict) or info.get(k) != v]
+        if differ:
+            raise GudError.one("E626", f"{config} does not describe {file} (its {', '.join(differ)} differ)",
                                help="export the model again from its run")
+    spec = folder / "spec.gud"
+    if spec.is_file() and spec.read_bytes().decode("utf-8", errors="replace") != meta.get("gudlang_spec"):
+        raise GudError.one("E626", f"{spec} is not the spec the weights in {file} were trained with",
+                           help="export the model again from its run (the spec inside the weights file is used)")
 
 
 def export_model(model, folder: Path, *, nll: dict | None = None, command: str | None = None) -> Path:

@@ -235,7 +235,9 @@ def test_an_export_travels_and_samples_like_its_run(capsys, trained, tmp_path):
     assert code == 2 and "E644" in err
 
 
-@pytest.mark.parametrize("tamper, code", [("weights", "E626"), ("spec", "E624"), ("config", "E626")])
+@pytest.mark.parametrize("tamper, code", [("weights", "E626"), ("spec", "E624"), ("config", "E626"),
+                                         ("spec file", "E626"), ("config data", "E626"),
+                                         ("config resolved spec", "E626"), ("config overrides", "E626")])
 def test_a_tampered_export_is_refused(capsys, trained, tmp_path, tamper, code):
     export = tmp_path / "export"
     assert gud(capsys, "export", trained, export)[0] == 0
@@ -248,11 +250,25 @@ def test_a_tampered_export_is_refused(capsys, trained, tmp_path, tamper, code):
     elif tamper == "spec":
         ckpt.save_checkpoint(file, tensors, dict(meta, gudlang_spec=meta["gudlang_spec"].replace("ddim", "heun")
                                                  .replace("steps = 8", "steps = 8; lr = 0.1")))
+    elif tamper == "spec file":
+        (export / "spec.gud").write_text((export / "spec.gud").read_text().replace("ddim", "heun"))
     else:
         config = json.loads((export / "config.json").read_text())
-        (export / "config.json").write_text(json.dumps(dict(config, weights_sha256="0" * 64)))
+        edit = {"config": {"weights_sha256": "0" * 64}, "config data": {"data": dict(config["data"], shape=[1, 4, 4])},
+                "config resolved spec": {"resolved_spec": config["resolved_spec"].replace("ddim", "heun")},
+                "config overrides": {"overrides": {"a": "2"}}}[tamper]
+        (export / "config.json").write_text(json.dumps(dict(config, **edit)))
     got, _, err = gud(capsys, "sample", export, "-n", 2, "-o", tmp_path / "s")
     assert got == 1 and f"error[{code}]" in err and not (tmp_path / "s.png").exists()
+
+
+def test_the_weights_file_of_an_export_is_the_model(capsys, trained, tmp_path):
+    export = tmp_path / "export"
+    assert gud(capsys, "export", trained, export)[0] == 0
+    x = gudlang.load(export).sample(2, seed=1)
+    (export / "config.json").unlink()
+    (export / "spec.gud").unlink()
+    torch.testing.assert_close(gudlang.load(export).sample(2, seed=1), x)
 
 
 def test_tensorboard_logging_writes_event_files(capsys, spec, tmp_path):
