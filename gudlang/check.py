@@ -34,7 +34,7 @@ from typing import Any, Mapping
 from gudlang import ast as A
 from gudlang.builtins import (BASIS_FEATURES, BLOCKS, CONSTANTS, FEATURES, FUNCTIONS, LIBRARY, PRELUDE,
                               REDUCTIONS, RESERVED, SHAPE_CONSTANTS, known_function_names)
-from gudlang.diagnostics import Diagnostic, GudError
+from gudlang.diagnostics import WARNING, Diagnostic, GudError
 from gudlang.lower import parse_program
 from gudlang.spec import FixedParam, Spec, did_you_mean, validate_program
 
@@ -98,6 +98,7 @@ class CheckedSpec:
     source: A.SourceMap = field(compare=False)
     overrides: tuple[tuple[str, str], ...] = ()
     groups: dict[str, A.Expr] = field(default_factory=dict)  # per-component param -> its group
+    warnings: tuple[Diagnostic, ...] = field(default=(), compare=False)  # W201: unused look-alikes
 
     @property
     def drawn_ranges(self) -> dict[str, tuple[float, float]]:
@@ -497,7 +498,36 @@ def check_spec(spec: Spec, smap: A.SourceMap, overrides: tuple[tuple[str, str], 
     drawn = tuple(sorted(n for n, p in spec.params.items() if not isinstance(p, FixedParam)
                          and any(_mentions(formulas[f], n) for f in ("gamma", "path", "weight") if f in formulas)))
     groups = {n: g for n, g in groups.items() if n in drawn}
-    return CheckedSpec(spec, formulas, shapes, frozenset(r.features_used), drawn, smap, overrides, groups)
+    return CheckedSpec(spec, formulas, shapes, frozenset(r.features_used), drawn, smap, overrides, groups,
+                       _unused_look_alikes(spec, r))
+
+
+def _unused_look_alikes(spec: Spec, r: "_Resolver") -> tuple[Diagnostic, ...]:
+    """W201 for each definition that nothing uses and whose name is close to a declaration's
+    (`wieght(t)`, `path_j(t)`): most likely a misspelt schedule, path, weight or given mask,
+    which would otherwise be silently ignored."""
+    slots = {slot.name for slot in FORMULAS}
+    used: set[str] = set()
+    roots = [d.node.body for d in r.defs.values() if not d.library]
+    roots += [p.group for p in spec.params.values() if getattr(p, "group", None) is not None]
+    roots += [spec.prior.s] if spec.prior.kind == "scale" else []
+    for root in roots:
+        for _, node in A.walk(root):
+            if isinstance(node, A.Name):
+                used.add(_base(node.id))
+            elif isinstance(node, A.Call):
+                used.add(_base(node.func))
+    out = []
+    for base, d in r.defs.items():
+        if d.library or base in slots or base in used:
+            continue
+        stem = base.split("_")[0]
+        hint = f"did you mean `{stem}_i`?" if stem in slots else did_you_mean(base, slots)
+        if hint:
+            out.append(Diagnostic("W201", f"`{d.name}` is defined but never used", span=r.smap.span(d.path + ("name",)),
+                                  label="never used", help=f"{hint} (a declaration must be spelt exactly)",
+                                  path=r.smap.path, severity=WARNING))
+    return tuple(out)
 
 
 def _resolve_groups(spec: Spec, r: "_Resolver") -> dict[str, A.Expr]:
@@ -569,8 +599,11 @@ def _check_formula(slot: FormulaSlot, expr: A.Expr, shape: Shape, path, name_pat
                     help="make gamma rise with t, or draw the noise level, e.g. linear(u_i) with "
                          "param u_i ~ uniform(0, 1)")
     if clean and not must <= shape:
+        drawn_only = slot.name == "gamma" and "p" in shape  # noise drawn per example, as in Diffusion Forcing
         r.error("E208", f"the {slot.what} does not depend on t", path, "constant in t",
-                help=f"{slot.name} must rise from low noise at t = 0 to high noise at t = 1, e.g. linear(t)")
+                help="a schedule drawn by params alone needs a sampling path that rises with t, e.g. "
+                     "`path_i(t) = linear(t)`" if drawn_only else
+                f"{slot.name} must rise from low noise at t = 0 to high noise at t = 1, e.g. linear(t)")
     if slot.name == "path" and clean:
         for name in sorted(n for n, p in r.spec.params.items()
                            if n.endswith("_i") and not isinstance(p, FixedParam) and _mentions(expr, n)):

@@ -52,6 +52,7 @@ CODES: dict[str, str] = {
     "E302": "gamma is not finite",
     "E303": "sampling path leaves the training support",
     "E304": "loss weight negative, not finite, or zero everywhere",
+    "W201": "a definition that nothing uses, named like a declaration (a misspelling?)",
     "W301": "true SNR not high at t = 0",
     "W302": "true SNR not low at t = 1",
     # gudlang.data, gudlang.datasets.readers

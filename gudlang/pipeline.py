@@ -192,8 +192,8 @@ def _build_model(checked, data, stats, basis_state, use_cache) -> Model:
     with _at_formula(checked, "gamma"):
         schedule = compile_schedule(checked.gamma, feats, checked.fixed_params, drawn, len(var))
         warnings = check_schedule(schedule, feats["wvar"], ranges, constant, coverage=checked.path is None)
-    warnings = [w.with_span(checked.source.span(_gamma_path(checked))).with_path(checked.source.path)
-                for w in warnings]
+    warnings = list(checked.warnings) + [w.with_span(checked.source.span(_gamma_path(checked)))
+                                         .with_path(checked.source.path) for w in warnings]
     path = weight = None
     if checked.path is not None:
         with _at_formula(checked, "path"):
