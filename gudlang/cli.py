@@ -205,7 +205,11 @@ def cmd_plot(args) -> int:
             if not (run / METRICS).is_file():
                 raise GudError.one("E001", f"{run} is not a run directory (no {METRICS})", path=str(run),
                                    help="--metrics plots a run: gud plot RUN --metrics -o metrics.png")
-            plot_metrics(read_metrics(run / METRICS), str(out), title=str(run))
+            metrics = read_metrics(run / METRICS)
+            if len(metrics["step"]) == 0:
+                raise GudError.one("E640", f"{run / METRICS} holds no logged steps yet", path=str(run),
+                                   help="plot it after the run has logged (train.log_every steps)")
+            plot_metrics(metrics, str(out), title=str(run))
         else:
             model = build_model(check_file(args.file, _overrides(args.set)))
             if args.forward:
@@ -471,7 +475,12 @@ def cmd_nll(args, overrides: dict) -> int:
         pool = data.test if args.split == "test" else data.train
         x = pool[: args.n]
         first, count, rank, world = _shard(len(x))
-    result = model.nll(x[first: first + count], divergence=args.divergence, hutchinson_samples=args.probes,
+    from gudlang.likelihood import EXACT_TRACE_MAX_DIM
+    exact = args.divergence == "exact" or (args.divergence is None and model.model.dim <= EXACT_TRACE_MAX_DIM)
+    if args.probes is not None and exact:
+        raise GudError.one("E003", "--probes sets the Hutchinson estimate's probe vectors; the exact divergence "
+                                   "has none", help="add --divergence hutchinson, or drop --probes")
+    result = model.nll(x[first: first + count], divergence=args.divergence, hutchinson_samples=args.probes or 1,
                        batch_size=args.batch_size, seed=args.seed + rank, progress=update)
     close()
     bits = _gather(result.bits, world)
@@ -681,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-n", type=positive_int, default=256, help="at most this many images (default 256)")
     q.add_argument("--divergence", choices=["exact", "hutchinson"],
                    help="exact trace (default for D <= 3072) or Hutchinson's estimate")
-    q.add_argument("--probes", type=positive_int, default=1, help="Hutchinson probe vectors per image")
+    q.add_argument("--probes", type=positive_int, help="Hutchinson probe vectors per image (default 1)")
     q.add_argument("--batch-size", type=positive_int, default=64, help="images per ODE solve")
     q.add_argument("--seed", type=int, default=0)
     with_model(q)

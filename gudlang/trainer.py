@@ -182,6 +182,9 @@ def sample_grid(session: Session, out: Path) -> None:
 # --------------------------------------------------------------------------- setup
 def _open_run(spec, overrides: dict, out, resume, name) -> tuple[Path | None, Path, dict]:
     """(existing run or None, the spec file to check, overrides) for a new or resumed run."""
+    if name is not None and (not name or Path(name).name != name or name in (".", "..")):
+        raise GudError.one("E003", f"--name must be a folder name inside --out, got {name!r}",
+                           help="choose a name without / or .., e.g. --name digits-a08")
     if resume is None and name is not None:
         candidate = Path(out) / name
         if (candidate / runs.CHECKPOINT).is_file():

@@ -81,3 +81,12 @@ sample { steps = 2; n = 2; rtol = 1e-3; atol = 1e-3 }
     (run / "nll-test.json").write_text(json.dumps(dict(variants[0], n=9)))  # a record from before the split
     assert main(["export", str(run), str(tmp_path / "exported2")]) == 0
     assert json.loads((tmp_path / "exported2" / "config.json").read_text())["nll"] is None
+
+
+def test_probes_with_the_exact_divergence_are_a_usage_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "oracle.gud"
+    spec.write_text("gud 1\ndata = grf(size = 4, n = 100)\nbasis = pixel()\nnetwork = oracle()\ngamma(t) = linear(t)\n")
+    assert main(["nll", str(spec), "-n", "2", "--probes", "4"]) == 2  # D = 16: the exact trace by default
+    assert "error[E003]" in capsys.readouterr().err
+    assert main(["nll", str(spec), "-n", "2", "--probes", "4", "--divergence", "hutchinson"]) == 0

@@ -98,6 +98,9 @@ def test_metrics_are_appended_and_plotted(capsys, spec, tmp_path):
     assert code == 0, err and (tmp_path / "m.png").stat().st_size > 1000
     code, _, err = gud(capsys, "plot", tmp_path, "--metrics", "-o", tmp_path / "n.png")
     assert code == 2 and "not a run directory" in err
+    (run / "metrics.csv").write_text("step,loss,grad_norm,lr,seconds\n")  # a run that has not logged yet
+    code, _, err = gud(capsys, "plot", run, "--metrics", "-o", tmp_path / "e.png")
+    assert code == 1 and "holds no logged steps yet" in err and not (tmp_path / "e.png").exists()
 
 
 # --------------------------------------------------------------------------- training settings

@@ -348,3 +348,10 @@ def test_train_run_works_from_a_worker_thread(spec, tmp_path):
     worker.start()
     worker.join(timeout=120)
     assert result["r"].step == 3 and not result["r"].interrupted
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ""])
+def test_a_run_name_must_stay_inside_out(capsys, spec, tmp_path, name):
+    code, _, err = train(capsys, spec, "--out", tmp_path / "runs", "--name", name)
+    assert code == 2 and "error[E003]" in err and "--name must be a folder name" in err
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "runs").exists()
