@@ -19,11 +19,16 @@ for any batch size and any split over torchrun ranks; stochastic ones (em) also 
 batch boundaries.
 
 Errors: those of loading (`gudlang.runs`), sampling (E65x), conditioning (E68x) and the
-likelihood (E66x).
+likelihood (E66x). Arguments are checked before any work: a target, params or path of the
+wrong kind is E003, a device that cannot be had E640, a bad count or seed E651 (sampling) or
+E660 (likelihood), unusable images E681 and a bad mask E680.
 """
 
 from __future__ import annotations
 
+import numbers
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -43,14 +48,12 @@ def load(target: str | Path, *, network: torch.nn.Module | None = None, weights:
     spec with `network = oracle()`. `params` sets drawn params ({"a": 0.8}), `weights` picks
     the EMA (default) or raw weights, `network` is the module a custom-network run needs,
     `path` a sampling path other than the spec's ("edm_path(t, rho = 5)"; see `with_path`)."""
-    loaded = _load(target, network, weights, params, device)
+    loaded = _load(load_target(target), network, weights, param_overrides(params), device)
     return loaded if path is None else loaded.with_path(path)
 
 
-def _load(target, network, weights, params, device) -> "GudModel":
+def _load(path: Path, network, weights, overrides: dict[str, str], device) -> "GudModel":
     from gudlang import runs
-    overrides = {k: str(v) for k, v in (params or {}).items()}
-    path = Path(target)
     if path.suffix == ".gud":
         from gudlang.check import check_text, read_source
         from gudlang.pipeline import build_model
@@ -122,14 +125,175 @@ def start_noise(seed: int, lo: int, hi: int, dim: int, dtype, device) -> torch.T
     return torch.cat(rows).to(dtype=dtype, device=device)
 
 
+# ------------------------------------------------------------------ checking arguments
+SEED_MODULUS = 2 ** 64  # torch generators take seeds modulo 2**64 (negative ones wrap)
+DEVICE_HELP = 'use device="auto", "cpu", "cuda" or "cuda:N" (or a torch.device)'
+
+
+def _what(value) -> str:
+    """A short description of a value for a message: an array's shape and dtype, else its repr."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _integer(value, name: str, code: str, *, least: int = 1, optional: bool = True) -> int | None:
+    """`value` as an int >= `least` (a Python or NumPy integer, not a bool); None stays None
+    when `optional`. GudError `code` naming `name` otherwise."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        kind = "a positive integer" if least == 1 else f"an integer >= {least}"
+        raise GudError.one(code, f"{name} must be {kind}, got {_what(value)}")
+    return int(value)
+
+
+def _seed(value, default: int, code: str) -> int:
+    """A seed: `value` (any integer; call sites reduce it modulo SEED_MODULUS, as torch does
+    negative ones), or `default` when None. GudError `code` when it is not an integer."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise GudError.one(code, f"the seed must be an integer, got {_what(value)}")
+    return int(value)
+
+
+def load_target(target) -> Path:
+    """The path `gudlang.load` reads: a str or os.PathLike naming a run directory, checkpoint,
+    export folder or .gud spec. E003 for anything else (None, a number, an empty string)."""
+    if not isinstance(target, (str, os.PathLike)) or not str(target):
+        raise GudError.one("E003", f"gudlang.load needs the path of a run directory, checkpoint file, export "
+                                   f"folder or .gud spec, got {_what(target)}",
+                           help='for example gudlang.load("runs/digits-9f7289d4")')
+    return Path(target)
+
+
+def param_overrides(params, *, required: bool = False) -> dict[str, str]:
+    """Drawn params (and settings) {"a": 0.8, "train.steps": 200} as the text overrides the
+    loaders take; None is {} unless `required`. E003 unless a dict of names (str) to numbers
+    (or their text, as `-s a=0.8` gives them); the values are checked by the spec (E210)."""
+    example = 'for example {"a": 0.8}'
+    if params is None and not required:
+        return {}
+    if not isinstance(params, Mapping):
+        raise GudError.one("E003", f"params must be a dict of param name -> number, got {_what(params)}",
+                           help=example)
+    for key, value in params.items():
+        if not isinstance(key, str) or not key:
+            raise GudError.one("E003", f"param names must be non-empty strings, got {_what(key)}", help=example)
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+            raise GudError.one("E003", f"param `{key}` must be a number, got {_what(value)}", help=example)
+    return {key: str(value) for key, value in params.items()}
+
+
+def path_formula(text) -> str:
+    """A sampling path given with `with_path` / `load(path=)`: a string (the right-hand side
+    of a spec's `path_i(t) = ...`), checked by `pipeline.with_path_text`. E003 otherwise."""
+    if not isinstance(text, str):
+        raise GudError.one("E003", f"the path must be a formula written as a spec's path_i(t) = ... right-hand "
+                                   f"side, got {_what(text)}", help='for example "edm_path(t, rho = 5)"')
+    return text
+
+
+def nll_split(split) -> str:
+    """The data split `nll` measures: "train" or "test" (E660 otherwise)."""
+    if not (isinstance(split, str) and split in ("train", "test")):
+        raise GudError.one("E660", f'split must be "train" or "test", got {_what(split)}')
+    return split
+
+
+def pick_device(device, runtime) -> torch.device:
+    """The torch device to run on: `device` ("auto", "cpu", "cuda", "cuda:N" or a
+    torch.device), or the spec's `runtime.device` when None (`runs.device_for`). E640, as for
+    runtime.device, when it is unknown, not a CPU or CUDA device, or not available here."""
+    from gudlang.runs import device_for
+    if device is None:
+        return device_for(runtime)
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise GudError.one("E640", f"unknown device {_what(device)}", help=DEVICE_HELP) from None
+    if chosen.type not in ("cpu", "cuda"):
+        raise GudError.one("E640", f"device {_what(device)} is not supported", help=DEVICE_HELP)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise GudError.one("E640", f"device {_what(device)} asks for CUDA but no CUDA device is available",
+                           help='use device="cpu" or device="auto"')
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise GudError.one("E640", f"there is no CUDA device {chosen.index} ({torch.cuda.device_count()} "
+                                   f"available)", help=DEVICE_HELP)
+    return chosen
+
+
+def given_images(images, data, *, full_size: bool = False) -> np.ndarray:
+    """Images in data space (N, C, h, w) float64 for `data` (a DataSet): from an array,
+    tensor or nested list of (N, C, h, w), (C, h, w) or (h, w) numbers, or the path of a PNG /
+    JPEG, .npy or .npz file, read as `--given FILE` is (`conditioning.load_images`). E681 when
+    there are none, the channels (with `full_size` the size too) are not the data's, or a
+    value is NaN, infinite or outside the data's range (`check_value_range`)."""
+    from gudlang.conditioning import check_value_range, load_images
+    c, height, width = data.shape
+    shapes = f"(N, {c}, H, W), ({c}, H, W)" + (" or (H, W)" if c == 1 else "")
+    if isinstance(images, (str, os.PathLike)):
+        arr = load_images(images, data)
+    else:
+        if isinstance(images, torch.Tensor):
+            images = images.detach().to("cpu", torch.float64).numpy()
+        try:
+            arr = None if images is None else np.asarray(images)
+        except (TypeError, ValueError):
+            arr = None
+        if arr is None or arr.dtype.kind not in "iuf":
+            raise GudError.one("E681", f"the images must be an array of numbers, got {_what(images)}",
+                               help=f"give {shapes} values in data space, or the path of an image, .npy or "
+                                    f".npz file")
+        shape, arr = arr.shape, arr.astype(np.float64)
+        arr = arr[None, None] if arr.ndim == 2 else arr[None] if arr.ndim == 3 else arr
+        if arr.ndim != 4 or arr.shape[1] != c or arr.size == 0:
+            batch = " (one-channel (N, H, W) images as images[:, None])" if c == 1 and len(shape) == 3 else ""
+            raise GudError.one("E681", f"the images have shape {shape}; the model's images have {c} channel(s)"
+                                       + (" and there must be at least one" if arr.size == 0 else ""),
+                               help=f"give {shapes} values{batch}")
+        if not np.isfinite(arr).all():
+            raise GudError.one("E681", "the images hold NaN or infinite values")
+        check_value_range(arr, data)
+    if full_size and arr.shape[2:] != (height, width):
+        raise GudError.one("E681", f"the images are {arr.shape[2]} x {arr.shape[3]}, the model's {height} x {width}",
+                           help="give full-size images")
+    return arr
+
+
+def given_mask(model, mask) -> np.ndarray | None:
+    """The known components (D,) bool that `mask` names in `model` (a pipeline Model): a
+    condition written as in a spec, e.g. "col(i) < 0.5" (`pipeline.given_from_text`), or a bool
+    array of the D components (as `Completion.mask`); None is the spec's own given_i (None
+    when it has none). E680 for anything else."""
+    from gudlang.pipeline import given_from_text
+    if mask is None:
+        return model.given
+    if isinstance(mask, str):
+        return given_from_text(model, mask)
+    arr = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask
+    try:
+        arr = np.asarray(arr) if isinstance(arr, (np.ndarray, list, tuple)) else None
+    except ValueError:  # a ragged list
+        arr = None
+    if arr is None or arr.dtype != bool or arr.shape != (model.dim,):
+        raise GudError.one("E680", f"the mask must be a condition written as in a spec or a bool array of the "
+                                   f"model's {model.dim} components, got {_what(mask)}",
+                           help='for example mask="col(i) < 0.5", or the .mask of a Completion')
+    return arr
+
+
 class GudModel:
     """A trained (or exact) model: see the module docstring."""
 
     def __init__(self, model, eps_model, meta: dict, device=None, *, source=None, overrides=None,
                  network=None, weights: str = "ema", path: str | None = None):
-        from gudlang.runs import device_for
         self.model, self.meta = model, meta
-        self.device = torch.device(device) if device is not None else device_for(model.spec.runtime)
+        self.device = pick_device(device, model.spec.runtime)
         self.eps_model = eps_model.to(self.device)
         self._source, self._overrides, self._network, self._weights = source, overrides or {}, network, weights
         self._path = path  # the sampling path given with `with_path`, if any
@@ -171,6 +335,7 @@ class GudModel:
         """The same model at other values of its drawn params (a member of a trained family)."""
         if self._source is None:
             raise GudError.one("E640", "params can only be changed on a model loaded with gudlang.load")
+        params = param_overrides(params, required=True)
         return load(self._source, network=self._network, weights=self._weights,
                     params={**self._overrides, **params}, device=self.device, path=self._path)
 
@@ -179,6 +344,7 @@ class GudModel:
         `path_i(t) = ...` right-hand side: it must stay inside the training support (E303).
         Samples, completions and the likelihood then follow it."""
         from gudlang.pipeline import with_path_text
+        text = path_formula(text)
         return GudModel(with_path_text(self.model, text), self.eps_model, self.meta, self.device, source=self._source,
                         overrides=self._overrides, network=self._network, weights=self._weights, path=text)
 
@@ -192,7 +358,7 @@ class GudModel:
     # ------------------------------------------------------------------ sampling
     def sample(self, n: int | None = None, *, sampler: str | None = None, steps: int | None = None,
                grid: str | None = None, seed: int | None = None, batch_size: int | None = None,
-               params: dict | None = None, given=None, mask: str | None = None, start: int = 0,
+               params: dict | None = None, given=None, mask: str | np.ndarray | None = None, start: int = 0,
                progress: Callable[[int, int], None] | None = None, with_nfe: bool = False):
         """n samples in data space, (n, C, H, W) float32 on the CPU (and the network calls when
         `with_nfe`). Samples start .. start + n - 1 of the seed's sequence (torchrun shards).
@@ -203,18 +369,20 @@ class GudModel:
                                                    batch_size=batch_size, given=given, mask=mask, start=start,
                                                    progress=progress, with_nfe=with_nfe)
         if given is not None:
-            images = np.asarray(given)[:n] if n else np.asarray(given)
-            done = self.complete(images, mask=mask, sampler=sampler, steps=steps, grid=grid, seed=seed)
+            n = _integer(n, "the number of samples", "E651")
+            images = given_images(given, self.model.data)
+            done = self._complete(images[:n] if n else images, mask, sampler, steps, grid, seed)
             x = torch.as_tensor(done.x)
             return (x, done.nfe) if with_nfe else x
         if self.conditional:
             raise GudError.one("E680", "this model was trained to complete given components",
                                help="give it images: model.complete(images), or gud sample RUN --given FILE")
-        if not (isinstance(n, int) and n >= 1):
-            raise GudError.one("E651", f"the number of samples must be a positive integer, got {n!r}")
+        n = _integer(n, "the number of samples", "E651", optional=False)
+        steps, batch_size = _integer(steps, "steps", "E651"), _integer(batch_size, "batch_size", "E651")
+        start = _integer(start, "start", "E651", least=0, optional=False)
         settings = self.spec.sample
         method, steps = sampler or settings.sampler, steps or settings.steps
-        seed = settings.seed if seed is None else seed
+        seed = _seed(seed, settings.seed, "E651")
         batch_size = batch_size or n
         schedule = self.model.sampling_path.to(self.device)
         space = self.model.space.to(self.device)
@@ -225,7 +393,7 @@ class GudModel:
         for lo in range(start, start + n, batch_size):
             hi = min(lo + batch_size, start + n)
             x1 = start_noise(seed, lo, hi, self.model.dim, self.dtype, self.device)
-            gen = torch.Generator(device=self.device).manual_seed(seed * 7919 + lo)
+            gen = torch.Generator(device=self.device).manual_seed((seed * 7919 + lo) % SEED_MODULUS)
             with torch.no_grad():
                 result = sample(method, self.eps_model, schedule, x1, steps, generator=gen, **options)
                 out.append(space.decode(result.x0).float().cpu())
@@ -235,27 +403,35 @@ class GudModel:
         x = torch.cat(out)
         return (x, nfe) if with_nfe else x
 
-    def complete(self, images, *, mask: str | None = None, sampler: str | None = None, steps: int | None = None,
-                 grid: str | None = None, seed: int | None = None) -> Completion:
-        """Generate the components of `images` (N, C, h, w) in data space that the mask does not
-        give: the spec's own `given_i` (method "trained"), or the condition `mask` written as in
-        a spec, e.g. "col(i) < 0.5" (method "replacement" where it differs from the spec's).
-        Smaller images are upsampled for super-resolution (`gudlang.conditioning.upsample`)."""
+    def complete(self, images, *, mask: str | np.ndarray | None = None, sampler: str | None = None,
+                 steps: int | None = None, grid: str | None = None, seed: int | None = None) -> Completion:
+        """Generate the components of `images` in data space that the mask does not give: the
+        spec's own `given_i` (method "trained"), or the condition `mask` written as in a spec,
+        e.g. "col(i) < 0.5", or a bool array of the D components (method "replacement" where it
+        differs from the spec's). Images are (N, C, h, w), (C, h, w) or (h, w) values, or the
+        path of a file as `gud sample --given` reads it (`given_images`); smaller ones are
+        upsampled for super-resolution (`gudlang.conditioning.upsample`)."""
+        return self._complete(given_images(images, self.model.data), mask, sampler, steps, grid, seed)
+
+    def _complete(self, images: np.ndarray, mask, sampler, steps, grid, seed) -> Completion:
+        """`complete` of images (N, C, h, w) float64 that `given_images` passed (or windows made
+        of them)."""
         from gudlang.conditioning import complete, shown_known, upsample
-        from gudlang.pipeline import given_from_text
         model = self.model
         if model.given is None and mask is None:
             raise GudError.one("E680", "the model was trained without a given mask, so the known components "
                                        "must be named", help='pass a mask, e.g. --mask "col(i) < 0.5" '
                                                              "(zero-shot conditioning by replacement)")
-        chosen = model.given if mask is None else given_from_text(model, mask)
-        same = model.given is not None and np.array_equal(chosen, model.given)
-        images = upsample(np.asarray(images, dtype=np.float64), model.data.shape, model.spec.basis.kind)
         settings = self.spec.sample
+        steps = _integer(steps, "steps", "E651") or settings.steps
+        seed = _seed(seed, settings.seed, "E651")
+        chosen = given_mask(model, mask)
+        same = model.given is not None and np.array_equal(chosen, model.given)
+        images = upsample(images, model.data.shape, model.spec.basis.kind)
         name = sampler or settings.sampler
         x, nfe = complete(self.eps_model, model.sampling_path, model.space, chosen, images,
-                          method="trained" if same else "replacement", sampler=name, steps=steps or settings.steps,
-                          device=self.device, dtype=self.dtype, seed=settings.seed if seed is None else seed,
+                          method="trained" if same else "replacement", sampler=name, steps=steps,
+                          device=self.device, dtype=self.dtype, seed=seed % SEED_MODULUS,
                           trained_mask=model.given, options=self._options(name, grid))
         return Completion(x, shown_known(model.space, chosen, images), chosen,
                           "trained" if same else "replacement", nfe)
@@ -268,23 +444,24 @@ class GudModel:
         if (columns is None) == (rows is None):
             raise GudError.one("E003", "extend by columns or by rows, not both and not neither")
         axis, count = ("columns", columns) if columns is not None else ("rows", rows)
+        count = _integer(count, axis, "E003", optional=False)
         model = self.model
         if model.given is None:
             raise GudError.one("E682", "image extension needs a model trained with a given band",
                                help="train a spec with e.g. given_i = col(i) < 0.5 (see specs/column_extension.gud)")
         k = extension_band(model.space, model.given, axis)
-        images = np.asarray(images, dtype=np.float64)
+        images = given_images(images, model.data)
         c, h, w = model.data.shape
         across, size = (h, w) if axis == "columns" else (w, h)
         if images.ndim != 4 or images.shape[1] != c or images.shape[2 if axis == "columns" else 3] != across:
             raise GudError.one("E681", f"to extend {axis} the images need the model's {c} channel(s) and "
                                        f"{across} {'rows' if axis == 'columns' else 'columns'}, got shape "
                                        f"{images.shape[1:]}")
-        seed = self.spec.sample.seed if seed is None else seed
+        steps, seed = _integer(steps, "steps", "E651"), _seed(seed, self.spec.sample.seed, "E651")
         windows = iter(range(1 << 30))
 
         def fill(window):
-            done = self.complete(window, sampler=sampler, steps=steps, seed=seed + next(windows))
+            done = self._complete(window, None, sampler, steps, None, seed + next(windows))
             return done.x, done.nfe
 
         x, nfe = extend(images, count, axis, k, size, fill)
@@ -295,14 +472,15 @@ class GudModel:
         (completions of the first test images beside their given parts, for a conditional
         spec): what training writes."""
         from gudlang.images import save_grid, save_pairs
-        n = n or self.spec.sample.n
+        n = _integer(n, "n", "E651") or self.spec.sample.n
         value_range = self.model.data.value_range
         if not self.conditional:
             save_grid(self.sample(n).numpy(), out, value_range)
             return
         data = self.model.data
         images = data.test if len(data.test) else data.train
-        done = self.complete(images[: max(1, n // 2)])
+        known = np.asarray(images[: max(1, n // 2)], dtype=np.float64)  # the data's own: no range check
+        done = self._complete(known, None, None, None, None, None)
         save_pairs(done.known, done.x, out, value_range)
 
     # ------------------------------------------------------------------ likelihood
@@ -316,6 +494,10 @@ class GudModel:
         from gudlang.likelihood import dataset_bits_per_dim
         from gudlang.pipeline import load_spec_data
         model = self.model
+        split, n = nll_split(split), _integer(n, "n", "E660")
+        batch_size = _integer(batch_size, "batch_size", "E660", optional=False)
+        hutchinson_samples = _integer(hutchinson_samples, "hutchinson_samples", "E660", optional=False)
+        seed = _seed(seed, 0, "E660")
         if x is None:
             data = load_spec_data(model.checked)
             if data.fingerprint != model.data.fingerprint:
@@ -325,7 +507,9 @@ class GudModel:
             x = data.test if split == "test" else data.train
             if len(x) == 0:
                 raise GudError.one("E641", f"the {split} split is empty", help="use the train split")
-        x = np.asarray(x)[:n] if n else np.asarray(x)
+        else:
+            x = given_images(x, model.data, full_size=True)
+        x = x[:n] if n else x
         oracle = model.spec.network.kind == "oracle"
         dtype = torch.float64 if oracle else torch.float32
         space = model.space.to(self.device)
@@ -341,7 +525,7 @@ class GudModel:
             with torch.no_grad():
                 return space.encode(chunk.to(device=self.device, dtype=torch.float64)).to(dtype)
 
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed % SEED_MODULUS)
         settings = self.spec.sample
         logabsdet = space.logabsdet(None if given is None else ~given)
         result = dataset_bits_per_dim(eps_model, schedule, encode, x, levels=model.data.levels,

@@ -415,7 +415,7 @@ def _known_images(model, args, n: int):
     from gudlang.pipeline import load_spec_data
     data = model.model.data
     if args.given is not None:
-        images = load_images(args.given, data.shape, data.value_range)
+        images = load_images(args.given, data)
         return (images[: args.n] if args.n else images), str(args.given)
     loaded = load_spec_data(model.model.checked)
     split = loaded.test if len(loaded.test) else loaded.train
@@ -432,7 +432,7 @@ def cmd_extend(args, overrides: dict) -> int:
     from gudlang.images import save_grid
     model = load(args.run, params=overrides)
     data = model.model.data
-    images = load_images(args.image, data.shape, data.value_range)
+    images = load_images(args.image, data)
     seed = model.spec.sample.seed if args.seed is None else args.seed
     start = time.time()
     x, nfe, k = model.extend(images, columns=args.columns, rows=args.rows, sampler=args.sampler, steps=args.steps,
@@ -460,7 +460,7 @@ def cmd_nll(args, overrides: dict) -> int:
     if args.given is not None:
         from gudlang.conditioning import load_images
         data = model.model.data
-        x, split = load_images(args.given, data.shape, data.value_range)[: args.n], str(args.given)
+        x, split = load_images(args.given, data)[: args.n], str(args.given)
         if x.shape[1:] != tuple(data.shape):
             raise GudError.one("E681", f"{args.given} holds images of shape {x.shape[1:]}; the likelihood is of "
                                        f"the model's images, {tuple(data.shape)}",

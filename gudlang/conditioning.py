@@ -112,13 +112,14 @@ class ReplacementEpsModel(nn.Module):
 
 
 # --------------------------------------------------------------------------- known values
-def load_images(path: str | Path, shape, value_range) -> np.ndarray:
-    """Images in data space (N, C, h, w) float64 from a PNG / JPEG file, an .npy array or an
-    .npz archive (key `x`, else its only array) of (N, C, h, w), (C, h, w) or (h, w) values in
-    `value_range`. E681 for unreadable files, wrong channels and values out of range."""
+def load_images(path: str | Path, data) -> np.ndarray:
+    """Images in data space (N, C, h, w) float64 for `data` (a DataSet: its shape, value range
+    and levels) from a PNG / JPEG file, an .npy array or an .npz archive (key `x`, else its only
+    array) of (N, C, h, w), (C, h, w) or (h, w) values. E681 for unreadable files, wrong channels
+    and values out of range (`check_value_range`)."""
     path = Path(path)
-    c = shape[0]
-    lo, hi = value_range
+    c = data.shape[0]
+    lo, hi = data.value_range
     if not path.is_file():
         raise GudError.one("E681", f"no such file: {path}", help="give an image, .npy or .npz file")
     suffix = path.suffix.lower()
@@ -160,12 +161,22 @@ def load_images(path: str | Path, shape, value_range) -> np.ndarray:
                            help=f"give (N, {c}, H, W), ({c}, H, W)" + (" or (H, W)" if c == 1 else "") + " values")
     if not np.isfinite(arr).all():
         raise GudError.one("E681", f"{path} holds NaN or infinite values")
-    slack = RANGE_SLACK * (hi - lo)
-    if not pixels and (arr.min() < lo - slack or arr.max() > hi + slack):
-        raise GudError.one("E681", f"the values in {path} lie in [{arr.min():.3g}, {arr.max():.3g}], outside "
-                                   f"the data range [{lo:g}, {hi:g}]",
-                           help="give values in data space (as `gud sample` writes them), not 0..255 pixels")
+    if not pixels:
+        check_value_range(arr, data, f"the values in {path}")
     return arr
+
+
+def check_value_range(images: np.ndarray, data, what: str = "the images' values") -> None:
+    """E681 when images (N, C, H, W) lie outside `data`'s value range by more than RANGE_SLACK
+    of its width, or by more than its whole width for continuous data (no `levels`), whose
+    range can be a display window (grf: +-4 standard deviations, which real samples pass);
+    either way 0..255 pixels given for [-1, 1] data are refused."""
+    lo, hi = data.value_range
+    slack = (RANGE_SLACK if data.levels is not None else 1.0) * (hi - lo)
+    low, high = float(images.min()), float(images.max())
+    if low < lo - slack or high > hi + slack:
+        raise GudError.one("E681", f"{what} lie in [{low:.3g}, {high:.3g}], outside the data range [{lo:g}, {hi:g}]",
+                           help="give values in data space (as `gud sample` writes them), not 0..255 pixels")
 
 
 def _pick_array(archive, path: Path) -> np.ndarray:

@@ -1,0 +1,226 @@
+"""Bad arguments to the Python API (`gudlang.load`, `GudModel.sample / complete / nll / ...`)
+are a GudError that says what is wrong, never a raw Python exception or a silently wrong
+result; arguments the CLI accepts (numpy integers, (C, H, W) images, a file path) work."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import gudlang
+from gudlang.conditioning import check_value_range
+from gudlang.cli import main
+from gudlang.diagnostics import GudError
+
+PLAIN = """gud 1
+data = digits()
+basis = pixel()
+prior = white
+network = mlp(hidden = 16, depth = 1)
+param a = 1.0
+gamma_i(t) = soft(t, -log(var(i)), a = a)
+train { steps = 4; batch = 16; warmup = 1; checkpoint_every = 4; sample_every = 0; log_every = 2 }
+sample { sampler = ddim; steps = 3; n = 4 }
+"""
+# the same with the first four columns given: completion without a mask, and extension
+GIVEN = PLAIN.replace("param a = 1.0\n", "given_i = col(i) < 0.5\n").replace(", a = a)", ")")
+
+
+def _train(root, name, text):
+    (root / f"{name}.gud").write_text(text)
+    assert main(["train", "--quiet", str(root / f"{name}.gud"), "--out", str(root / name)]) == 0
+    (run,) = [p for p in (root / name).iterdir() if p.is_dir()]
+    return gudlang.load(run), run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    plain, run = _train(root, "plain", PLAIN)
+    given, _ = _train(root, "given", GIVEN)
+    from gudlang.pipeline import load_spec_data
+    images = np.asarray(load_spec_data(plain.model.checked).test[:2], dtype=np.float64)
+    return SimpleNamespace(plain=plain, given=given, run=run, images=images, root=root)
+
+
+def refused(code: str, phrase: str, call, *args, **kwargs) -> GudError:
+    """call(*args, **kwargs) raises GudError `code` whose message contains `phrase`."""
+    with pytest.raises(GudError) as err:
+        call(*args, **kwargs)
+    assert [d.code for d in err.value.diagnostics] == [code], str(err.value)
+    assert phrase in str(err.value), str(err.value)
+    return err.value
+
+
+# --------------------------------------------------------------------------- load
+@pytest.mark.parametrize("device, phrase", [("foo", "unknown device 'foo'"), ("meta", "is not supported"),
+                                            (["cpu"], "unknown device")])
+def test_a_device_that_does_not_exist_is_E640(trained, device, phrase):
+    refused("E640", phrase, gudlang.load, trained.run, device=device)
+
+
+def test_cuda_without_a_cuda_device_is_E640(trained, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    refused("E640", "no CUDA device is available", gudlang.load, trained.run, device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    refused("E640", "no CUDA device 3 (1 available)", gudlang.load, trained.run, device="cuda:3")
+
+
+def test_cpu_and_auto_devices_load(trained, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gudlang.load(trained.run, device="auto").device == torch.device("cpu")
+    assert gudlang.load(trained.run, device=torch.device("cpu")).device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("target", [None, 5, ""])
+def test_load_needs_a_path(target):
+    refused("E003", "gudlang.load needs the path", gudlang.load, target)
+
+
+def test_a_path_must_be_a_formula_string(trained):
+    refused("E003", "the path must be a formula", trained.plain.with_path, None)
+    refused("E003", "got 3", gudlang.load, trained.run, path=3)
+
+
+@pytest.mark.parametrize("params, phrase", [
+    (None, "params must be a dict"), ("a=1", "params must be a dict of param name -> number, got 'a=1'"),
+    ({1: 2}, "param names must be non-empty strings, got 1"), ({"a": [1]}, "param `a` must be a number"),
+    ({"a": True}, "param `a` must be a number"),
+])
+def test_params_must_be_a_dict_of_names_to_numbers(trained, params, phrase):
+    refused("E003", phrase, trained.plain.with_params, params)
+
+
+def test_params_take_numpy_numbers_and_load_checks_them_too(trained):
+    assert trained.plain.with_params({"a": np.float64(1.0)}).sample(1).shape == (1, 1, 8, 8)
+    refused("E003", "params must be a dict", gudlang.load, trained.run, params="a=1")
+
+
+# --------------------------------------------------------------------------- sample
+@pytest.mark.parametrize("kwargs, phrase", [
+    ({"batch_size": -1}, "batch_size must be a positive integer, got -1"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ({"steps": 0}, "steps must be a positive integer, got 0"),
+    ({"seed": "x"}, "the seed must be an integer, got 'x'"),
+    ({"seed": 1.5}, "the seed must be an integer"),
+    ({"start": -1}, "start must be an integer >= 0, got -1"),
+])
+def test_bad_sampling_arguments_are_E651(trained, kwargs, phrase):
+    refused("E651", phrase, trained.plain.sample, 2, **kwargs)
+
+
+def test_the_number_of_samples_is_any_integer_but_not_a_bool(trained):
+    assert trained.plain.sample(np.int64(2)).shape == (2, 1, 8, 8)
+    refused("E651", "the number of samples must be a positive integer, got True", trained.plain.sample, True)
+
+
+def test_a_huge_seed_samples_reproducibly(trained):
+    x = trained.plain.sample(2, seed=2 ** 70)
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(trained.plain.sample(2, seed=2 ** 70), x)
+    assert not torch.equal(trained.plain.sample(2, seed=2 ** 70 + 1), x)
+    assert trained.plain.sample(1, seed=-3).shape == (1, 1, 8, 8)  # negative seeds, as torch takes them
+
+
+# --------------------------------------------------------------------------- complete
+def test_images_of_one_image_are_completed_as_the_cli_reads_them(trained):
+    image = trained.images[0]  # (1, 8, 8)
+    full = trained.given.complete(image[None], seed=1).x
+    np.testing.assert_array_equal(trained.given.complete(image, seed=1).x, full)
+    np.testing.assert_array_equal(trained.given.complete(image[0], seed=1).x, full)
+    np.testing.assert_array_equal(trained.given.complete(torch.as_tensor(image), seed=1).x, full)
+
+
+def test_a_batch_without_its_channel_axis_is_a_clear_error(trained):
+    err = refused("E681", "the images have shape (2, 8, 8); the model's images have 1 channel(s)",
+                  trained.given.complete, trained.images[:, 0])
+    assert "images[:, None]" in err.diagnostics[0].help
+
+
+@pytest.mark.parametrize("images, phrase", [
+    (None, "the images must be an array of numbers, got None"),
+    (["a", "b"], "must be an array of numbers"),
+    (np.zeros((0, 1, 8, 8)), "there must be at least one"),
+    (np.zeros((2, 3, 8, 8)), "1 channel(s)"),
+])
+def test_unusable_images_are_E681(trained, images, phrase):
+    refused("E681", phrase, trained.given.complete, images)
+
+
+def test_a_file_path_is_read_like_gud_sample_given(trained):
+    np.save(trained.root / "given.npy", trained.images)
+    done = trained.given.complete(str(trained.root / "given.npy"), seed=1)
+    np.testing.assert_array_equal(done.x, trained.given.complete(trained.images, seed=1).x)
+    refused("E681", "no such file", trained.given.complete, trained.root / "missing.npy")
+
+
+def test_pixel_values_and_nan_images_are_refused_before_sampling(trained):
+    refused("E681", "outside the data range [-1, 1]", trained.given.complete, trained.images * 255)
+    nan = trained.images.copy()
+    nan[0, 0, 3, 3] = np.nan
+    refused("E681", "the images hold NaN or infinite values", trained.given.complete, nan)
+    refused("E681", "outside the data range", trained.given.sample, given=trained.images * 255)
+
+
+@pytest.mark.parametrize("mask, phrase", [
+    (5, "the mask must be a condition written as in a spec or a bool array of the model's 64 components, got 5"),
+    (np.ones(63, dtype=bool), "got an array of shape (63,) and dtype bool"),
+    (np.ones(64, dtype=int), "dtype int"),
+])
+def test_a_mask_is_a_condition_or_a_bool_array_of_the_components(trained, mask, phrase):
+    refused("E680", phrase, trained.plain.complete, trained.images, mask=mask)
+
+
+def test_a_bool_mask_conditions_like_the_condition_that_gave_it(trained):
+    by_text = trained.plain.complete(trained.images, mask="col(i) < 0.5", seed=2)
+    by_array = trained.plain.complete(trained.images, mask=by_text.mask, seed=2)
+    assert by_array.method == "replacement" and by_array.mask.sum() == 32
+    np.testing.assert_array_equal(by_array.x, by_text.x)
+    assert trained.given.complete(trained.images, mask=trained.given.model.given, seed=2).method == "trained"
+
+
+def test_bad_completion_arguments_are_E651(trained):
+    refused("E651", "steps must be a positive integer, got 0", trained.given.complete, trained.images, steps=0)
+    refused("E651", "the seed must be an integer", trained.given.complete, trained.images, seed="x")
+
+
+def test_extension_checks_its_count_and_images(trained):
+    refused("E003", "columns must be a positive integer, got -3", trained.given.extend, trained.images, columns=-3)
+    refused("E681", "outside the data range", trained.given.extend, trained.images * 255, columns=2)
+    x, _, k = trained.given.extend(trained.images[0], columns=2, steps=2)  # one (C, H, W) image
+    assert x.shape == (1, 1, 8, 10) and k == 4
+
+
+# --------------------------------------------------------------------------- nll
+@pytest.mark.parametrize("split", ["foo", "TEST", None])
+def test_only_the_train_and_test_splits_exist(trained, split):
+    refused("E660", 'split must be "train" or "test"', trained.plain.nll, split=split, n=1)
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, True])
+def test_n_is_a_positive_integer(trained, n):
+    refused("E660", "n must be a positive integer", trained.plain.nll, n=n)
+
+
+def test_nll_takes_numpy_counts(trained):
+    result = trained.plain.nll(trained.images, n=np.int64(1), batch_size=np.int64(1))
+    assert result.bits.shape == (1,) and np.isfinite(result.mean)
+
+
+def test_nll_images_must_be_full_size_and_in_range(trained):
+    refused("E681", "the images are 4 x 4, the model's 8 x 8", trained.plain.nll, np.zeros((2, 1, 4, 4)))
+    refused("E681", "outside the data range", trained.plain.nll, trained.images * 255)
+    refused("E660", "the seed must be an integer", trained.plain.nll, trained.images, seed="x")
+
+
+def test_the_range_check_is_loose_for_continuous_data_only():
+    images = np.full((1, 1, 2, 2), 1.2)
+    refused("E681", "outside the data range", check_value_range, images,
+            SimpleNamespace(value_range=(-1.0, 1.0), levels=256))
+    check_value_range(images, SimpleNamespace(value_range=(-1.0, 1.0), levels=None))
+    # a Gaussian field's range is a +-4 std display window: a 5-sigma value is data, 255 is not
+    grf = SimpleNamespace(value_range=(-4.0, 4.0), levels=None)
+    check_value_range(images * 5 / 1.2, grf)
+    refused("E681", "outside the data range [-4, 4]", check_value_range, images * 255, grf)
