@@ -270,12 +270,15 @@ def _outputs(args, target: str) -> Path:
     return (path if path.is_dir() else path.parent) / "samples"
 
 
-def _stem(args, default: str) -> Path:
+def _stem(args, default: str, folder: bool = False) -> Path:
     """The output prefix: -o as given (a trailing .png / .npz dropped; an existing folder, or one
-    written with a trailing slash, gets the default name inside it), else RUN/samples/DEFAULT."""
+    written with a trailing slash, gets the default name inside it), else RUN/samples/DEFAULT.
+    With `folder` (--format png-dir) -o is the folder the files go into, as given."""
     if not args.output:
         return _outputs(args, args.run) / default
     out = Path(args.output)
+    if folder:
+        return out
     if args.output.endswith(("/", os.sep)) or out.is_dir():
         return out / default
     return out.with_suffix("") if out.suffix.lower() in (".png", ".npz") else out
@@ -348,7 +351,7 @@ def cmd_sample(args, overrides: dict) -> int:
                            help="drop --format")
     how = (f"rtol{settings.rtol:g}-atol{settings.atol:g}" if method == "adaptive" else f"{steps}steps")
     stem = _stem(args, f"{method}-{how}-seed{seed}{_variant_tag(_variant(args.path, overrides, args.weights))}"
-                       + ("-given" if conditional else ""))
+                       + ("-given" if conditional else ""), folder=args.format == "png-dir")
     record = {"sampler": method, "steps": steps, "grid": args.grid or settings.grid, "seed": seed,
               "model_hash": model.hash, "overrides": overrides, "path": args.path}
     start = time.time()

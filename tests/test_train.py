@@ -145,11 +145,14 @@ def test_a_tampered_checkpoint_is_refused(capsys, trained, tmp_path):
     assert code == 1 and "E624" in err
 
 
-def test_sample_override_picks_a_family_member(capsys, trained, tmp_path):
-    code = main(["sample", str(trained), "-n", "2", "-s", "a=0.5", "-o", str(tmp_path / "o")])
+def test_sample_overrides_are_recorded_and_kept_inside_the_training_support(capsys, trained, tmp_path):
+    code = main(["sample", str(trained), "-n", "2", "-s", "a=1.0", "-o", str(tmp_path / "o")])
     assert code == 0, capsys.readouterr().err
     with np.load(tmp_path / "o.npz") as f:
-        assert "0.5" in str(f["overrides"])
+        assert "1.0" in str(f["overrides"])
+    # a is fixed at 1 in training (not a family): the network never saw a = 0.5's noise states
+    code = main(["sample", str(trained), "-n", "2", "-s", "a=0.5", "-o", str(tmp_path / "p")])
+    assert code == 1 and "error[E303]" in capsys.readouterr().err
 
 
 def test_resume_of_a_missing_run_is_a_clear_error(capsys, tmp_path):
