@@ -427,6 +427,33 @@ LIBRARY = ("linear", "vp", "cosine", "soft", "sequential", "ddpm_linear", "iddpm
            "edm_sigma", "edm_path", "blurring", "equal_snr", "rolling", "ar_diffusion", "pyramid")
 
 
+def _positive_integer(v: float) -> bool:
+    return v >= 1 and float(v).is_integer()
+
+
+# Arguments of library functions whose range is restricted, checked where a call gives them as
+# constants (E210 at the argument; a param's value is left to the numeric checks):
+# (function, argument) -> (what it must be, test of the value).
+LIBRARY_ARGUMENTS: dict[tuple[str, str], tuple[str, object]] = {
+    ("soft", "clipped"): ("true or false", lambda v: v in (0, 1)),
+    ("soft", "a"): ("a number >= 0 (0: no hierarchy)", lambda v: v >= 0),
+    ("sequential", "b"): ("in (0, 1] (the share of time each component moves)", lambda v: 0 < v <= 1),
+    ("rolling", "w"): ("a number > 0 (the window's width in label units)", lambda v: v > 0),
+    ("shifted_cosine", "d"): ("a resolution > 0", lambda v: v > 0),
+    ("shifted_cosine", "ref"): ("a resolution > 0", lambda v: v > 0),
+    ("edm_sigma", "P_std"): ("a standard deviation > 0", lambda v: v > 0),
+    ("edm_sigma", "tail"): ("in (0, 0.5)", lambda v: 0 < v < 0.5),
+    ("edm_path", "sigma_min"): ("a noise level > 0", lambda v: v > 0),
+    ("edm_path", "rho"): ("a number > 0", lambda v: v > 0),
+    ("blurring", "min_scale"): ("in (0, 1]", lambda v: 0 < v <= 1),
+    **{(f, "steps"): ("a positive integer (a number of diffusion steps)", _positive_integer)
+       for f in ("ddpm_linear", "iddpm_cosine", "equal_snr", "ar_diffusion", "pyramid")},
+    **{(f, "tokens"): ("a positive integer (a number of tokens)", _positive_integer)
+       for f in ("ar_diffusion", "pyramid")},
+    ("pyramid", "scale"): ("a number > 0", lambda v: v > 0),
+}
+
+
 def known_function_names() -> set[str]:
     """Every callable name a spec may use in an expression (for "did you mean")."""
     return set(FEATURES) | set(REDUCTIONS) | set(FUNCTIONS) | set(LIBRARY)

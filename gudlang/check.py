@@ -32,11 +32,11 @@ from functools import lru_cache
 from typing import Any, Mapping
 
 from gudlang import ast as A
-from gudlang.builtins import (BASIS_FEATURES, BLOCKS, CONSTANTS, FEATURES, FUNCTIONS, LIBRARY, PRELUDE,
-                              REDUCTIONS, RESERVED, SHAPE_CONSTANTS, known_function_names)
+from gudlang.builtins import (BASIS_FEATURES, BLOCKS, CONSTANTS, FEATURES, FUNCTIONS, LIBRARY, LIBRARY_ARGUMENTS,
+                              PRELUDE, REDUCTIONS, RESERVED, SHAPE_CONSTANTS, known_function_names)
 from gudlang.diagnostics import WARNING, Diagnostic, GudError
 from gudlang.lower import parse_program
-from gudlang.spec import FixedParam, Spec, did_you_mean, validate_program
+from gudlang.spec import ConstantError, FixedParam, Spec, constant, did_you_mean, validate_program
 
 Shape = frozenset  # subset of {"t", "i", "p"}
 SCALAR: Shape = frozenset()
@@ -410,6 +410,23 @@ class _Resolver:
             return self.number(expr, path, scope, site, f"`{d.name}`")
         return self.resolve(expr, path, scope, site)
 
+    def library_argument(self, function: str, name: str, expr: A.Expr, path, site) -> None:
+        """E210 when argument `name` of library `function` is a constant (or a fixed param)
+        outside its range (`LIBRARY_ARGUMENTS`); other values (drawn params, features, a
+        helper's arguments) are left to the numeric checks."""
+        rule = LIBRARY_ARGUMENTS.get((function, name))
+        if rule is None:
+            return
+        fixed = {n: p.value for n, p in self.spec.params.items() if isinstance(p, FixedParam)}
+        try:
+            value = constant(expr, path, fixed)
+        except ConstantError:
+            return
+        if isinstance(value, (bool, int, float)) and not rule[1](float(value)):
+            shown = str(value).lower() if isinstance(value, bool) else f"{value:g}"
+            self.error("E210", f"argument `{name}` of `{function}` must be {rule[0]}, got {shown}", path,
+                       "out of range", at=site)
+
     def inline(self, d: _Def, call: A.Call, path, scope, site) -> tuple[A.Expr, Shape]:
         at = site if site is not None else path
         formals = d.node.formals
@@ -433,6 +450,11 @@ class _Resolver:
                            "given again", at=site)
                 continue
             bound[kw.name] = self.argument(d, kw.value, kpath, scope, site)
+        if d.library:
+            given = [(names[k], a, path + ("args", k)) for k, a in enumerate(call.args[:len(formals)])]
+            given += [(kw.name, kw.value, path + ("kwargs", k, "value")) for k, kw in enumerate(call.kwargs)]
+            for name, expr, apath in given:
+                self.library_argument(d.name, name, expr, apath, site)
         if d.name in self.stack:
             self.error("E209", f"`{d.name}` calls itself", at, "recursive call",
                        help=" -> ".join(self.stack + [d.name]))

@@ -347,3 +347,18 @@ def test_presets_doc_lists_every_preset_and_spec():
         assert f"`{name}(" in doc, name
     for path in PEERS:
         assert f"specs/peers/{path.name}" in doc, path.name
+
+
+def test_every_argument_rule_names_a_library_argument_whose_default_passes_it():
+    # LIBRARY_ARGUMENTS is a table beside the library's text: a typo in it would check nothing.
+    from gudlang.builtins import LIBRARY_ARGUMENTS
+    from gudlang.check import _library
+    from gudlang.spec import constant
+    library = _library()
+    for (function, name), (_, test) in LIBRARY_ARGUMENTS.items():
+        formals = {fm.name: fm.default for fm in library[function].node.formals}
+        assert name in formals, (function, name)
+        default = formals[name]
+        value = constant(default, (), {}) if default is not None else None
+        if isinstance(value, (bool, int, float)):
+            assert test(float(value)), (function, name, value)
