@@ -586,7 +586,8 @@ def _locate(slot: FormulaSlot, spec: Spec, smap: A.SourceMap, r: "_Resolver"):
         return spec.prior.s, path, {}, path
     d = r.defs.get(slot.name)
     if d is None:
-        if slot.required:
+        refused = any(("refused_definition", name) in smap.anchors for name in (slot.name, slot.name + "_i"))
+        if slot.required and not refused:  # a refused one (set twice) is reported already
             r.error("E206", f"the spec has no {slot.what}", (), help=f"add one, e.g. `{slot.example}`")
         return None
     want = [("t", None)] if slot.name in ("gamma", "path", "weight") else None

@@ -535,6 +535,8 @@ def validate_program(program: A.Program, smap: A.SourceMap) -> tuple[Spec | None
         elif isinstance(st, A.Define):
             if b.once(st.name, path + ("name",)):
                 definitions.append((k, st))
+            else:  # reported (E203); the checker need not report the declaration as missing
+                b.locs[("refused_definition", st.name)] = path + ("name",)
     plain["params"] = params
     plain["definitions"] = tuple(definitions)
     smap.anchors.update(b.locs)

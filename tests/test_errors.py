@@ -125,3 +125,13 @@ def test_an_unused_definition_named_like_a_declaration_is_W201(definition, hint)
     (w,) = check_text(text, "s.gud").warnings  # h and l_i, unused but unlike any declaration, are not warned about
     assert w.code == "W201" and w.severity == "warning" and hint in w.help and w.span.line == 7
     assert check_text(text.replace(definition, ""), "s.gud").warnings == ()
+
+
+def test_a_schedule_refused_as_set_twice_is_not_also_missing():
+    text = "gud 1\ndata = digits()\nbasis = pca()\nparam gamma = 1\ngamma(t) = linear(t)\n"
+    with pytest.raises(GudError) as info:
+        check_text(text, "s.gud")
+    assert [d.code for d in info.value.diagnostics] == ["E203"]  # no follow-on "E206 the spec has no schedule"
+    with pytest.raises(GudError) as info:
+        check_text("gud 1\ndata = digits()\nbasis = pca()\n", "s.gud")
+    assert [d.code for d in info.value.diagnostics] == ["E206"]
