@@ -5,7 +5,7 @@ loss) against the bare network forward + backward + AdamW step on the same batch
 noise (x_t = alpha x + sigma eps, one gamma per example), in one run.
 Target: overhead at most 10% on CPU, for the digits U-Net (PCA basis, 1x8x8, batch 128) and
 for a 32x32x3 U-Net (wavelet basis, batch 32). The paper-size case (the U-Net of
-specs/paper/, 35M parameters, PCA basis on 3x32x32, batch 128) gives the throughput of a real
+specs/paper/, 41M parameters, PCA basis on 3x32x32, batch 128) gives the throughput of a real
 CIFAR-10 run; it is meant for a GPU (`--device cuda`, run by .ci/gpu-check).
 
     python benchmarks/train_step.py [--repeat 10] [--device cuda] [--only paper]

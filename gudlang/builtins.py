@@ -432,7 +432,8 @@ def _positive_integer(v: float) -> bool:
 
 
 # Arguments of library functions whose range is restricted, checked where a call gives them as
-# constants (E210 at the argument; a param's value is left to the numeric checks):
+# constants or fixed params (E210 at the argument; drawn params and a helper's arguments are
+# left to the numeric checks):
 # (function, argument) -> (what it must be, test of the value).
 LIBRARY_ARGUMENTS: dict[tuple[str, str], tuple[str, object]] = {
     ("soft", "clipped"): ("true or false", lambda v: v in (0, 1)),

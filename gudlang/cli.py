@@ -692,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--given", metavar="FILE", help="measure these images (data space) instead of a split")
     q.add_argument("-n", type=positive_int, default=256, help="at most this many images (default 256)")
     q.add_argument("--divergence", choices=["exact", "hutchinson"],
-                   help="exact trace (default for D <= 3072) or Hutchinson's estimate")
+                   help="exact trace (default for D <= 256) or Hutchinson's estimate")
     q.add_argument("--probes", type=positive_int, help="Hutchinson probe vectors per image (default 1)")
     q.add_argument("--batch-size", type=positive_int, default=64, help="images per ODE solve")
     q.add_argument("--seed", type=int, default=0)
