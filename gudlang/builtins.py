@@ -455,6 +455,11 @@ LIBRARY_ARGUMENTS: dict[tuple[str, str], tuple[str, object]] = {
 }
 
 
+# Library functions that are right in one basis only (their formula reads that basis's
+# features): function -> the basis kind (E207 at the call in any other).
+LIBRARY_BASES: dict[str, str] = {"blurring": "dct"}
+
+
 def known_function_names() -> set[str]:
     """Every callable name a spec may use in an expression (for "did you mean")."""
     return set(FEATURES) | set(REDUCTIONS) | set(FUNCTIONS) | set(LIBRARY)

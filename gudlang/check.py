@@ -33,7 +33,8 @@ from typing import Any, Mapping
 
 from gudlang import ast as A
 from gudlang.builtins import (BASIS_FEATURES, BLOCKS, CONSTANTS, FEATURES, FUNCTIONS, LIBRARY, LIBRARY_ARGUMENTS,
-                              PRELUDE, REDUCTIONS, RESERVED, SHAPE_CONSTANTS, known_function_names)
+                              LIBRARY_BASES, PRELUDE, REDUCTIONS, RESERVED, SHAPE_CONSTANTS,
+                              known_function_names)
 from gudlang.diagnostics import WARNING, Diagnostic, GudError
 from gudlang.lower import parse_program
 from gudlang.spec import ConstantError, FixedParam, Spec, constant, did_you_mean, validate_program
@@ -450,6 +451,11 @@ class _Resolver:
                            "given again", at=site)
                 continue
             bound[kw.name] = self.argument(d, kw.value, kpath, scope, site)
+        if d.library and LIBRARY_BASES.get(d.name, self.basis_kind) != self.basis_kind:
+            self.error("E207", f"`{d.name}` is defined for the {LIBRARY_BASES[d.name]} basis, not "
+                               f"{self.basis_kind}", at, f"needs basis = {LIBRARY_BASES[d.name]}()",
+                       help=f"use basis = {LIBRARY_BASES[d.name]}() (the formula reads its features)")
+            return A.Num(0.0), SCALAR  # its body would only add errors about those features
         if d.library:
             given = [(names[k], a, path + ("args", k)) for k, a in enumerate(call.args[:len(formals)])]
             given += [(kw.name, kw.value, path + ("kwargs", k, "value")) for k, kw in enumerate(call.kwargs)]

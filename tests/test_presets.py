@@ -362,3 +362,8 @@ def test_every_argument_rule_names_a_library_argument_whose_default_passes_it():
         value = constant(default, (), {}) if default is not None else None
         if isinstance(value, (bool, int, float)):
             assert test(float(value)), (function, name, value)
+
+
+def test_every_library_basis_rule_names_a_library_function_and_a_basis():
+    from gudlang.builtins import BASIS_FEATURES, LIBRARY, LIBRARY_BASES
+    assert all(f in LIBRARY and basis in BASIS_FEATURES for f, basis in LIBRARY_BASES.items())
