@@ -49,6 +49,7 @@ from gudlang.images import make_folder
 
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "training_state.pt"
+STATE_NEXT = "training_state.next.pt"  # a save's new state, until its checkpoint is in place
 RUN_RECORD = "run.json"
 METRICS = "metrics.csv"
 METRICS_HEADER = "step,loss,grad_norm,lr,seconds\n"
@@ -229,8 +230,28 @@ def save_run(run: Path, model, spec_text: str, overrides: dict, network, ema, op
     if custom_network:
         meta["gudlang_custom_network"] = custom_network
     tensors = ckpt.pack_tensors(model=_weights(network), ema=_weights(ema.module), **ckpt.model_tensors(model))
+    # Each write is atomic; the pair is made so by order: the new state beside the old one, then
+    # the checkpoint (the switch), then the state renamed into place. A kill at any point leaves
+    # a checkpoint with its own state (`settle_state` finishes or drops the half-done save).
+    ckpt.save_training_state(run / STATE_NEXT, {"step": step, "optimizer": optimizer.state_dict()})
     ckpt.save_checkpoint(run / CHECKPOINT, tensors, meta)
-    ckpt.save_training_state(run / STATE, {"step": step, "optimizer": optimizer.state_dict()})
+    os.replace(run / STATE_NEXT, run / STATE)
+
+
+def settle_state(run: Path, checkpoint_step: str) -> None:
+    """Finish a save that was cut short (see `save_run`): a new state whose step is the
+    checkpoint's goes into place; one of a save whose checkpoint was not written is dropped."""
+    pending = run / STATE_NEXT
+    if not pending.is_file():
+        return
+    try:
+        step = ckpt.load_training_state(pending).get("step")
+    except GudError:
+        step = None  # cut short while being written
+    if str(step) == checkpoint_step:
+        os.replace(pending, run / STATE)
+    else:
+        pending.unlink()
 
 
 def resume_step(state: dict, meta: dict, total: int, run: Path) -> int:

@@ -245,6 +245,10 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
         groups = ckpt.unpack_tensors(tensors)
         runs.load_weights(network, groups, "model", run / runs.CHECKPOINT)
         runs.load_weights(ema.module, groups, "ema", run / runs.CHECKPOINT)
+        if rank == 0:
+            runs.settle_state(run, meta.get("gudlang_step", ""))
+        if world > 1:
+            torch.distributed.barrier()
         state = ckpt.load_training_state(run / runs.STATE)
         start = runs.resume_step(state, meta, settings.steps, run)
         if rank == 0:

@@ -358,3 +358,37 @@ def test_a_run_name_must_stay_inside_out(capsys, spec, tmp_path, name):
     code, _, err = train(capsys, spec, "--out", tmp_path / "runs", "--name", name)
     assert code == 2 and "error[E003]" in err and "--name must be a folder name" in err
     assert not (tmp_path / "escape").exists() and not (tmp_path / "runs").exists()
+
+
+class Killed(BaseException):
+    """Stands in for a SIGKILL: nothing after it runs."""
+
+
+@pytest.mark.parametrize("where", ["before the checkpoint", "before the state is renamed"])
+def test_a_save_cut_short_anywhere_leaves_a_run_that_resumes(spec, tmp_path, monkeypatch, where):
+    # checkpoint_every = 4 over 12 steps: the save at step 8 is cut short. Either the old pair
+    # (step 4) or the new one (step 8) must survive whole, and --resume must go on from it.
+    import gudlang.runs as runs
+    calls = {"n": 0}
+    target = (runs.ckpt, "save_checkpoint") if where == "before the checkpoint" else (runs.os, "replace")
+    real = getattr(*target)
+
+    def cut(*args, **kwargs):
+        # os.replace also finishes every atomic write: count only the state's rename
+        if target[1] == "save_checkpoint" or str(args[1]).endswith(runs.STATE):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(*target, cut)
+    with pytest.raises(Killed):
+        train(None, spec, "--out", tmp_path / "runs", "--name", "r")
+    monkeypatch.setattr(*target, real)
+    run = tmp_path / "runs" / "r"
+    assert (run / runs.STATE_NEXT).is_file()  # the half-done save
+    code = main(["train", "--quiet", "--resume", str(run)])
+    assert code == 0
+    assert not (run / runs.STATE_NEXT).exists()
+    steps = [int(line.split(",")[0]) for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps)) and steps[-1] == 12
