@@ -174,9 +174,16 @@ class SampleGrids:
             sample_grid(session, session.run / "samples" / f"step_{step:06d}.png")
 
 
+# Samples in the grids training writes (a preview): at most this many, whatever sample.n is.
+GRID_SAMPLES = 64
+
+
 def sample_grid(session: Session, out: Path) -> None:
+    """A preview grid of min(sample.n, GRID_SAMPLES) samples of the EMA network: quick, so that
+    a signal that arrives while it is drawn waits seconds, not the length of a large sample.n."""
     from gudlang.api import GudModel
-    GudModel.from_parts(session.model, session.ema.module, device=session.device).grid(out)
+    n = min(session.model.spec.sample.n, GRID_SAMPLES)
+    GudModel.from_parts(session.model, session.ema.module, device=session.device).grid(out, n=n)
 
 
 # --------------------------------------------------------------------------- setup
@@ -395,7 +402,10 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
             progress.on_end(s)
             metrics.on_end(s)
             failed = False
-            return _finish(s, step, interrupted, stop.signal)
+            result = _finish(s, step, interrupted, stop.signal)
+            if stop.signal and not result.interrupted:  # it came while the end was written: say so in the exit code
+                result = TrainResult(result.run, result.step, True, stop.signal)
+            return result
     finally:
         if s.world > 1 and torch.distributed.is_initialized():
             if not failed:
