@@ -292,8 +292,8 @@ def _with(stem: Path, suffix: str) -> Path:
 def _variant(path: str | None, overrides: dict, weights: str = "ema") -> dict:
     """What makes a measurement or a sample set other than the model's own: a sampling path, params
     set with -s (settings such as sample.rtol are not), raw weights; {} for none."""
-    params = {k: v for k, v in overrides.items() if "." not in k}
-    return {k: v for k, v in (("path", path), ("params", params), ("weights", weights))
+    from gudlang.runs import set_params
+    return {k: v for k, v in (("path", path), ("params", set_params(overrides)), ("weights", weights))
             if v and v != "ema"}
 
 
@@ -478,9 +478,8 @@ def cmd_nll(args, overrides: dict) -> int:
         pool = data.test if args.split == "test" else data.train
         x = pool[: args.n]
         first, count, rank, world = _shard(len(x))
-    from gudlang.likelihood import EXACT_TRACE_MAX_DIM
-    exact = args.divergence == "exact" or (args.divergence is None and model.model.dim <= EXACT_TRACE_MAX_DIM)
-    if args.probes is not None and exact:
+    from gudlang.likelihood import divergence_method
+    if args.probes is not None and divergence_method(args.divergence, model.model.dim) == "exact":
         raise GudError.one("E003", "--probes sets the Hutchinson estimate's probe vectors; the exact divergence "
                                    "has none", help="add --divergence hutchinson, or drop --probes")
     result = model.nll(x[first: first + count], divergence=args.divergence, hutchinson_samples=args.probes or 1,
@@ -575,8 +574,8 @@ def cmd_export(args, overrides: dict) -> int:
                 nll = json.loads(record.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 nll = None
-            if not isinstance(nll, dict) or nll.get("path") is not None or nll.get("weights", "ema") != "ema" \
-                    or any("." not in k for k in nll.get("overrides") or {}):
+            if not isinstance(nll, dict) or _variant(nll.get("path"), nll.get("overrides") or {},
+                                                     nll.get("weights", "ema")):
                 nll = None  # not the model's own NLL (older records held any measurement)
         if (target / "run.json").is_file():
             commands = [s.get("command") for s in read_record(target).get("segments", []) if s.get("command")]

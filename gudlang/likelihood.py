@@ -166,7 +166,7 @@ def log_likelihood(eps_model, schedule, x0: torch.Tensor, divergence: str | None
         raise GudError.one("E660", f"probe_rows must be a positive integer, got {probe_rows!r}")
     batch, dim = x0.shape
     generated = _generated_components(given, dim, x0.device)
-    divergence = _divergence_method(divergence, len(generated))
+    divergence = divergence_method(divergence, len(generated))
     if divergence == "exact":
         probes, method = None, "exact"
     else:
@@ -396,7 +396,9 @@ def _generated_components(given: torch.Tensor | None, dim: int, device) -> torch
     return (~given).nonzero().flatten()
 
 
-def _divergence_method(divergence: str | None, dim: int) -> str:
+def divergence_method(divergence: str | None, dim: int) -> str:
+    """The divergence a likelihood over `dim` components uses: `divergence`, or by default
+    exact up to EXACT_TRACE_MAX_DIM and Hutchinson's estimate above. E660 for unknown names."""
     if divergence is None:
         return "exact" if dim <= EXACT_TRACE_MAX_DIM else "hutchinson"
     if divergence not in DIVERGENCES:

@@ -366,7 +366,7 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
                    levels=data_info["levels"])
     stats = ComponentStats.from_tensors(groups["stats"])
     model = build_model(checked, data, stats=stats, basis_state=groups.get("basis"))
-    if overrides:
+    if set_params(overrides or {}):  # settings (sample.steps) leave the schedule alone
         trained = build_model(check_text(spec_text, f"{file}:spec", stored_overrides), data, stats=stats,
                               basis_state=groups.get("basis"))
         within_training(trained, model, overrides)
@@ -384,6 +384,11 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
     load_weights(network, groups, group, file)
     network.eval()
     return model, EpsModel(network, model.space), meta
+
+
+def set_params(overrides: dict) -> dict:
+    """The params among -s overrides (settings such as sample.rtol have a dot in their key)."""
+    return {k: v for k, v in overrides.items() if "." not in k}
 
 
 def within_training(trained, model, overrides: dict) -> None:
