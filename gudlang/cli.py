@@ -20,6 +20,7 @@ errors. Every `GudError` is printed as diagnostics; no user input produces a tra
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -123,12 +124,14 @@ def cmd_fmt(args) -> int:
     from gudlang.fmt import format_text, unified_diff
     rep = _Reporter("text")
     if args.files == ["-"]:  # a filter for editors: the spec on stdin, the formatted spec on stdout
-        text = sys.stdin.read()
+        from gudlang.parser import MAX_SOURCE_BYTES, decode_source
+        text = None
         try:
+            text = decode_source(sys.stdin.buffer.read(MAX_SOURCE_BYTES + 1))
             sys.stdout.write(format_text(text, "<stdin>"))
             return EXIT_OK
         except GudError as e:
-            rep.report(e, text)
+            rep.report(e.with_path("<stdin>"), text)
             return rep.finish()
     changed = 0
     for path in args.files:
@@ -763,6 +766,31 @@ def main(argv=None) -> int:
         return EXIT_DIAGNOSTICS
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as e:  # the system refused a file: a name too long, a full disk, no permission
+        print(render_text(os_error(e).diagnostics), file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+
+
+_OS_ERROR_HELP = {
+    errno.ENAMETOOLONG: "a file or folder name is at most 255 bytes on most file systems: choose a shorter "
+                        "spec file name, --name, --out or -o",
+    errno.ENOSPC: "the disk is full: free some space and run again (a training run continues from its last "
+                  "checkpoint with --resume)",
+    errno.EDQUOT: "the disk quota is used up: free some space and run again",
+    errno.EACCES: "choose a file or folder you may write to (--out, -o)",
+    errno.EPERM: "choose a file or folder you may write to (--out, -o)",
+    errno.EROFS: "the file system is read-only: choose another folder (--out, -o)",
+    errno.EMFILE: "too many files are open: raise the limit (ulimit -n) or use fewer loader workers",
+}
+
+
+def os_error(e: OSError) -> GudError:
+    """E001 for an OSError that no stage turned into a diagnostic: the file, the system's reason, advice."""
+    where = f" {e.filename}" if e.filename else ""
+    if len(where) > 120:
+        where = where[:80] + "..." + where[-37:]
+    return GudError.one("E001", f"cannot use{where}: {e.strerror or e}",
+                        help=_OS_ERROR_HELP.get(e.errno, "check the path and the disk"))
 
 
 if __name__ == "__main__":

@@ -205,3 +205,22 @@ def test_a_thread_count_the_user_chose_is_kept(tmp_path, monkeypatch):
     load = tmp_path / "loadavg"
     load.write_text("0.50 0.40 0.30 5/321 4242\n")
     assert share_the_cpu(samples=1, loadavg=str(load)) is None
+
+
+def test_a_file_the_system_refuses_is_E001_with_advice_not_a_traceback(capsys, tmp_path, monkeypatch):
+    import errno
+
+    too_long = tmp_path / ("x" * 300)  # beyond the 255-byte name limit of the file system
+    code = main(["train", "--quiet", str(ROOT / "specs" / "digits.gud"), "--out", str(too_long / "runs"),
+                 "-s", "train.steps=1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "error[E001]" in err and "File name too long" in err and "shorter" in err
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out.gud"))
+
+    monkeypatch.setattr("gudlang.cli.cmd_fmt", full)
+    assert main(["fmt", "x.gud"]) == 1
+    err = capsys.readouterr().err
+    assert "error[E001]" in err and "out.gud: No space left on device" in err and "--resume" in err

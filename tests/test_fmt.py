@@ -178,6 +178,18 @@ def test_fmt_dash_is_a_filter_from_stdin_to_stdout():
     assert bad.returncode == 1 and "error[E1" in bad.stderr and bad.stdout == ""
 
 
+def test_fmt_dash_refuses_bytes_that_are_not_utf8_as_fmt_file_does():
+    import subprocess
+    import sys
+    latin1 = "gud 1\n# caf\u00e9\ndata = digits()\n".encode("latin-1")
+    done = subprocess.run([sys.executable, "-m", "gudlang", "fmt", "-"], input=latin1, capture_output=True)
+    assert done.returncode == 2 and done.stdout == b""  # not rewritten with U+FFFD; as `gud fmt FILE`
+    assert b"E002" in done.stderr and b"not UTF-8" in done.stderr and b"<stdin>" in done.stderr
+    utf8 = "gud 1\n# caf\u00e9\ndata = digits()\n".encode()
+    done = subprocess.run([sys.executable, "-m", "gudlang", "fmt", "-"], input=utf8, capture_output=True)
+    assert done.returncode == 0 and done.stdout == "gud 1\n\n# caf\u00e9\ndata = digits()\n".encode()
+
+
 def test_a_wide_call_takes_one_argument_a_line_and_stays_so():
     text = ("gud 1\n# the network\nnetwork = unet(channels = 128, channel_mult = [1, 2, 2, 2], num_res_blocks = 2, "
             "attention_resolutions = [16], dropout = 0.1)  # 35M\nparam a ~ uniform(0, 1)\n")
