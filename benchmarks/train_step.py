@@ -8,7 +8,12 @@ for a 32x32x3 U-Net (wavelet basis, batch 32). The paper-size case (the U-Net of
 specs/paper/, 41M parameters, PCA basis on 3x32x32, batch 128) gives the throughput of a real
 CIFAR-10 run; it is meant for a GPU (`--device cuda`, run by .ci/gpu-check).
 
-    python benchmarks/train_step.py [--repeat 10] [--device cuda] [--only paper]
+`--profile` adds, per case, where the extra time goes: for the bare and the gud step, the
+wall time, the device's busy time (the sum of its kernels' times; CPU: the operators'), the
+kernel launches and the host-device synchronisations and copies, and the operators whose
+time grows most from bare to gud.
+
+    python benchmarks/train_step.py [--repeat 10] [--device cuda] [--only paper] [--profile]
 """
 
 from __future__ import annotations
@@ -84,11 +89,58 @@ def timed(fn, repeat: int, device: torch.device) -> float:
     return float(np.median(samples))
 
 
+def profile_steps(label: str, fn, device: torch.device, steps: int = 5) -> dict:
+    """Time and trace `steps` calls of `fn`: {wall, busy (s per step), launches, syncs, copies,
+    ops: {operator: self time per step (device time on CUDA, CPU time else)}}."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for _ in range(2):
+        fn()
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall = (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+    on_device = device.type == "cuda"
+
+    def self_time(e) -> float:  # microseconds
+        return (getattr(e, "self_device_time_total", 0.0) or getattr(e, "self_cuda_time_total", 0.0)) \
+            if on_device else e.self_cpu_time_total
+
+    ops = {e.key: self_time(e) / steps * 1e-6 for e in events if e.key.startswith("aten::")}
+    runtime = {e.key: e.count / steps for e in events}
+    launches = sum(c for k, c in runtime.items() if "LaunchKernel" in k or k == "cudaLaunchKernelExC")
+    syncs = sum(c for k, c in runtime.items() if "Synchronize" in k)  # CUDA runtime calls: 0 on CPU
+    copies = sum(c for k, c in runtime.items() if k.startswith("cudaMemcpy"))
+    def kernel(e) -> bool:  # a device kernel (CUDA) or a CPU operator
+        where = getattr(getattr(e, "device_type", None), "name", "CPU")
+        return where == "CUDA" if on_device else e.key.startswith("aten::")
+
+    busy = sum(self_time(e) for e in events if kernel(e))
+    return {"label": label, "wall": wall, "busy": busy / steps * 1e-6, "launches": launches, "syncs": syncs,
+            "copies": copies, "ops": ops}
+
+
+def print_profile(bare: dict, gud: dict) -> None:
+    """The two traces side by side and the operators whose time grows most from bare to gud."""
+    for p in (bare, gud):
+        counts = (f"  launches {p['launches']:6.0f}  syncs {p['syncs']:4.0f}  host-device copies {p['copies']:4.0f}"
+                  if p["launches"] else "")
+        print(f"    {p['label']:<5} wall {p['wall'] * 1e3:8.2f} ms  busy {p['busy'] * 1e3:8.2f} ms{counts}")
+    grown = sorted(((t - bare["ops"].get(k, 0.0), k) for k, t in gud["ops"].items()), reverse=True)[:8]
+    print("    grew most: " + ", ".join(f"{k} +{d * 1e3:.2f} ms" for d, k in grown if d > 0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", help="only the cases whose name contains this text")
+    parser.add_argument("--profile", action="store_true", help="also trace where the extra time goes")
     args = parser.parse_args()
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -126,6 +178,9 @@ def main() -> None:
         params = sum(p.numel() for p in network.parameters()) / 1e6
         print(f"{name:<38} {params:6.1f}M {bare * 1e3:10.1f} {full * 1e3:10.1f} {over * 100:8.1f}% "
               f"{1 / full:8.2f} {settings.batch / full:9.0f}{flag}")
+        if args.profile:
+            print_profile(profile_steps("bare", lambda: bare_step(bare_net, bare_opt, x, gen), device),
+                          profile_steps("gud", gud_step, device))
 
 
 if __name__ == "__main__":
