@@ -208,8 +208,9 @@ class EMA:
 
 def train_step(objective: Objective, optimizer, batch: Batch, settings, step: int, autocast_dtype=None,
                parameters=None) -> tuple[float, float]:
-    """One optimisation step over `settings.accumulate` micro-batches; returns (loss, gradient
-    norm). Raises GudError E630 on a non-finite loss, before the weights are touched."""
+    """One optimisation step over `settings.accumulate` micro-batches (`step` 0-based); returns
+    (loss, gradient norm). Raises GudError E630 on a non-finite loss, before the weights are
+    touched, naming the step 1-based as metrics.csv and the progress bar count."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, settings)
     optimizer.zero_grad(set_to_none=True)
@@ -219,9 +220,10 @@ def train_step(objective: Objective, optimizer, batch: Batch, settings, step: in
         loss = objective(piece, autocast_dtype) / len(pieces)
         part = float(loss.detach())
         if not math.isfinite(part):
-            raise GudError.one("E630", f"the loss is {part * len(pieces)} at step {step}",
+            # the step 1-based, as metrics.csv and the progress bar count
+            raise GudError.one("E630", f"the loss is {part * len(pieces)} at step {step + 1}",
                                help="lower train.lr, raise train.warmup, or check the data and the schedule "
-                                    "(gud check); the last good checkpoint is kept")
+                                    "(gud check)")
         loss.backward()
         value += part
     params = parameters if parameters is not None else [p for g in optimizer.param_groups for p in g["params"]]

@@ -19,18 +19,22 @@ settings are not part of the model hash, so the checkpoint still matches; run.js
 each segment. A killed run resumed repeats an uninterrupted one step for step (every step's
 randomness comes from its own generator, see `gudlang.train`).
 
-Errors: those of every stage; E630 for a non-finite loss (metrics kept, checkpoint of the last
-good save kept), E640 / E641 for runs that cannot be resumed.
+Errors: those of every stage; E630 for a non-finite loss (metrics and the last checkpoint kept,
+the message says which step each holds), E640 for a batch that does not fit in memory (a run
+directory this call made is removed when no step was trained), E640 / E641 for runs that cannot
+be resumed.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +77,9 @@ class Session:
     command: list = field(default_factory=list)
     losses: list = field(default_factory=list)
     began: float = field(default_factory=time.time)
+    until: int | None = None  # --until as given
+    saved: int | None = None  # the step of the last checkpoint on disk (None: none yet)
+    made: tuple = ()  # folders this call created for a new run, the run directory first
 
     @property
     def settings(self):
@@ -154,6 +161,7 @@ class MetricsLog:
         self.flush(session)
         if self.tensorboard is not None:
             self.tensorboard.close()
+            self.tensorboard = None
 
 
 class Checkpoints:
@@ -161,8 +169,10 @@ class Checkpoints:
 
     def on_step(self, session: Session, step: int, loss: float, norm: float) -> None:
         every = session.settings.checkpoint_every
-        if session.writer and (step % every == 0 or step == session.settings.steps):
-            session.save(step)
+        if step % every == 0 or step == session.settings.steps:
+            if session.writer:
+                session.save(step)
+            session.saved = step
 
 
 class SampleGrids:
@@ -241,9 +251,10 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
         probe_network(network, model)  # before a run directory exists for it
     network = network if network is not None else runs.make_spec_network(model)
     ema = EMA(network, settings.ema, settings.ema_warmup)
-    start, state = 0, None
+    start, state, made = 0, None, ()
     if run is None:
         run = Path(out) / name if name is not None else runs.new_run_dir(Path(out), spec_path.stem, model.model_hash)
+        made = _missing_folders(run)
         if rank == 0:
             runs.init_run(run, spec_text, model, overrides, world, command)
     else:
@@ -285,7 +296,17 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
         objective.network = torch.compile(objective.network)
     stop = settings.steps if until is None else min(settings.steps, until)
     return Session(run, model, spec_text, overrides, network, ema, optimizer, objective, device,
-                   torch.as_tensor(model.data.train), start, stop, rank, world, autocast, custom, command)
+                   torch.as_tensor(model.data.train), start, stop, rank, world, autocast, custom, command,
+                   until=until, saved=None if state is None else start, made=made)
+
+
+def _missing_folders(folder: Path) -> tuple:
+    """`folder` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return tuple(missing)
 
 
 def probe_network(network: torch.nn.Module, model) -> None:
@@ -363,9 +384,21 @@ def loop(session: Session, callbacks: list, stop: _StopSignals) -> tuple[int, bo
     params = list(s.network.parameters())
     step = s.start
     while step < s.stop:
-        batch = make_batch(s.data, s.model.spec, s.model.checked.drawn, step, per_rank, settings.seed, s.rank,
-                           s.device, s.model.groups)
-        loss, norm = train_step(s.objective, s.optimizer, batch, settings, step, s.autocast, params)
+        drawing = True
+        try:
+            batch = make_batch(s.data, s.model.spec, s.model.checked.drawn, step, per_rank, settings.seed, s.rank,
+                               s.device, s.model.groups)
+            drawing = False
+            loss, norm = train_step(s.objective, s.optimizer, batch, settings, step, s.autocast, params)
+        except GudError as e:
+            if e.diagnostics[0].code == "E630":  # train_step names the step; say what is on disk
+                d = e.diagnostics[0]
+                raise GudError(replace(d, message=f"{d.message}; {_on_disk(s, step)}")) from None
+            raise
+        except (RuntimeError, MemoryError) as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            if not _out_of_memory(e):
+                raise
+            raise _batch_too_large(s, step, e, drawing) from None
         s.ema.update(s.network, step)
         s.losses.append(loss)
         step += 1
@@ -374,6 +407,74 @@ def loop(session: Session, callbacks: list, stop: _StopSignals) -> tuple[int, bo
         if _any_rank(bool(stop.signal), s.world, s.device):  # every rank stops at the same step
             return step, True
     return step, False
+
+
+def _on_disk(s: Session, step: int) -> str:
+    """What a run stopped by an error after `step` steps holds: its metrics and last checkpoint."""
+    rows = f"metrics.csv ends at step {step}" if step else "metrics.csv holds no step yet"
+    if s.saved is None:
+        first = min(s.settings.checkpoint_every, s.settings.steps)
+        return f"{rows}, and no checkpoint was written yet (the first is due at step {first})"
+    return f"{rows}, and the last checkpoint is of step {s.saved}"
+
+
+class BatchTooLarge(GudError):
+    """E640: a training step ran out of memory (see `_batch_too_large`); `stub`: whether the
+    run directory is one this call made and trained no step in."""
+    stub = False
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether an error is an allocator's refusal (CPU, CUDA, MPS), not a bug elsewhere."""
+    if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text
+
+
+def _allocation(error: BaseException) -> str:
+    """The size an allocator's error says it was asked for ('745.1 GiB'), or ''."""
+    text = str(error)
+    found = re.search(r"allocate (\d+) bytes", text)  # torch's CPU allocator
+    if found:
+        size = int(found.group(1))
+        return f"{size / 2 ** 30:.1f} GiB" if size >= 2 ** 30 else f"{size / 2 ** 20:.1f} MiB"
+    found = re.search(r"allocate ([\d.]+ ?[KMGTP]i?B)", text)  # CUDA, MPS
+    return found.group(1) if found else ""
+
+
+def _batch_too_large(s: Session, step: int, error: BaseException, drawing: bool) -> BatchTooLarge:
+    """E640 for a step that ran out of memory: the batch, the size asked for, what is on disk."""
+    settings = s.settings
+    batch = f"train.batch = {settings.batch}" + (f" ({settings.batch // s.world} per rank)" if s.world > 1 else "")
+    size = _allocation(error)
+    asked = f": step {step + 1} could not allocate {size}" if size else f" (step {step + 1})"
+    stub = _stub(s, step)
+    kept = f"nothing was kept (the new run directory {s.run} is removed)" if stub else _on_disk(s, step)
+    if drawing:  # the batch's data and noise alone: micro-batches would not shrink them
+        advice = "lower train.batch (a step draws the data and noise of its whole batch at once)"
+    else:
+        advice = (f"lower train.batch, or keep it and split each step into micro-batches with "
+                  f"-s train.accumulate=K (K divides train.batch; batch / K examples go through the network "
+                  f"at a time, now {settings.accumulate})")
+    refused = BatchTooLarge.one("E640", f"{batch} does not fit in memory on {s.device}{asked}; {kept}", help=advice)
+    refused.stub = stub
+    return refused
+
+
+def _stub(s: Session, step: int) -> bool:
+    """Whether the run directory is one this call made and trained no step in (nothing to keep)."""
+    return bool(s.made) and step == s.start
+
+
+def _discard(s: Session) -> None:
+    """Remove the run directory this call made (and the parents it made, when empty)."""
+    shutil.rmtree(s.made[0], ignore_errors=True)
+    for folder in s.made[1:]:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, out: str | Path = "runs",
@@ -397,6 +498,11 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
         with _StopSignals() as stop:
             try:
                 step, interrupted = loop(s, callbacks, stop)
+            except BatchTooLarge as e:
+                metrics.on_end(s)
+                if s.writer and e.stub:
+                    _discard(s)  # a new run that did not train a step: no stub left behind
+                raise
             finally:
                 metrics.flush(s)  # a NaN stop keeps the rows logged so far
             progress.on_end(s)
@@ -431,8 +537,7 @@ def _finish(s: Session, step: int, interrupted: bool, signum: int) -> TrainResul
         return TrainResult(s.run, step, True, signum or int(signal.SIGINT))
     elapsed = time.time() - s.began
     if not s.losses:
-        print(f"nothing to train: {s.run} is at step {step} of {settings.steps}; let it grow with "
-              f"gud train --resume {s.run} -s train.steps=N")
+        print(_nothing_to_train(s, step))
         return TrainResult(s.run, step)
     if step < settings.steps:
         print(f"stopped {s.run} at step {step} of {settings.steps} (--until) in {elapsed:.0f} s; "
@@ -445,3 +550,18 @@ def _finish(s: Session, step: int, interrupted: bool, signum: int) -> TrainResul
         print(f"DDP: {s.world} ranks, weights identical on every rank: {agree}")
     print(f"model hash {s.model.model_hash}")
     return TrainResult(s.run, step)
+
+
+def _nothing_to_train(s: Session, step: int) -> str:
+    """Why a call trained no step (an --until not beyond the run's step, or train.steps reached)
+    and what to pass instead."""
+    steps, until = s.settings.steps, s.until
+    if until is not None and until <= step:
+        if step < steps:
+            return (f"nothing to train: --until {until} is not beyond {s.run}'s step {step}; pass an --until "
+                    f"from {step + 1} to {steps} (train.steps), or leave it out to train to step {steps}")
+        return (f"nothing to train: --until {until} is not beyond {s.run}'s step {step}, its last of "
+                f"train.steps = {steps}; let it grow with gud train --resume {s.run} -s train.steps=N "
+                f"and an --until above {step}, or none")
+    return (f"nothing to train: {s.run} is at step {step} of {steps}; let it grow with "
+            f"gud train --resume {s.run} -s train.steps=N")

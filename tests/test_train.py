@@ -96,7 +96,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(capsy
 
     monkeypatch.setattr(Objective, "forward", exploding)
     code, _, err = train(capsys, spec, "--out", tmp_path / "runs")
-    assert code == 1 and "E630" in err and "at step 6" in err
+    assert code == 1 and "E630" in err and "the loss is nan at step 7;" in err  # 1-based, as metrics.csv
     run = only_run(tmp_path / "runs")
     _, meta = ckpt.load_checkpoint(run / "checkpoint.safetensors")
     assert meta["gudlang_step"] == "4"

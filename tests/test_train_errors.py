@@ -1,0 +1,101 @@
+"""Training errors a user meets: a batch too large for memory, a diverging loss, an --until
+the run is already past. Each says what happened and what is on disk, never a traceback."""
+
+import pytest
+import torch
+
+from gudlang import checkpoint as ckpt
+from gudlang import train as train_module
+from gudlang.train import Objective
+from test_train import TINY, losses, only_run, train
+
+HUGE = 100_000_000_000
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "tiny.gud"
+    path.write_text(TINY)
+    return path
+
+
+def refuse_to_allocate(monkeypatch):
+    """make_batch fails as torch's CPU allocator does for a huge batch (at once, allocating nothing)."""
+    def make_batch(data, spec, drawn, step, batch, *args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           f"memory: you tried to allocate {batch * 8} bytes. Error code 12 (Cannot allocate memory)")
+    monkeypatch.setattr(train_module, "make_batch", make_batch)
+
+
+def nan_at_call(monkeypatch, n: int):
+    """The loss of the n-th forward pass (1-based) is NaN."""
+    real = Objective.forward
+    calls = {"n": 0}
+
+    def exploding(self, batch, autocast_dtype=None):
+        calls["n"] += 1
+        loss = real(self, batch, autocast_dtype)
+        return loss * float("nan") if calls["n"] == n else loss
+    monkeypatch.setattr(Objective, "forward", exploding)
+
+
+def run_files(run):
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_batch_too_large_for_memory_is_E640_and_leaves_no_stub_run(capsys, spec, tmp_path, monkeypatch):
+    refuse_to_allocate(monkeypatch)
+    code, _, err = train(capsys, spec, "--out", tmp_path / "runs", "-s", f"train.batch={HUGE}")
+    assert code == 1 and "E640" in err and "Traceback" not in err
+    assert f"train.batch = {HUGE} does not fit in memory" in err and "745.1 GiB" in err
+    assert "lower train.batch" in err
+    assert not (tmp_path / "runs").exists()  # neither the run directory nor the --out this call made
+    assert train(capsys, spec, "--out", tmp_path / "runs", "--name", "again", "-s", f"train.batch={HUGE}")[0] == 1
+    assert not (tmp_path / "runs" / "again").exists()  # --name can be reused after a lower batch
+
+
+def test_out_of_memory_in_a_resumed_run_keeps_every_file(capsys, spec, tmp_path, monkeypatch):
+    assert train(capsys, spec, "--out", tmp_path / "runs", "--until", "6")[0] == 0
+    run = only_run(tmp_path / "runs")
+    before = run_files(run)
+
+    def out_of_memory(self, batch, autocast_dtype=None):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                          "capacity of 79.10 GiB of which 1.02 GiB is free.")
+    monkeypatch.setattr(Objective, "forward", out_of_memory)
+    code, _, err = train(capsys, "--resume", run)
+    assert code == 1 and "E640" in err and "2.00 GiB" in err and "step 7" in err
+    assert "train.accumulate" in err and "the last checkpoint is of step 6" in err
+    assert run_files(run) == before
+
+
+def test_a_non_finite_loss_names_the_step_as_metrics_csv_does(capsys, spec, tmp_path, monkeypatch):
+    nan_at_call(monkeypatch, 7)  # the 7th step: metrics.csv holds steps 1 to 6, a checkpoint of step 4
+    code, _, err = train(capsys, spec, "--out", tmp_path / "runs")
+    run = only_run(tmp_path / "runs")
+    assert code == 1 and "E630" in err and "the loss is nan at step 7" in err
+    assert [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]][-1] == "6"
+    assert "metrics.csv ends at step 6" in err and "the last checkpoint is of step 4" in err
+    assert ckpt.load_checkpoint(run / "checkpoint.safetensors")[1]["gudlang_step"] == "4"
+
+
+def test_a_loss_diverging_before_any_checkpoint_says_there_is_none(capsys, spec, tmp_path, monkeypatch):
+    nan_at_call(monkeypatch, 2)
+    code, _, err = train(capsys, spec, "--out", tmp_path / "runs")
+    run = only_run(tmp_path / "runs")
+    assert code == 1 and "the loss is nan at step 2" in err
+    assert "no checkpoint was written yet" in err and "checkpoint is kept" not in err
+    assert not (run / "checkpoint.safetensors").exists() and len(losses(run)) == 1
+
+
+def test_until_not_beyond_the_runs_step_says_so(capsys, spec, tmp_path):
+    assert train(capsys, spec, "--out", tmp_path / "runs", "--until", "6")[0] == 0
+    run = only_run(tmp_path / "runs")
+    for until in ("4", "6"):
+        code, out, _ = train(capsys, "--resume", run, "--until", until)
+        assert code == 0 and f"--until {until} is not beyond" in out and "step 6" in out
+        assert "from 7 to 12" in out and "train.steps=N" not in out
+    assert train(capsys, "--resume", run)[0] == 0
+    code, out, _ = train(capsys, "--resume", run, "--until", "8")  # at its last step: it must grow too
+    assert code == 0 and "--until 8 is not beyond" in out and "-s train.steps=N" in out
+    assert len(losses(run)) == 12
