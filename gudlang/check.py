@@ -37,7 +37,8 @@ from gudlang.builtins import (BASIS_FEATURES, BLOCKS, CONSTANTS, FEATURES, FUNCT
                               known_function_names)
 from gudlang.diagnostics import WARNING, Diagnostic, GudError
 from gudlang.lower import parse_program
-from gudlang.spec import ConstantError, FixedParam, Spec, constant, did_you_mean, validate_program
+from gudlang.spec import (ConstantError, FixedParam, Spec, constant, did_you_mean, invalid_value, setting_name,
+                          validate_program)
 
 Shape = frozenset  # subset of {"t", "i", "p"}
 SCALAR: Shape = frozenset()
@@ -656,19 +657,42 @@ def _mentions(expr: A.Expr, name: str) -> bool:
     return any(isinstance(n, A.Name) and n.id == name for _, n in A.walk(expr))
 
 
-def _parse_override(value: str) -> Any:
+def _parse_override(key: str, value: str) -> Any:
+    """The value of `-s key=value`: a number, true / false, a list or a quoted string written as
+    in a spec (`[0.9, 0.99]`, `"cuda:0"`), or else the text itself (a word, `cuda:0`). GudError
+    E003 for a list or string that a spec would not read."""
     try:
         return float(value)
     except ValueError:
         low = value.lower()
         if low in {"true", "false"}:
             return low == "true"
+        if value.strip().startswith(("[", '"')):
+            return _spec_constant(key, value.strip())
         return value
+
+
+def _spec_constant(key: str, value: str) -> Any:
+    """`value` read as the right-hand side of a spec setting, folded as a spec folds it."""
+    what = "a list" if value.startswith("[") else "a string"
+    example = "-s 'train.betas=[0.9, 0.99]'" if what == "a list" else "-s 'runtime.device=\"cuda:0\"'"
+    reason = ""
+    try:
+        program, _ = parse_program(f"gud 1\ntrain {{ value = {value}\n}}\n")
+        (block,) = program.statements
+        (setting,) = block.settings
+        return constant(setting.value, ())
+    except ConstantError as e:
+        reason = f" ({e.message})"
+    except (GudError, ValueError):  # not an expression; more than one statement or setting
+        pass
+    raise GudError.one("E003", f"override `{key}={value}` is not {what} written as in a spec{reason}",
+                       help=f"for example {example}; items are numbers or words separated by commas")
 
 
 def override_spec(spec: Spec, overrides: Mapping[str, str]) -> Spec:
     """Apply `-s key=value` overrides: `name=value` for params (a drawn param becomes fixed),
-    `block.key=value` for settings (train, sample, runtime). Raises GudError E202 / E210."""
+    `block.key=value` for settings (train, sample, runtime). Raises GudError E003 / E202 / E210."""
     if not overrides:
         return spec
     data = spec.model_dump()
@@ -680,7 +704,11 @@ def override_spec(spec: Spec, overrides: Mapping[str, str]) -> Spec:
             data["params"][name]["group"] = p.group
     errors = []
     for key, raw in overrides.items():
-        value = _parse_override(raw)
+        try:
+            value = _parse_override(key, raw)
+        except GudError as e:
+            errors.extend(e.diagnostics)
+            continue
         if "." in key:
             block, _, setting = key.partition(".")
             if block not in BLOCKS or setting not in data[block]:
@@ -704,9 +732,20 @@ def override_spec(spec: Spec, overrides: Mapping[str, str]) -> Spec:
     try:
         return Spec.model_validate(data)
     except ValidationError as e:
-        raise GudError([Diagnostic("E210", f"override gives an invalid value for "
-                                           f"`{'.'.join(str(x) for x in err['loc'])}`: {err['msg']}")
-                        for err in e.errors()]) from None
+        raise GudError(_override_diagnostics(e.errors(), data, overrides)) from None
+
+
+def _override_diagnostics(errs, data: dict, overrides: Mapping[str, str]) -> list[Diagnostic]:
+    """E210 for each setting an override made invalid, in the words of a spec's own errors."""
+    out = []
+    for err in errs:
+        message, help = invalid_value(err, data, override=True)
+        key = setting_name(err["loc"])
+        given = f"override `{key}={overrides[key]}`: " if key in overrides else "after the overrides, "
+        diagnostic = Diagnostic("E210", given + message, help=help)
+        if diagnostic not in out:
+            out.append(diagnostic)
+    return out
 
 
 def check_text(text: str | bytes, path: str | None = None,

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Annotated, Any, Literal, Union
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -549,8 +550,10 @@ def validate_program(program: A.Program, smap: A.SourceMap) -> tuple[Spec | None
         try:
             return Spec.model_validate(plain), errors
         except ValidationError as e:
+            for diagnostic in [_pydantic_diagnostic(err, b, smap, plain) for err in e.errors()]:
+                if diagnostic not in errors:  # one message for a list with several bad items
+                    errors.append(diagnostic)
             for err in e.errors():
-                errors.append(_pydantic_diagnostic(err, b, smap))
                 _drop(plain, err["loc"])
     return None, errors
 
@@ -572,7 +575,7 @@ def _drop(plain: dict, loc: tuple) -> None:
         plain.pop(key, None)
 
 
-def _pydantic_diagnostic(err: dict, b: _Builder, smap: A.SourceMap) -> Diagnostic:
+def _pydantic_diagnostic(err: dict, b: _Builder, smap: A.SourceMap, plain: dict) -> Diagnostic:
     loc = tuple(str(x) for x in err["loc"])
     # Discriminated unions put the tag in the location: ("data", "npz", "path").
     if len(loc) >= 2 and loc[0] in _DECLS and loc[1] in _DECLS[loc[0]]:
@@ -584,11 +587,150 @@ def _pydantic_diagnostic(err: dict, b: _Builder, smap: A.SourceMap) -> Diagnosti
         if loc[:n] in b.locs:
             path = b.locs[loc[:n]]
             break
-    where = ".".join(x for x in loc if not x.isdigit() and x not in {"int", "float", "str"}) or "spec"
-    msg = err.get("msg", "invalid value")
-    if err.get("type") == "missing":
-        return Diagnostic("E206", f"`{where}` is required", span=smap.span(path) if path else None,
-                          path=smap.path, label="missing argument",
+    span = smap.span(path) if path else None
+    model, name = _field(err["loc"])
+    if err.get("type") == "missing" and (model is None or len(loc) == 2):
+        where = setting_name(err["loc"])
+        return Diagnostic("E206", f"`{where}` is required", span=span, path=smap.path, label="missing argument",
                           help=f"give it, for example `{loc[-1]} = ...`")
-    return Diagnostic("E210", f"invalid value for `{where}`: {msg}", span=smap.span(path) if path else None,
-                      path=smap.path, label="invalid value")
+    message, help = invalid_value(err, plain)
+    return Diagnostic("E210", message, span=span, path=smap.path, label="invalid value", help=help)
+
+
+# ----------------------------------------------------------------------- messages
+# Names of the items of fixed-length list settings, for their messages.
+_ITEM_NAMES = {(TrainSettings, "betas"): "beta1, beta2", (NpzData, "shape"): "C, H, W",
+               (NpzData, "range"): "low, high"}
+_COUNTS = {2: "two", 3: "three", 4: "four"}
+_INT64 = " from -2^63 to 2^63 - 1"  # what an unbounded integer setting holds
+
+
+def setting_name(loc: tuple) -> str:
+    """`train.seed`, `data.size` for a Pydantic error location (tags and item indices left out)."""
+    loc = tuple(str(x) for x in loc)
+    if len(loc) >= 2 and loc[0] in _DECLS and loc[1] in _DECLS[loc[0]]:
+        loc = (loc[0],) + loc[2:]
+    if loc[:1] == ("params",):
+        loc = loc[:2]
+    return ".".join(x for x in loc if not x.isdigit() and x not in {"int", "float", "str"}) or "spec"
+
+
+def _field(loc: tuple) -> tuple[type[_Model] | None, str | None]:
+    """The model and field a Pydantic error location points into, if a setting or argument."""
+    loc = tuple(str(x) for x in loc)
+    if len(loc) >= 3 and loc[0] in _DECLS and loc[1] in _DECLS[loc[0]]:
+        model, name = _DECLS[loc[0]][loc[1]], loc[2]
+    elif len(loc) >= 2 and loc[0] in _BLOCKS:
+        model, name = _BLOCKS[loc[0]], loc[1]
+    else:
+        return None, None
+    return (model, name) if name in model.model_fields else (None, None)
+
+
+def _number_text(v: float) -> str:
+    """A number as a spec writes it: 1000, 0.999, 1e-12, 1e20."""
+    if float(v).is_integer() and abs(v) < 1e16:
+        return str(int(v))
+    return repr(float(v)).replace("e+", "e")
+
+
+def _bounds(metadata, integer: bool) -> str:
+    """' >= 1', ' in [0, 1)' from annotated_types constraints (integers: 64-bit when unbounded)."""
+    lo = hi = None
+    for m in metadata:
+        for attr, side, bracket in (("ge", "lo", "["), ("gt", "lo", "("), ("le", "hi", "]"), ("lt", "hi", ")")):
+            if getattr(m, attr, None) is not None:
+                bound = (bracket, _number_text(getattr(m, attr)))
+                lo, hi = (bound, hi) if side == "lo" else (lo, bound)
+    if lo and hi:
+        return f" in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
+    if lo:
+        return f" {'>=' if lo[0] == '[' else '>'} {lo[1]}"
+    if hi:
+        return f" {'<=' if hi[0] == ']' else '<'} {hi[1]}"
+    return _INT64 if integer else ""
+
+
+def _unwrap(annotation, metadata=()):
+    """(type, constraints) of an annotation, through Annotated and `| None`."""
+    args = get_args(annotation)
+    if get_origin(annotation) is Annotated:
+        return _unwrap(args[0], tuple(metadata) + tuple(getattr(args[1], "metadata", ())))
+    if get_origin(annotation) in (Union, types.UnionType) and type(None) in args:
+        return _unwrap(next(a for a in args if a is not type(None)), metadata)
+    return annotation, tuple(metadata)
+
+
+def _wanted(annotation, metadata=(), items: str | None = None, finite: bool = False) -> str:
+    """What a setting holds, in the spec's words: `a whole number >= 1`, `two numbers (beta1,
+    beta2), each in [0, 1)`, `true or false`, `one of em, heun`."""
+    kind, metadata = _unwrap(annotation, metadata)
+    number = "a finite number" if finite else "a number"
+    if kind is bool:
+        return "true or false"
+    if kind is int:
+        return "a whole number" + _bounds(metadata, integer=True)
+    if kind is float:
+        return number + _bounds(metadata, integer=False)
+    if kind is str:
+        return "a word or a quoted string"
+    if get_origin(kind) is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(kind))
+    if get_origin(kind) is tuple:
+        args = get_args(kind)
+        variable = len(args) == 2 and args[1] is Ellipsis
+        item, item_meta = _unwrap(args[0])
+        noun = "whole numbers" if item is int else "numbers"
+        each = _bounds(item_meta, integer=False) if item is not int else ""
+        each = f", each{each}" if each else ""
+        if variable:
+            return f"a list of {noun}{each}"
+        named = f" ({items})" if items else ""
+        return f"{_COUNTS.get(len(args), len(args))} {noun}{named}{each}"
+    return "a different value"
+
+
+def value_text(v) -> str:
+    """A constant as a spec would write it."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    if isinstance(v, float):
+        return _number_text(v)
+    if isinstance(v, str):
+        return v if v.isidentifier() else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(value_text(x) for x in v) + "]"
+    return str(v)
+
+
+def invalid_value(err: dict, plain: dict | None = None, override: bool = False) -> tuple[str, str | None]:
+    """(message, help) for one Pydantic error on a spec's data `plain`: what the setting holds
+    and the value it got, never Pydantic's wording; `override`: the help is written for -s."""
+    where = setting_name(err["loc"])
+    model, name = _field(err["loc"])
+    if err.get("type") == "value_error":  # a model's own check: its message is ours
+        return f"in `{where}`: {str(err['msg']).removeprefix('Value error, ')}", None
+    if model is None:
+        return f"invalid value for `{where}`", None
+    info = model.model_fields[name]
+    value = err.get("input")
+    depth = 3 if str(err["loc"][0]) in _DECLS else 2
+    inside = len(err["loc"]) > depth  # an item of a list setting: show the whole list
+    if (inside or err.get("type") == "missing") and plain is not None:
+        entry = plain.get(str(err["loc"][0]))
+        value = entry.get(name, value) if isinstance(entry, dict) else value
+    wanted = _wanted(info.annotation, info.metadata, _ITEM_NAMES.get((model, name)),
+                     finite=err.get("type") == "finite_number")
+    kind = get_origin(_unwrap(info.annotation)[0])
+    verb = "needs" if kind is tuple else "must be"
+    message = f"`{where}` {verb} {wanted}, got {value_text(value)}"
+    setting = where.rpartition(".")[2]
+    if kind is Literal and isinstance(value, str):
+        return message, did_you_mean(value, [str(a) for a in get_args(_unwrap(info.annotation)[0])])
+    if kind is tuple and isinstance(info.default, tuple):
+        example = value_text(info.default)
+        return message, (f"for example -s '{where}={example}'" if override
+                         else f"for example `{setting} = {example}`")
+    return message, None

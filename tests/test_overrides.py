@@ -1,0 +1,184 @@
+"""`-s key=value` overrides and the messages of invalid settings: a list is written as in a
+spec and means what the spec's own text means; an invalid value, in a spec or an override,
+says what the setting holds and what it got, never in Pydantic's or Python's words."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from gudlang.check import check_text
+from gudlang.cli import main
+from gudlang.diagnostics import GudError
+from gudlang.hashing import model_hash
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+FP = "0" * 64  # a stand-in data fingerprint
+HEAD = "gud 1\ndata = digits()\nbasis = pca()\nprior = white\ngamma_i(t) = linear(t)\n"
+RAW = ("Input should", "Field required", "nable to parse", "Value error", "valid tuple", "Traceback")
+TYPE_NAMES = {"int", "float", "str", "bool", "tuple", "list", "NoneType", "Literal"}
+
+
+def errors(text: str, overrides=None) -> list:
+    with pytest.raises(GudError) as info:
+        check_text(text, "t.gud", overrides)
+    return info.value.diagnostics
+
+
+def assert_plain(diagnostics) -> None:
+    """No Pydantic wording and no Python type name in a message or its help."""
+    for d in diagnostics:
+        text = f"{d.message} {d.help or ''}"
+        assert not [raw for raw in RAW if raw in text], d
+        assert not TYPE_NAMES & set(re.findall(r"\w+", text)), d
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ----------------------------------------------------------------------- betas as a list
+@pytest.mark.parametrize("raw", ["[0.9,0.99]", "[0.9, 0.99]", " [ 0.9 , 0.99 ] ", "[0.9, 1 - 0.01]"])
+def test_betas_override_is_written_as_in_a_spec(raw):
+    in_spec = check_text(HEAD + "train { betas = [0.9, 0.99] }\n", "t.gud")
+    overridden = check_text(HEAD, "t.gud", {"train.betas": raw})
+    assert overridden.spec.train.betas == in_spec.spec.train.betas == (0.9, 0.99)
+    assert model_hash(overridden, FP) == model_hash(in_spec, FP)
+    assert model_hash(overridden, FP) != model_hash(check_text(HEAD, "t.gud"), FP)  # betas are hashed
+
+
+def test_betas_override_on_the_command_line(capsys):
+    for raw in ("train.betas=[0.9,0.99]", "train.betas=[0.9, 0.99]"):
+        code, out, err = run(capsys, "check", "--static", str(SPECS / "digits.gud"), "-s", raw)
+        assert code == 0, err
+
+
+@pytest.mark.parametrize("raw", ["[0.9,", "[0.9, 0.99] } data = digits() train { y = 2", "[0.9, 0.99]; x = 3",
+                                 "[a + 1, 2]"])
+def test_a_list_that_a_spec_would_not_read_is_E003(capsys, raw):
+    (d,) = errors(HEAD, {"train.betas": raw})
+    assert d.code == "E003" and d.message.startswith(f"override `train.betas={raw}` is not a list written as in a spec")
+    assert "-s 'train.betas=[0.9, 0.99]'" in d.help
+    code, _, err = run(capsys, "check", "--static", str(SPECS / "digits.gud"), "-s", f"train.betas={raw}")
+    assert code == 2 and "error[E003]" in err and "Traceback" not in err
+
+
+def test_a_quoted_string_override_reads_as_in_a_spec():
+    (d,) = errors(HEAD, {"runtime.device": '"cuda:0'})
+    assert d.code == "E003" and "is not a string written as in a spec" in d.message
+    checked = check_text(HEAD, "t.gud", {"runtime.device": '"cuda:0"'})
+    assert checked.spec.runtime.device == "cuda:0"
+    assert check_text(HEAD, "t.gud", {"runtime.device": "cuda:0"}).spec.runtime.device == "cuda:0"
+
+
+# ----------------------------------------------------------------------- betas of the wrong length
+@pytest.mark.parametrize("value", ["[0.9]", "[0.9, 0.99, 0.5]", "0.9", "[2, 3]", "[0.9, 1]", '[0.9, "a"]'])
+def test_betas_need_two_numbers_in_a_spec(value):
+    diagnostics = errors(HEAD + f"train {{ betas = {value} }}\n")
+    assert [d.code for d in diagnostics] == ["E210"]  # one message, not one per item, and not E206
+    d = diagnostics[0]
+    assert "`train.betas` needs two numbers (beta1, beta2), each in [0, 1)" in d.message
+    assert "required" not in d.message and d.span.line == 6
+    assert d.help == "for example `betas = [0.9, 0.999]`"
+    assert_plain(diagnostics)
+
+
+@pytest.mark.parametrize("value", ["[0.9]", "[0.9,0.99,0.5]", "0.9", "[2,3]"])
+def test_betas_need_two_numbers_in_an_override(value):
+    diagnostics = errors(HEAD, {"train.betas": value})
+    assert [d.code for d in diagnostics] == ["E210"]
+    assert diagnostics[0].message.startswith(f"override `train.betas={value}`: `train.betas` needs two numbers "
+                                             "(beta1, beta2), each in [0, 1), got ")
+    assert diagnostics[0].help == "for example -s 'train.betas=[0.9, 0.999]'"
+    assert_plain(diagnostics)
+
+
+# ----------------------------------------------------------------------- whole numbers
+@pytest.mark.parametrize("block", ["train", "sample"])
+def test_a_seed_beyond_64_bits_says_whole_number_and_range(block):
+    want = f"`{block}.seed` must be a whole number from -2^63 to 2^63 - 1, got 1e20"
+    (d,) = errors(HEAD + f"{block} {{ seed = 1e20 }}\n")
+    assert d.code == "E210" and d.message == want
+    (d,) = errors(HEAD, {f"{block}.seed": "1e20"})
+    assert d.code == "E210" and d.message == f"override `{block}.seed=1e20`: {want}"
+
+
+@pytest.mark.parametrize("key, least", [("train.steps", ">= 0"), ("train.batch", ">= 1"), ("sample.n", ">= 1"),
+                                        ("sample.steps", ">= 1"), ("train.seed", "from -2^63 to 2^63 - 1")])
+def test_integer_settings_read_1e3_as_1000_and_refuse_fractions(key, least):
+    block, _, name = key.partition(".")
+    spec_1e3 = check_text(HEAD + f"{block} {{ {name} = 1e3 }}\n", "t.gud").spec
+    over_1e3 = check_text(HEAD, "t.gud", {key: "1e3"}).spec
+    assert getattr(getattr(spec_1e3, block), name) == getattr(getattr(over_1e3, block), name) == 1000
+    (d,) = errors(HEAD + f"{block} {{ {name} = 2.5 }}\n")
+    assert d.message == f"`{key}` must be a whole number {least}, got 2.5"
+    (d,) = errors(HEAD, {key: "2.5"})
+    assert d.message == f"override `{key}=2.5`: `{key}` must be a whole number {least}, got 2.5"
+
+
+# ----------------------------------------------------------------------- other settings
+CASES = [  # (setting, value, what the message says)
+    ("train.lr", '"fast"', "`train.lr` must be a number > 0, got fast"),
+    ("train.lr", "[1, 2]", "`train.lr` must be a number > 0, got [1, 2]"),
+    ("train.batch", "-1", "`train.batch` must be a whole number >= 1, got -1"),
+    ("train.ema", "1", "`train.ema` must be a number in [0, 1), got 1"),
+    ("train.flip", "maybe", "`train.flip` must be true or false, got maybe"),
+    ("sample.n", "0", "`sample.n` must be a whole number >= 1, got 0"),
+    ("sample.rtol", "0", "`sample.rtol` must be a number >= 1e-12, got 0"),
+    ("sample.sampler", "hen", "`sample.sampler` must be one of em, heun, midpoint, ddim, dpm2, dpmpp2m, "
+                              "dpmpp3m, unipc, adaptive, got hen"),
+    ("runtime.dtype", "half", "`runtime.dtype` must be one of float32, bfloat16, float64, got half"),
+    ("runtime.compile", "maybe", "`runtime.compile` must be true or false, got maybe"),
+    ("runtime.device", "3", "`runtime.device` must be a word or a quoted string, got 3"),
+]
+
+
+@pytest.mark.parametrize("key, value, want", CASES, ids=[f"{k}={v}" for k, v, _ in CASES])
+def test_invalid_settings_say_what_the_setting_holds(key, value, want):
+    block, _, name = key.partition(".")
+    (d,) = errors(HEAD + f"{block} {{ {name} = {value} }}\n")
+    assert d.code == "E210" and d.message == want and d.span.line == 6
+    assert_plain([d])
+    (d,) = errors(HEAD, {key: value})
+    assert d.code == "E210" and d.message == f"override `{key}={value}`: {want}"
+    assert_plain([d])
+
+
+def test_did_you_mean_for_a_misspelt_choice():
+    (d,) = errors(HEAD + "sample { sampler = hen }\n")
+    assert d.help == "did you mean `heun`?"
+
+
+def test_non_finite_settings_say_finite():
+    (d,) = errors(HEAD, {"train.lr": "inf"})
+    assert d.message == "override `train.lr=inf`: `train.lr` must be a finite number > 0, got inf"
+
+
+def test_a_model_check_keeps_its_own_words():
+    (d,) = errors(HEAD + "train { batch = 10; accumulate = 3 }\n")
+    assert d.message == "in `train`: batch = 10 does not split into accumulate = 3 equal micro-batches"
+    (d,) = errors(HEAD, {"train.accumulate": "3"})
+    assert d.message == ("after the overrides, in `train`: batch = 128 does not split into accumulate = 3 "
+                         "equal micro-batches")
+
+
+def test_declaration_arguments_say_what_they_hold():
+    (d,) = errors("gud 1\ndata = grf(size = 1)\ngamma_i(t) = linear(t)\n")
+    assert d.message == "`data.size` must be a whole number in [2, 256], got 1"
+    (d,) = errors("gud 1\ndata = npz(\"x.npz\", shape = [1, 8])\ngamma_i(t) = linear(t)\n")
+    assert d.message == "`data.shape` needs three whole numbers (C, H, W), got [1, 8]"
+    (d,) = errors(HEAD + "network = unet(channel_mult = 2)\n")
+    assert d.message == "`network.channel_mult` needs a list of whole numbers, got 2"
+    assert d.help == "for example `channel_mult = [1, 2]`"
+    (d,) = errors("gud 1\ndata = npz()\ngamma_i(t) = linear(t)\n")
+    assert d.code == "E206" and d.message == "`data.path` is required"  # a missing argument stays E206
+
+
+def test_command_line_messages_have_no_raw_wording(capsys):
+    for item in ("train.seed=1e20", "train.betas=[0.9]", "train.lr=fast", "runtime.compile=maybe"):
+        code, _, err = run(capsys, "check", "--static", str(SPECS / "digits.gud"), "-s", item)
+        assert code == 1 and "error[E210]" in err
+        for raw in ("Input should", "Field required", "nable to parse", "Traceback", "Value error"):
+            assert raw not in err
