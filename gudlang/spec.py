@@ -184,7 +184,7 @@ class TrainSettings(_Model):
     flip: bool = False  # random horizontal flips of the training images
     ema: Annotated[float, Field(ge=0, lt=1)] = 0.999
     ema_warmup: bool = True  # decay min(ema, (1 + step) / (10 + step))
-    seed: int = 0
+    seed: Annotated[int, Field(ge=-2 ** 63, le=2 ** 63 - 1)] = 0  # torch.manual_seed takes it
     log_every: Annotated[int, Field(ge=1)] = 50
     sample_every: Annotated[int, Field(ge=0)] = 1000
     checkpoint_every: Annotated[int, Field(ge=1)] = 1000
@@ -642,6 +642,8 @@ def _bounds(metadata, integer: bool) -> str:
             if getattr(m, attr, None) is not None:
                 bound = (bracket, _number_text(getattr(m, attr)))
                 lo, hi = (bound, hi) if side == "lo" else (lo, bound)
+    if lo == ("[", _number_text(-2 ** 63)) and hi == ("]", _number_text(2 ** 63 - 1)):  # int64
+        return _INT64
     if lo and hi:
         return f" in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
     if lo:

@@ -105,6 +105,13 @@ def test_a_seed_beyond_64_bits_says_whole_number_and_range(block):
     assert d.code == "E210" and d.message == f"override `{block}.seed=1e20`: {want}"
 
 
+def test_a_train_seed_written_as_digits_beyond_64_bits_is_refused_before_training():
+    # plain digits read as a whole number: train.seed reached torch.manual_seed and overflowed there
+    (d,) = errors(HEAD + "train { seed = 100000000000000000000 }\n")
+    assert d.code == "E210" and "`train.seed` must be a whole number from -2^63 to 2^63 - 1" in d.message
+    assert check_text(HEAD + "train { seed = -5 }\n", "t.gud").spec.train.seed == -5
+
+
 @pytest.mark.parametrize("key, least", [("train.steps", ">= 0"), ("train.batch", ">= 1"), ("sample.n", ">= 1"),
                                         ("sample.steps", ">= 1"), ("train.seed", "from -2^63 to 2^63 - 1")])
 def test_integer_settings_read_1e3_as_1000_and_refuse_fractions(key, least):
