@@ -27,8 +27,9 @@ map 0..255 to [-1, 1] with 256 levels.
 Errors (GudError, raised before any training):
     E400 invalid source argument (unknown kind or dataset name, wrong type or value)
     E401 file or folder not found (for `dataset`: which files to put where)
-    E402 unreadable or corrupt file (not an npz, bad image, bad or truncated IDX / CIFAR file,
-         a header declaring more data than the file holds, a CIFAR-10 python batch that is
+    E402 unreadable or corrupt file (for `npz` a folder, or a file that is neither .npz nor
+         .npy; bad image, bad or truncated IDX / CIFAR file, a header declaring more data
+         than the file holds, a CIFAR-10 python batch that is
          not a dict of uint8 (N, 3072) b"data" and N b"labels", or that refers to anything
          but numpy's array reconstruction), or an array larger than memory
     E403 array key missing from an npz file, or ambiguous
@@ -143,16 +144,23 @@ def _bad_arg(message: str, help: str | None = None) -> GudError:
     return GudError.one("E400", message, help=help)
 
 
+def _got(value) -> str:
+    """The value in a message; a bool says it is one (True is also the integer 1)."""
+    if isinstance(value, (bool, np.bool_)):
+        return f"{value!r}, a boolean (true / false)"
+    return repr(value)
+
+
 def _int_arg(name: str, value, lo: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise _bad_arg(f"`{name}` must be an integer >= {lo}, got {value!r}")
+        raise _bad_arg(f"`{name}` must be an integer >= {lo}, got {_got(value)}")
     return int(value)
 
 
 def _float_arg(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
-            or not np.isfinite(value):
-        raise _bad_arg(f"`{name}` must be a finite number, got {value!r}")
+            or isinstance(value, np.bool_) or not np.isfinite(value):
+        raise _bad_arg(f"`{name}` must be a finite number, got {_got(value)}")
     return float(value)
 
 
@@ -362,6 +370,54 @@ def _channels_last(shape: tuple[int, ...], layout: str, declared: tuple[int, ...
                                           or shape[1] == shape[2] != shape[3])
 
 
+def _check_array_file(path: Path) -> None:
+    """Raise E402 if `path` is a folder, or a file np.load would not read as an array: one
+    that starts neither like a zip archive (.npz) nor like a .npy file. Missing or unreadable
+    files are left to `read_npz_array`."""
+    if path.is_dir():
+        try:
+            inside = sorted(p.name for p in path.iterdir() if p.is_file())
+        except OSError:
+            inside = []  # unlistable: the folder is still no file
+        arrays = [n for n in inside if n.lower().endswith((".npz", ".npy"))]
+        pictures = [n for n in inside if n.lower().endswith(IMAGE_SUFFIXES)]
+        if arrays:
+            hint = f"name one of its array files, e.g. npz(\"{(path / arrays[0]).as_posix()}\")"
+        elif pictures:
+            hint = (f"it holds PNG / JPEG images: load them with images(\"{path.as_posix()}\") "
+                    "instead")
+        else:
+            hint = "give the path of the file numpy.savez wrote"
+        raise GudError.one("E402", f"{path} is a folder, but npz() needs an .npz file (or a "
+                                   ".npy file)", help=hint)
+    try:
+        with path.open("rb") as f:
+            head = f.read(512)
+    except OSError:
+        return
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", np.lib.format.MAGIC_PREFIX)):
+        return
+    if not head:
+        found = "it is empty"
+    elif head[0] == 0x80 and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        found = "it looks like a Python pickle, which is never loaded"
+    elif _is_text(head):
+        found = f"it looks like a text file, starting {head[:24].decode('utf-8', 'replace')!r}"
+    else:
+        found = f"its first bytes are {head[:8].hex(' ')}"
+    raise GudError.one("E402", f"{path} is not a readable .npz archive (the zip file "
+                               f"numpy.savez writes) or .npy file (numpy.save): {found}",
+                       help='save the images with numpy.savez("file.npz", x=images), an '
+                            "(N, H, W) or (N, C, H, W) array; a folder of PNG / JPEG images "
+                            "loads with images(folder)")
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether the first bytes of a file read as text (UTF-8 without control characters)."""
+    text = head.decode("utf-8", "ignore")  # a multi-byte character may be cut at the end
+    return len(text) >= len(head) - 3 and all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
 def npz(path, key: str | None = None, layout: str = "auto",
         shape: tuple[int, int, int] | None = None, range: tuple[float, float] | None = (-1, 1),
         levels: int | None = None, test_fraction: float = 0.1, seed: int = 0) -> DataSet:
@@ -384,6 +440,7 @@ def npz(path, key: str | None = None, layout: str = "auto",
         levels = _int_arg("levels", levels, lo=2)
     test_fraction, seed = _split_args(test_fraction, seed)
 
+    _check_array_file(path)
     x, what = read_npz_array(path, key)
     if x.dtype.kind not in "uif":
         raise GudError.one("E404", f"{what} has dtype {x.dtype}, not a real number type",
@@ -432,10 +489,13 @@ def images(folder, size: int | tuple[int, int] = 32, channels: int = 3, recursiv
     """
     root = _path_arg("folder", folder)
     hw = _hw_arg(size)
-    if channels not in (1, 3) or isinstance(channels, bool):
-        raise _bad_arg(f"`channels` must be 1 (grey) or 3 (RGB), got {channels!r}")
-    if not isinstance(recursive, bool):
+    if isinstance(channels, (bool, np.bool_)) or not isinstance(channels, (int, np.integer)) \
+            or channels not in (1, 3):
+        raise _bad_arg(f"`channels` must be 1 (grey) or 3 (RGB), got {_got(channels)}")
+    channels = int(channels)
+    if not isinstance(recursive, (bool, np.bool_)):
         raise _bad_arg(f"`recursive` must be true or false, got {recursive!r}")
+    recursive = bool(recursive)
     test_fraction, seed = _split_args(test_fraction, seed)
     if not root.is_dir():
         raise GudError.one("E401", f"image folder {root} not found",

@@ -25,6 +25,23 @@ from gudlang.diagnostics import Diagnostic, GudError
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, data):
+        """true / false where numbers go fail as the words they are (Pydantic reads true as 1)."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            kind = _unwrap(field.annotation)[0] if field is not None else None
+            if isinstance(value, bool) and kind in (int, float):
+                out[name] = value_text(value)
+            elif isinstance(value, (list, tuple)) and get_origin(kind) is tuple \
+                    and any(_unwrap(a)[0] in (int, float) for a in get_args(kind)):
+                out[name] = [value_text(v) if isinstance(v, bool) else v for v in value]
+        return out
+
 
 # --------------------------------------------------------------------------- data
 _Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]

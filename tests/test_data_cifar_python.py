@@ -113,24 +113,55 @@ def test_cifar10_binary_version_is_read_when_both_are_complete(tmp_path):
     np.testing.assert_array_equal(dataset("cifar10", tmp_path).test, _planes(python[5:]))
 
 
-@pytest.mark.parametrize("protocol", [3, 4])
+def _repickled(records: np.ndarray, protocol: int, data=None) -> bytes:
+    """A batch as Python 3 pickles it (protocol 2: bytes through _codecs.encode; 5: arrays
+    through numpy's _frombuffer)."""
+    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": records[:, 0].tolist(),
+             b"data": records[:, 1:].copy() if data is None else data,
+             b"filenames": [b"a.png"] * len(records)}
+    return pickle.dumps(batch, protocol=protocol)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_cifar10_python_batch_repickled_by_python_3_is_read(tmp_path, protocol):
     batches = _write_cifar_python(tmp_path)
-    records = batches[5]
-    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": records[:, 0].tolist(),
-             b"data": records[:, 1:].copy(), b"filenames": [b"a.png"] * len(records)}
-    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
-    np.testing.assert_array_equal(dataset("cifar10", tmp_path).test, _planes([records]))
+    for i, name in ((1, "data_batch_2"), (5, "test_batch")):
+        (tmp_path / name).write_bytes(_repickled(batches[i], protocol))
+    d = dataset("cifar10", tmp_path)
+    np.testing.assert_array_equal(d.train, _planes(batches[:5]))
+    np.testing.assert_array_equal(d.test, _planes([batches[5]]))
 
 
-@pytest.mark.parametrize("protocol, name", [(2, "_codecs.encode"), (5, "_frombuffer")])
-def test_cifar10_python_batch_repickled_with_other_globals_is_refused(tmp_path, protocol, name):
-    # Protocol 2 stores Python 3 bytes through _codecs.encode; protocol 5 has numpy rebuild
-    # arrays with _frombuffer. Neither is in the format, so neither is allowed.
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_empty_cifar_python_batch_repickled_by_python_3_fails_as_empty(tmp_path, protocol):
+    _write_cifar_python(tmp_path)
+    empty = np.zeros((0, 3073), dtype=np.uint8)
+    (tmp_path / "test_batch").write_bytes(_repickled(empty, protocol))
+    with fails("E407", "test_batch", "holds no images"):
+        dataset("cifar10", tmp_path)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_cifar_python_batch_at_protocol_5_keeps_its_values(tmp_path, order):
     records = _write_cifar_python(tmp_path)[5]
-    batch = {b"labels": records[:, 0].tolist(), b"data": records[:, 1:].copy()}
-    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
-    with fails("E402", "test_batch", f"{name}'", "not loaded"):
+    data = np.asarray(records[:, 1:], order=order)
+    readonly = np.frombuffer(data.tobytes(order="A"), np.uint8).reshape(data.shape, order=order)
+    for array in (data, readonly):  # pickled as a bytearray, and as bytes
+        (tmp_path / "test_batch").write_bytes(_repickled(records, 5, array))
+        np.testing.assert_array_equal(dataset("cifar10", tmp_path).test, _planes([records]))
+
+
+@pytest.mark.parametrize("old, new, refusal", [
+    (b"latin1", b"utf_16", "unsupported bytes encoding"),  # _codecs.encode: latin1 only
+    (b"M\x00\x0c\x86", b"M\x00\x06\x86", "array data of 9216 bytes"),  # _frombuffer: shape
+    (b"\x8c\x01C\x94t", b"\x8c\x01X\x94t", "unsupported array data"),  # _frombuffer: order
+], ids=["encoding", "frombuffer-shape", "frombuffer-order"])
+def test_cifar_python_batch_calls_are_checked(tmp_path, old, new, refusal):
+    records = _write_cifar_python(tmp_path)[5]
+    raw = _repickled(records, 2 if old == b"latin1" else 5)
+    assert old in raw
+    (tmp_path / "test_batch").write_bytes(raw.replace(old, new))
+    with fails("E402", "test_batch", "cannot be unpickled", refusal):
         dataset("cifar10", tmp_path)
 
 
@@ -177,7 +208,7 @@ _GOOD_DATA = np.zeros((2, 3072), dtype=np.uint8)
     (_pickled([1, 2, 3]), ["holds a value of type list, not a dict"]),
     (_pickled({b"data": _GOOD_DATA}), ["no b'labels' entry", "its keys: b'data'"]),
     (_pickled({"data": _GOOD_DATA, "labels": [1, 2]}), ["no b'data' or b'labels'", "'data'"]),
-    (_pickled({b"data": b"\0" * 6144, b"labels": [1, 2]}), ["b'data' is of type bytes"]),
+    (_pickled({b"data": b"\0" * 6144, b"labels": [1, 2]}), ["b'data' is a value of type bytes"]),
     (_pickled({b"data": _GOOD_DATA.astype(np.float64), b"labels": [1, 2]}),
      ["float64", "(2, 3072)", "not uint8"]),
     (_pickled({b"data": _GOOD_DATA.reshape(2, 3, 32, 32), b"labels": [1, 2]}),
@@ -227,7 +258,10 @@ def test_cifar_python_batch_declaring_more_bytes_than_it_holds_fails_before_allo
     # numpy.ndarray called directly with that shape
     (_py2_global("numpy", "ndarray") + _py2_int(100_000) * 3 + pickle.TUPLE3 + pickle.TUPLE1
      + pickle.REDUCE, "not callable"),
-], ids=["reconstruct", "ndarray"])
+    # bytes(n) would allocate n bytes; protocol 2 only ever writes bytes() for b""
+    (_py2_global("__builtin__", "bytes") + pickle.BININT + struct.pack("<i", 2 ** 31 - 1)
+     + pickle.TUPLE1 + pickle.REDUCE, "bytes() takes 0 positional arguments"),
+], ids=["reconstruct", "ndarray", "bytes"])
 def test_cifar_python_batch_cannot_make_numpy_allocate(tmp_path, call, refusal):
     _write_cifar_python(tmp_path)
     (tmp_path / "test_batch").write_bytes(b"\x80\x02" + call + pickle.STOP)
@@ -259,6 +293,27 @@ def test_cifar_python_batch_with_a_malformed_dtype_state_is_refused(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("E402") and "unsupported dtype state" in done.stdout
+
+
+_ARRAY = np.zeros((2, 3072), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("content, words", [
+    (_pickled(_ARRAY), "it holds a numpy array, not a dict"),
+    (_pickled({b"data": _ARRAY, b"labels": np.array([1, 2])}),
+     "b'labels' is a numpy array, not a list of integers"),
+    (_pickled({b"data": _ARRAY, b"labels": [1, np.array(2)]}), "(it holds a numpy array)"),
+    (_pickled({b"data": np.dtype("u1"), b"labels": [1, 2]}), "b'data' is a numpy dtype"),
+    # APPENDS onto an array: Python's message names the class it was built as
+    (_pickled({b"data": _ARRAY})[:-2] + pickle.MARK + _py2_int(1) + pickle.APPENDS + b"s.",
+     "numpy array"),
+], ids=["top", "labels", "label", "data", "appends"])
+def test_cifar_python_batch_messages_name_no_internal_class(tmp_path, content, words):
+    _write_cifar_python(tmp_path)
+    (tmp_path / "test_batch").write_bytes(content)
+    with fails("E402", "test_batch", "not a CIFAR-10 python batch", words) as info:
+        dataset("cifar10", tmp_path)
+    assert "_Pickled" not in str(info.value)
 
 
 def test_empty_cifar_python_batch_fails(tmp_path):

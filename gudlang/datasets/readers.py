@@ -9,9 +9,12 @@ No data file can run code. np.load always runs with allow_pickle=False. CIFAR-10
 batches are pickles: their bytes are first scanned opcode by opcode (every declared length
 must fit in the file), then unpickled by `_BatchUnpickler`, whose `find_class` resolves only
 numpy's array reconstruction (`numpy.core.multiarray._reconstruct`, or `numpy._core...` as
-numpy 2 writes it, `numpy.ndarray`, `numpy.dtype`) and refuses every other global unloaded.
-Those three resolve to stand-ins that check every value and build the array with
-np.frombuffer: numpy's own __setstate__ code, which some malformed states crash, never runs.
+numpy 2 writes it, `numpy.ndarray`, `numpy.dtype`; protocol 5's `numpy.core.numeric.
+_frombuffer`) and the two ways protocol 2 writes Python 3 bytes (`_codecs.encode(text,
+"latin1")`, `bytes()` when empty), and refuses every other global unloaded. They resolve to
+stand-ins that check every value and build the array with np.frombuffer: numpy's own
+__setstate__ code, which some malformed states crash, never runs. So batches pickled with
+any protocol from 2 (Python 2's cPickle, the official files) to 5 load.
 The result must be a dict with b"data", a uint8 (N, 3072) array (rows: 1024 red, then
 green, then blue bytes, like the binary version), and b"labels", N integers 0..9.
 
@@ -441,25 +444,31 @@ class _PickledDtype:
             self.dtype = self.dtype.newbyteorder(order)
 
 
+def _array(raw: bytes, dtype: _PickledDtype, shape: tuple, fortran: bool) -> np.ndarray:
+    """np.frombuffer of `raw`, once its bytes are known to fill `shape` exactly."""
+    if not all(type(n) is int and n >= 0 for n in shape) or len(shape) > 32:
+        raise pickle.UnpicklingError("unsupported array shape")
+    if math.prod(shape) * dtype.dtype.itemsize != len(raw):  # Python ints: no wrap-around
+        raise pickle.UnpicklingError(f"array data of {len(raw)} bytes for a {dtype.dtype} "
+                                     f"array of shape {shape}")
+    return np.frombuffer(raw, dtype.dtype).reshape(shape, order="F" if fortran else "C")
+
+
 class _PickledArray:
     """What numpy's `_reconstruct(ndarray, (0,), b"b")` and then BUILD with (1, shape, dtype,
-    fortran order, raw bytes) make of a pickle: the array, made by np.frombuffer once the
-    bytes are known to fill the shape exactly. numpy's ndarray.__setstate__ is never used."""
+    fortran order, raw bytes) make of a pickle (or protocol 5's `_frombuffer`): the array,
+    made by `_array`. numpy's ndarray.__setstate__ is never used."""
 
     array = None
 
     def __setstate__(self, state):
-        if not (isinstance(state, tuple) and len(state) == 5):
+        if not (isinstance(state, tuple) and len(state) == 5) or self.array is not None:
             raise pickle.UnpicklingError("unsupported array state")
         version, shape, dtype, fortran, raw = state
         if version != 1 or not isinstance(dtype, _PickledDtype) or not isinstance(raw, bytes) \
-                or not isinstance(fortran, bool) or not isinstance(shape, tuple) \
-                or not all(type(n) is int and n >= 0 for n in shape) or len(shape) > 32:
+                or not isinstance(fortran, bool) or not isinstance(shape, tuple):
             raise pickle.UnpicklingError("unsupported array state")
-        if math.prod(shape) * dtype.dtype.itemsize != len(raw):  # Python ints: no wrap-around
-            raise pickle.UnpicklingError(f"array data of {len(raw)} bytes for a {dtype.dtype} "
-                                         f"array of shape {shape}")
-        self.array = np.frombuffer(raw, dtype.dtype).reshape(shape, order="F" if fortran else "C")
+        self.array = _array(raw, dtype, shape, fortran)
 
 
 def _reconstruct(subtype, shape, typecode):
@@ -470,6 +479,29 @@ def _reconstruct(subtype, shape, typecode):
     return _PickledArray()
 
 
+def _frombuffer(buffer, dtype, shape, order):
+    """numpy's pickled-array constructor at protocol 5: the whole array in one call."""
+    if not isinstance(buffer, (bytes, bytearray)) or not isinstance(dtype, _PickledDtype) \
+            or not isinstance(shape, tuple) or _text(order) not in ("C", "F"):
+        raise pickle.UnpicklingError("unsupported array data")
+    built = _PickledArray()
+    built.array = _array(bytes(buffer), dtype, shape, _text(order) == "F")
+    return built
+
+
+def _codecs_encode(text, encoding):
+    """Protocol 2's way to write Python 3 bytes: `_codecs.encode(text, "latin1")`, each
+    character one byte; no other encoding is allowed."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("unsupported bytes encoding")
+    return text.encode("latin-1")
+
+
+def _empty_bytes():
+    """Protocol 2's way to write b"": `bytes()`, with no arguments (bytes(n) would allocate)."""
+    return b""
+
+
 class _BatchUnpickler(pickle.Unpickler):
     """Builds only what a CIFAR-10 python batch holds: dicts, lists, strings, numbers and
     numpy arrays (as `_PickledArray`). Any other global is refused before it is imported."""
@@ -477,7 +509,11 @@ class _BatchUnpickler(pickle.Unpickler):
     _GLOBALS = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # numpy 1
                 ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy 2
                 ("numpy", "ndarray"): _NDARRAY,
-                ("numpy", "dtype"): _PickledDtype}
+                ("numpy", "dtype"): _PickledDtype,
+                ("numpy.core.numeric", "_frombuffer"): _frombuffer,  # protocol 5, numpy 1
+                ("numpy._core.numeric", "_frombuffer"): _frombuffer,  # protocol 5, numpy 2
+                ("_codecs", "encode"): _codecs_encode,  # protocol 2: bytes
+                ("__builtin__", "bytes"): _empty_bytes}  # protocol 2: b""
 
     def __init__(self, raw: bytes, path: Path):
         super().__init__(io.BytesIO(raw), encoding="bytes")
@@ -504,29 +540,52 @@ def _check_pickle_opcodes(raw: bytes, path: Path) -> None:
         raise _not_a_python_batch(path, f"it is truncated or not a pickle ({e})") from None
 
 
+def _kind(value) -> str:
+    """What an unpickled value is, in words (the stand-ins' class names mean nothing to users)."""
+    if isinstance(value, _PickledArray):
+        return "a numpy array" if value.array is not None else "a numpy array without its data"
+    if isinstance(value, _PickledDtype):
+        return "a numpy dtype"
+    if value is _NDARRAY:
+        return "the numpy array type"
+    return f"a value of type {type(value).__name__}"
+
+
+# Internal names that Python's own messages may quote, and what a user calls them.
+_IN_WORDS = (("_PickledDtype.__init__()", "numpy.dtype()"), ("_PickledArray", "numpy array"),
+             ("_PickledDtype", "numpy dtype"), ("_codecs_encode()", "_codecs.encode()"),
+             ("_empty_bytes()", "bytes()"))
+
+
+def _in_words(message: str) -> str:
+    for name, words in _IN_WORDS:
+        message = message.replace(name, words)
+    return message
+
+
 def _batch_images(batch, path: Path) -> np.ndarray:
     """The (N, 3, 32, 32) images of an unpickled batch, after checking its structure."""
     if not isinstance(batch, dict):
-        raise _not_a_python_batch(path, f"it holds a value of type {type(batch).__name__}, "
-                                        "not a dict")
+        raise _not_a_python_batch(path, f"it holds {_kind(batch)}, not a dict")
     missing = [k for k in (b"data", b"labels") if k not in batch]
     if missing:
-        keys = ", ".join(repr(k)[:40] if isinstance(k, (bytes, str)) else type(k).__name__
+        keys = ", ".join(repr(k)[:40] if isinstance(k, (bytes, str, int)) else _kind(k)
                          for k in list(batch)[:8]) or "none"
         raise _not_a_python_batch(path, f"it has no {' or '.join(map(repr, missing))} entry "
                                         f"(its keys: {keys})")
     data, labels = batch[b"data"], batch[b"labels"]
     if not isinstance(data, _PickledArray) or data.array is None:
-        raise _not_a_python_batch(path, f"b'data' is of type {type(data).__name__}, not an "
-                                        "array")
+        raise _not_a_python_batch(path, f"b'data' is {_kind(data)}, not an array")
     data = data.array
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise _not_a_python_batch(path, f"b'data' is a {data.dtype} array of shape "
                                         f"{data.shape}, not uint8 of shape (N, 3072)")
-    if not isinstance(labels, list) or not all(type(v) is int for v in labels):
-        kinds = sorted({type(v).__name__ for v in labels}) if isinstance(labels, list) else []
-        raise _not_a_python_batch(path, f"b'labels' is not a list of integers (found "
-                                        f"{', '.join(kinds) or type(labels).__name__})")
+    if not isinstance(labels, list):
+        raise _not_a_python_batch(path, f"b'labels' is {_kind(labels)}, not a list of integers")
+    if not all(type(v) is int for v in labels):
+        kinds = sorted({_kind(v) for v in labels if type(v) is not int})
+        raise _not_a_python_batch(path, f"b'labels' is not a list of integers (it holds "
+                                        f"{', '.join(kinds)})")
     if len(labels) != len(data):
         raise _not_a_python_batch(path, f"it has {len(data)} images but {len(labels)} labels")
     if any(not 0 <= v <= 9 for v in labels):
@@ -546,6 +605,7 @@ def read_cifar_python_batch(path: Path) -> np.ndarray:
     except GudError:
         raise
     except Exception as e:  # the bytes are untrusted: any failure to build them is corruption
-        raise _not_a_python_batch(path, f"it cannot be unpickled ({type(e).__name__}: {e})") \
+        detail = str(e) if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {e}"
+        raise _not_a_python_batch(path, f"it cannot be unpickled ({_in_words(detail)})") \
             from None
     return _batch_images(batch, path)
