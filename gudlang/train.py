@@ -76,7 +76,7 @@ def draw_params(spec, drawn, batch: int, gen: torch.Generator, device, dtype,
             u = torch.rand(batch, int(ids.max()) + 1, generator=gen, device=gen.device, dtype=torch.float64)[:, ids]
         else:
             u = torch.rand(batch, generator=gen, device=gen.device, dtype=torch.float64)
-        out[name] = (p.lo + (p.hi - p.lo) * u).to(device=device, dtype=dtype)
+        out[name] = (p.lo + (p.hi - p.lo) * u).to(device=device, dtype=dtype, non_blocking=True)
     return out
 
 
@@ -106,6 +106,8 @@ class Objective(nn.Module):
         self.network = network
         given = getattr(model, "given", None)
         self.register_buffer("given", None if given is None else torch.as_tensor(given).reshape(1, -1))
+        self.register_buffer("generated", None if given is None else
+                             torch.nonzero(~self.given[0]).reshape(-1))  # the components trained on
         if given is not None:
             self.schedule = GivenSchedule(model.schedule, given)
 
@@ -133,7 +135,7 @@ class Objective(nn.Module):
             squared = squared * self.weight.value(batch.t, batch.params).to(squared.dtype)
         if self.given is None:
             return torch.mean(squared)
-        return torch.mean(squared[:, ~self.given[0]])
+        return torch.mean(squared.index_select(1, self.generated))  # an index: a mask would sync
 
 
 def make_batch(data: torch.Tensor, spec, drawn, step: int, batch: int, seed: int, rank: int, device,
@@ -149,7 +151,9 @@ def make_batch(data: torch.Tensor, spec, drawn, step: int, batch: int, seed: int
     if spec.train.flip:
         flip = torch.rand(batch, generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return Batch(x.to(device), t.to(device), eps.to(device), params)
+    # Asynchronous copies: a blocking one waits for the device to finish the previous step.
+    return Batch(x.to(device, non_blocking=True), t.to(device, non_blocking=True),
+                 eps.to(device, non_blocking=True), params)
 
 
 def split_batch(batch: Batch, parts: int) -> list[Batch]:
@@ -200,8 +204,9 @@ class EMA:
     def update(self, module: nn.Module, step: int) -> None:
         """Average in `module`'s weights after training step `step` (0-based)."""
         decay = self.decay_at(step)
-        for e, p in zip(self.module.parameters(), module.parameters()):
-            e.lerp_(p.detach(), 1.0 - decay)
+        averages = list(self.module.parameters())
+        if averages:  # one fused kernel on a GPU rather than one per tensor
+            torch._foreach_lerp_(averages, [p.detach() for p in module.parameters()], 1.0 - decay)
         for e, b in zip(self.module.buffers(), module.buffers()):
             e.copy_(b)
 
@@ -215,18 +220,18 @@ def train_step(objective: Objective, optimizer, batch: Batch, settings, step: in
         group["lr"] = learning_rate(step, settings)
     optimizer.zero_grad(set_to_none=True)
     pieces = split_batch(batch, settings.accumulate)
-    value = 0.0
+    total = None
     for piece in pieces:
         loss = objective(piece, autocast_dtype) / len(pieces)
-        part = float(loss.detach())
-        if not math.isfinite(part):
-            # the step 1-based, as metrics.csv and the progress bar count
-            raise GudError.one("E630", f"the loss is {part * len(pieces)} at step {step + 1}",
-                               help="lower train.lr, raise train.warmup, or check the data and the schedule "
-                                    "(gud check)")
         loss.backward()
-        value += part
+        total = loss.detach() if total is None else total + loss.detach()
     params = parameters if parameters is not None else [p for g in optimizer.param_groups for p in g["params"]]
-    norm = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip))
+    norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+    # The one wait for the device in a step: loss and norm read together, before the weights move.
+    value, norm = torch.stack([total.float(), norm.float().to(total.device)]).tolist()
+    if not math.isfinite(value):
+        # the step 1-based, as metrics.csv and the progress bar count
+        raise GudError.one("E630", f"the loss is {value} at step {step + 1}",
+                           help="lower train.lr, raise train.warmup, or check the data and the schedule (gud check)")
     optimizer.step()
     return value, norm

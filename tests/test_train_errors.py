@@ -99,3 +99,70 @@ def test_until_not_beyond_the_runs_step_says_so(capsys, spec, tmp_path):
     code, out, _ = train(capsys, "--resume", run, "--until", "8")  # at its last step: it must grow too
     assert code == 0 and "--until 8 is not beyond" in out and "-s train.steps=N" in out
     assert len(losses(run)) == 12
+
+
+def _one_step_setup(device="cpu"):
+    from gudlang.check import check_text
+    from gudlang.networks import make_network
+    from gudlang.pipeline import build_model
+    from gudlang.train import make_batch, make_optimizer
+
+    model = build_model(check_text(TINY, "tiny.gud"))
+    net = model.spec.network.model_dump()
+    network = make_network(net.pop("kind"), model.data.shape, **net).to(device)
+    objective = Objective(model, network).to(device)
+    optimizer = make_optimizer(network.parameters(), model.spec.train)
+    batch = make_batch(torch.as_tensor(model.data.train), model.spec, model.checked.drawn, 0,
+                       model.spec.train.batch, 0, 0, torch.device(device))
+    return model, network, objective, optimizer, batch
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_non_finite_loss_leaves_weights_and_optimizer_untouched(monkeypatch, accumulate):
+    # the loss is read once, after the backward pass: the weights must still not move
+    from gudlang.diagnostics import GudError
+    from gudlang.train import train_step
+
+    model, network, objective, optimizer, batch = _one_step_setup()
+    settings = model.spec.train.model_copy(update={"accumulate": accumulate})
+    train_step(objective, optimizer, batch, settings, 0)  # the optimizer has state now
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    moments = [v.clone() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    real = Objective.forward
+    calls = {"n": 0}
+
+    def last_piece_nan(self, piece, autocast_dtype=None):
+        calls["n"] += 1
+        loss = real(self, piece, autocast_dtype)
+        return loss * float("nan") if calls["n"] == accumulate else loss
+
+    monkeypatch.setattr(Objective, "forward", last_piece_nan)
+    with pytest.raises(GudError) as info:
+        train_step(objective, optimizer, batch, settings, 5)
+    assert info.value.diagnostics[0].code == "E630" and "at step 6" in info.value.diagnostics[0].message
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+    after = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    assert all(torch.equal(a, b) for a, b in zip(moments, after))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_cuda_training_step_waits_for_the_device_once():
+    import warnings
+
+    from gudlang.train import make_batch, train_step
+
+    model, network, objective, optimizer, _ = _one_step_setup("cuda")
+    data = torch.as_tensor(model.data.train)
+    train_step(objective, optimizer, make_batch(data, model.spec, model.checked.drawn, 0, 16, 0, 0,
+                                                torch.device("cuda")), model.spec.train, 0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            batch = make_batch(data, model.spec, model.checked.drawn, 1, 16, 0, 0, torch.device("cuda"))
+            train_step(objective, optimizer, batch, model.spec.train, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]
