@@ -201,7 +201,12 @@ def cmd_plot(args) -> int:
     from gudlang.plot import plot_forward, plot_metrics, plot_schedule
     rep = _Reporter("text")
     try:
-        out = _plot_path(args.output)
+        kind = "metrics" if args.metrics else "forward" if args.forward else "schedule"
+        out = _plot_path(args.output, f"{kind}.png")
+        if not args.metrics and Path(args.file).is_dir():
+            raise GudError.one("E001", f"{args.file} is a folder; --schedule and --forward plot a spec",
+                               help=f"plot a run's training curves with gud plot {args.file} --metrics -o {out}, "
+                                    f"or its spec with gud plot {Path(args.file) / 'spec.gud'} -o {out}")
         if args.metrics:
             from gudlang.runs import METRICS, read_metrics
             run = Path(args.file)
@@ -225,15 +230,20 @@ def cmd_plot(args) -> int:
     return rep.finish()
 
 
-def _plot_path(text: str) -> Path:
-    """The file `gud plot -o` writes: .png added when there is no extension, its folder made
-    (as `gud sample -o` does); E001 when the format is unknown or the folder cannot be made."""
+def _plot_path(text: str, default: str) -> Path:
+    """The file `gud plot -o` writes: .png added when there is no extension, `default` inside an
+    existing folder or one written with a trailing slash, its folder made (as `gud sample -o`
+    does); E001 when the format is unknown or the folder cannot be made."""
     from matplotlib.backend_bases import FigureCanvasBase
 
+    formats = FigureCanvasBase.get_supported_filetypes()
     out = Path(text)
+    if text.endswith(("/", os.sep)) or out.is_dir():
+        out = out / default
+    elif out.name.startswith(".") and out.name[1:].lower() in formats:  # -o .png: a format, no name
+        out = out.parent / f"{Path(default).stem}{out.name}"
     if not out.suffix:
         out = out.with_suffix(".png")
-    formats = FigureCanvasBase.get_supported_filetypes()
     if out.suffix[1:].lower() not in formats:
         raise GudError.one("E001", f"cannot write {out}: `{out.suffix}` is not an image format", path=str(out),
                            help="use .png, .pdf or .svg (or any of " + ", ".join(sorted(formats)) + ")")

@@ -87,15 +87,19 @@ def schedule_figure(model, max_lines: int = 400, grid: int = 256):
 
 
 def forward_images(model, image: np.ndarray, ts, seed: int = 0) -> np.ndarray:
-    """Noise one image (C, H, W) to each t; returns (len(ts), C, H, W) in data space."""
+    """Noise one image (C, H, W) to each t along the sampling path, given components (a spec's
+    `given_i`) held exactly as they are; returns (len(ts), C, H, W) in data space."""
     space = model.space
     chi_hat = space.encode(torch.as_tensor(image, dtype=torch.float64)[None])
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn(chi_hat.shape, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        gamma, _ = model.sampling_path(torch.as_tensor(np.asarray(ts, dtype=np.float64)))
+        gamma, _ = model.sampling_schedule(torch.as_tensor(np.asarray(ts, dtype=np.float64)))
         alpha, sigma = noise_levels(gamma)
-        return space.decode(alpha * chi_hat + sigma * eps).numpy()
+        noised = alpha * chi_hat + sigma * eps
+        if model.given is not None:
+            noised = torch.where(torch.as_tensor(model.given).reshape(1, -1), chi_hat, noised)
+        return space.decode(noised).numpy()
 
 
 def plot_forward(model, out: str, index: int = 0, steps: int = 6) -> None:

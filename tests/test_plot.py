@@ -1,0 +1,59 @@
+"""The plots' numbers: the forward process `gud plot --forward` draws."""
+
+from pathlib import Path
+
+import numpy as np
+
+from gudlang.check import check_file
+from gudlang.pipeline import build_model
+from gudlang.plot import forward_images
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+
+def test_forward_images_hold_the_given_pixels_and_noise_the_rest():
+    model = build_model(check_file(str(SPECS / "inpainting.gud")))
+    image = model.data.train[3]
+    imgs = forward_images(model, image, [0.0, 0.5, 1.0])
+    given = np.asarray(model.given).reshape(image.shape)  # pixel basis: components are pixels
+    for img in imgs:
+        np.testing.assert_allclose(img[given], image[given], atol=1e-12)
+    hole_change = np.abs(imgs[-1][~given] - image[~given]).max()
+    assert hole_change > 0.5  # the hole is pure noise at t = 1
+    np.testing.assert_allclose(imgs[0], image, atol=0.05)  # gamma(0) = -13.3: nearly clean
+
+
+def test_forward_images_of_a_spec_without_given_noise_every_pixel():
+    model = build_model(check_file(str(SPECS / "sequential_columns.gud")))
+    image = model.data.train[0]
+    noisy = forward_images(model, image, [1.0])[0]
+    assert np.abs(noisy - image).min() > 0  # every pixel moved
+
+
+def test_plot_output_names(tmp_path, capsys, monkeypatch):
+    from gudlang.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    spec = str(SPECS / "digits.gud")
+    (tmp_path / "figs").mkdir()
+    cases = [("figs", "figs/schedule.png"), ("new/", "new/schedule.png"), (".pdf", "schedule.pdf"),
+             ("a.b", None), ("plain", "plain.png")]
+    for given, written in cases:
+        code = main(["plot", spec, "-o", given])
+        out, err = capsys.readouterr()
+        if written is None:
+            assert code == 2 and "E001" in err and "not an image format" in err  # `.b` is no format
+            continue
+        assert code == 0, err
+        assert (tmp_path / written).is_file() and out.strip() == f"wrote {written}"
+    assert not (tmp_path / "figs.png").exists() and not (tmp_path / ".pdf.png").exists()
+
+
+def test_plot_of_a_run_folder_without_metrics_says_what_to_do(tmp_path, capsys):
+    from gudlang.cli import main
+
+    run = tmp_path / "digits-12345678"
+    run.mkdir()
+    code = main(["plot", str(run), "-o", str(tmp_path / "m.png")])
+    err = capsys.readouterr().err
+    assert code != 0 and "is a folder" in err and "--metrics" in err and "spec.gud" in err
