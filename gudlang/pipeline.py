@@ -303,6 +303,7 @@ def _checked_with(model: Model, name: str, line: str, text: str, what: str) -> C
 
     if "\n" in text or "\r" in text:
         raise GudError.one("E003", f"the {what} must be one line, got {text!r}")
+    _one_statement(line, text, what)
     source = model.checked.source
     lines = source.text.splitlines()
     path = _formula_path(model.checked, name)
@@ -313,6 +314,21 @@ def _checked_with(model: Model, name: str, line: str, text: str, what: str) -> C
     return check_text("\n".join(lines) + "\n", None, dict(model.checked.overrides))
 
 
+def _one_statement(line: str, text: str, what: str) -> None:
+    """E003 when `line` parses as more than one statement (`gamma_i(t); given_i = ...`): the
+    rest would change the spec behind the user's back. Parse errors are left to the check."""
+    from gudlang.lower import parse_program
+
+    try:
+        program, _ = parse_program(f"gud 1\n{line}\n")
+    except GudError:
+        return
+    if len(program.statements) != 1:
+        raise GudError.one("E003", f"the {what} must be one formula, got {text!r}",
+                           help=f"give the right-hand side alone; `;` would start another statement, "
+                                f"which a {what} cannot add")
+
+
 @contextmanager
 def _named(what: str, text: str):
     """Errors raised inside say they are about the user's `what` `text`, with no spec line."""
@@ -320,7 +336,8 @@ def _named(what: str, text: str):
     try:
         yield
     except GudError as e:
-        if all(d.message.startswith(f"the {what} must be one line") for d in e.diagnostics):
+        if all(d.message.startswith((f"the {what} must be one line", f"the {what} must be one formula"))
+               for d in e.diagnostics):
             raise
         raise GudError([replace(d, message=f"in the {what} `{text}`: {d.message}", span=None, path=None)
                         for d in e.diagnostics]) from None

@@ -428,3 +428,21 @@ def test_params_set_when_sampling_stay_inside_the_training_support(capsys, tmp_p
     with pytest.raises(GudError) as info:
         gudlang.load(run, params={name: float(value)})
     assert info.value.diagnostics[0].code == "E303"
+
+
+@pytest.mark.parametrize("text", ["soft(t, l_i, a = a); given_i = rank(i) < 0.5",
+                                  "soft(t, l_i, a = a); weight(t) = 2"])
+def test_a_path_that_smuggles_in_another_statement_is_refused(text):
+    # `;` separated statements were appended to the spec: a given_i or weight slipped in unseen
+    from gudlang.check import check_file
+    from gudlang.diagnostics import GudError
+    from gudlang.pipeline import build_model, given_from_text, with_path_text
+
+    model = build_model(check_file(str(Path(__file__).resolve().parent.parent / "specs" / "digits.gud")))
+    with pytest.raises(GudError) as info:
+        with_path_text(model, text)
+    (d,) = info.value.diagnostics
+    assert d.code == "E003" and "must be one formula" in d.message
+    with pytest.raises(GudError) as info:
+        given_from_text(model, "rank(i) < 0.5; path_i(t) = gamma_i(t)")
+    assert info.value.diagnostics[0].code == "E003"
