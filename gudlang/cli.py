@@ -363,13 +363,17 @@ def cmd_sample(args, overrides: dict) -> int:
                                    "as a PNG grid beside what is given and a float .npz",
                            help="drop --format")
     how = (f"rtol{settings.rtol:g}-atol{settings.atol:g}" if method == "adaptive" else f"{steps}steps")
-    stem = _stem(args, f"{method}-{how}-seed{seed}{_variant_tag(_variant(args.path, overrides, args.weights))}"
-                       + ("-given" if conditional else ""), folder=args.format == "png-dir")
-    record = {"sampler": method, "steps": steps, "grid": args.grid or settings.grid, "seed": seed,
-              "model_hash": model.hash, "overrides": overrides, "path": args.path}
     start = time.time()
+    given = ""
     if conditional:
         images, source = _known_images(model, args, args.n or settings.n)
+        # the spec's own test images with its own mask: "-given"; your images or mask: their digest too
+        given = "-given" + (_digest_tag(images, args.mask) if args.given or args.mask else "")
+    stem = _stem(args, f"{method}-{how}-seed{seed}{_variant_tag(_variant(args.path, overrides, args.weights))}"
+                       + given, folder=args.format == "png-dir")
+    record = {"sampler": method, "steps": steps, "grid": args.grid or settings.grid, "seed": seed,
+              "model_hash": model.hash, "overrides": overrides, "path": args.path}
+    if conditional:
         done = model.complete(images, mask=args.mask, sampler=method, steps=steps, grid=args.grid, seed=seed)
         record.update(conditioning=done.method, given=source, given_components=int(done.mask.sum()),
                       n=len(done.x), nfe=done.nfe, seconds=time.time() - start)
@@ -407,6 +411,16 @@ def cmd_sample(args, overrides: dict) -> int:
     print(f"wrote {where}: {count} samples{f' (shard {rank} of {world})' if world > 1 else ''}, {method}, "
           f"{steps_text}, {nfe} network evaluations per batch, seed {seed}")
     return 0
+
+
+def _digest_tag(images, mask: str | None = None) -> str:
+    """'-' and 8 hex digits of the sha256 of the images (and mask text): outputs made from other
+    images or masks get other default names instead of overwriting each other."""
+    import numpy as np
+
+    digest = hashlib.sha256(np.ascontiguousarray(images, dtype=np.float64).tobytes())
+    digest.update(repr((tuple(np.shape(images)), mask)).encode())
+    return "-" + digest.hexdigest()[:8]
 
 
 def _save_float_npz(path: Path, record: dict, **arrays) -> None:
@@ -454,7 +468,8 @@ def cmd_extend(args, overrides: dict) -> int:
     x, nfe, k = model.extend(images, columns=args.columns, rows=args.rows, sampler=args.sampler, steps=args.steps,
                              seed=seed)
     axis, count = ("columns", args.columns) if args.columns else ("rows", args.rows)
-    stem = _stem(args, f"extend-{count}{axis}-seed{seed}{_variant_tag(_variant(None, overrides))}")
+    stem = _stem(args, f"extend-{count}{axis}-seed{seed}{_variant_tag(_variant(None, overrides))}"
+                       f"{_digest_tag(images)}")
     size = data.shape[2] if axis == "columns" else data.shape[1]
     record = {"axis": axis, "count": count, "band": k, "window": size, "seed": seed, "nfe": nfe,
               "model_hash": model.hash, "image": str(args.image), "seconds": time.time() - start}

@@ -178,3 +178,22 @@ def test_nll_of_images_not_at_the_models_size_is_E681(capsys, files):
     assert "Traceback" not in err
     code, _, err = run(capsys, "nll", files / "cond.gud", "--given", files / "garbage.npz")
     assert code == 2 and "error[E681]" in err and "cannot read" in err
+
+
+def test_default_names_keep_completions_of_other_images_and_masks_apart(capsys, files, monkeypatch):
+    # they shared one default name, and each run overwrote the last one's results
+    monkeypatch.chdir(files)
+    np.save(files / "other.npy", np.load(files / "images.npy")[::-1].copy())
+    written = []
+    for argv in (("sample", "cond.gud", "--given", "images.npy"), ("sample", "cond.gud", "--given", "other.npy"),
+                 ("sample", "uncond.gud", "--given", "images.npy", "--mask", "col(i) < 0.5"),
+                 ("sample", "uncond.gud", "--given", "images.npy", "--mask", "col(i) < 0.25"),
+                 ("extend", "cond.gud", "--image", "images.npy", "--columns", 2),
+                 ("extend", "cond.gud", "--image", "other.npy", "--columns", 2)):
+        code, out, err = run(capsys, *argv)
+        assert code == 0, err
+        written.append(out.split(" and ")[0].removeprefix("wrote "))
+    assert len(set(written)) == len(written), written
+    assert all((files / w).is_file() for w in written)
+    code, out, _ = run(capsys, "sample", "cond.gud")  # the spec's own test images: no digest
+    assert code == 0 and out.split(" and ")[0].endswith("-given.png")
