@@ -143,21 +143,28 @@ def explain_text(model) -> str:
     ts = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
     with torch.no_grad():
         gamma = model.sampling_path.gamma_and_slope(ts)[0].numpy()
-        # with a path, the training gamma at the same t beside it (t ~ U(0, 1): its quantiles)
-        trained = model.schedule.gamma_and_slope(ts)[0].numpy() if model.path is not None else None
+    # with a path, the training gamma at the same t beside it (t ~ U(0, 1): its quantiles), over
+    # the drawn params' ranges when there are any
+    trained = training_range(model, ts) if model.path is not None else None
+    drawn = bool(model.checked.drawn_ranges)
     wvar = model.features["wvar"]
     along = "on the sampling path " if trained is not None else ""
+    over = ", lowest to highest over the drawn params' ranges" if drawn else ""
     out.append(f"# gamma, sigma and true SNR = wvar * exp(-gamma) {along}(first, middle, last generated)"
-               + ("; training: gamma(t) at the same t, t ~ U(0, 1) in training" if trained is not None else ""))
+               + (f"; training: gamma(t) at the same t{over}, t ~ U(0, 1) in training" if trained is not None else ""))
+    width = 17 if drawn else 9
     out.append(f"{'component':>10} {'t':>5} {'gamma':>9} {'sigma':>9} {'true SNR':>10}"
-               + (f" {'training':>9}" if trained is not None else ""))
+               + (f" {'training':>{width}}" if trained is not None else ""))
     for i in picks:
         for k, t in enumerate(ts.tolist()):
             g = gamma[k, i]
             sigma = float(np.sqrt(1.0 / (1.0 + np.exp(-g))))
             snr = float(wvar[i] * np.exp(-g))
-            out.append(f"{i:>10} {t:>5.2f} {g:>9.3f} {sigma:>9.4f} {snr:>10.3g}"
-                       + (f" {trained[k, i]:>9.3f}" if trained is not None else ""))
+            seen = ""
+            if trained is not None:
+                lo, hi = trained[0][k, i], trained[1][k, i]
+                seen = f" {f'{lo:.3f}..{hi:.3f}':>{width}}" if drawn else f" {lo:>9.3f}"
+            out.append(f"{i:>10} {t:>5.2f} {g:>9.3f} {sigma:>9.4f} {snr:>10.3g}{seen}")
     out.append("")
     for w in model.warnings:
         out.append(f"warning[{w.code}]: {w.message}")
@@ -179,6 +186,35 @@ def _kinks_line(model) -> str:
         return "kinks:     none (every component's dgamma/dt is continuous)"
     return (f"kinks:     {len(kinks)} in t = {kinks[0]:.4g} .. {kinks[-1]:.4g} (a component starts or stops "
             f"moving; the adaptive sampler and the likelihood split there)")
+
+
+# Values per drawn param at which `training_range` evaluates the schedule (over all of them at once).
+TRAINING_RANGE_POINTS = 65
+
+
+def training_range(model, ts: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) training gamma, each (len(ts), D), at the times `ts`: over a grid of
+    the drawn params' ranges (every group of a param drawn per component at the same value,
+    which spans each component's own range), or gamma itself twice when nothing is drawn.
+    Given components read as the schedule holds them (clean)."""
+    import itertools
+
+    ranges = model.checked.drawn_ranges
+    schedule = model.conditioned_schedule
+    with torch.no_grad():
+        if not ranges:
+            gamma = schedule(ts)[0].numpy()
+            return gamma, gamma
+        per_axis = max(2, round(TRAINING_RANGE_POINTS ** (1.0 / len(ranges))))
+        axes = [np.linspace(lo, hi, per_axis) for lo, hi in ranges.values()]
+        low = np.full((len(ts), model.dim), np.inf)
+        high = np.full((len(ts), model.dim), -np.inf)
+        for values in itertools.product(*axes):
+            params = {name: torch.full((len(ts), model.dim) if name in model.groups else (len(ts),), v,
+                                       dtype=torch.float64) for name, v in zip(ranges, values)}
+            gamma = schedule(ts, params)[0].numpy()
+            low, high = np.minimum(low, gamma), np.maximum(high, gamma)
+    return low, high
 
 
 def _drawn_how(model, name: str) -> str:

@@ -14,6 +14,8 @@ import os
 import numpy as np
 import torch
 
+from gudlang.explain import training_range
+
 from gudlang.space import noise_levels
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -37,7 +39,8 @@ def plot_schedule(model, out: str, max_lines: int = 400, grid: int = 256) -> Non
 def schedule_figure(model, max_lines: int = 400, grid: int = 256):
     """gamma, sigma, beta and true SNR of every component against t on the sampling path (gamma
     itself unless the spec declares `path_i(t)`, whose training gamma is then dotted in red for
-    the first, middle and last generated), coloured by generation order; components a spec
+    the first, middle and last generated, or a red band over the drawn params' ranges when
+    there are any), coloured by generation order; components a spec
     declares given (held clean, never generated) in grey. A matplotlib Figure."""
     plt = _pyplot()
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
@@ -68,12 +71,16 @@ def schedule_figure(model, max_lines: int = 400, grid: int = 256):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     if model.path is not None:  # the training distribution: gamma at t ~ U(0, 1), as its quantiles
-        with torch.no_grad():
-            trained = model.conditioned_schedule(t)[0].numpy()
+        low, high = training_range(model, t)
+        drawn = bool(model.checked.drawn_ranges)
+        label = "training: t ~ U(0, 1)" + (", drawn params over their ranges" if drawn else "")
         picks = [int(order[0]), int(order[len(order) // 2]), int(order[-1])] if len(order) else []
         for k, i in enumerate(dict.fromkeys(picks)):
-            axes[0, 0].plot(t.numpy(), trained[:, i], color="crimson", lw=1.2, ls=":",
-                            label="training: t ~ U(0, 1)" if k == 0 else None)
+            if drawn:  # a band: what training shows the network at each t
+                axes[0, 0].fill_between(t.numpy(), low[:, i], high[:, i], color="crimson", alpha=0.12, lw=0, zorder=0,
+                                        label=label if k == 0 else None)
+            else:
+                axes[0, 0].plot(t.numpy(), low[:, i], color="crimson", lw=1.2, ls=":", label=label if k == 0 else None)
         if picks:
             axes[0, 0].legend(loc="lower right", fontsize=8)
     for ax in axes[1]:

@@ -57,3 +57,22 @@ def test_plot_of_a_run_folder_without_metrics_says_what_to_do(tmp_path, capsys):
     code = main(["plot", str(run), "-o", str(tmp_path / "m.png")])
     err = capsys.readouterr().err
     assert code != 0 and "is a folder" in err and "--metrics" in err and "spec.gud" in err
+
+
+def test_the_training_range_spans_the_drawn_params_not_their_mean():
+    # Diffusion Forcing: gamma_i = shifted_cosine(u_i), u_i ~ U(0, 1) per column; at the mean
+    # u = 0.5 gamma is 0 at every t, which explain and plot used to show as "training"
+    import torch
+
+    from gudlang.explain import explain_text, training_range
+
+    model = build_model(check_file(str(SPECS / "peers" / "diffusion_forcing.gud")))
+    ts = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    low, high = training_range(model, ts)
+    np.testing.assert_allclose(low, -15.0, atol=1e-6)
+    np.testing.assert_allclose(high, 15.0, atol=1e-6)
+    assert "-15.000..15.000" in explain_text(model)
+    plain = build_model(check_file(str(SPECS / "digits.gud")))  # nothing drawn: gamma itself, twice
+    low, high = training_range(plain, ts)
+    np.testing.assert_array_equal(low, high)
+    np.testing.assert_allclose(low, plain.schedule(ts)[0].numpy())
