@@ -227,6 +227,23 @@ def pick_device(device, runtime) -> torch.device:
     return chosen
 
 
+def _check_extension_size(images: np.ndarray, count: int, axis: str) -> None:
+    """E651 when images extended by `count` columns (rows) would take more than half the memory
+    of this machine as float64 (as they are built), before a window is drawn."""
+    n, c, h, w = images.shape
+    values = n * c * (h * (w + count) if axis == "columns" else (h + count) * w)
+    need = 8 * values
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on every system
+        return
+    if need > memory // 2:
+        raise GudError.one("E651", f"extending {n} image(s) by {count} {axis} makes {values:.3g} values "
+                                   f"({need / 2 ** 30:.1f} GiB as float64), more than half of this machine's "
+                                   f"{memory / 2 ** 30:.1f} GiB",
+                           help=f"extend by fewer {axis}, or fewer images at a time")
+
+
 def given_images(images, data, *, full_size: bool = False) -> np.ndarray:
     """Images in data space (N, C, h, w) float64 for `data` (a DataSet): from an array,
     tensor or nested list of (N, C, h, w), (C, h, w) or (h, w) numbers, or the path of a PNG /
@@ -437,9 +454,11 @@ class GudModel:
                           "trained" if same else "replacement", nfe)
 
     def extend(self, images, *, columns: int | None = None, rows: int | None = None, sampler: str | None = None,
-               steps: int | None = None, seed: int | None = None) -> tuple[np.ndarray, int, int]:
+               steps: int | None = None, seed: int | None = None, progress=None) -> tuple[np.ndarray, int, int]:
         """Extend images (N, C, H, W) by `columns` on the right or `rows` at the bottom with a
-        sliding window; (extended images, network calls, the given band k)."""
+        sliding window; (extended images, network calls, the given band k). `progress(done,
+        total)` is called after each window. E651 when the result would not fit in half the
+        machine's memory."""
         from gudlang.conditioning import extend, extension_band
         if (columns is None) == (rows is None):
             raise GudError.one("E003", "extend by columns or by rows, not both and not neither")
@@ -458,10 +477,15 @@ class GudModel:
                                        f"{across} {'rows' if axis == 'columns' else 'columns'}, got shape "
                                        f"{images.shape[1:]}")
         steps, seed = _integer(steps, "steps", "E651"), _seed(seed, self.spec.sample.seed, "E651")
-        windows = iter(range(1 << 30))
+        _check_extension_size(images, count, axis)
+        total = -(-count // (size - k))
+        windows = iter(range(1 << 62))
 
         def fill(window):
-            done = self._complete(window, None, sampler, steps, None, seed + next(windows))
+            index = next(windows)
+            done = self._complete(window, None, sampler, steps, None, seed + index)
+            if progress is not None:
+                progress(index + 1, total)
             return done.x, done.nfe
 
         x, nfe = extend(images, count, axis, k, size, fill)

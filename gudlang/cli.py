@@ -465,8 +465,12 @@ def cmd_extend(args, overrides: dict) -> int:
     images = load_images(args.image, data)
     seed = model.spec.sample.seed if args.seed is None else args.seed
     start = time.time()
-    x, nfe, k = model.extend(images, columns=args.columns, rows=args.rows, sampler=args.sampler, steps=args.steps,
-                             seed=seed)
+    update, close = progress("extend", 0, unit="window")  # its total is known once extension starts
+    try:
+        x, nfe, k = model.extend(images, columns=args.columns, rows=args.rows, sampler=args.sampler,
+                                 steps=args.steps, seed=seed, progress=update)
+    finally:
+        close()
     axis, count = ("columns", args.columns) if args.columns else ("rows", args.rows)
     stem = _stem(args, f"extend-{count}{axis}-seed{seed}{_variant_tag(_variant(None, overrides))}"
                        f"{_digest_tag(images)}")

@@ -18,15 +18,17 @@ def positive_int(text: str) -> int:
     return value
 
 
-def progress(what: str, total: int, quiet: bool = False):
-    """(update, close): a tqdm bar on a terminal, called with (done, total); update is None
-    elsewhere or when quiet."""
+def progress(what: str, total: int, quiet: bool = False, unit: str = "image"):
+    """(update, close): a tqdm bar on a terminal, called with (done, total) (a total other than
+    the one given replaces it); update is None elsewhere or when quiet."""
     if quiet or not sys.stderr.isatty():
         return None, lambda: None
     from tqdm import tqdm
-    bar = tqdm(total=total, desc=what, unit="image", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=total, desc=what, unit=unit, dynamic_ncols=True, file=sys.stderr)
 
-    def update(done: int, _total: int) -> None:
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
         bar.update(done - bar.n)
 
     return update, bar.close

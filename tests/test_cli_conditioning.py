@@ -197,3 +197,19 @@ def test_default_names_keep_completions_of_other_images_and_masks_apart(capsys, 
     assert all((files / w).is_file() for w in written)
     code, out, _ = run(capsys, "sample", "cond.gud")  # the spec's own test images: no digest
     assert code == 0 and out.split(" and ")[0].endswith("-given.png")
+
+
+def test_an_extension_too_large_for_memory_is_refused_before_any_window(capsys, files):
+    code, out, err = run(capsys, "extend", files / "cond.gud", "--image", files / "images.npy",
+                         "--columns", 10 ** 12)
+    assert code != 0 and "E651" in err and "more than half of this machine's" in err and out == ""
+
+
+def test_extend_reports_its_windows(files):
+    import gudlang
+
+    model = gudlang.load(files / "cond.gud")
+    seen = []
+    x, _, k = model.extend(np.load(files / "images.npy"), columns=10, progress=lambda d, t: seen.append((d, t)))
+    assert k == 4 and x.shape[-1] == 18
+    assert seen == [(1, 3), (2, 3), (3, 3)]  # 10 columns, 4 new per window of 8 with 4 given
