@@ -23,10 +23,11 @@ GIVEN_GAMMA = -30 (sigma = 3e-7) is the noise level a given component shows the 
 lies below every schedule's clean end, so the network can tell given from generated.
 
 Known values come from images in data space (`load_images`: PNG / JPEG, .npy, .npz, from
-`gud sample --given FILE`), are encoded by the model's `Space`, and the given components of
-the encoding are kept. A smaller image (super-resolution) is first upsampled the way the basis
-makes exact: block replication for the wavelet and pixel bases (a Haar coarse level is the
-block mean), spectral zero-padding for the DCT basis.
+`gud sample --given FILE`; image files and uint8 arrays, such as `gud sample --format npz`
+writes, are pixels mapped onto the data range), are encoded by the model's `Space`, and the
+given components of the encoding are kept. A smaller image (super-resolution) is first
+upsampled the way the basis makes exact: block replication for the wavelet and pixel bases (a
+Haar coarse level is the block mean), spectral zero-padding for the DCT basis.
 
 Image extension (`extend`): a spec whose given components are exactly a band of the first k
 columns (rows) extends an image to the right (downwards) by a sliding window: generate the
@@ -34,7 +35,8 @@ other W - k columns conditioned on the last k known ones, append them, shift, re
 
 Errors (GudError):
     E680 a mask that gives every component or none
-    E681 given images that cannot be used (unreadable, wrong size or channels, out of range)
+    E681 given images that cannot be used (unreadable, none, wrong size, layout or channels,
+         out of range)
     E682 image extension with a mask that is not a band of leading columns or rows
 """
 
@@ -114,55 +116,110 @@ class ReplacementEpsModel(nn.Module):
 # --------------------------------------------------------------------------- known values
 def load_images(path: str | Path, data) -> np.ndarray:
     """Images in data space (N, C, h, w) float64 for `data` (a DataSet: its shape, value range
-    and levels) from a PNG / JPEG file, an .npy array or an .npz archive (key `x`, else its only
-    array) of (N, C, h, w), (C, h, w) or (h, w) values. E681 for unreadable files, wrong channels
-    and values out of range (`check_value_range`)."""
+    and levels) from an image file or an .npy array or .npz archive (key `x`, else its only
+    image array). E681 for unreadable files, wrong layouts or channels and values out of range
+    (`check_value_range`).
+
+    Arrays hold (N, C, h, w), (C, h, w) or (h, w) values in data space, or channels last,
+    (N, h, w, C) or (h, w, C), where only that reading has the model's C channels. uint8 arrays
+    are 0..255 pixels, like `gud sample --format npz` writes (arr_0, N H W C): 0..255 maps onto
+    the data range. Image files are read as the `images()` loader reads them
+    (`readers.flat_image`: EXIF orientation applied, transparency on white, 16-bit and float
+    pixels scaled, never clipped) and mapped onto the data range; 16-bit pixels are rounded to
+    8 bits for data of at most 256 levels (as `images()` reads them), else kept at full depth."""
     path = Path(path)
     c = data.shape[0]
-    lo, hi = data.value_range
     if not path.is_file():
         raise GudError.one("E681", f"no such file: {path}", help="give an image, .npy or .npz file")
     suffix = path.suffix.lower()
     try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                arr = np.asarray(_pick_array(archive, path), dtype=np.float64)
-            pixels = False
-        elif suffix == ".npy":
-            arr = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)
-            pixels = False
+        if suffix in (".npz", ".npy"):
+            if suffix == ".npz":
+                with np.load(path, allow_pickle=False) as archive:
+                    arr = _pick_array(archive, path)
+            else:
+                arr = np.load(path, allow_pickle=False)
+            pixels = arr.dtype == np.uint8
+            arr = _channels_first(np.asarray(arr, dtype=np.float64), data.shape, path)
+            if pixels:
+                arr = _from_pixels(arr, data, 255.0)
         else:
-            from PIL import Image, UnidentifiedImageError
-            try:
-                with Image.open(path) as image:
-                    image = image.convert("L" if c == 1 else "RGB")
-                    arr = np.asarray(image, dtype=np.float64)
-            except UnidentifiedImageError:
-                raise GudError.one("E681", f"{path} is not an image PIL can read",
-                                   help="give a PNG or JPEG image, or an .npy / .npz array") from None
-            except Image.DecompressionBombError as e:
-                raise GudError.one("E681", f"{path} is too large to read ({e})",
-                                   help="give the images at the model's size") from None
-            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-            arr = lo + (hi - lo) * arr / 255.0
-            pixels = True
+            arr, pixels = _from_pixels(_read_image_file(path, c, data.levels), data, 1.0), True
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # corrupt or truncated
         raise GudError.one("E681", f"cannot read {path}: {e}", help="give an image, .npy or .npz file") from None
     except MemoryError:
         raise GudError.one("E681", f"{path} holds more than fits in memory",
                            help="give fewer or smaller images") from None
-    if arr.ndim == 2:
-        arr = arr[None, None]
-    elif arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[1] != c or min(arr.shape) < 1:
-        raise GudError.one("E681", f"{path} holds an array of shape {arr.shape}; the model's images "
-                                   f"have {c} channel(s)",
-                           help=f"give (N, {c}, H, W), ({c}, H, W)" + (" or (H, W)" if c == 1 else "") + " values")
     if not np.isfinite(arr).all():
         raise GudError.one("E681", f"{path} holds NaN or infinite values")
     if not pixels:
         check_value_range(arr, data, f"the values in {path}")
+    return arr
+
+
+def _from_pixels(arr: np.ndarray, data, white: float) -> np.ndarray:
+    """Pixels 0..white mapped onto `data`'s value range."""
+    lo, hi = data.value_range
+    return lo + (hi - lo) * arr / white
+
+
+def _read_image_file(path: Path, c: int, levels: int | None) -> np.ndarray:
+    """An image file's pixels (1, c, h, w) in 0..1 (c = 1 grey, else RGB), read by
+    `readers.flat_image`; 16-bit and float pixels rounded to 8 bits when `levels` <= 256."""
+    from PIL import Image, UnidentifiedImageError
+
+    from gudlang.datasets.readers import flat_image, image_pixels
+    mode = "L" if c == 1 else "RGB"
+    try:
+        with Image.open(path) as image:
+            image = flat_image(image, mode, path, code="E681")
+            arr = image_pixels(image, mode).astype(np.float64) / 255.0
+    except UnidentifiedImageError:
+        raise GudError.one("E681", f"{path} is not an image PIL can read",
+                           help="give a PNG or JPEG image, or an .npy / .npz array") from None
+    except Image.DecompressionBombError as e:
+        raise GudError.one("E681", f"{path} is too large to read ({e})",
+                           help="give the images at the model's size") from None
+    if image.mode == "F" and levels is not None and levels <= 256:
+        arr = np.rint(arr * 255.0) / 255.0
+    return arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
+
+
+def _channels_first(arr: np.ndarray, shape, path: Path) -> np.ndarray:
+    """An array of images as (N, C, h, w) for the model's `shape` (C, H, W): (N, C, h, w),
+    (C, h, w) and (h, w) as they are, (N, h, w, C) and (h, w, C) transposed, where only one
+    reading has C channels (or, for both, only one is H x W). E681 naming the problem
+    otherwise (no images, empty or ambiguous images, wrong channels)."""
+    c, height, width = shape
+    shapes = f"(N, {c}, H, W), ({c}, H, W)" + (" or (H, W)" if c == 1 else "")
+    help = f"give {shapes} values in data space, or uint8 (N, H, W, {c}) pixels"
+    given = arr.shape
+    if arr.ndim == 2:
+        arr = arr[None, None]
+    elif arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4:
+        raise GudError.one("E681", f"{path} holds a {len(given)}-D array of shape {given}, not images",
+                           help=help)
+    if arr.shape[0] == 0:
+        raise GudError.one("E681", f"{path} holds no images (an array of shape {given})", help=help)
+    if arr.size == 0:
+        raise GudError.one("E681", f"{path} holds empty images (an array of shape {given})", help=help)
+    first, last = arr.shape[1] == c, arr.shape[3] == c
+    if first and last:  # (N, C, h, C): h x C images channels first, C x h channels last
+        first, last = arr.shape[2:] == (height, width), arr.shape[1:3] == (height, width)
+        if first == last:
+            raise GudError.one("E681", f"{path} holds an array of shape {given}, which is either {arr.shape[2]} x "
+                                       f"{arr.shape[3]} images channels first or {arr.shape[1]} x {arr.shape[2]} "
+                                       f"images channels last, of {c} channel(s)",
+                               help=f"give (N, {c}, H, W) values (x.transpose(0, 3, 1, 2) of channels-last x)")
+    if last and not first:
+        return arr.transpose(0, 3, 1, 2)
+    if not first:
+        batch = " (one-channel (N, H, W) images as x[:, None])" if c == 1 and len(given) == 3 else ""
+        raise GudError.one("E681", f"{path} holds an array of shape {given}: images of {arr.shape[1]} channel(s) "
+                                   f"if channels first, {arr.shape[3]} if channels last; the model's images "
+                                   f"have {c} channel(s)", help=help + batch)
     return arr
 
 

@@ -513,7 +513,7 @@ def test_images_resize_the_shorter_side_then_crop(tmp_path):
 
 
 def test_images_of_different_modes_are_converted(tmp_path):
-    _png(tmp_path / "1_rgba.png", np.full((6, 6, 4), (10, 20, 30, 40)))
+    _png(tmp_path / "1_rgba.png", np.full((6, 6, 4), (10, 20, 30, 255)))
     _png(tmp_path / "2_grey.png", np.full((6, 6), 77))
     Image.fromarray(np.full((6, 6, 3), 90, dtype=np.uint8)) \
         .convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "3_p.png")

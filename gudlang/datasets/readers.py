@@ -5,6 +5,15 @@ Output: the array as stored (.npz / .npy) or uint8 images: (H, W) / (H, W, 3) fo
 PNG / JPEG, (N, H, W) / (N, H, W, 3) for a folder of them, (N, H, W) for an IDX file,
 (N, 3, 32, 32) for a CIFAR-10 batch (binary or python version).
 
+Images are read as a viewer shows them (`flat_image`): turned by their EXIF orientation,
+transparent pixels composited onto white (RGBA, LA, P or L / RGB with a transparent
+colour; torchvision's ImageFolder drops alpha instead, showing the colours hidden under it),
+16-bit grey pixels (PIL modes I;16, I;16B, I from a PNG or 16-bit TIFF) scaled so that 65535
+is white, float pixels (mode F) read with 1.0 white. A folder's images are 8-bit (256
+levels), so deeper pixels are resized at full depth and then rounded to 8 bits, never
+clipped; 32-bit integer pixels (no known white) and float pixels outside 0..1 are refused
+(E402). PIL reads 16-bit colour PNGs at 8 bits itself (the high byte).
+
 No data file can run code. np.load always runs with allow_pickle=False. CIFAR-10's python
 batches are pickles: their bytes are first scanned opcode by opcode (every declared length
 must fit in the file), then unpickled by `_BatchUnpickler`, whose `find_class` resolves only
@@ -30,7 +39,8 @@ used only when the key and a sha256 of its pixels match. Files modified in the l
 the mtime). Entries are written atomically (temporary file, then os.replace); a corrupt or
 stale entry is decoded again and overwritten; an unwritable cache only costs the decoding.
 
-Errors (GudError): E401 file not found, E402 unreadable, corrupt or truncated file (a
+Errors (GudError): E401 file not found, E402 unreadable, corrupt or truncated file, an
+image whose pixels have no known white level (a
 CIFAR-10 python batch of another structure, or referring to anything but numpy's array
 reconstruction), or an array larger than memory, E403 npz key missing or ambiguous, E404
 object (e.g. ragged) arrays, E407 an npz file without arrays, an IDX file without images or
@@ -56,7 +66,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
@@ -68,7 +78,11 @@ CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR_PYTHON_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_RECORD = 1 + 3 * 32 * 32  # one label byte, then 1024 red, green and blue bytes
 # Bump when `read_image` changes what it returns: old cache entries then no longer match.
-IMAGE_CACHE_SCHEME = "gudlang-images-v1"
+IMAGE_CACHE_SCHEME = "gudlang-images-v2"  # v2: EXIF orientation, alpha, 16-bit pixels
+# Transparent pixels are composited onto white, as a web page shows them.
+BACKGROUND = (255, 255, 255)
+# PIL modes with 16-bit unsigned grey pixels.
+MODES_16 = ("I;16", "I;16L", "I;16B", "I;16N")
 # FAT stores mtimes in 2 s steps; other file systems are finer.
 RACY_SECONDS = 2.0
 
@@ -208,12 +222,75 @@ def read_npz_array(path: Path, key: str | None) -> tuple[np.ndarray, str]:
         return array, what
 
 
+def _upright(im: Image.Image) -> Image.Image:
+    """`im` turned / mirrored by its EXIF orientation tag, as a viewer shows it."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error):
+        return im  # unreadable EXIF: the pixels as stored
+
+
+def _white_level(im: Image.Image, where: str, code: str) -> float | None:
+    """The value of white in a 16-bit or float image; None for 8-bit modes. `code` for a
+    32-bit integer image, whose white level is unknown."""
+    if im.mode in MODES_16:
+        return 65535.0
+    if im.mode == "F":
+        return 1.0
+    if im.mode != "I":
+        return None
+    # PIL opens 16-bit grey PNGs as mode I before Pillow 10, and signed or 16-bit TIFFs.
+    tiff_bits = getattr(im, "tag_v2", {}).get(258) if im.format == "TIFF" else None
+    if im.format == "PNG" or tiff_bits in (16, (16,)):
+        return 65535.0
+    raise GudError.one(code, f"cannot read image {where}: it has 32-bit integer pixels, "
+                             "whose white level is unknown",
+                       help="save it as an 8- or 16-bit PNG (or as floats in 0..1)")
+
+
+def flat_image(im: Image.Image, mode: str, where, code: str = "E402") -> Image.Image:
+    """An opened image as a viewer shows it, ready to resize: upright, transparent pixels
+    composited onto white, in `mode` ("L" or "RGB") for 8-bit images; a grey "F" image with
+    values in 0..255 (unrounded) for 16-bit and float ones, whatever `mode` (PIL's convert
+    would clip them at 255). `code` (E402) names the image `where` when its pixels have no
+    known white level or lie outside it."""
+    white = _white_level(im, where, code)  # before the turn, whose copy forgets the format
+    im = _upright(im)
+    if white is not None:
+        x = np.asarray(im, dtype=np.float64)
+        if not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= white):
+            kind = "float pixels outside 0..1" if im.mode == "F" else "negative pixels"
+            raise GudError.one(code, f"cannot read image {where}: it has {kind} "
+                                     f"(from {x.min():.4g} to {x.max():.4g})",
+                               help="save it as an 8- or 16-bit PNG, or as floats in 0..1")
+        transparent = im.info.get("transparency")
+        if isinstance(transparent, int):  # one grey value marked transparent
+            x = np.where(x == transparent, white, x)
+        return Image.fromarray((x * (255.0 / white)).astype(np.float32))
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        background = Image.new("RGBA", im.size, BACKGROUND + (255,))
+        im = Image.alpha_composite(background, im.convert("RGBA"))
+    return im.convert(mode)
+
+
+def image_pixels(im: Image.Image, mode: str) -> np.ndarray:
+    """The pixels of a `flat_image` as (H, W) or (H, W, 3) for mode "RGB": uint8 for 8-bit
+    images, float32 in 0..255 for "F" ones."""
+    x = np.asarray(im)
+    if im.mode == "F" and mode == "RGB":
+        x = np.repeat(x[..., None], 3, axis=2)
+    return x
+
+
 def read_image(path: Path, mode: str, hw: tuple[int, int]) -> np.ndarray:
-    """One image as uint8 (H, W) or (H, W, 3): shorter side resized to fit, then center-cropped."""
+    """One image as uint8 (H, W) or (H, W, 3): shorter side resized to fit, then center-cropped.
+
+    The image is read by `flat_image` (upright, on white, 16-bit and float pixels scaled),
+    resized at full depth, then rounded to 8 bits."""
     h, w = hw
     try:
         with Image.open(path) as im:
-            im = im.convert(mode)
+            im = flat_image(im, mode, path)
             scale = max(h / im.height, w / im.width)
             size = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
             limit = Image.MAX_IMAGE_PIXELS
@@ -226,7 +303,10 @@ def read_image(path: Path, mode: str, hw: tuple[int, int]) -> np.ndarray:
             if size != im.size:
                 im = im.resize(size, RESAMPLING)
             left, top = (size[0] - w) // 2, (size[1] - h) // 2
-            return np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.uint8)
+            x = image_pixels(im.crop((left, top, left + w, top + h)), mode)
+            if x.dtype != np.uint8:  # 16-bit or float pixels: rounded to 8 bits
+                x = np.rint(np.clip(x, 0, 255))  # the clip only catches bicubic overshoot
+            return x.astype(np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise GudError.one("E402", f"cannot read image {path} ({e})",
                            help="remove or replace that file (PNG and JPEG are read)") from None
