@@ -344,19 +344,24 @@ def extend(images: np.ndarray, count: int, axis: str, k: int, size: int, fill) -
     if images.shape[along] < k:
         raise GudError.one("E681", f"the image has {images.shape[along]} {axis}; extension starts from the "
                                    f"last {k} (the given band)", help=f"give an image with at least {k} {axis}")
-    canvas = images
-    calls = 0
     steps = math.ceil(count / (size - k))
-    for _ in range(steps):
-        window = np.zeros(canvas.shape[:along] + (size,) + canvas.shape[along + 1:])
-        tail = np.take(canvas, range(canvas.shape[along] - k, canvas.shape[along]), axis=along)
+    start = images.shape[along]
+    shape = list(images.shape)
+    shape[along] = start + steps * (size - k)
+    canvas = np.empty(shape)  # filled in place: appending copied the whole canvas per window
+
+    def band(lo: int, hi: int) -> tuple:
         index = [slice(None)] * 4
-        index[along] = slice(0, k)
-        window[tuple(index)] = tail
+        index[along] = slice(lo, hi)
+        return tuple(index)
+
+    canvas[band(0, start)] = images
+    calls, end = 0, start
+    for _ in range(steps):
+        window = np.zeros(images.shape[:along] + (size,) + images.shape[along + 1:])
+        window[band(0, k)] = canvas[band(end - k, end)]
         done, nfe = fill(window)
         calls += nfe
-        index[along] = slice(k, size)
-        canvas = np.concatenate([canvas, done[tuple(index)]], axis=along)
-    index = [slice(None)] * 4
-    index[along] = slice(0, images.shape[along] + count)
-    return canvas[tuple(index)], calls
+        canvas[band(end, end + size - k)] = done[band(k, size)]
+        end += size - k
+    return canvas[band(0, start + count)], calls

@@ -220,3 +220,30 @@ def test_trained_conditional_of_digits_covariance_converges_to_the_closed_form(b
     target = [torch.as_tensor(v) for v in marginal_given(oracle, schedule, 0.0, model.given, known)]
     errors = [kl(*output_moments("heun", oracle, schedule, model.given, known, steps), *target) for steps in (25, 100)]
     assert errors[1] < errors[0] / 8 and errors[1] < 1e-3, errors
+
+
+@pytest.mark.parametrize("axis", ["columns", "rows"])
+def test_extension_stitches_each_window_after_the_last_known_band(axis):
+    # a fill that writes, in its generated part, 100 * window number + the last known value
+    from gudlang.conditioning import extend
+    images = np.arange(2 * 1 * 6 * 6, dtype=np.float64).reshape(2, 1, 6, 6)
+    along = 3 if axis == "columns" else 2
+    seen = []
+
+    def fill(window):
+        seen.append(window.copy())
+        done = window.copy()
+        last = np.take(window, [1], axis=along)  # k = 2: the band's last line
+        index = [slice(None)] * 4
+        index[along] = slice(2, 6)
+        done[tuple(index)] = 100 * len(seen) + last
+        return done, 7
+
+    out, calls = extend(images, 9, axis, 2, 6, fill)
+    assert calls == 7 * 3 and out.shape[along] == 6 + 9  # ceil(9 / 4) windows, 12 made, 9 kept
+    np.testing.assert_array_equal(np.take(out, range(6), axis=along), images)
+    expected_first = 100 + np.take(images, [5], axis=along)
+    np.testing.assert_array_equal(np.take(seen[0], [1], axis=along), np.take(images, [5], axis=along))
+    np.testing.assert_array_equal(np.take(out, range(6, 10), axis=along),
+                                  np.repeat(expected_first, 4, axis=along))
+    np.testing.assert_array_equal(np.take(seen[1], [0, 1], axis=along), np.take(out, [8, 9], axis=along))
