@@ -246,11 +246,12 @@ def _check_extension_size(images: np.ndarray, count: int, axis: str) -> None:
 
 def given_images(images, data, *, full_size: bool = False) -> np.ndarray:
     """Images in data space (N, C, h, w) float64 for `data` (a DataSet): from an array,
-    tensor or nested list of (N, C, h, w), (C, h, w) or (h, w) numbers, or the path of a PNG /
-    JPEG, .npy or .npz file, read as `--given FILE` is (`conditioning.load_images`). E681 when
-    there are none, the channels (with `full_size` the size too) are not the data's, or a
-    value is NaN, infinite or outside the data's range (`check_value_range`)."""
-    from gudlang.conditioning import check_value_range, load_images
+    tensor or nested list of (N, C, h, w), (C, h, w) or (h, w) numbers (or channels last; uint8
+    as 0..255 pixels: `conditioning.images_from_array`), or the path of a PNG / JPEG, .npy or
+    .npz file, read as `--given FILE` is (`conditioning.load_images`). E681 when there are
+    none, the channels (with `full_size` the size too) are not the data's, or a value is NaN,
+    infinite or outside the data's range (`check_value_range`)."""
+    from gudlang.conditioning import images_from_array, load_images
     c, height, width = data.shape
     shapes = f"(N, {c}, H, W), ({c}, H, W)" + (" or (H, W)" if c == 1 else "")
     if isinstance(images, (str, os.PathLike)):
@@ -266,16 +267,7 @@ def given_images(images, data, *, full_size: bool = False) -> np.ndarray:
             raise GudError.one("E681", f"the images must be an array of numbers, got {_what(images)}",
                                help=f"give {shapes} values in data space, or the path of an image, .npy or "
                                     f".npz file")
-        shape, arr = arr.shape, arr.astype(np.float64)
-        arr = arr[None, None] if arr.ndim == 2 else arr[None] if arr.ndim == 3 else arr
-        if arr.ndim != 4 or arr.shape[1] != c or arr.size == 0:
-            batch = " (one-channel (N, H, W) images as images[:, None])" if c == 1 and len(shape) == 3 else ""
-            raise GudError.one("E681", f"the images have shape {shape}; the model's images have {c} channel(s)"
-                                       + (" and there must be at least one" if arr.size == 0 else ""),
-                               help=f"give {shapes} values{batch}")
-        if not np.isfinite(arr).all():
-            raise GudError.one("E681", "the images hold NaN or infinite values")
-        check_value_range(arr, data)
+        arr = images_from_array(arr, data, "the array of images")
     if full_size and arr.shape[2:] != (height, width):
         raise GudError.one("E681", f"the images are {arr.shape[2]} x {arr.shape[3]}, the model's {height} x {width}",
                            help="give full-size images")

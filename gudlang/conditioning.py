@@ -139,12 +139,8 @@ def load_images(path: str | Path, data) -> np.ndarray:
                     arr = _pick_array(archive, path)
             else:
                 arr = np.load(path, allow_pickle=False)
-            pixels = arr.dtype == np.uint8
-            arr = _channels_first(np.asarray(arr, dtype=np.float64), data.shape, path)
-            if pixels:
-                arr = _from_pixels(arr, data, 255.0)
-        else:
-            arr, pixels = _from_pixels(_read_image_file(path, c, data.levels), data, 1.0), True
+            return images_from_array(arr, data, str(path), f"the values in {path}")
+        arr = _from_pixels(_read_image_file(path, c, data.levels), data, 1.0)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # corrupt or truncated
         raise GudError.one("E681", f"cannot read {path}: {e}", help="give an image, .npy or .npz file") from None
     except MemoryError:
@@ -152,8 +148,21 @@ def load_images(path: str | Path, data) -> np.ndarray:
                            help="give fewer or smaller images") from None
     if not np.isfinite(arr).all():
         raise GudError.one("E681", f"{path} holds NaN or infinite values")
-    if not pixels:
-        check_value_range(arr, data, f"the values in {path}")
+    return arr
+
+
+def images_from_array(arr: np.ndarray, data, source: str = "the array",
+                      values: str = "the images' values") -> np.ndarray:
+    """An array of images as (N, C, h, w) float64 in `data`'s space: the layouts of
+    `_channels_first`, uint8 as 0..255 pixels mapped onto the data range, other numbers as data
+    values (range-checked, `check_value_range`). E681 naming `source` otherwise, or for NaN."""
+    pixels = arr.dtype == np.uint8
+    arr = _channels_first(np.asarray(arr, dtype=np.float64), data.shape, source)
+    if not np.isfinite(arr).all():
+        raise GudError.one("E681", f"{source} holds NaN or infinite values")
+    if pixels:
+        return _from_pixels(arr, data, 255.0)
+    check_value_range(arr, data, values)
     return arr
 
 
@@ -185,7 +194,7 @@ def _read_image_file(path: Path, c: int, levels: int | None) -> np.ndarray:
     return arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
 
 
-def _channels_first(arr: np.ndarray, shape, path: Path) -> np.ndarray:
+def _channels_first(arr: np.ndarray, shape, path) -> np.ndarray:
     """An array of images as (N, C, h, w) for the model's `shape` (C, H, W): (N, C, h, w),
     (C, h, w) and (h, w) as they are, (N, h, w, C) and (h, w, C) transposed, where only one
     reading has C channels (or, for both, only one is H x W). E681 naming the problem

@@ -134,15 +134,16 @@ def test_images_of_one_image_are_completed_as_the_cli_reads_them(trained):
 
 
 def test_a_batch_without_its_channel_axis_is_a_clear_error(trained):
-    err = refused("E681", "the images have shape (2, 8, 8); the model's images have 1 channel(s)",
+    err = refused("E681", "the array of images holds an array of shape (2, 8, 8): images of 2 channel(s) if "
+                          "channels first, 8 if channels last; the model's images have 1 channel(s)",
                   trained.given.complete, trained.images[:, 0])
-    assert "images[:, None]" in err.diagnostics[0].help
+    assert "x[:, None]" in err.diagnostics[0].help
 
 
 @pytest.mark.parametrize("images, phrase", [
     (None, "the images must be an array of numbers, got None"),
     (["a", "b"], "must be an array of numbers"),
-    (np.zeros((0, 1, 8, 8)), "there must be at least one"),
+    (np.zeros((0, 1, 8, 8)), "the array of images holds no images"),
     (np.zeros((2, 3, 8, 8)), "1 channel(s)"),
 ])
 def test_unusable_images_are_E681(trained, images, phrase):
@@ -160,7 +161,7 @@ def test_pixel_values_and_nan_images_are_refused_before_sampling(trained):
     refused("E681", "outside the data range [-1, 1]", trained.given.complete, trained.images * 255)
     nan = trained.images.copy()
     nan[0, 0, 3, 3] = np.nan
-    refused("E681", "the images hold NaN or infinite values", trained.given.complete, nan)
+    refused("E681", "the array of images holds NaN or infinite values", trained.given.complete, nan)
     refused("E681", "outside the data range", trained.given.sample, given=trained.images * 255)
 
 
@@ -224,3 +225,14 @@ def test_the_range_check_is_loose_for_continuous_data_only():
     grf = SimpleNamespace(value_range=(-4.0, 4.0), levels=None)
     check_value_range(images * 5 / 1.2, grf)
     refused("E681", "outside the data range [-4, 4]", check_value_range, images * 255, grf)
+
+
+def test_arrays_in_memory_read_as_files_do_channels_last_and_uint8_pixels(trained):
+    # the same reading as --given FILE (conditioning.images_from_array)
+    from gudlang.api import given_images
+
+    data = trained.given.model.data
+    images = trained.images[:2]
+    np.testing.assert_array_equal(given_images(images.transpose(0, 2, 3, 1), data), images)
+    pixels = np.round((images + 1) / 2 * 255).astype(np.uint8)
+    np.testing.assert_allclose(given_images(pixels, data), pixels / 255.0 * 2 - 1)
