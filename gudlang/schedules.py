@@ -609,14 +609,15 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 ALL_CORNERS_UP_TO = 4  # drawn params: every corner of their box up to this many, then a Sobol set
 SOBOL_POINTS = 64
 SWEEP = 9  # interior values of each drawn param's sweep
-BATCH_VALUES = 1 << 18  # gamma values evaluated at once: a few MB per array, in cache
+BATCH_VALUES = 1 << 18  # gamma values evaluated at once (a row of D at least): a few MB per array, in cache
 
 
 @np.errstate(all="ignore")  # overflow in a user's formula is reported as E302, not a RuntimeWarning
 def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: Mapping[str, tuple[float, float]],
                    constant: np.ndarray | None = None, coverage: bool = True) -> list[Diagnostic]:
     """Evaluate on a dense t grid in float64 (a uniform grid plus a golden-ratio sequence, so
-    that no period aliases with it) at the drawn params' values of `_param_values`, in batches.
+    that no period aliases with it) at the drawn params' values of `_param_values`, in batches
+    of at most BATCH_VALUES values (`_evaluations`: memory does not grow with D).
     Narrower features than the grid can still slip through. Raise GudError E302 on NaN / inf,
     or on values beyond float32's range (|gamma| or |beta| > 3.4e38: training and sampling
     return float32), E301 where gamma decreases, each naming component, t and param values.
@@ -631,25 +632,24 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
     log_wvar = np.log(np.asarray(wvar, dtype=np.float64))
     varying = np.ones(len(log_wvar), bool) if constant is None else ~np.asarray(constant, bool)
     worst0 = worst1 = None  # (log SNR, component, " with p = ...") of the worst start and end
-    per_batch = max(1, BATCH_VALUES // (len(t) * schedule.dim))
-    for first in range(0, len(combos), per_batch):
-        batch = combos[first:first + per_batch]
-        params = {n: torch.tensor([c[j] for c in batch], dtype=torch.float64).repeat_interleave(len(t))
-                  for j, n in enumerate(names)}
-        with torch.no_grad():
-            gamma, slope = schedule.gamma_and_slope(t.repeat(len(batch)), params)
-        gs = gamma.reshape(len(batch), len(t), -1).numpy()
-        ss = slope.reshape(len(batch), len(t), -1).numpy()
-        for combo, g, s in zip(batch, gs, ss):
-            where = (" with " + ", ".join(f"{n} = {v:g}" for n, v in zip(names, combo))) if names else ""
-            _check_values(t, g, s, where)
+    offences = None
+    for c, k0, (g, s) in _evaluations(schedule.gamma_and_slope, schedule.dim, t, names, combos):
+        if k0 == 0:
+            if offences is not None:
+                offences.finish()
+            where = (" with " + ", ".join(f"{n} = {v:g}" for n, v in zip(names, combos[c]))) if names else ""
+            offences = _Offences(t, where)
             log_snr0 = np.where(varying, log_wvar - g[0], np.inf)
-            log_snr1 = np.where(varying, log_wvar - g[-1], -np.inf)
-            i0, i1 = int(np.argmin(log_snr0)), int(np.argmax(log_snr1))
+            i0 = int(np.argmin(log_snr0))
             if worst0 is None or log_snr0[i0] < worst0[0]:
                 worst0 = (log_snr0[i0], i0, where)
+        offences.add(k0, g, s)
+        if k0 + len(g) == len(t):
+            log_snr1 = np.where(varying, log_wvar - g[-1], -np.inf)
+            i1 = int(np.argmax(log_snr1))
             if worst1 is None or log_snr1[i1] > worst1[0]:
                 worst1 = (log_snr1[i1], i1, where)
+    offences.finish()
     warnings: list[Diagnostic] = []
     if not coverage:
         return warnings
@@ -666,31 +666,105 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
     return warnings
 
 
-def _check_values(t: torch.Tensor, g: np.ndarray, s: np.ndarray, where: str) -> None:
-    """E302 / E301 for gamma g and its slope s (T, D) at one set of param values."""
-    bad = ~(np.isfinite(g) & np.isfinite(s))
-    if bad.any():
-        k, i = np.argwhere(bad)[0]
-        name = "gamma" if not np.isfinite(g[k, i]) else "dgamma/dt"
-        raise GudError.one("E302", f"{name} is not finite for component {i} at t = {t[k].item():.3f}{where}",
-                           help="check logs of values <= 0, divisions by zero and overflowing exp")
-    beta = s / (1.0 + np.exp(-g))
-    for name, values in (("gamma", g), ("beta", beta)):
-        big = np.abs(values) > FLOAT32_MAX
-        if big.any():
-            k, i = np.argwhere(big)[0]
-            raise GudError.one("E302", f"{name} is {values[k, i]:.3g} for component {i} at t = {t[k].item():.3f}"
-                                       f"{where}, beyond the float32 range (+-3.4e38) of training and sampling",
-                               help="keep gamma and its slope within float32's range")
-    tol = 1e-9 * (1.0 + np.abs(g))
-    dec = (s < -tol)[:-1] | (np.diff(g, axis=0) < -1e-9 * (1.0 + np.abs(g[1:])))
-    if dec.any():
+def _evaluations(evaluate, dim: int, t: torch.Tensor, names: list[str], combos: list[tuple[float, ...]]):
+    """(combo index, first row k0, arrays (rows, D)) of `evaluate(t, params)` (a tuple of
+    tensors) at the times t and each param combo, in order: whole combos at once while they fit
+    in BATCH_VALUES values, else runs of rows of one combo (one row at least per call)."""
+    rows = max(1, BATCH_VALUES // dim)
+    if rows >= len(t):
+        per_batch = rows // len(t)
+        for first in range(0, len(combos), per_batch):
+            batch = combos[first:first + per_batch]
+            params = {n: torch.tensor([c[j] for c in batch], dtype=torch.float64).repeat_interleave(len(t))
+                      for j, n in enumerate(names)}
+            with torch.no_grad():
+                out = [x.reshape(len(batch), len(t), -1).numpy() for x in evaluate(t.repeat(len(batch)), params)]
+            for b in range(len(batch)):
+                yield first + b, 0, [x[b] for x in out]
+        return
+    for c, combo in enumerate(combos):
+        for k0, k1 in _row_runs(dim, len(t)):
+            params = {n: torch.full((k1 - k0,), v, dtype=torch.float64) for n, v in zip(names, combo)}
+            with torch.no_grad():
+                yield c, k0, [x.numpy() for x in evaluate(t[k0:k1], params)]
+
+
+def _row_runs(dim: int, rows: int) -> list[tuple[int, int]]:
+    """(start, stop) of runs of the rows of a (rows, dim) table, in order, each of at most
+    BATCH_VALUES values (one row at least). Runs hold a multiple of 16 values where they can, so
+    that torch's vectorized loops split them as they split the whole table: the same floats."""
+    per_run = max(1, BATCH_VALUES // dim)
+    align = 16 // math.gcd(dim, 16)
+    if per_run >= align:
+        per_run -= per_run % align
+    return [(k0, min(rows, k0 + per_run)) for k0 in range(0, rows, per_run)]
+
+
+def _rows_of(evaluate, t: torch.Tensor, params, run: tuple[int, int]) -> list[np.ndarray]:
+    """The outputs (rows, D) of `evaluate(t, params)` (a tuple of tensors) at the rows `run` of
+    t; params given per time (a leading dimension len(t) > 1) are cut to them too."""
+    k0, k1 = run
+    if params:
+        params = {n: v[k0:k1] if torch.is_tensor(v) and v.ndim and len(t) > 1 and v.shape[0] == len(t) else v
+                  for n, v in params.items()}
+    with torch.no_grad():
+        return [x.numpy() for x in evaluate(t[k0:k1], params)]
+
+
+class _Offences:
+    """E302 / E301 for gamma and its slope at one set of param values, fed a run of rows at a
+    time in order (`add`); `finish` raises the first offence, as over the whole (T, D) table:
+    the first non-finite value, else the first gamma, else the first beta beyond float32's
+    range, else the first decrease, first in t, then in component."""
+
+    def __init__(self, t: torch.Tensor, where: str):
+        self.t, self.where = t, where
+        self.found: dict[str, GudError] = {}  # kind -> the first offence of that kind
+        self.last = None  # (g, s) of the row before the next run: (1, D)
+
+    def add(self, k0: int, g: np.ndarray, s: np.ndarray) -> None:
+        """The rows k0, k0 + 1, ... of gamma g and its slope s (rows, D)."""
+        t, where = self.t, self.where
+        bad = ~(np.isfinite(g) & np.isfinite(s))
+        if bad.any():
+            k, i = np.argwhere(bad)[0]
+            name = "gamma" if not np.isfinite(g[k, i]) else "dgamma/dt"
+            raise GudError.one("E302", f"{name} is not finite for component {i} at t = {t[k0 + k].item():.3f}{where}",
+                               help="check logs of values <= 0, divisions by zero and overflowing exp")
+        beta = s / (1.0 + np.exp(-g))
+        for name, values in (("gamma", g), ("beta", beta)):
+            big = np.abs(values) > FLOAT32_MAX
+            if name not in self.found and big.any():
+                k, i = np.argwhere(big)[0]
+                self.found[name] = GudError.one(
+                    "E302", f"{name} is {values[k, i]:.3g} for component {i} at t = {t[k0 + k].item():.3f}"
+                            f"{where}, beyond the float32 range (+-3.4e38) of training and sampling",
+                    help="keep gamma and its slope within float32's range")
+        if "decrease" not in self.found:
+            if self.last is not None:  # from the row before this run to its first row
+                self._decreases(k0 - 1, np.concatenate([self.last[0], g[:1]]), np.concatenate([self.last[1], s[:1]]))
+            self._decreases(k0, g, s)
+        self.last = (g[-1:].copy(), s[-1:].copy())
+
+    def _decreases(self, k0: int, g: np.ndarray, s: np.ndarray) -> None:
+        """Note the first decrease of gamma from row k to k + 1 within g, s (rows k0, k0 + 1, ...)."""
+        tol = 1e-9 * (1.0 + np.abs(g))
+        dec = (s < -tol)[:-1] | (np.diff(g, axis=0) < -1e-9 * (1.0 + np.abs(g[1:])))
+        if "decrease" in self.found or not dec.any():
+            return
         k, i = np.argwhere(dec)[0]
+        t = self.t
         how = (f"dgamma/dt = {s[k, i]:.3g}" if s[k, i] < -tol[k, i] else
-               f"from {g[k, i]:.6g} to {g[k + 1, i]:.6g} by t = {t[k + 1].item():.4f}")
-        raise GudError.one("E301", f"gamma decreases in t for component {i} at t = {t[k].item():.4f}"
-                                   f"{where} ({how})",
-                           help="gamma_i(t) must be non-decreasing: noise only grows in forward time")
+               f"from {g[k, i]:.6g} to {g[k + 1, i]:.6g} by t = {t[k0 + k + 1].item():.4f}")
+        self.found["decrease"] = GudError.one(
+            "E301", f"gamma decreases in t for component {i} at t = {t[k0 + k].item():.4f}{self.where} ({how})",
+            help="gamma_i(t) must be non-decreasing: noise only grows in forward time")
+
+    def finish(self) -> None:
+        """Raise the first offence found, if any."""
+        for kind in ("gamma", "beta", "decrease"):
+            if kind in self.found:
+                raise self.found[kind]
 
 
 def _check_grid() -> torch.Tensor:
@@ -735,19 +809,18 @@ def check_weight(weight: CompiledSchedule, drawn_ranges: Mapping[str, tuple[floa
     names = list(drawn_ranges)
     t = _check_grid()
     trained = np.ones(weight.dim, bool) if ignore is None else ~np.asarray(ignore, bool)
+    combos = _param_values(drawn_ranges)
     positive = False
-    for combo in _param_values(drawn_ranges):
-        params = {n: torch.full((len(t),), v, dtype=torch.float64) for n, v in zip(names, combo)}
-        where = (" with " + ", ".join(f"{n} = {v:g}" for n, v in zip(names, combo))) if names else ""
-        with torch.no_grad():
-            w = weight.value(t, params).numpy()
+    for c, k0, (w,) in _evaluations(lambda ts, params: (weight.value(ts, params),), weight.dim, t, names, combos):
         bad = ~np.isfinite(w) | (w < 0) | (w > FLOAT32_MAX)
         if bad.any():
             k, i = np.argwhere(bad)[0]
-            raise GudError.one("E304", f"the loss weight is {w[k, i]:.6g} for component {i} at t = {t[k].item():.4f}"
-                                       f"{where}: it must be finite, >= 0 and within float32's range (3.4e38)",
+            where = (" with " + ", ".join(f"{n} = {v:g}" for n, v in zip(names, combos[c]))) if names else ""
+            raise GudError.one("E304", f"the loss weight is {w[k, i]:.6g} for component {i} at t = "
+                                       f"{t[k0 + k].item():.4f}{where}: it must be finite, >= 0 and within "
+                                       "float32's range (3.4e38)",
                                help="a weight multiplies each component's squared error; e.g. 1 + exp(gamma_i(t))")
-        positive |= bool((w[:, trained].astype(np.float32) > 0).any())
+        positive = positive or bool((w[:, trained].astype(np.float32) > 0).any())
     if not positive:
         which = "every component" if trained.all() else "every generated component (the given ones are not trained)"
         raise GudError.one("E304", f"the loss weight is 0 (in float32, as training computes it) for {which} and "
@@ -758,6 +831,7 @@ def check_weight(weight: CompiledSchedule, drawn_ranges: Mapping[str, tuple[floa
 SUPPORT_PATH_POINTS = 129  # times on the sampling path whose states are checked
 SUPPORT_T_CELLS = 512  # cells of training time
 SUPPORT_PARAM_POINTS = 17  # grid points of one drawn param (fewer per axis with more params)
+SUPPORT_VALUES = 1 << 20  # training gamma values held at once: the time cells are taken in runs
 
 
 @np.errstate(all="ignore")
@@ -773,13 +847,14 @@ def check_support(train: CompiledSchedule, path: CompiledSchedule, drawn_ranges:
     monotone in each variable over a cell, as in t it must be), up to float64 rounding. A param
     drawn per component (`groups[name]`: (D,) group ids) may sit in a different cell for each
     group of components. `ignore` (D,) bool marks components left out (given ones, pinned clean
-    in both). Checked at SUPPORT_PATH_POINTS times of the path."""
+    in both). Checked at SUPPORT_PATH_POINTS times of the path, against runs of time cells
+    whose training values fit in SUPPORT_VALUES (memory does not grow with D beyond the path's
+    states)."""
     s = torch.linspace(0.0, 1.0, SUPPORT_PATH_POINTS, dtype=torch.float64)
-    with torch.no_grad():
-        p = path.value(s).numpy()
     keep = np.ones(train.dim, bool) if ignore is None else ~np.asarray(ignore, bool)
-    p = p[:, keep]
-    tol = 1e-6 * (1.0 + np.abs(p)) + 1e-9
+    p = np.empty((len(s), int(keep.sum())))
+    for run in _row_runs(path.dim, len(s)):
+        p[run[0]:run[1]] = _rows_of(lambda ts, params: (path.value(ts, params),), s, None, run)[0][:, keep]
     groups = dict(groups or {})
     shared = [n for n in drawn_ranges if n not in groups]
     free = [n for n in drawn_ranges if n in groups]
@@ -787,20 +862,31 @@ def check_support(train: CompiledSchedule, path: CompiledSchedule, drawn_ranges:
     axes = {n: np.linspace(lo, hi, per_axis) for n, (lo, hi) in drawn_ranges.items()}
     order, starts = _group_order(groups, free, keep)
     t = torch.linspace(0.0, 1.0, SUPPORT_T_CELLS + 1, dtype=torch.float64)
+    # a run of time cells is searched as the whole grid is: gamma is non-decreasing in t, so a
+    # component's cells within a run are the run's share of its cells over the whole grid
+    evaluations = 2 ** len(shared) * math.prod(len(axes[n]) for n in free)  # per time, in `_cell_ranges`
+    per_run = max(1, SUPPORT_VALUES // (evaluations * p.shape[1]) - 1)
     found = np.zeros(len(p), bool)
     low = np.full(p.shape[1], np.inf)
     high = np.full(p.shape[1], -np.inf)
     for shared_cell in _cells([len(axes[n]) for n in shared]):
-        lo_cell, hi_cell = _cell_ranges(train, t, shared, shared_cell, free, axes, keep)  # (E, K, D)
-        low, high = np.minimum(low, lo_cell.min(axis=(0, 1))), np.maximum(high, hi_cell.max(axis=(0, 1)))
-        pending = np.flatnonzero(~found)
-        for first in range(0, len(pending), 16):
-            chunk = pending[first:first + 16]
-            found[chunk] = _inside(p[chunk], tol[chunk], lo_cell, hi_cell, order, starts)
-        if found.all():
-            return
+        for k0 in range(0, SUPPORT_T_CELLS, per_run):
+            times = t[k0:k0 + per_run + 1]
+            lo_cell, hi_cell = _cell_ranges(train, times, shared, shared_cell, free, axes, keep)  # (E, K, D)
+            run_low, run_high = lo_cell.min(axis=(0, 1)), hi_cell.max(axis=(0, 1))
+            low, high = np.minimum(low, run_low), np.maximum(high, run_high)
+            pending = np.flatnonzero(~found)
+            for first in range(0, len(pending), 16):
+                chunk = pending[first:first + 16]
+                q, tol = p[chunk], _support_tol(p[chunk])
+                near = ((q >= run_low - tol) & (q <= run_high + tol)).all(axis=1)  # else not in this run
+                if near.any():
+                    found[chunk[near]] = _inside(q[near], tol[near], lo_cell, hi_cell, order, starts)
+            if found.all():
+                return
     k = int(np.argmin(found))
-    outside = np.flatnonzero((p[k] < low - tol[k]) | (p[k] > high + tol[k]))
+    tol = _support_tol(p[k])
+    outside = np.flatnonzero((p[k] < low - tol) | (p[k] > high + tol))
     where = f"at t = {s[k].item():.3f}"
     components = np.flatnonzero(keep)
     if len(outside):
@@ -816,6 +902,11 @@ def check_support(train: CompiledSchedule, path: CompiledSchedule, drawn_ranges:
                             "re-timing of gamma, or draw the noise levels per component (param u_i ~ uniform)")
 
 
+def _support_tol(p: np.ndarray) -> np.ndarray:
+    """How far outside the training range a path state p may lie: float64 rounding."""
+    return 1e-6 * (1.0 + np.abs(p)) + 1e-9
+
+
 def _inside(p: np.ndarray, tol: np.ndarray, lo: np.ndarray, hi: np.ndarray, order, starts) -> np.ndarray:
     """(P,) bool: whether some time cell k puts every component's p_i within [lo - tol, hi + tol]
     of cell k, where each group of components (order, starts; None: no per-component params)
@@ -823,11 +914,10 @@ def _inside(p: np.ndarray, tol: np.ndarray, lo: np.ndarray, hi: np.ndarray, orde
     (gamma is non-decreasing in t), so component i allows a run of cells, from the first with
     hi >= p_i - tol to the last with lo <= p_i + tol: binary searches, not a scan."""
     runs = []
+    below, above = torch.as_tensor((p - tol).T.copy()), torch.as_tensor((p + tol).T.copy())  # (D, P)
     for e in range(lo.shape[0]):
-        first = torch.searchsorted(torch.as_tensor(np.ascontiguousarray(hi[e].T)),
-                                   torch.as_tensor((p - tol).T.copy()), right=False).numpy()  # (D, P)
-        last = torch.searchsorted(torch.as_tensor(np.ascontiguousarray(lo[e].T)),
-                                  torch.as_tensor((p + tol).T.copy()), right=True).numpy() - 1
+        first = torch.searchsorted(torch.as_tensor(np.ascontiguousarray(hi[e].T)), below, right=False).numpy()
+        last = torch.searchsorted(torch.as_tensor(np.ascontiguousarray(lo[e].T)), above, right=True).numpy() - 1
         if order is None:
             return first.max(axis=0) <= last.min(axis=0)
         runs.append((np.maximum.reduceat(first[order], starts, axis=0),  # (G, P): the group's run
@@ -897,18 +987,37 @@ def generation_order(schedule: CompiledSchedule, wvar: np.ndarray, params=None, 
     Generation runs forward time backwards, so a component noised later is generated
     earlier. A component's noising time is when its gamma is halfway between its values at
     t = 0 and t = 1; ties (e.g. a scalar gamma, or parallel lines) are broken by the mean
-    true log-SNR over time (higher = visible longer = generated first), then by index."""
+    true log-SNR over time (higher = visible longer = generated first), then by index. The
+    (grid, D) table of gamma is evaluated in runs of rows (`_row_runs`), twice over."""
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
-    with torch.no_grad():
-        gamma = schedule.gamma_and_slope(t, params)[0].numpy()
-    span = gamma[-1] - gamma[0]
-    progress = (gamma - gamma[0]) / np.where(span > 0, span, 1.0)
-    k = np.clip((progress < 0.5).sum(axis=0), 1, grid - 1)  # gamma is non-decreasing
-    cols = np.arange(gamma.shape[1])
-    p0, p1 = progress[k - 1, cols], progress[k, cols]
+    dim = schedule.dim
+    runs = _row_runs(dim, grid)
+
+    def gamma_of(ts, p):
+        return schedule.gamma_and_slope(ts, p)[:1]
+
+    ends = {run: _rows_of(gamma_of, t, params, run)[0] for run in (runs[0], runs[-1])}
+    first = ends[runs[0]][0]
+    span = ends[runs[-1]][-1] - first
+    scale = np.where(span > 0, span, 1.0)
+    below = np.zeros(dim, np.int64)  # times with progress < 0.5, per component
+    total = first.copy()  # the sum over time, row by row (as gamma.sum(axis=0) adds)
+    for run in runs:
+        gamma = ends.pop(run) if run in ends else _rows_of(gamma_of, t, params, run)[0]
+        below += ((gamma - first) / scale < 0.5).sum(axis=0)
+        for row in gamma[1:] if run[0] == 0 else gamma:
+            total += row
+    k = np.clip(below, 1, grid - 1)  # gamma is non-decreasing
+    cols = np.arange(dim)
+    p0, p1 = np.empty(dim), np.empty(dim)  # progress at k - 1 and at k
+    for k0, k1 in runs:
+        progress = (_rows_of(gamma_of, t, params, (k0, k1))[0] - first) / scale
+        for rows, out in ((k - 1, p0), (k, p1)):
+            hit = (rows >= k0) & (rows < k1)
+            out[hit] = progress[rows[hit] - k0, cols[hit]]
     frac = np.clip((0.5 - p0) / np.where(p1 > p0, p1 - p0, 1.0), 0.0, 1.0)
     t_mid = np.round((k - 1 + frac) / (grid - 1), 6)
-    mean_log_snr = np.round(np.log(np.asarray(wvar, dtype=np.float64)) - gamma.mean(axis=0), 9)
+    mean_log_snr = np.round(np.log(np.asarray(wvar, dtype=np.float64)) - total / grid, 9)
     return np.lexsort((cols, -mean_log_snr, -t_mid))
 
 
@@ -917,19 +1026,24 @@ MOTION_BETA = 1e-3  # beta above which a component counts as in motion
 
 @dataclass(frozen=True)
 class Motion:
-    """Which components move when (`motion`): `times` (G,), `in_motion` (G, D) bool and
-    `never_noised` (D,) bool."""
+    """Which components move when (`motion`): `times` (G,), `counts` (G,) of components in
+    motion, `never_noised` (D,) bool, and `in_motion` (G, D) bool, kept packed to bits."""
 
     times: np.ndarray
-    in_motion: np.ndarray
+    counts: np.ndarray
     never_noised: np.ndarray
+    packed: np.ndarray  # in_motion, np.packbits along components
+
+    @property
+    def in_motion(self) -> np.ndarray:
+        """(G, D) bool: whether each component is in motion at each time."""
+        return np.unpackbits(self.packed, axis=1, count=len(self.never_noised)).astype(bool)
 
     @property
     def busiest(self) -> tuple[int, float]:
         """(the most components in motion at one time, the first time with that many)."""
-        counts = self.in_motion.sum(axis=1)
-        k = int(np.argmax(counts))
-        return int(counts[k]), float(self.times[k])
+        k = int(np.argmax(self.counts))
+        return int(self.counts[k]), float(self.times[k])
 
 
 def motion(schedule: CompiledSchedule, params=None, grid: int = 2049) -> Motion:
@@ -939,11 +1053,20 @@ def motion(schedule: CompiledSchedule, params=None, grid: int = 2049) -> Motion:
     strictly between gamma_i(0) and gamma_i(1) (so a slow component at very low gamma, whose
     beta = sigmoid(gamma) dgamma/dt is tiny, still counts). It is never noised when its gamma
     has the same value at every time: it is never generated either, and has no place in the
-    generation order."""
+    generation order. Evaluated in runs of rows (`_row_runs`)."""
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
-    with torch.no_grad():
-        gamma, beta = schedule(t, params)
-    g, b = gamma.numpy(), beta.numpy()
-    lo, hi = np.minimum(g[0], g[-1]), np.maximum(g[0], g[-1])
-    in_motion = (b > MOTION_BETA) | ((g > lo) & (g < hi))
-    return Motion(t.numpy(), in_motion, np.all(g == g[0], axis=0))
+    dim = schedule.dim
+    runs = _row_runs(dim, grid)
+    ends = {run: _rows_of(schedule, t, params, run) for run in (runs[0], runs[-1])}
+    first, last = ends[runs[0]][0][0], ends[runs[-1]][0][-1]
+    lo, hi = np.minimum(first, last), np.maximum(first, last)
+    counts = np.empty(grid, np.int64)
+    packed = np.empty((grid, (dim + 7) // 8), np.uint8)
+    never_noised = np.ones(dim, bool)
+    for k0, k1 in runs:
+        g, b = ends.pop((k0, k1)) if (k0, k1) in ends else _rows_of(schedule, t, params, (k0, k1))
+        in_motion = (b > MOTION_BETA) | ((g > lo) & (g < hi))
+        counts[k0:k1] = in_motion.sum(axis=1)
+        packed[k0:k1] = np.packbits(in_motion, axis=1)
+        never_noised &= np.all(g == first, axis=0)
+    return Motion(t.numpy(), counts, never_noised, packed)
