@@ -500,6 +500,21 @@ class GudModel:
         save_pairs(done.known, done.x, out, value_range)
 
     # ------------------------------------------------------------------ likelihood
+    def split_images(self, split: str = "test", n: int | None = None) -> np.ndarray:
+        """The first n (default all) images of the spec's data split, once the data are known to
+        be those the model was trained on (E641: their fingerprint changed, or the split is empty)."""
+        from gudlang.pipeline import load_spec_data
+        split, n = nll_split(split), _integer(n, "n", "E660")
+        data = load_spec_data(self.model.checked)
+        if data.fingerprint != self.model.data.fingerprint:
+            raise GudError.one("E641", f"the data changed since training (fingerprint {data.fingerprint[:12]} "
+                                       f"!= {self.model.data.fingerprint[:12]})",
+                               help="evaluate on the data the model was trained on")
+        x = data.test if split == "test" else data.train
+        if len(x) == 0:
+            raise GudError.one("E641", f"the {split} split is empty", help="use the train split")
+        return x[:n] if n else x
+
     def nll(self, x=None, *, split: str = "test", n: int | None = None, divergence: str | None = None,
             hutchinson_samples: int = 1, batch_size: int = 64, seed: int = 0,
             progress: Callable[[int, int], None] | None = None) -> NllResult:
@@ -508,24 +523,16 @@ class GudModel:
         components given the others (`likelihood.dataset_bits_per_dim` with a mask)."""
         from gudlang.conditioning import GivenSchedule
         from gudlang.likelihood import dataset_bits_per_dim
-        from gudlang.pipeline import load_spec_data
         model = self.model
         split, n = nll_split(split), _integer(n, "n", "E660")
         batch_size = _integer(batch_size, "batch_size", "E660", optional=False)
         hutchinson_samples = _integer(hutchinson_samples, "hutchinson_samples", "E660", optional=False)
         seed = _seed(seed, 0, "E660")
         if x is None:
-            data = load_spec_data(model.checked)
-            if data.fingerprint != model.data.fingerprint:
-                raise GudError.one("E641", f"the data changed since training (fingerprint {data.fingerprint[:12]} "
-                                           f"!= {model.data.fingerprint[:12]})",
-                                   help="evaluate on the data the model was trained on")
-            x = data.test if split == "test" else data.train
-            if len(x) == 0:
-                raise GudError.one("E641", f"the {split} split is empty", help="use the train split")
+            x = self.split_images(split, n)
         else:
             x = given_images(x, model.data, full_size=True)
-        x = x[:n] if n else x
+            x = x[:n] if n else x
         oracle = model.spec.network.kind == "oracle"
         dtype = torch.float64 if oracle else torch.float32
         space = model.space.to(self.device)

@@ -504,11 +504,8 @@ def cmd_nll(args, overrides: dict) -> int:
         x, split = None, args.split
     first, count, rank, world = _shard(args.n if x is None else len(x))
     update, close = progress("nll", count, quiet=rank != 0)
-    if x is None:
-        from gudlang.pipeline import load_spec_data
-        data = load_spec_data(model.model.checked)
-        pool = data.test if args.split == "test" else data.train
-        x = pool[: args.n]
+    if x is None:  # the spec's split, once its data are known to be the training data
+        x = model.split_images(args.split, args.n)
         first, count, rank, world = _shard(len(x))
     from gudlang.likelihood import divergence_method
     if args.probes is not None and divergence_method(args.divergence, model.model.dim) == "exact":
@@ -526,8 +523,8 @@ def cmd_nll(args, overrides: dict) -> int:
               "dequantised": model.model.data.levels is not None, "levels": model.model.data.levels,
               "nfe": result.nfe, "divergence_evaluations_per_image": result.divergence_evaluations,
               "rtol": model.spec.sample.rtol, "atol": model.spec.sample.atol,
-              "model_hash": model.hash, "world_size": world, "path": args.path, "overrides": overrides,
-              "weights": args.weights}
+              "model_hash": model.hash, "step": _checkpoint_step(model), "world_size": world, "path": args.path,
+              "overrides": overrides, "weights": args.weights}
     folder = _outputs(args, args.run)
     file, note = _nll_file(folder.parent if folder.name == "samples" else folder, Path(split).stem, record)
     _write_json(file, record)
@@ -542,6 +539,12 @@ def cmd_nll(args, overrides: dict) -> int:
     return 0
 
 
+def _checkpoint_step(model) -> int | None:
+    """The training step of a loaded model's weights (None for an oracle spec)."""
+    step = model.meta.get("gudlang_step")
+    return int(step) if step is not None and str(step).isdigit() else None
+
+
 def _nll_file(folder: Path, split: str, record: dict) -> tuple[Path, str]:
     """Where an NLL record goes, and a note on why there: `nll-SPLIT.json` holds the model's own
     NLL (its spec's path and params, EMA weights; what `gud export` publishes), and is not
@@ -553,7 +556,8 @@ def _nll_file(folder: Path, split: str, record: dict) -> tuple[Path, str]:
         return folder / f"nll-{split}{_variant_tag(variant)}.json", f" (not the model's own NLL: {_variant_text(variant)})"
     plain = folder / f"nll-{split}.json"
     try:
-        kept = json.loads(plain.read_text(encoding="utf-8")).get("n", 0)
+        old = json.loads(plain.read_text(encoding="utf-8"))
+        kept = old.get("n", 0) if old.get("step") == record["step"] else 0  # of older weights: replaced
     except (OSError, ValueError, AttributeError):
         kept = 0
     if isinstance(kept, int) and kept > record["n"]:
@@ -609,6 +613,11 @@ def cmd_export(args, overrides: dict) -> int:
             if not isinstance(nll, dict) or _variant(nll.get("path"), nll.get("overrides") or {},
                                                      nll.get("weights", "ema")):
                 nll = None  # not the model's own NLL (older records held any measurement)
+            elif nll.get("step") != _checkpoint_step(model):
+                print(f"gud: {record} was measured at step {nll.get('step', 'unknown')}, the weights are of step "
+                      f"{_checkpoint_step(model)}: not published (measure it again with gud nll {target})",
+                      file=sys.stderr)
+                nll = None
         if (target / "run.json").is_file():
             commands = [s.get("command") for s in read_record(target).get("segments", []) if s.get("command")]
             command = " && ".join(" ".join(map(shlex.quote, c)) for c in commands) or None

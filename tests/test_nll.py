@@ -90,3 +90,38 @@ def test_probes_with_the_exact_divergence_are_a_usage_error(capsys, tmp_path, mo
     assert main(["nll", str(spec), "-n", "2", "--probes", "4"]) == 2  # D = 16: the exact trace by default
     assert "error[E003]" in capsys.readouterr().err
     assert main(["nll", str(spec), "-n", "2", "--probes", "4", "--divergence", "hutchinson"]) == 0
+
+
+def test_an_nll_measured_before_a_resume_is_neither_kept_nor_published(capsys, tmp_path):
+    spec = tmp_path / "tiny.gud"
+    spec.write_text("gud 1\ndata = digits()\nbasis = dct()\nnetwork = mlp(hidden = 32, depth = 1)\n"
+                    "gamma(t) = linear(t)\ntrain { steps = 4; batch = 8; sample_every = 0 }\n"
+                    "sample { steps = 2; n = 2; rtol = 1e-3; atol = 1e-3 }\n")
+    assert main(["train", "--quiet", str(spec), "--out", str(tmp_path / "runs")]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert main(["nll", str(run), "-n", "4"]) == 0
+    assert json.loads((run / "nll-test.json").read_text())["step"] == 4
+    assert main(["train", "--quiet", "--resume", str(run), "-s", "train.steps=6"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run), str(tmp_path / "e1")]) == 0
+    assert "measured at step 4, the weights are of step 6: not published" in capsys.readouterr().err
+    assert json.loads((tmp_path / "e1" / "config.json").read_text())["nll"] is None
+    assert main(["nll", str(run), "-n", "2"]) == 0  # fewer images, but of the current weights: replaces
+    assert json.loads((run / "nll-test.json").read_text())["step"] == 6
+    assert main(["export", str(run), str(tmp_path / "e2")]) == 0
+    assert json.loads((tmp_path / "e2" / "config.json").read_text())["nll"]["n"] == 2
+
+
+def test_gud_nll_refuses_data_that_changed_since_training(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "x.npz", x=rng.uniform(-1, 1, size=(40, 1, 4, 4)))
+    spec = tmp_path / "npz.gud"
+    spec.write_text('gud 1\ndata = npz("x.npz")\nbasis = pixel()\nnetwork = mlp(hidden = 16, depth = 1)\n'
+                    "gamma(t) = linear(t)\ntrain { steps = 2; batch = 8; sample_every = 0 }\n")
+    assert main(["train", "--quiet", str(spec), "--out", "runs"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    np.savez(tmp_path / "x.npz", x=-np.load(tmp_path / "x.npz")["x"])  # other data under the same name
+    capsys.readouterr()
+    assert main(["nll", str(run), "-n", "3"]) != 0
+    assert "E641" in capsys.readouterr().err and not (run / "nll-test.json").exists()
