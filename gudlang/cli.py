@@ -321,7 +321,10 @@ def cmd_train(args, overrides: dict) -> int:
     """`gud train SPEC` / `--resume RUN` / `--name NAME`: exit 128 + the signal number when
     SIGINT (130) or SIGTERM (143) stopped it, after saving a checkpoint."""
     from gudlang.trainer import train_run
-    result = train_run(args.spec, overrides, out=args.out, resume=args.resume, until=args.until,
+    if args.resume and args.out is not None:
+        raise GudError.one("E003", "--out names the folder new runs go into; --resume trains RUN where it is",
+                           help=f"drop --out, or copy {args.resume} where you want it and resume the copy")
+    result = train_run(args.spec, overrides, out=args.out or "runs", resume=args.resume, until=args.until,
                        quiet=args.quiet, name=args.name, command=["gud", *args.argv])
     return 128 + result.signal if result.interrupted else 0
 
@@ -674,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("train", help="train the model a spec declares")
     q.add_argument("spec", nargs="?")
-    q.add_argument("--out", default="runs", help="parent folder of run directories (default runs/)")
+    q.add_argument("--out", help="parent folder of run directories (default runs/)")
     q.add_argument("--resume", metavar="RUN", help="continue the run in this directory (with -s train.steps=N: "
                                                    "let a finished run grow to N steps)")
     q.add_argument("--name", help="the run directory OUT/NAME; resumes it when it exists (requeued jobs)")

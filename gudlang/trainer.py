@@ -80,6 +80,7 @@ class Session:
     until: int | None = None  # --until as given
     saved: int | None = None  # the step of the last checkpoint on disk (None: none yet)
     made: tuple = ()  # folders this call created for a new run, the run directory first
+    lock: object = None  # rank 0: the open lock file that keeps other `gud train`s off the run
 
     @property
     def settings(self):
@@ -245,19 +246,28 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
+    if world > 1:
+        _check_ranks_agree(model, world)
+        _check_batch_split(settings, world)
     torch.manual_seed(settings.seed)
     custom = type(network).__qualname__ if network is not None else None
     if network is not None:
         probe_network(network, model)  # before a run directory exists for it
     network = network if network is not None else runs.make_spec_network(model)
     ema = EMA(network, settings.ema, settings.ema_warmup)
-    start, state, made = 0, None, ()
+    start, state, made, lock = 0, None, (), None
     if run is None:
         run = Path(out) / name if name is not None else runs.new_run_dir(Path(out), spec_path.stem, model.model_hash)
         made = _missing_folders(run)
         if rank == 0:
+            lock = _lock_run(run)
+            if name is not None and (run / runs.CHECKPOINT).exists():  # made by another call meanwhile
+                raise GudError.one("E640", f"{run} was created by another gud train while this one started",
+                                   help=f"resume it with gud train --resume {run}, or use another --name")
             runs.init_run(run, spec_text, model, overrides, world, command)
     else:
+        if rank == 0:
+            lock = _lock_run(run)
         tensors, meta = ckpt.load_checkpoint(run / runs.CHECKPOINT)
         runs.check_resumable(meta, model, run)
         groups = ckpt.unpack_tensors(tensors)
@@ -297,7 +307,57 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
     stop = settings.steps if until is None else min(settings.steps, until)
     return Session(run, model, spec_text, overrides, network, ema, optimizer, objective, device,
                    torch.as_tensor(model.data.train), start, stop, rank, world, autocast, custom, command,
-                   until=until, saved=None if state is None else start, made=made)
+                   until=until, saved=None if state is None else start, made=made, lock=lock)
+
+
+def _lock_run(run: Path):
+    """An exclusive lock on RUN for as long as this process trains it (the open file holds it;
+    the system drops it when the process ends, however it ends): E640 when another `gud train`
+    holds it. The lock file is OUT/.RUN.lock, beside the run (which may not exist yet)."""
+    try:
+        import fcntl
+    except ImportError:  # not on this system: no lock
+        return None
+    try:
+        run.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(run.parent / f".{run.name}.lock", "a+")  # noqa: SIM115 (held open on purpose)
+    except OSError as e:
+        raise GudError.one("E620", f"cannot create the run directory {run}: {e.strerror or e}",
+                           help="choose another output folder (--out)") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise GudError.one("E640", f"{run} is being trained by another gud train right now",
+                           help="wait for it to finish, or train under another --name") from None
+    return handle
+
+
+def _check_batch_split(settings, world: int) -> None:
+    """E210 unless train.batch splits evenly over the ranks and each rank's share over
+    train.accumulate micro-batches (a remainder was dropped: fewer examples per step than asked)."""
+    per_rank, parts = settings.batch // world, settings.accumulate
+    if settings.batch % world == 0 and per_rank % parts == 0:
+        return
+    fits = [b for b in range(world * parts, 2 * settings.batch + world * parts, world * parts)]
+    near = min(fits, key=lambda b: abs(b - settings.batch))
+    raise GudError.one("E210", f"train.batch = {settings.batch} does not split over {world} ranks"
+                               + (f" and train.accumulate = {parts} micro-batches" if parts > 1 else "")
+                               + f": each step would drop {settings.batch - per_rank // parts * parts * world} "
+                                 "examples",
+                       help=f"use a batch that {world * parts} divides, e.g. -s train.batch={near}")
+
+
+def _check_ranks_agree(model, world: int) -> None:
+    """E641 on every rank when the ranks built different models (another spec or other data on
+    some node: each rank loads its own files)."""
+    hashes = [None] * world
+    torch.distributed.all_gather_object(hashes, model.model_hash)
+    other = next((r for r, h in enumerate(hashes) if h != hashes[0]), None)
+    if other is not None:
+        raise GudError.one("E641", f"rank {other} built another model than rank 0 ({hashes[other][:24]}... != "
+                                   f"{hashes[0][:24]}...): its spec or data differ",
+                           help="give every node the same spec, data files and -s overrides")
 
 
 def _missing_folders(folder: Path) -> tuple:
@@ -468,8 +528,10 @@ def _stub(s: Session, step: int) -> bool:
 
 
 def _discard(s: Session) -> None:
-    """Remove the run directory this call made (and the parents it made, when empty)."""
+    """Remove the run directory this call made, its lock file and the parents it made, when empty."""
     shutil.rmtree(s.made[0], ignore_errors=True)
+    if s.lock is not None:
+        Path(s.lock.name).unlink(missing_ok=True)
     for folder in s.made[1:]:
         try:
             folder.rmdir()

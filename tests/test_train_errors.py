@@ -166,3 +166,62 @@ def test_a_cuda_training_step_waits_for_the_device_once():
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) == 1, [str(w.message) for w in syncs]
+
+
+def test_a_run_another_gud_train_holds_is_refused(capsys, spec, tmp_path):
+    # two `gud train --name X` at once both trained into X, interleaving metrics and checkpoints
+    from gudlang.trainer import _lock_run
+
+    held = _lock_run(tmp_path / "runs" / "shared")
+    try:
+        code, _, err = train(capsys, spec, "--out", tmp_path / "runs", "--name", "shared")
+        assert code == 1 and "E640" in err and "being trained by another gud train" in err
+        assert not (tmp_path / "runs" / "shared").exists()
+    finally:
+        held.close()
+    code, _, err = train(capsys, spec, "--out", tmp_path / "runs", "--name", "shared")
+    assert code == 0, err
+
+
+def test_out_with_resume_is_a_usage_error(capsys, spec, tmp_path):
+    code, _, _ = train(capsys, spec, "--out", tmp_path / "runs")
+    assert code == 0
+    run = only_run(tmp_path / "runs")
+    code, _, err = train(capsys, "--resume", run, "--out", tmp_path / "elsewhere")
+    assert code == 2 and "E003" in err and "--resume trains RUN where it is" in err
+    assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("batch, accumulate, world, fine", [(12, 1, 2, True), (12, 4, 2, False), (15, 1, 2, False),
+                                                            (16, 4, 2, True), (12, 2, 4, False)])
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused(batch, accumulate, world, fine):
+    from types import SimpleNamespace
+
+    from gudlang.diagnostics import GudError
+    from gudlang.trainer import _check_batch_split
+
+    settings = SimpleNamespace(batch=batch, accumulate=accumulate)
+    if fine:
+        _check_batch_split(settings, world)
+        return
+    with pytest.raises(GudError) as info:
+        _check_batch_split(settings, world)
+    d = info.value.diagnostics[0]
+    assert d.code == "E210" and "would drop" in d.message
+    suggested = int(d.help.rsplit("=", 1)[1])
+    assert suggested % (world * accumulate) == 0
+
+
+def test_ranks_that_built_different_models_are_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    from gudlang.diagnostics import GudError
+    from gudlang.trainer import _check_ranks_agree
+
+    def gather(out, value):  # rank 1 loaded other data: another model hash
+        out[:] = [value, "gud2-sha256:" + "f" * 64]
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", gather)
+    with pytest.raises(GudError) as info:
+        _check_ranks_agree(SimpleNamespace(model_hash="gud2-sha256:" + "0" * 64), 2)
+    assert info.value.diagnostics[0].code == "E641" and "rank 1 built another model" in str(info.value)
