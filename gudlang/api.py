@@ -517,10 +517,11 @@ class GudModel:
 
     def nll(self, x=None, *, split: str = "test", n: int | None = None, divergence: str | None = None,
             hutchinson_samples: int = 1, batch_size: int = 64, seed: int = 0,
-            progress: Callable[[int, int], None] | None = None) -> NllResult:
+            progress: Callable[[int, int], None] | None = None, first: int = 0) -> NllResult:
         """Bits/dim by the probability-flow ODE of images x (N, C, H, W) in data space, or of the
         spec's data split. For a conditional model: the conditional bits/dim of the generated
-        components given the others (`likelihood.dataset_bits_per_dim` with a mask)."""
+        components given the others (`likelihood.dataset_bits_per_dim` with a mask). `first`:
+        the offset of x in a larger set (a rank's shard), which seeds each image's dequantisation."""
         from gudlang.conditioning import GivenSchedule
         from gudlang.likelihood import dataset_bits_per_dim
         model = self.model
@@ -555,7 +556,8 @@ class GudModel:
                                       data_scale=float(hi - lo), logabsdet=logabsdet,
                                       divergence=divergence, hutchinson_samples=hutchinson_samples,
                                       batch_size=batch_size, rtol=settings.rtol, atol=settings.atol,
-                                      generator=gen, progress=progress, given=given)
+                                      generator=gen, progress=progress, given=given,
+                                      first=_integer(first, "first", "E660", least=0, optional=False))
         points = float(torch.as_tensor(result.divergence_points, dtype=torch.float64).mean())
         return NllResult(np.asarray(result.bits), result.mean, result.stderr, result.method, result.nfe, points,
                          result.dims, given is not None)

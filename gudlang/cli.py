@@ -515,7 +515,7 @@ def cmd_nll(args, overrides: dict) -> int:
         raise GudError.one("E003", "--probes sets the Hutchinson estimate's probe vectors; the exact divergence "
                                    "has none", help="add --divergence hutchinson, or drop --probes")
     result = model.nll(x[first: first + count], divergence=args.divergence, hutchinson_samples=args.probes or 1,
-                       batch_size=args.batch_size, seed=args.seed + rank, progress=update)
+                       batch_size=args.batch_size, seed=args.seed, progress=update, first=first)
     close()
     bits = _gather(result.bits, world)
     if rank != 0:

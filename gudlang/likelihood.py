@@ -463,6 +463,13 @@ def dequantise(x: torch.Tensor, levels: int, data_scale: float = 2.0,
     return x + width * (u - 0.5)
 
 
+def dequantise_images(x: torch.Tensor, levels: int, data_scale: float, seed: int, first: int = 0) -> torch.Tensor:
+    """`dequantise` of each image x[j] with its own generator, seeded from `seed` and its index
+    first + j in the data set: the same noise however the set is split into shards or batches."""
+    return torch.cat([dequantise(image[None], levels, data_scale, generator=torch.Generator().manual_seed(
+        (seed * 1_000_003 + first + j) % (2 ** 63 - 1))) for j, image in enumerate(x)])
+
+
 def mean_and_stderr(values) -> tuple[float, float]:
     """Mean and its standard error std / sqrt(n) (sample std, n - 1); stderr is 0 for n = 1."""
     v = torch.as_tensor(values, dtype=torch.float64).flatten()
@@ -491,11 +498,13 @@ def dataset_bits_per_dim(eps_model, schedule, encode, x, *, levels: int | None, 
                          logabsdet: float, divergence: str | None = None, hutchinson_samples: int = 1,
                          batch_size: int = 64, rtol: float = 1e-5, atol: float = 1e-5,
                          generator: torch.Generator | None = None, probe_rows: int = PROBE_ROWS,
-                         progress=None, given: torch.Tensor | None = None) -> DatasetNLL:
+                         progress=None, given: torch.Tensor | None = None, first: int = 0) -> DatasetNLL:
     """Bits per dimension of data x (N, C, H, W) in model space (see the module docstring).
 
-    Discrete data (levels given) are dequantised first, in float64 with `generator`, which then
-    draws the Hutchinson probes. `encode` maps a float64 chunk (B, C, H, W) to whitened
+    Discrete data (levels given) are dequantised first, in float64, image k of the data set
+    (x[k - first]: `first` is x's offset in it, as a rank's shard) with its own generator
+    seeded from `generator`'s seed and k, so its noise is the same however the images are split
+    over ranks or batches; `generator` then draws the Hutchinson probes. `encode` maps a float64 chunk (B, C, H, W) to whitened
     components (B, D) in the dtype and on the device of the model (today:
     prior.whiten(basis(x - mean))); `logabsdet` is log|det| of that map. The ODE is solved for
     `batch_size` examples at a time; `progress(done, total)` is called after each solve. With a
@@ -509,7 +518,8 @@ def dataset_bits_per_dim(eps_model, schedule, encode, x, *, levels: int | None, 
         raise GudError.one("E660", f"batch_size must be a positive integer, got {batch_size!r}")
     _level_width(data_scale, levels)  # E660 before any work
     if levels is not None:
-        x = dequantise(x, levels, data_scale, generator=generator)
+        seed = generator.initial_seed() if generator is not None else torch.initial_seed()
+        x = dequantise_images(x, levels, data_scale, seed, first)
     bits, points, nfe, method, dims = [], [], 0, "", 0
     kinks = schedule_kinks(schedule)
     for chunk in torch.split(x, batch_size):

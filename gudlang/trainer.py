@@ -208,6 +208,9 @@ def _open_run(spec, overrides: dict, out, resume, name) -> tuple[Path | None, Pa
         if (candidate / runs.CHECKPOINT).is_file():
             resume = candidate
         elif candidate.exists():
+            probe = _lock_run(candidate) if candidate.is_dir() else None  # E640 if another gud train starts it
+            if probe is not None:
+                probe.close()
             raise GudError.one("E640", f"{candidate} exists but holds no checkpoint to resume",
                                help="remove it, or choose another --name")
     if resume is not None:
@@ -311,16 +314,16 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
 
 
 def _lock_run(run: Path):
-    """An exclusive lock on RUN for as long as this process trains it (the open file holds it;
-    the system drops it when the process ends, however it ends): E640 when another `gud train`
-    holds it. The lock file is OUT/.RUN.lock, beside the run (which may not exist yet)."""
+    """An exclusive lock on RUN for as long as this process trains it (the open file RUN/.lock
+    holds it; the system drops it when the process ends, however it ends): E640 when another
+    `gud train` holds it. Makes RUN when it does not exist yet."""
     try:
         import fcntl
     except ImportError:  # not on this system: no lock
         return None
     try:
-        run.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(run.parent / f".{run.name}.lock", "a+")  # noqa: SIM115 (held open on purpose)
+        run.mkdir(parents=True, exist_ok=True)
+        handle = open(run / ".lock", "a+")  # noqa: SIM115 (held open on purpose)
     except OSError as e:
         raise GudError.one("E620", f"cannot create the run directory {run}: {e.strerror or e}",
                            help="choose another output folder (--out)") from None
@@ -530,8 +533,6 @@ def _stub(s: Session, step: int) -> bool:
 def _discard(s: Session) -> None:
     """Remove the run directory this call made, its lock file and the parents it made, when empty."""
     shutil.rmtree(s.made[0], ignore_errors=True)
-    if s.lock is not None:
-        Path(s.lock.name).unlink(missing_ok=True)
     for folder in s.made[1:]:
         try:
             folder.rmdir()

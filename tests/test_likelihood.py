@@ -20,7 +20,7 @@ from scipy.stats import multivariate_normal
 from torch import nn
 
 from gudlang.diagnostics import GudError
-from gudlang.likelihood import (bits_per_dim, dataset_bits_per_dim, dequantise, log_likelihood, schedule_kinks,
+from gudlang.likelihood import (bits_per_dim, dataset_bits_per_dim, dequantise, dequantise_images, log_likelihood, schedule_kinks,
                                 mean_and_stderr, standard_normal_logp, weighted_jacobian_trace)
 from gudlang.networks import make_network
 from gudlang.oracle import GaussianOracle, whitened_moments
@@ -331,7 +331,7 @@ def test_dataset_bits_per_dim_dequantises_then_encodes_and_solves_each_batch():
     result = dataset_bits_per_dim(model, schedule, encode, x, levels=levels, data_scale=2.0,
                                   logabsdet=D * math.log(1.5), batch_size=4, rtol=1e-6, atol=1e-6,
                                   generator=torch.Generator().manual_seed(3))
-    xq = dequantise(x, levels, 2.0, torch.Generator().manual_seed(3))
+    xq = dequantise_images(x, levels, 2.0, seed=3)  # each image with its own noise
     parts = [bits_per_dim(log_likelihood(model, schedule, encode(c), rtol=1e-6, atol=1e-6).logp,
                           D * math.log(1.5), D, 2.0, levels) for c in torch.split(xq, 4)]
     assert torch.allclose(result.bits, torch.cat(parts), rtol=0, atol=1e-12)

@@ -125,3 +125,17 @@ def test_gud_nll_refuses_data_that_changed_since_training(capsys, tmp_path, monk
     capsys.readouterr()
     assert main(["nll", str(run), "-n", "3"]) != 0
     assert "E641" in capsys.readouterr().err and not (run / "nll-test.json").exists()
+
+
+def test_dequantisation_noise_is_per_image_however_the_images_are_split():
+    # ranks measured their shards with their own seeds: the NLL changed with the number of ranks
+    import torch
+
+    from gudlang.likelihood import dequantise_images
+
+    x = torch.linspace(-1, 1, 5 * 4).reshape(5, 1, 2, 2).double()
+    whole = dequantise_images(x, 17, 2.0, seed=3)
+    parts = torch.cat([dequantise_images(x[:2], 17, 2.0, seed=3), dequantise_images(x[2:], 17, 2.0, seed=3, first=2)])
+    torch.testing.assert_close(parts, whole, rtol=0, atol=0)
+    assert 0 < float((whole - x).abs().max()) <= 1 / 16  # within half a level (width 2 / 16)
+    assert not torch.equal(dequantise_images(x, 17, 2.0, seed=4), whole)

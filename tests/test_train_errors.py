@@ -176,11 +176,18 @@ def test_a_run_another_gud_train_holds_is_refused(capsys, spec, tmp_path):
     try:
         code, _, err = train(capsys, spec, "--out", tmp_path / "runs", "--name", "shared")
         assert code == 1 and "E640" in err and "being trained by another gud train" in err
-        assert not (tmp_path / "runs" / "shared").exists()
     finally:
         held.close()
+    (tmp_path / "runs" / "shared" / ".lock").unlink()  # an empty folder left by the other call
+    (tmp_path / "runs" / "shared").rmdir()
     code, _, err = train(capsys, spec, "--out", tmp_path / "runs", "--name", "shared")
     assert code == 0, err
+    held = _lock_run(tmp_path / "runs" / "shared")  # it has a checkpoint now: a resume is refused too
+    try:
+        code, _, err = train(capsys, spec, "--out", tmp_path / "runs", "--name", "shared", "-s", "train.steps=14")
+        assert code == 1 and "being trained by another gud train" in err
+    finally:
+        held.close()
 
 
 def test_out_with_resume_is_a_usage_error(capsys, spec, tmp_path):
