@@ -284,9 +284,44 @@ def check_resumable(meta: dict, model, run: Path) -> None:
                                    f"{scheme_of(stored)}): it samples and measures, but does not train on",
                            help="start a new run from its spec")
     if stored != model.model_hash:
-        raise GudError.one("E641", f"{run}'s checkpoint was made from a different model (spec or data): "
-                                   "only train.steps and the logging settings may change when a run grows",
+        changed = _changed_settings(meta, model)
+        what = f"{', '.join(changed)} changed" if changed else "spec or data changed"
+        cosine = " (with lr_schedule = cosine, train.steps sets the decay, so it is part of the model)" \
+            if "train.steps" in changed else ""
+        raise GudError.one("E641", f"{run}'s checkpoint was made from a different model ({what}){cosine}: only "
+                                   "train.steps and the logging settings may change when a run grows",
                            help="start a new run instead of --resume (e.g. gud train SPEC)")
+
+
+def _changed_settings(meta: dict, model) -> list[str]:
+    """The dotted names (`train.lr`, `data`, `formula gamma`) whose hashed values differ between
+    the checkpoint's model and `model`; [] when they cannot be told apart."""
+    from gudlang.check import check_text
+    from gudlang.hashing import payload
+
+    def flat(value, prefix=""):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from flat(v, f"{prefix}.{k}" if prefix else k)
+        else:
+            yield prefix, json.dumps(value, sort_keys=True)
+
+    try:
+        overrides = {k: str(v) for k, v in json.loads(meta.get("gudlang_overrides", "{}")).items()}
+        before = check_text(meta["gudlang_spec"], None, overrides)
+        fingerprint = json.loads(meta["gudlang_data"])["fingerprint"]
+        old = dict(flat(payload(before, fingerprint, full=False)))
+    except (GudError, KeyError, ValueError, TypeError, AttributeError):
+        return []
+    new = dict(flat(payload(model.checked, model.data.fingerprint, full=False)))
+    names = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            name = "the data" if key.startswith("data.") else key.split(".")[0] if key.split(".")[0] in \
+                ("gamma", "weight", "given", "prior_scale") else ".".join(key.split(".")[:2])
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def load_weights(module: torch.nn.Module, groups: dict, group: str, file: Path) -> None:

@@ -232,3 +232,17 @@ def test_ranks_that_built_different_models_are_refused(monkeypatch):
     with pytest.raises(GudError) as info:
         _check_ranks_agree(SimpleNamespace(model_hash="gud2-sha256:" + "0" * 64), 2)
     assert info.value.diagnostics[0].code == "E641" and "rank 1 built another model" in str(info.value)
+
+
+def test_a_resume_refused_for_another_model_names_what_changed(capsys, spec, tmp_path):
+    code, _, _ = train(capsys, spec, "--out", tmp_path / "runs")
+    assert code == 0
+    run = only_run(tmp_path / "runs")
+    code, _, err = train(capsys, "--resume", run, "-s", "train.lr=0.5", "-s", "train.steps=20")
+    assert code == 1 and "E641" in err and "(train.lr changed)" in err
+    cosine = tmp_path / "cosine.gud"
+    cosine.write_text(TINY.replace("train { steps = 12;", "train { lr_schedule = cosine; steps = 12;"))
+    code, _, _ = train(capsys, cosine, "--out", tmp_path / "cos")
+    assert code == 0
+    code, _, err = train(capsys, "--resume", only_run(tmp_path / "cos"), "-s", "train.steps=20")
+    assert code == 1 and "(train.steps changed) (with lr_schedule = cosine" in err
