@@ -299,4 +299,4 @@ def test_a_run_whose_data_changed_cannot_grow(capsys, tmp_path):
         code, _, err = gud(capsys, "train", "--quiet", "--resume", only_run(tmp_path / "r"), "-s", "train.steps=12")
     finally:
         os.chdir(monkey_cwd)
-    assert code == 1 and "error[E641]" in err and "different model (spec or data)" in err
+    assert code == 1 and "error[E641]" in err and "different model (the data changed)" in err
