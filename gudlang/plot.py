@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from gudlang.explain import training_range
+from gudlang import schedules
+from gudlang.schedules import rows_of
 
 from gudlang.space import noise_levels
 
@@ -44,17 +46,17 @@ def schedule_figure(model, max_lines: int = 400, grid: int = 256):
     declares given (held clean, never generated) in grey. A matplotlib Figure."""
     plt = _pyplot()
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
-    with torch.no_grad():
-        gamma, beta = model.sampling_schedule(t)
-    gamma, beta = gamma.numpy(), beta.numpy()
     given = np.zeros(model.dim, bool) if model.given is None else model.given
     order = np.array([i for i in model.generation_order() if not given[i]])
     position = np.empty(model.dim, dtype=int)
     position[order] = np.arange(len(order))
     shown = order[np.linspace(0, len(order) - 1, min(max_lines, len(order))).round().astype(int)]
     held = np.flatnonzero(given)[:: max(1, given.sum() // 50)]
+    drawn = np.unique(np.concatenate([shown, held]).astype(np.int64))  # the columns the panels draw
+    gamma, beta = _drawn_columns(model.sampling_schedule, model.dim, t, drawn)
+    column = dict(zip(drawn.tolist(), range(len(drawn))))
     sigma = np.sqrt(1.0 / (1.0 + np.exp(-gamma)))
-    snr = model.features["wvar"][None, :] * np.exp(-gamma)
+    snr = model.features["wvar"][drawn][None, :] * np.exp(-gamma)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     cmap = plt.get_cmap("viridis")
     # (axis, values, title, log scale, draw the given components: beta = 0 has no log)
@@ -63,9 +65,9 @@ def schedule_figure(model, max_lines: int = 400, grid: int = 256):
               (axes[1, 0], beta, r"$\beta_i(t)$", True, False), (axes[1, 1], snr, r"true SNR$_i(t)$", True, True)]
     for ax, values, title, log, with_given in panels:
         for i in held if with_given else ():
-            ax.plot(t.numpy(), values[:, i], color="0.6", lw=0.8, ls="--")
+            ax.plot(t.numpy(), values[:, column[i]], color="0.6", lw=0.8, ls="--")
         for i in shown[::-1]:
-            ax.plot(t.numpy(), values[:, i], color=cmap(position[i] / max(1, len(order) - 1)), lw=0.8)
+            ax.plot(t.numpy(), values[:, column[i]], color=cmap(position[i] / max(1, len(order) - 1)), lw=0.8)
         ax.set_title(title)
         if log:
             ax.set_yscale("log")
@@ -91,6 +93,21 @@ def schedule_figure(model, max_lines: int = 400, grid: int = 256):
     fig.suptitle(f"{model.checked.source.path or 'spec'}: {model.spec.basis.kind} basis, "
                  f"{model.spec.prior.kind} prior, D = {model.dim}{note}")
     return fig
+
+
+def _drawn_columns(schedule, dim: int, t: torch.Tensor, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """gamma and beta (len(t), len(columns)) of `schedule` (D = dim) at the times t, for the
+    components `columns` alone, evaluated in runs of rows (`rows_of`): memory does not grow with
+    the number of times. Runs hold a multiple of 16 rows (of schedules.BATCH_VALUES values where
+    that is 16 rows or more), so that a formula of t alone, (rows, 1) until it is broadcast,
+    is vectorized as over all times at once: the same floats (`row_runs` cuts at 16 values)."""
+    per_run = max(16, schedules.BATCH_VALUES // dim // 16 * 16)
+    gamma, beta = np.empty((len(t), len(columns))), np.empty((len(t), len(columns)))
+    for k0 in range(0, len(t), per_run):
+        run = (k0, min(len(t), k0 + per_run))
+        g, b = rows_of(lambda ts, _: schedule(ts), t, None, run)
+        gamma[run[0]:run[1]], beta[run[0]:run[1]] = g[:, columns], b[:, columns]
+    return gamma, beta
 
 
 def forward_images(model, image: np.ndarray, ts, seed: int = 0) -> np.ndarray:

@@ -160,6 +160,7 @@ import torch
 import torch.nn.functional as F
 
 from .diagnostics import GudError
+from .schedules import row_runs
 
 CODES: dict[str, str] = {
     "E650": "unknown sampler method",
@@ -268,7 +269,9 @@ def _times_of(grid, schedule, steps, t_end, like: torch.Tensor) -> list[float]:
 # `schedule_kinks` scans the schedule on KINK_CELLS cells; a cell is searched where some
 # component's dgamma/dt changes by more than _KINK_SEARCH of its size, and holds a kink when the
 # change stays above _KINK_KEEP of it across _KINK_WIDTH (a smooth slope's does not). Kinks
-# closer than KINK_MERGE (one time of several components, found in two cells) are one.
+# closer than KINK_MERGE (one time of several components, found in two cells) are one. Found
+# cells are bisected in groups of _KINK_CHUNK, each until its widest cell is below _KINK_WIDTH.
+# Every evaluation holds at most schedules.BATCH_VALUES values (one row of D at least).
 KINK_CELLS = 4096
 KINK_MERGE = 1e-11
 _KINK_SEARCH = 0.25
@@ -283,33 +286,31 @@ def schedule_kinks(schedule, cells: int = KINK_CELLS) -> list[float]:
     a slope changes by more than _KINK_SEARCH of its size is bisected towards the larger change,
     down to _KINK_WIDTH, and kept when the change is still there (a steep smooth slope's is
     gone). The slope is beta / sigma^2 from `schedule(t) -> (gamma, beta)` in float64; a
-    non-finite one (beta = 0 where sigma^2 underflows) counts as 0."""
+    non-finite one (beta = 0 where sigma^2 underflows) counts as 0. Evaluated in runs of rows
+    (`schedules.row_runs`): memory does not grow with D."""
     def slopes(times: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             gamma, beta = schedule(torch.as_tensor(times, dtype=torch.float64))
         slope = beta.double().cpu() / torch.sigmoid(gamma.double().cpu())
         return np.nan_to_num(slope.numpy(), nan=0.0, posinf=0.0, neginf=0.0)  # 0 / 0: standing still
 
-    def change(left: np.ndarray, right: np.ndarray, share: float) -> np.ndarray:
-        return (np.abs(right - left) - share * (np.abs(left) + np.abs(right))).max(axis=1) > 0
-
     edges = np.linspace(0.0, 1.0, cells + 1)
-    found = []
-    for lo in range(0, cells, _KINK_CHUNK):
-        s = slopes(edges[lo: lo + _KINK_CHUNK + 1])
-        found.extend(lo + np.flatnonzero(change(s[:-1], s[1:], _KINK_SEARCH)))
+    dim = slopes(edges[:1]).shape[1]
+    found, previous = [], None  # previous: the slopes at the last edge of the run before
+    for k0, k1 in row_runs(dim, cells + 1):
+        s = slopes(edges[k0:k1])
+        if previous is not None and _slope_changes(previous, s[:1], _KINK_SEARCH)[0]:
+            found.append(k0 - 1)
+        found.extend(k0 + np.flatnonzero(_slope_changes(s[:-1], s[1:], _KINK_SEARCH)))
+        previous = s[-1:]
     kinks = []
     for first in range(0, len(found), _KINK_CHUNK):
-        cell = np.asarray(found[first: first + _KINK_CHUNK])
-        a, b = edges[cell], edges[cell + 1]
-        sa, sb = slopes(a), slopes(b)
-        while np.max(b - a) > _KINK_WIDTH:
-            m = 0.5 * (a + b)
-            sm = slopes(m)
-            left = np.abs(sm - sa).max(axis=1) >= np.abs(sb - sm).max(axis=1)
-            a, sa = np.where(left, a, m), np.where(left[:, None], sa, sm)
-            b, sb = np.where(left, m, b), np.where(left[:, None], sm, sb)
-        kinks.extend(float(t) for t in 0.5 * (a + b)[change(sa, sb, _KINK_KEEP)])
+        cell = np.asarray(found[first: first + _KINK_CHUNK], dtype=np.int64)
+        parts = [(edges[cell[k0:k1]], edges[cell[k0:k1] + 1]) for k0, k1 in row_runs(dim, len(cell))]
+        done = [_bisect(slopes, a, b) for a, b in parts]
+        steps = max(taken for taken, _ in done)  # the group's: runs that stopped sooner go on as long
+        for (a, b), (taken, kept) in zip(parts, done):
+            kinks.extend(float(t) for t in (kept if taken == steps else _bisect(slopes, a, b, steps)[1]))
     merged: list[list[float]] = []  # kinks of several components at one time, found in two cells
     for t in sorted(kinks):
         if merged and t - merged[-1][-1] < KINK_MERGE:
@@ -317,6 +318,27 @@ def schedule_kinks(schedule, cells: int = KINK_CELLS) -> list[float]:
         else:
             merged.append([t])
     return [t for t in (sum(g) / len(g) for g in merged) if KINK_MERGE < t < 1 - KINK_MERGE]
+
+
+def _slope_changes(left: np.ndarray, right: np.ndarray, share: float) -> np.ndarray:
+    """Per row: whether some component's slope changes by more than `share` of its size."""
+    return (np.abs(right - left) - share * (np.abs(left) + np.abs(right))).max(axis=1) > 0
+
+
+def _bisect(slopes, a: np.ndarray, b: np.ndarray, steps: int | None = None) -> tuple[int, np.ndarray]:
+    """Bisect the cells [a, b] together, each towards its larger slope change, until the widest
+    is below _KINK_WIDTH (or `steps` times): (steps taken, midpoints of the cells whose change
+    stays above _KINK_KEEP)."""
+    sa, sb = slopes(a), slopes(b)
+    taken = 0
+    while (np.max(b - a) > _KINK_WIDTH) if steps is None else (taken < steps):
+        m = 0.5 * (a + b)
+        sm = slopes(m)
+        left = np.abs(sm - sa).max(axis=1) >= np.abs(sb - sm).max(axis=1)
+        a, sa = np.where(left, a, m), np.where(left[:, None], sa, sm)
+        b, sb = np.where(left, m, b), np.where(left[:, None], sm, sb)
+        taken += 1
+    return taken, 0.5 * (a + b)[_slope_changes(sa, sb, _KINK_KEEP)]
 
 
 # --------------------------------------------------------------------------- coefficients

@@ -683,13 +683,13 @@ def _evaluations(evaluate, dim: int, t: torch.Tensor, names: list[str], combos: 
                 yield first + b, 0, [x[b] for x in out]
         return
     for c, combo in enumerate(combos):
-        for k0, k1 in _row_runs(dim, len(t)):
+        for k0, k1 in row_runs(dim, len(t)):
             params = {n: torch.full((k1 - k0,), v, dtype=torch.float64) for n, v in zip(names, combo)}
             with torch.no_grad():
                 yield c, k0, [x.numpy() for x in evaluate(t[k0:k1], params)]
 
 
-def _row_runs(dim: int, rows: int) -> list[tuple[int, int]]:
+def row_runs(dim: int, rows: int) -> list[tuple[int, int]]:
     """(start, stop) of runs of the rows of a (rows, dim) table, in order, each of at most
     BATCH_VALUES values (one row at least). Runs hold a multiple of 16 values where they can, so
     that torch's vectorized loops split them as they split the whole table: the same floats."""
@@ -700,7 +700,7 @@ def _row_runs(dim: int, rows: int) -> list[tuple[int, int]]:
     return [(k0, min(rows, k0 + per_run)) for k0 in range(0, rows, per_run)]
 
 
-def _rows_of(evaluate, t: torch.Tensor, params, run: tuple[int, int]) -> list[np.ndarray]:
+def rows_of(evaluate, t: torch.Tensor, params, run: tuple[int, int]) -> list[np.ndarray]:
     """The outputs (rows, D) of `evaluate(t, params)` (a tuple of tensors) at the rows `run` of
     t; params given per time (a leading dimension len(t) > 1) are cut to them too."""
     k0, k1 = run
@@ -853,8 +853,8 @@ def check_support(train: CompiledSchedule, path: CompiledSchedule, drawn_ranges:
     s = torch.linspace(0.0, 1.0, SUPPORT_PATH_POINTS, dtype=torch.float64)
     keep = np.ones(train.dim, bool) if ignore is None else ~np.asarray(ignore, bool)
     p = np.empty((len(s), int(keep.sum())))
-    for run in _row_runs(path.dim, len(s)):
-        p[run[0]:run[1]] = _rows_of(lambda ts, params: (path.value(ts, params),), s, None, run)[0][:, keep]
+    for run in row_runs(path.dim, len(s)):
+        p[run[0]:run[1]] = rows_of(lambda ts, params: (path.value(ts, params),), s, None, run)[0][:, keep]
     groups = dict(groups or {})
     shared = [n for n in drawn_ranges if n not in groups]
     free = [n for n in drawn_ranges if n in groups]
@@ -988,22 +988,22 @@ def generation_order(schedule: CompiledSchedule, wvar: np.ndarray, params=None, 
     earlier. A component's noising time is when its gamma is halfway between its values at
     t = 0 and t = 1; ties (e.g. a scalar gamma, or parallel lines) are broken by the mean
     true log-SNR over time (higher = visible longer = generated first), then by index. The
-    (grid, D) table of gamma is evaluated in runs of rows (`_row_runs`), twice over."""
+    (grid, D) table of gamma is evaluated in runs of rows (`row_runs`), twice over."""
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
     dim = schedule.dim
-    runs = _row_runs(dim, grid)
+    runs = row_runs(dim, grid)
 
     def gamma_of(ts, p):
         return schedule.gamma_and_slope(ts, p)[:1]
 
-    ends = {run: _rows_of(gamma_of, t, params, run)[0] for run in (runs[0], runs[-1])}
+    ends = {run: rows_of(gamma_of, t, params, run)[0] for run in (runs[0], runs[-1])}
     first = ends[runs[0]][0]
     span = ends[runs[-1]][-1] - first
     scale = np.where(span > 0, span, 1.0)
     below = np.zeros(dim, np.int64)  # times with progress < 0.5, per component
     total = first.copy()  # the sum over time, row by row (as gamma.sum(axis=0) adds)
     for run in runs:
-        gamma = ends.pop(run) if run in ends else _rows_of(gamma_of, t, params, run)[0]
+        gamma = ends.pop(run) if run in ends else rows_of(gamma_of, t, params, run)[0]
         below += ((gamma - first) / scale < 0.5).sum(axis=0)
         for row in gamma[1:] if run[0] == 0 else gamma:
             total += row
@@ -1011,7 +1011,7 @@ def generation_order(schedule: CompiledSchedule, wvar: np.ndarray, params=None, 
     cols = np.arange(dim)
     p0, p1 = np.empty(dim), np.empty(dim)  # progress at k - 1 and at k
     for k0, k1 in runs:
-        progress = (_rows_of(gamma_of, t, params, (k0, k1))[0] - first) / scale
+        progress = (rows_of(gamma_of, t, params, (k0, k1))[0] - first) / scale
         for rows, out in ((k - 1, p0), (k, p1)):
             hit = (rows >= k0) & (rows < k1)
             out[hit] = progress[rows[hit] - k0, cols[hit]]
@@ -1053,18 +1053,18 @@ def motion(schedule: CompiledSchedule, params=None, grid: int = 2049) -> Motion:
     strictly between gamma_i(0) and gamma_i(1) (so a slow component at very low gamma, whose
     beta = sigmoid(gamma) dgamma/dt is tiny, still counts). It is never noised when its gamma
     has the same value at every time: it is never generated either, and has no place in the
-    generation order. Evaluated in runs of rows (`_row_runs`)."""
+    generation order. Evaluated in runs of rows (`row_runs`)."""
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
     dim = schedule.dim
-    runs = _row_runs(dim, grid)
-    ends = {run: _rows_of(schedule, t, params, run) for run in (runs[0], runs[-1])}
+    runs = row_runs(dim, grid)
+    ends = {run: rows_of(schedule, t, params, run) for run in (runs[0], runs[-1])}
     first, last = ends[runs[0]][0][0], ends[runs[-1]][0][-1]
     lo, hi = np.minimum(first, last), np.maximum(first, last)
     counts = np.empty(grid, np.int64)
     packed = np.empty((grid, (dim + 7) // 8), np.uint8)
     never_noised = np.ones(dim, bool)
     for k0, k1 in runs:
-        g, b = ends.pop((k0, k1)) if (k0, k1) in ends else _rows_of(schedule, t, params, (k0, k1))
+        g, b = ends.pop((k0, k1)) if (k0, k1) in ends else rows_of(schedule, t, params, (k0, k1))
         in_motion = (b > MOTION_BETA) | ((g > lo) & (g < hi))
         counts[k0:k1] = in_motion.sum(axis=1)
         packed[k0:k1] = np.packbits(in_motion, axis=1)
