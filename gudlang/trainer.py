@@ -553,8 +553,13 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
                    + "".join(f", {k}={v!r}" for k, v in dict(overrides or {}).items()) + ")"]
     s = setup(spec, dict(overrides or {}), out=out, resume=resume, until=until, network=network, name=name,
               command=command)
-    metrics = MetricsLog(s)
-    progress = Progress(s, quiet)
+    try:
+        metrics = MetricsLog(s)
+        progress = Progress(s, quiet)
+    except GudError:  # e.g. log = tensorboard without the package
+        if s.writer and s.made:
+            _discard(s)  # a new run that could not start: no stub left to block a --name requeue
+        raise
     callbacks = [progress, metrics, Checkpoints(), SampleGrids()]
     step, interrupted, failed = s.start, False, True
     try:

@@ -246,3 +246,15 @@ def test_a_resume_refused_for_another_model_names_what_changed(capsys, spec, tmp
     assert code == 0
     code, _, err = train(capsys, "--resume", only_run(tmp_path / "cos"), "-s", "train.steps=20")
     assert code == 1 and "(train.steps changed) (with lr_schedule = cosine" in err
+
+
+def test_a_new_run_that_cannot_start_its_log_leaves_no_folder(capsys, spec, tmp_path, monkeypatch):
+    # log = tensorboard without the package: E640, and (it was left) no run folder without a
+    # checkpoint to block `--name` once the package is installed
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    spec.write_text(spec.read_text() + "runtime { log = tensorboard }\n")
+    code, _, err = train(capsys, spec, "--out", tmp_path / "runs", "--name", "tb")
+    assert code == 1 and "E640" in err and "tensorboard" in err
+    assert not (tmp_path / "runs" / "tb").exists()
