@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -161,9 +162,15 @@ def model_card(model, config: dict) -> str:
     lines += ["", "## Use", "", "```bash", "gud sample DIR -n 64", "```", "", "```python", "import gudlang",
               "model = gudlang.load(\"DIR\")", "images = model.sample(16)  # (16, C, H, W) in data space", "```",
               "", "## Reproduce", ""]
+    overrides = config.get("overrides") or {}
+    sets = "".join(f" -s {shlex.quote(f'{k}={v}')}" for k, v in sorted(overrides.items()))
+    lines += ["From this folder (its spec.gud and the data the spec names):", "", "```bash",
+              f"gud train spec.gud{sets}", "```"]
     if config.get("command"):
-        lines += ["The command that trained it:", "", "```bash", config["command"], "```"]
-    else:
-        lines.append("`gud train spec.gud` with the overrides in config.json.")
-    lines += ["", "## Spec", "", "```gud", model.spec_text.rstrip(), "```", ""]
+        lines += ["", "The command that trained it, as it was run:", "", "```bash", config["command"], "```"]
+    lines += ["", "## Spec", ""]
+    if overrides:
+        lines += ["Trained with these settings changed from the text below (`-s`): "
+                  + ", ".join(f"`{k} = {v}`" for k, v in sorted(overrides.items())) + ".", ""]
+    lines += ["```gud", model.spec_text.rstrip(), "```", ""]
     return "\n".join(lines)

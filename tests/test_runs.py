@@ -300,3 +300,20 @@ def test_a_run_whose_data_changed_cannot_grow(capsys, tmp_path):
     finally:
         os.chdir(monkey_cwd)
     assert code == 1 and "error[E641]" in err and "different model (the data changed)" in err
+
+
+def test_an_exports_card_reproduces_the_run_with_its_overrides(capsys, tmp_path, monkeypatch):
+    # the card showed the spec without the -s overrides, and only the original (absolute) command
+    (tmp_path / "tiny.gud").write_text(TINY)
+    assert main(["train", "--quiet", str(tmp_path / "tiny.gud"), "--out", str(tmp_path / "runs"),
+                 "-s", "train.batch=4", "-s", "train.steps=2"]) == 0
+    run = only_run(tmp_path / "runs")
+    assert gud(capsys, "export", run, tmp_path / "export")[0] == 0
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "`train.batch = 4`" in card
+    line = next(x for x in card.splitlines() if x.startswith("gud train spec.gud"))
+    assert line == "gud train spec.gud -s train.batch=4 -s train.steps=2"
+    monkeypatch.chdir(tmp_path / "export")
+    argv = line.split()[1:]
+    assert main([argv[0], "--quiet", *argv[1:], "--out", str(tmp_path / "again")]) == 0
+    assert gudlang.load(only_run(tmp_path / "again")).hash == gudlang.load(run).hash
