@@ -649,12 +649,34 @@ def cmd_fid(args, overrides: dict) -> int:
               "quantisation": "uint8 (images.to_uint8: rounded, clipped to the data range)",
               "model_hash": model.hash, "saved_statistics": args.save_stats, **source,
               "seconds": time.time() - start}
-    out = _record_folder(args.run) / f"fid-{Path(args.ref).stem or 'reference'}.json"
+    record["reference_path"] = str(Path(args.ref).resolve())
+    out = _record_file(_record_folder(args.run), Path(args.ref).stem or "reference", record)
     make_folder(out.parent)
     atomic_write_text(out, json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(_summary(scores, record, network, generated, reference, args))
     print(f"wrote {out}" + (f" and the reference statistics to {args.save_stats}" if args.save_stats else ""))
     return 0
+
+
+# What a record measured: two records that agree on all else are the same measurement, repeated.
+_RESULTS = ("fid", "kid_mean", "kid_std", "seconds", "saved_statistics")
+
+
+def _record_file(folder: Path, stem: str, record: dict) -> Path:
+    """FOLDER/fid-STEM.json, unless it holds another measurement (other samples, n, reference
+    of the same stem, features): then FOLDER/fid-STEM-XXXXXXXX.json, named by a digest of what
+    this one measured, so no record replaces one of something else."""
+    def measured(r: dict) -> str:
+        return json.dumps({k: v for k, v in r.items() if k not in _RESULTS}, sort_keys=True, default=str)
+
+    plain = folder / f"fid-{stem}.json"
+    try:
+        old = json.loads(plain.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return plain
+    if isinstance(old, dict) and measured(old) == measured(record):
+        return plain
+    return folder / f"fid-{stem}-{hashlib.sha256(measured(record).encode()).hexdigest()[:8]}.json"
 
 
 def _summary(scores: Scores, record: dict, network: FeatureNetwork, generated: ImageSet, reference, args) -> str:
@@ -677,6 +699,10 @@ def _summary(scores: Scores, record: dict, network: FeatureNetwork, generated: I
              f"  generated: {made}",
              f"  reference: {ref}",
              f"  features:  {network.name}, F = {scores.feature_dim}"]
+    world, count = generated.record.get("world_size"), generated.record.get("count")
+    if world is not None and str(world).isdigit() and int(str(world)) > 1:
+        lines.append(f"  note: {args.samples} is one shard of a sample set made by {world} ranks ({count} of "
+                     f"{generated.record.get('n')} samples): score all of them together")
     maker = generated.record.get("model_hash", record["model_hash"])
     if maker != record["model_hash"]:
         lines.append(f"  note: the samples' record names model {maker[:24]}, not this one")

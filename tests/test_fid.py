@@ -299,3 +299,16 @@ def test_a_corrupt_npz_is_e690(tmp_path):
     with pytest.raises(fid.GudError) as info:
         fid.load_statistics(tmp_path / "garbage.npz")
     assert info.value.diagnostics[0].code == "E690" and "cannot read" in str(info.value)
+
+
+def test_a_record_of_another_measurement_never_replaces_one(capsys, oracle):
+    # -n 10 after -n 20 overwrote fid-ref.json: each measurement keeps its own record
+    common = ("--ref", "ref.npz", "--features", STAND_IN)
+    assert run(capsys, "fid", "spec.gud", "-n", 300, *common)[0] == 0
+    first = json.loads((oracle / "samples" / "spec" / "fid-ref.json").read_text())
+    code, out, _ = run(capsys, "fid", "spec.gud", "-n", 200, *common)
+    assert code == 0 and "wrote samples/spec/fid-ref-" in out
+    assert json.loads((oracle / "samples" / "spec" / "fid-ref.json").read_text()) == first
+    code, out, _ = run(capsys, "fid", "spec.gud", "-n", 300, *common)  # the same measurement again
+    assert code == 0 and "wrote samples/spec/fid-ref.json" in out
+    assert len(records(oracle / "samples")) == 2
