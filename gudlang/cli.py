@@ -329,10 +329,14 @@ def cmd_train(args, overrides: dict) -> int:
     return 128 + result.signal if result.interrupted else 0
 
 
-def _shard(n: int) -> tuple[int, int, int, int]:
-    """(first index, count, rank, world) of this torchrun rank's share of n."""
+def _shard(n: int, what: str = "samples") -> tuple[int, int, int, int]:
+    """(first index, count, rank, world) of this torchrun rank's share of n; E003 when some
+    rank would get none (every rank says so and stops)."""
     from gudlang.runs import dist_info
     rank, world = dist_info()
+    if n < world:
+        raise GudError.one("E003", f"{n} {what} over {world} ranks leaves a rank with none",
+                           help=f"ask for at least {world} (-n), or run with --nproc_per_node={max(1, n)}")
     lo, hi = rank * n // world, (rank + 1) * n // world
     return lo, hi - lo, rank, world
 
@@ -505,11 +509,10 @@ def cmd_nll(args, overrides: dict) -> int:
                                help="give images at the model's size (only sampling upsamples smaller ones)")
     else:
         x, split = None, args.split
-    first, count, rank, world = _shard(args.n if x is None else len(x))
-    update, close = progress("nll", count, quiet=rank != 0)
     if x is None:  # the spec's split, once its data are known to be the training data
         x = model.split_images(args.split, args.n)
-        first, count, rank, world = _shard(len(x))
+    first, count, rank, world = _shard(len(x), "images")
+    update, close = progress("nll", count, quiet=rank != 0)
     from gudlang.likelihood import divergence_method
     if args.probes is not None and divergence_method(args.divergence, model.model.dim) == "exact":
         raise GudError.one("E003", "--probes sets the Hutchinson estimate's probe vectors; the exact divergence "

@@ -224,3 +224,15 @@ def test_a_file_the_system_refuses_is_E001_with_advice_not_a_traceback(capsys, t
     assert main(["fmt", "x.gud"]) == 1
     err = capsys.readouterr().err
     assert "error[E001]" in err and "out.gud: No space left on device" in err and "--resume" in err
+
+
+def test_fewer_images_than_torchrun_ranks_is_a_usage_error_on_every_rank(capsys, monkeypatch):
+    # rank 1 got none and failed with messages about a count of 0 or an empty array
+    spec = str(ROOT / "specs" / "grf_oracle.gud")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        for argv in (["sample", spec, "-n", "1"], ["nll", spec, "-n", "1"]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert "error[E003]" in err and "over 2 ranks leaves a rank with none" in err, err
