@@ -27,6 +27,7 @@ be resumed.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import shutil
@@ -585,6 +586,11 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
             if not failed:
                 # rank 0 is still writing after the loop: tearing gloo down under it aborts
                 torch.distributed.barrier()
+            # Drop the DDP wrapper while the process group is still registered: freed later, its
+            # reducer held the group's last reference, and destroying the group there (holding
+            # the GIL) could deadlock with a gloo thread that needs it.
+            s.objective.network = s.network
+            gc.collect()
             torch.distributed.destroy_process_group()
 
 
