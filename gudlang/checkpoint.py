@@ -160,6 +160,13 @@ def _check_metadata(metadata: dict, path: str | os.PathLike) -> None:
         raise GudError.one("E622", f"checkpoint metadata {bad[0]!r} of {path} is not a string")
 
 
+def trained_step(metadata: dict[str, str]) -> int | None:
+    """The training step a checkpoint's weights are of (its `gudlang_step`), or None when it
+    records none (an export of an oracle, an older file)."""
+    step = str(metadata.get("gudlang_step", ""))
+    return int(step) if step.isdigit() else None
+
+
 def verify_checkpoint(metadata: dict[str, str], compute_hash: Callable[[str], str]) -> None:
     """Recompute the model hash from the stored spec text; E624 if it differs from the
     stored hash (or the stored spec no longer checks)."""

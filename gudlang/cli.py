@@ -497,6 +497,7 @@ def cmd_nll(args, overrides: dict) -> int:
     given mask. Under torchrun each rank measures its shard and rank 0 reports them all."""
     import numpy as np
 
+    from gudlang.checkpoint import trained_step
     from gudlang.likelihood import mean_and_stderr
     model = _load_run(args, overrides)
     if args.given is not None:
@@ -529,7 +530,7 @@ def cmd_nll(args, overrides: dict) -> int:
               "dequantised": model.model.data.levels is not None, "levels": model.model.data.levels,
               "nfe": result.nfe, "divergence_evaluations_per_image": result.divergence_evaluations,
               "rtol": model.spec.sample.rtol, "atol": model.spec.sample.atol,
-              "model_hash": model.hash, "step": _checkpoint_step(model), "world_size": world, "path": args.path,
+              "model_hash": model.hash, "step": trained_step(model.meta), "world_size": world, "path": args.path,
               "overrides": overrides, "weights": args.weights}
     folder = _outputs(args, args.run)
     file, note = _nll_file(folder.parent if folder.name == "samples" else folder, Path(split).stem, record)
@@ -543,12 +544,6 @@ def cmd_nll(args, overrides: dict) -> int:
           f"evaluations per image)")
     print(f"wrote {file}{note}")
     return 0
-
-
-def _checkpoint_step(model) -> int | None:
-    """The training step of a loaded model's weights (None for an oracle spec)."""
-    step = model.meta.get("gudlang_step")
-    return int(step) if step is not None and str(step).isdigit() else None
 
 
 def _nll_file(folder: Path, split: str, record: dict) -> tuple[Path, str]:
@@ -603,6 +598,7 @@ def cmd_export(args, overrides: dict) -> int:
     """`gud export RUN DIR`: a self-contained folder with the EMA weights, spec, config and a
     model card (`gudlang.export`)."""
     from gudlang.api import load
+    from gudlang.checkpoint import trained_step
     from gudlang.runs import read_record
     target, out = Path(args.run), Path(args.dir)
     if out.exists():
@@ -619,9 +615,9 @@ def cmd_export(args, overrides: dict) -> int:
             if not isinstance(nll, dict) or _variant(nll.get("path"), nll.get("overrides") or {},
                                                      nll.get("weights", "ema")):
                 nll = None  # not the model's own NLL (older records held any measurement)
-            elif nll.get("step") != _checkpoint_step(model):
+            elif nll.get("step") != (step := trained_step(model.meta)):
                 print(f"gud: {record} was measured at step {nll.get('step', 'unknown')}, the weights are of step "
-                      f"{_checkpoint_step(model)}: not published (measure it again with gud nll {target})",
+                      f"{step}: not published (measure it again with gud nll {target})",
                       file=sys.stderr)
                 nll = None
         if (target / "run.json").is_file():

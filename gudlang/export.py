@@ -130,7 +130,7 @@ def _config(model, meta: dict, nll: dict | None, command: str | None) -> dict:
         "resolved_spec": meta.get("gudlang_resolved", ""),
         "overrides": json.loads(meta.get("gudlang_overrides", "{}")),
         "data": json.loads(meta.get("gudlang_data", "{}")),
-        "trained_steps": int(meta["gudlang_step"]) if meta.get("gudlang_step", "").isdigit() else None,
+        "trained_steps": ckpt.trained_step(meta),
         "weights_sha256": meta[DIGEST_KEY],
         "gudlang_version": __version__,
         "trained_with_gudlang": meta.get("gudlang_version"),

@@ -228,7 +228,7 @@ def train_step(objective: Objective, optimizer, batch: Batch, settings, step: in
     params = parameters if parameters is not None else [p for g in optimizer.param_groups for p in g["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
     # The one wait for the device in a step: loss and norm read together, before the weights move.
-    value, norm = torch.stack([total.float(), norm.float().to(total.device)]).tolist()
+    value, norm = torch.stack([total.float(), norm.float()]).tolist()
     if not math.isfinite(value):
         # the step 1-based, as metrics.csv and the progress bar count
         raise GudError.one("E630", f"the loss is {value} at step {step + 1}",

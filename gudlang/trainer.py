@@ -343,13 +343,13 @@ def _check_batch_split(settings, world: int) -> None:
     per_rank, parts = settings.batch // world, settings.accumulate
     if settings.batch % world == 0 and per_rank % parts == 0:
         return
-    fits = [b for b in range(world * parts, 2 * settings.batch + world * parts, world * parts)]
-    near = min(fits, key=lambda b: abs(b - settings.batch))
+    unit = world * parts
+    near = max(unit, round(settings.batch / unit) * unit)  # the nearest batch that splits
     raise GudError.one("E210", f"train.batch = {settings.batch} does not split over {world} ranks"
                                + (f" and train.accumulate = {parts} micro-batches" if parts > 1 else "")
                                + f": each step would drop {settings.batch - per_rank // parts * parts * world} "
                                  "examples",
-                       help=f"use a batch that {world * parts} divides, e.g. -s train.batch={near}")
+                       help=f"use a batch that {unit} divides, e.g. -s train.batch={near}")
 
 
 def _check_ranks_agree(model, world: int) -> None:

@@ -128,15 +128,7 @@ def test_a_non_finite_loss_leaves_weights_and_optimizer_untouched(monkeypatch, a
     train_step(objective, optimizer, batch, settings, 0)  # the optimizer has state now
     before = {k: v.clone() for k, v in network.state_dict().items()}
     moments = [v.clone() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
-    real = Objective.forward
-    calls = {"n": 0}
-
-    def last_piece_nan(self, piece, autocast_dtype=None):
-        calls["n"] += 1
-        loss = real(self, piece, autocast_dtype)
-        return loss * float("nan") if calls["n"] == accumulate else loss
-
-    monkeypatch.setattr(Objective, "forward", last_piece_nan)
+    nan_at_call(monkeypatch, accumulate)  # the last micro-batch of the step
     with pytest.raises(GudError) as info:
         train_step(objective, optimizer, batch, settings, 5)
     assert info.value.diagnostics[0].code == "E630" and "at step 6" in info.value.diagnostics[0].message
