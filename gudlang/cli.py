@@ -332,8 +332,8 @@ def cmd_train(args, overrides: dict) -> int:
 def _shard(n: int, what: str = "samples") -> tuple[int, int, int, int]:
     """(first index, count, rank, world) of this torchrun rank's share of n; E003 when some
     rank would get none (every rank says so and stops)."""
-    from gudlang.runs import dist_info
-    rank, world = dist_info()
+    from gudlang.distributed import rank_and_world
+    rank, world = rank_and_world()
     if n < world:
         raise GudError.one("E003", f"{n} {what} over {world} ranks leaves a rank with none",
                            help=f"ask for at least {world} (-n), or run with --nproc_per_node={max(1, n)}")
@@ -345,7 +345,9 @@ def _load_run(args, overrides: dict):
     """`gudlang.load` of args.run with the command's params, weights and --path; the coverage
     warnings (W301 / W302) of a path given with --path go to stderr."""
     from gudlang.api import load
-    model = load(args.run, params=overrides, weights=args.weights, path=args.path)
+    from gudlang.distributed import every_rank
+    with every_rank("loading the run"):  # under torchrun: a node without the run stops every rank
+        model = load(args.run, params=overrides, weights=args.weights, path=args.path)
     if args.path is not None:
         _Reporter("text").show(model.model.warnings)
     return model
@@ -499,19 +501,19 @@ def cmd_nll(args, overrides: dict) -> int:
 
     from gudlang.checkpoint import trained_step
     from gudlang.likelihood import mean_and_stderr
+    from gudlang.distributed import every_rank, gather
     model = _load_run(args, overrides)
-    if args.given is not None:
-        from gudlang.conditioning import load_images
-        data = model.model.data
-        x, split = load_images(args.given, data)[: args.n], str(args.given)
-        if x.shape[1:] != tuple(data.shape):
-            raise GudError.one("E681", f"{args.given} holds images of shape {x.shape[1:]}; the likelihood is of "
-                                       f"the model's images, {tuple(data.shape)}",
-                               help="give images at the model's size (only sampling upsamples smaller ones)")
-    else:
-        x, split = None, args.split
-    if x is None:  # the spec's split, once its data are known to be the training data
-        x = model.split_images(args.split, args.n)
+    with every_rank("loading the images"):
+        if args.given is not None:
+            from gudlang.conditioning import load_images
+            data = model.model.data
+            x, split = load_images(args.given, data)[: args.n], str(args.given)
+            if x.shape[1:] != tuple(data.shape):
+                raise GudError.one("E681", f"{args.given} holds images of shape {x.shape[1:]}; the likelihood is "
+                                           f"of the model's images, {tuple(data.shape)}",
+                                   help="give images at the model's size (only sampling upsamples smaller ones)")
+        else:  # the spec's split, once its data are known to be the training data
+            x, split = model.split_images(args.split, args.n), args.split
     first, count, rank, world = _shard(len(x), "images")
     update, close = progress("nll", count, quiet=rank != 0)
     from gudlang.likelihood import divergence_method
@@ -521,7 +523,7 @@ def cmd_nll(args, overrides: dict) -> int:
     result = model.nll(x[first: first + count], divergence=args.divergence, hutchinson_samples=args.probes or 1,
                        batch_size=args.batch_size, seed=args.seed, progress=update, first=first)
     close()
-    bits = _gather(result.bits, world)
+    bits = gather(result.bits)
     if rank != 0:
         return 0
     mean, stderr = mean_and_stderr(bits)
@@ -572,26 +574,6 @@ def _variant_text(variant: dict) -> str:
     if "weights" in variant:
         parts.append(f"{variant['weights']} weights")
     return ", ".join(parts)
-
-
-def _gather(values, world: int):
-    """Every rank's values, concatenated in rank order on rank 0 (gloo / nccl)."""
-    import numpy as np
-    import torch
-    if world == 1:
-        return np.asarray(values)
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
-    local = torch.as_tensor(np.asarray(values, dtype=np.float64))
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
-    torch.distributed.all_gather(sizes, torch.tensor([len(local)]))
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros(longest, dtype=torch.float64)
-    padded[: len(local)] = local
-    parts = [torch.zeros(longest, dtype=torch.float64) for _ in range(world)]
-    torch.distributed.all_gather(parts, padded)
-    torch.distributed.destroy_process_group()
-    return np.concatenate([p[: int(s.item())].numpy() for p, s in zip(parts, sizes)])
 
 
 def cmd_export(args, overrides: dict) -> int:
@@ -793,8 +775,11 @@ def main(argv=None) -> int:
                   "(set OMP_NUM_THREADS to choose)", file=sys.stderr)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    finished = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        finished = True
+        return code
     except GudError as e:  # errors outside a file context (e.g. bad -s syntax)
         print(render_text(e.diagnostics), file=sys.stderr)
         return EXIT_USAGE if _usage(e.diagnostics) else EXIT_DIAGNOSTICS
@@ -809,6 +794,9 @@ def main(argv=None) -> int:
     except OSError as e:  # the system refused a file: a name too long, a full disk, no permission
         print(render_text(os_error(e).diagnostics), file=sys.stderr)
         return EXIT_DIAGNOSTICS
+    finally:
+        if "gudlang.distributed" in sys.modules:  # a torchrun command started a process group
+            sys.modules["gudlang.distributed"].leave(finished)
 
 
 _OS_ERROR_HELP = {

@@ -76,11 +76,6 @@ def device_for(runtime) -> torch.device:
     return device
 
 
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) under torchrun, (0, 1) otherwise."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 

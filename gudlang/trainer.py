@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from gudlang import checkpoint as ckpt
-from gudlang import runs
+from gudlang import distributed, runs
 from gudlang.check import check_text, read_source
 from gudlang.diagnostics import WARNING, Diagnostic, GudError, render_text
 
@@ -236,55 +236,61 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
     from gudlang.pipeline import build_model
     from gudlang.train import EMA, Objective, make_optimizer
 
-    rank, world = runs.dist_info()
-    run, spec_path, overrides = _open_run(spec, overrides, out, resume, name)
-    spec_text = read_source(str(spec_path)).decode("utf-8", errors="replace")
-    model = build_model(check_text(spec_text, str(spec_path), overrides))
+    rank, world = distributed.rank_and_world()
+    with distributed.every_rank("reading the spec and loading the data"):
+        run, spec_path, overrides = _open_run(spec, overrides, out, resume, name)
+        spec_text = read_source(str(spec_path)).decode("utf-8", errors="replace")
+        model = build_model(check_text(spec_text, str(spec_path), overrides))
+        device = runs.device_for(model.spec.runtime)
     if rank == 0:
         for w in model.warnings:
             print(render_text([w], spec_text), file=sys.stderr)
     settings = model.spec.train
-    device = runs.device_for(model.spec.runtime)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-    if world > 1:
-        _check_ranks_agree(model, world)
+        _check_ranks_agree(model)
         _check_batch_split(settings, world)
     torch.manual_seed(settings.seed)
     custom = type(network).__qualname__ if network is not None else None
-    if network is not None:
-        probe_network(network, model)  # before a run directory exists for it
-    network = network if network is not None else runs.make_spec_network(model)
-    ema = EMA(network, settings.ema, settings.ema_warmup)
-    start, state, made, lock = 0, None, (), None
-    if run is None:
-        run = Path(out) / name if name is not None else runs.new_run_dir(Path(out), spec_path.stem, model.model_hash)
-        made = _missing_folders(run)
-        if rank == 0:
-            lock = _lock_run(run)
-            if name is not None and (run / runs.CHECKPOINT).exists():  # made by another call meanwhile
-                raise GudError.one("E640", f"{run} was created by another gud train while this one started",
-                                   help=f"resume it with gud train --resume {run}, or use another --name")
-            runs.init_run(run, spec_text, model, overrides, world, command)
-    else:
-        if rank == 0:
-            lock = _lock_run(run)
-        tensors, meta = ckpt.load_checkpoint(run / runs.CHECKPOINT)
-        runs.check_resumable(meta, model, run)
-        groups = ckpt.unpack_tensors(tensors)
-        runs.load_weights(network, groups, "model", run / runs.CHECKPOINT)
-        runs.load_weights(ema.module, groups, "ema", run / runs.CHECKPOINT)
-        if rank == 0:
-            runs.settle_state(run, meta.get("gudlang_step", ""))
-        if world > 1:
-            torch.distributed.barrier()
-        state = ckpt.load_training_state(run / runs.STATE)
-        start = runs.resume_step(state, meta, settings.steps, run)
-        if rank == 0:
-            runs.truncate_metrics(run / runs.METRICS, start)
+    start, state, made, lock, meta = 0, None, (), None, None
+    try:
+        with distributed.every_rank("building the network and opening the run directory"):
+            if network is not None:
+                probe_network(network, model)  # before a run directory exists for it
+            network = network if network is not None else runs.make_spec_network(model)
+            ema = EMA(network, settings.ema, settings.ema_warmup)
+            if run is None:
+                run = Path(out) / name if name is not None else runs.new_run_dir(Path(out), spec_path.stem,
+                                                                                   model.model_hash)
+                made = _missing_folders(run)
+                if rank == 0:
+                    lock = _lock_run(run)
+                    if name is not None and (run / runs.CHECKPOINT).exists():  # made by another call meanwhile
+                        raise GudError.one("E640", f"{run} was created by another gud train while this one started",
+                                           help=f"resume it with gud train --resume {run}, or use another --name")
+                    runs.init_run(run, spec_text, model, overrides, world, command)
+            else:
+                if rank == 0:
+                    lock = _lock_run(run)
+                tensors, meta = ckpt.load_checkpoint(run / runs.CHECKPOINT)
+                runs.check_resumable(meta, model, run)
+                groups = ckpt.unpack_tensors(tensors)
+                runs.load_weights(network, groups, "model", run / runs.CHECKPOINT)
+                runs.load_weights(ema.module, groups, "ema", run / runs.CHECKPOINT)
+                if rank == 0:
+                    runs.settle_state(run, meta.get("gudlang_step", ""))
+    except GudError as e:
+        if rank == 0 and made and e.diagnostics[0].code == "E645":
+            _discard(made)  # rank 0 made it, another rank could not start: no stub to block a --name requeue
+        raise
+    if meta is not None:  # every rank passed the block: rank 0 has settled the state files the others read
+        with distributed.every_rank("reading the run's training state"):
+            state = ckpt.load_training_state(run / runs.STATE)
+            start = runs.resume_step(state, meta, settings.steps, run)
+            if rank == 0:
+                runs.truncate_metrics(run / runs.METRICS, start)
     network.to(device)
     ema.module.to(device)
     objective = Objective(model, network).to(device)
@@ -352,15 +358,10 @@ def _check_batch_split(settings, world: int) -> None:
                        help=f"use a batch that {unit} divides, e.g. -s train.batch={near}")
 
 
-def _check_ranks_agree(model, world: int) -> None:
+def _check_ranks_agree(model) -> None:
     """E641 on every rank when the ranks built different models (another spec or other data on
     some node: each rank loads its own files)."""
-    hashes = [None] * world
-    torch.distributed.all_gather_object(hashes, model.model_hash)
-    other = next((r for r, h in enumerate(hashes) if h != hashes[0]), None)
-    if other is not None:
-        raise GudError.one("E641", f"rank {other} built another model than rank 0 ({hashes[other][:24]}... != "
-                                   f"{hashes[0][:24]}...): its spec or data differ",
+    distributed.check_same(model.model_hash, "built another model",
                            help="give every node the same spec, data files and -s overrides")
 
 
@@ -531,10 +532,11 @@ def _stub(s: Session, step: int) -> bool:
     return bool(s.made) and step == s.start
 
 
-def _discard(s: Session) -> None:
-    """Remove the run directory this call made, its lock file and the parents it made, when empty."""
-    shutil.rmtree(s.made[0], ignore_errors=True)
-    for folder in s.made[1:]:
+def _discard(made: tuple) -> None:
+    """Remove the run directory this call made (`made`: it, then the parents it made, innermost
+    first), its lock file, and those parents when empty."""
+    shutil.rmtree(made[0], ignore_errors=True)
+    for folder in made[1:]:
         try:
             folder.rmdir()
         except OSError:
@@ -559,7 +561,7 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
         progress = Progress(s, quiet)
     except GudError:  # e.g. log = tensorboard without the package
         if s.writer and s.made:
-            _discard(s)  # a new run that could not start: no stub left to block a --name requeue
+            _discard(s.made)  # a new run that could not start: no stub left to block a --name requeue
         raise
     callbacks = [progress, metrics, Checkpoints(), SampleGrids()]
     step, interrupted, failed = s.start, False, True
@@ -570,7 +572,7 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
             except BatchTooLarge as e:
                 metrics.on_end(s)
                 if s.writer and e.stub:
-                    _discard(s)  # a new run that did not train a step: no stub left behind
+                    _discard(s.made)  # a new run that did not train a step: no stub left behind
                 raise
             finally:
                 metrics.flush(s)  # a NaN stop keeps the rows logged so far

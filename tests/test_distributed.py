@@ -36,6 +36,11 @@ def torchrun(*args, nproc: int = 1, nnodes: int = 1, node_rank: int = 0, port: i
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def gudlang_frames(stderr: str) -> list[str]:
+    """Traceback lines in gudlang's code (torchrun's launcher prints its own when a rank fails)."""
+    return [line for line in stderr.splitlines() if line.strip().startswith('File "') and "gudlang" in line]
+
+
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
     path = tmp_path_factory.mktemp("dist") / "tiny.gud"
@@ -73,3 +78,77 @@ def test_sampling_and_nll_are_sharded_over_ranks(spec, tmp_path):
     done = torchrun("nll", run, "-n", 6, nproc=2, port=free_port())
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on 6 test images" in done.stdout and done.stdout.count("NLL") == 1
+
+
+def test_a_node_whose_data_are_missing_stops_every_node_with_its_reason(tmp_path):
+    """Each node reads its own files: node 1's data file is missing. Node 0 used to wait in its
+    first collective until the 30-minute timeout; now both stop at once, node 0 with E645
+    naming rank 1 and its error."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.uniform(-1, 1, size=(64, 8, 8)))
+    specs = []
+    for node, data in enumerate((tmp_path / "data.npz", tmp_path / "elsewhere" / "data.npz")):
+        specs.append(tmp_path / f"node{node}.gud")
+        specs[-1].write_text(TINY.replace("digits()", f'npz("{data}", range = none)'))
+    port = free_port()
+    nodes = [torchrun("train", "--quiet", specs[r], "--out", tmp_path / "runs", "--name", "r", nnodes=2,
+                      node_rank=r, port=port, wait=False) for r in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=120) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert all(node.returncode != 0 for node in nodes)
+    assert "E401" in outputs[1][1] and not gudlang_frames(outputs[1][1])
+    said = outputs[0][1]
+    assert "E645" in said and "rank 1 stopped while reading the spec and loading the data" in said, said[-2000:]
+    assert "E401" in said and not gudlang_frames(said)
+    assert not (tmp_path / "runs" / "r").exists()  # no stub run left to block a --name requeue
+
+
+def test_every_rank_reraises_its_own_error_and_names_the_others(monkeypatch):
+    """`every_rank` with two ranks faked by all_gather_object: the failing rank raises its own
+    error, the others E645 with its code and message; nothing failed: nothing raised."""
+    import torch
+
+    from gudlang import distributed
+    from gudlang.diagnostics import GudError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "join", lambda: None)
+    other = {"said": None}
+
+    def gather(out, value):
+        out[:] = [value, other["said"]]
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", gather)
+    with distributed.every_rank("loading"):
+        pass
+    with pytest.raises(GudError) as info:
+        with distributed.every_rank("loading"):
+            raise GudError.one("E402", "corrupt file")
+    assert info.value.diagnostics[0].code == "E402"
+    other["said"] = "E401 data file not found: /x.npz"
+    with pytest.raises(GudError) as info:
+        with distributed.every_rank("loading the data"):
+            pass
+    d = info.value.diagnostics[0]
+    assert d.code == "E645" and d.message == "rank 1 stopped while loading the data: rank 1: E401 data file not found: /x.npz"
+
+
+@pytest.mark.slow
+def test_a_node_without_the_run_stops_every_node_of_gud_nll(spec, tmp_path):
+    from gudlang.cli import main
+    assert main(["train", "--quiet", str(spec), "--out", str(tmp_path / "runs"), "--name", "r"]) == 0
+    port = free_port()
+    nodes = [torchrun("nll", tmp_path / "runs" / run, "-n", 4, nnodes=2, node_rank=r, port=port, wait=False)
+             for r, run in enumerate(("r", "gone"))]
+    try:
+        outputs = [node.communicate(timeout=120) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert all(node.returncode != 0 for node in nodes)
+    said = outputs[0][1]
+    assert "E645" in said and "rank 1 stopped while loading the run: rank 1: E620" in said, said[-2000:]
+    assert not gudlang_frames(said) and "SIGABRT" not in said + outputs[1][1]

@@ -221,8 +221,9 @@ def test_ranks_that_built_different_models_are_refused(monkeypatch):
         out[:] = [value, "gud2-sha256:" + "f" * 64]
 
     monkeypatch.setattr(torch.distributed, "all_gather_object", gather)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(GudError) as info:
-        _check_ranks_agree(SimpleNamespace(model_hash="gud2-sha256:" + "0" * 64), 2)
+        _check_ranks_agree(SimpleNamespace(model_hash="gud2-sha256:" + "0" * 64))
     assert info.value.diagnostics[0].code == "E641" and "rank 1 built another model" in str(info.value)
 
 
