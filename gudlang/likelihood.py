@@ -150,11 +150,13 @@ def log_likelihood(eps_model, schedule, x0: torch.Tensor, divergence: str | None
                    hutchinson_samples: int = 1, rtol: float = 1e-5, atol: float = 1e-5,
                    generator: torch.Generator | None = None, prior_logp=None,
                    probe_rows: int = PROBE_ROWS, given: torch.Tensor | None = None,
-                   kinks: list[float] | None = None) -> LogLikResult:
+                   kinks: list[float] | None = None, signs: torch.Tensor | None = None) -> LogLikResult:
     """log p_0(x0) by the PF-ODE from t = 0 to 1 (see the module docstring). With a mask `given`
     (D,) of components the schedule holds clean (beta = 0, as conditioning.GivenSchedule does),
     the result is the conditional density of the other components: the standard normal prior
-    and the divergence cover only those. `kinks`: the schedule's (default `schedule_kinks`)."""
+    and the divergence cover only those. `kinks`: the schedule's (default `schedule_kinks`).
+    `signs` (hutchinson_samples, B, D) of 0 / 1: the Hutchinson probes' signs (default: drawn
+    from `generator`)."""
     if x0.dim() != 2 or not bool(torch.isfinite(x0).all()):
         raise GudError.one("E660", f"x0 must be a finite (B, D) tensor, got shape {tuple(x0.shape)}")
     if not (isinstance(hutchinson_samples, int) and hutchinson_samples >= 1):
@@ -170,8 +172,12 @@ def log_likelihood(eps_model, schedule, x0: torch.Tensor, divergence: str | None
     if divergence == "exact":
         probes, method = None, "exact"
     else:
-        signs = torch.randint(0, 2, (hutchinson_samples, batch, dim), generator=generator,
-                              device=generator.device if generator is not None else x0.device)
+        if signs is None:
+            signs = torch.randint(0, 2, (hutchinson_samples, batch, dim), generator=generator,
+                                  device=generator.device if generator is not None else x0.device)
+        elif signs.shape != (hutchinson_samples, batch, dim):
+            raise GudError.one("E660", f"signs must have shape {(hutchinson_samples, batch, dim)}, got "
+                                       f"{tuple(signs.shape)}")
         probes = (2 * signs - 1).to(device=x0.device, dtype=x0.dtype)
         if len(generated) < dim:  # given components add variance, not signal
             probes = torch.zeros_like(probes).index_copy_(2, generated, probes.index_select(2, generated))
@@ -463,11 +469,24 @@ def dequantise(x: torch.Tensor, levels: int, data_scale: float = 2.0,
     return x + width * (u - 0.5)
 
 
+def image_generator(seed: int, index: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator of image `index` of a data set, seeded from `seed`, the index and a stream
+    number (0: dequantisation, 1: Hutchinson probes): the same numbers for that image however the
+    set is split into shards or batches."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + index + stream * 0x9E3779B97F4A7C15) % (2 ** 63 - 1))
+
+
 def dequantise_images(x: torch.Tensor, levels: int, data_scale: float, seed: int, first: int = 0) -> torch.Tensor:
-    """`dequantise` of each image x[j] with its own generator, seeded from `seed` and its index
-    first + j in the data set: the same noise however the set is split into shards or batches."""
-    return torch.cat([dequantise(image[None], levels, data_scale, generator=torch.Generator().manual_seed(
-        (seed * 1_000_003 + first + j) % (2 ** 63 - 1))) for j, image in enumerate(x)])
+    """`dequantise` of each image x[j] with its own generator (`image_generator` of first + j)."""
+    return torch.cat([dequantise(image[None], levels, data_scale, generator=image_generator(seed, first + j))
+                      for j, image in enumerate(x)])
+
+
+def probe_signs(count: int, samples: int, dim: int, seed: int, first: int = 0) -> torch.Tensor:
+    """Hutchinson probe signs (samples, count, dim) of 0 / 1, those of image first + j drawn from
+    its own generator (`image_generator`, stream 1)."""
+    return torch.stack([torch.randint(0, 2, (samples, dim), generator=image_generator(seed, first + j, 1))
+                        for j in range(count)], dim=1)
 
 
 def mean_and_stderr(values) -> tuple[float, float]:
@@ -501,10 +520,11 @@ def dataset_bits_per_dim(eps_model, schedule, encode, x, *, levels: int | None, 
                          progress=None, given: torch.Tensor | None = None, first: int = 0) -> DatasetNLL:
     """Bits per dimension of data x (N, C, H, W) in model space (see the module docstring).
 
-    Discrete data (levels given) are dequantised first, in float64, image k of the data set
-    (x[k - first]: `first` is x's offset in it, as a rank's shard) with its own generator
-    seeded from `generator`'s seed and k, so its noise is the same however the images are split
-    over ranks or batches; `generator` then draws the Hutchinson probes. `encode` maps a float64 chunk (B, C, H, W) to whitened
+    Discrete data (levels given) are dequantised first, in float64, and image k of the data set
+    (x[k - first]: `first` is x's offset in it, as a rank's shard) draws its noise and its
+    Hutchinson probes from generators seeded from `generator`'s seed and k (`image_generator`),
+    so they are the same however the images are split over ranks or batches. `encode` maps a
+    float64 chunk (B, C, H, W) to whitened
     components (B, D) in the dtype and on the device of the model (today:
     prior.whiten(basis(x - mean))); `logabsdet` is log|det| of that map. The ODE is solved for
     `batch_size` examples at a time; `progress(done, total)` is called after each solve. With a
@@ -517,16 +537,19 @@ def dataset_bits_per_dim(eps_model, schedule, encode, x, *, levels: int | None, 
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise GudError.one("E660", f"batch_size must be a positive integer, got {batch_size!r}")
     _level_width(data_scale, levels)  # E660 before any work
+    seed = generator.initial_seed() if generator is not None else torch.initial_seed()
     if levels is not None:
-        seed = generator.initial_seed() if generator is not None else torch.initial_seed()
         x = dequantise_images(x, levels, data_scale, seed, first)
     bits, points, nfe, method, dims = [], [], 0, "", 0
     kinks = schedule_kinks(schedule)
-    for chunk in torch.split(x, batch_size):
+    for done, chunk in zip(range(0, len(x), batch_size), torch.split(x, batch_size)):
         chi = encode(chunk)
-        result = log_likelihood(eps_model, schedule, chi, divergence, hutchinson_samples, rtol, atol,
-                                generator, probe_rows=probe_rows, given=given, kinks=kinks)
         dims = chi.shape[1] - (0 if given is None else int(torch.as_tensor(given).sum()))
+        signs = None
+        if divergence_method(divergence, dims) != "exact":
+            signs = probe_signs(len(chi), hutchinson_samples, chi.shape[1], seed, first + done)
+        result = log_likelihood(eps_model, schedule, chi, divergence, hutchinson_samples, rtol, atol,
+                                generator, probe_rows=probe_rows, given=given, kinks=kinks, signs=signs)
         bits.append(bits_per_dim(result.logp.double().cpu(), logabsdet, dims, data_scale, levels))
         points.append(result.divergence_points)
         nfe += result.nfe

@@ -160,7 +160,7 @@ import torch
 import torch.nn.functional as F
 
 from .diagnostics import GudError
-from .schedules import row_runs
+from .schedules import BATCH_VALUES, row_runs
 
 CODES: dict[str, str] = {
     "E650": "unknown sampler method",
@@ -188,11 +188,10 @@ MIN_GAP = 0.5
 # precision there); above it the recursion loses at most a digit.
 _SERIES_BELOW = 1.0
 _SERIES_TERMS = 20
-# Non-uniform grids: points of the dense grid they are fitted on, share of uniform time, times
-# evaluated at once.
+# Non-uniform grids: points of the dense grid they are fitted on, share of uniform time. They
+# evaluate the schedule at most schedules.BATCH_VALUES values at a time (one row of D at least).
 _DENSE = 4097
 _UNIFORM_SHARE = 0.02
-_CHUNK = 256
 
 
 @dataclass
@@ -236,9 +235,12 @@ def time_grid(kind: str, schedule, steps: int, t_end: float = 0.0, device=None) 
 
 def _progress(kind: str, schedule, dense: np.ndarray, device) -> np.ndarray:
     """At each dense time: mean_i gamma_i (logsnr), or the cumulative largest per-component move
-    (fitted). Chunked: the whole (times, D) table would not fit in memory for large images."""
+    (fitted). In chunks of at most BATCH_VALUES values: the whole (times, D) table would not fit
+    in memory for large images."""
     parts, previous = [], None
-    for chunk in np.array_split(dense, -(-len(dense) // _CHUNK)):
+    with torch.no_grad():
+        dim = schedule(torch.ones(1, dtype=torch.float64, device=device))[0].shape[-1]
+    for chunk in np.array_split(dense, min(len(dense), -(-len(dense) * dim // BATCH_VALUES))):
         with torch.no_grad():
             times = torch.as_tensor(chunk, dtype=torch.float64, device=device)
             gamma = schedule(times)[0].to(torch.float64).cpu().numpy()

@@ -353,6 +353,24 @@ def test_hutchinson_bits_per_dim_agree_with_the_exact_ones_within_the_reported_s
     assert gap_stderr > 1e-3 and abs(gap) < 3 * gap_stderr
 
 
+def test_hutchinson_probes_are_those_of_each_image_however_the_set_is_split():
+    # gud nll under torchrun measures shard [first, first + count) on each rank: image k must
+    # get the probes it gets in the whole set (they were drawn per chunk from one generator)
+    dim = 8
+    model, schedule = Mlp(dim), LinearSchedule(dim)
+    x = torch.randn(6, 1, 2, 4, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    common = dict(levels=None, data_scale=2.0, logabsdet=0.0, rtol=1e-5, atol=1e-5, divergence="hutchinson",
+                  batch_size=2, hutchinson_samples=3)
+
+    def bits(images, first=0):
+        return dataset_bits_per_dim(model, schedule, lambda c: c.flatten(1), images, first=first,
+                                    generator=torch.Generator().manual_seed(10), **common).bits
+
+    whole = bits(x)
+    assert torch.equal(torch.cat([bits(x[:2]), bits(x[2:], first=2)]), whole)
+    assert not torch.equal(bits(x[2:4]), whole[2:4])  # another image index: other probes
+
+
 def test_with_given_components_the_result_is_the_exact_conditional_density():
     # chi ~ N(m, C); the last 4 components are given the values c. The others are N(m_c, C_c)
     # given c; an oracle of that acts on them while the schedule holds the given ones clean.

@@ -610,6 +610,20 @@ def test_fitted_grid_is_uniform_in_log_snr_for_a_scalar_schedule_and_in_t_for_pa
     assert float(time_grid("logsnr", clipped, 20)[-2]) > 1.5 * float(time_grid("fitted", clipped, 20)[-2])
 
 
+@pytest.mark.parametrize("kind", ["logsnr", "fitted"])
+def test_grids_fitted_in_bounded_chunks_equal_the_grid_fitted_at_once(kind, monkeypatch):
+    # a 3x256x256 schedule's (4097, D) table is 2 GB: chunks of at most BATCH_VALUES values
+    import gudlang.samplers as samplers
+
+    clipped = GRID_SCHEDULES["clipped"]
+    whole = time_grid(kind, clipped, 20)
+    calls = []
+    monkeypatch.setattr(samplers, "BATCH_VALUES", 7 * D)
+    monkeypatch.setattr(clipped, "forward", lambda t, f=clipped.forward: calls.append(len(t)) or f(t))
+    assert torch.equal(time_grid(kind, clipped, 20), whole)
+    assert max(calls) == 7 and sum(calls[1:]) == 4097
+
+
 def test_fixed_step_samplers_take_the_grid_by_name_or_as_times(oracle):
     schedule = GRID_SCHEDULES["vp"]
     x1 = torch.randn(4, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
