@@ -413,18 +413,23 @@ class GudModel:
         return (x, nfe) if with_nfe else x
 
     def complete(self, images, *, mask: str | np.ndarray | None = None, sampler: str | None = None,
-                 steps: int | None = None, grid: str | None = None, seed: int | None = None) -> Completion:
+                 steps: int | None = None, grid: str | None = None, seed: int | None = None,
+                 first: int = 0) -> Completion:
         """Generate the components of `images` in data space that the mask does not give: the
         spec's own `given_i` (method "trained"), or the condition `mask` written as in a spec,
         e.g. "col(i) < 0.5", or a bool array of the D components (method "replacement" where it
         differs from the spec's). Images are (N, C, h, w), (C, h, w) or (h, w) values, or the
         path of a file as `gud sample --given` reads it (`given_images`); smaller ones are
-        upsampled for super-resolution (`gudlang.conditioning.upsample`)."""
-        return self._complete(given_images(images, self.model.data), mask, sampler, steps, grid, seed)
+        upsampled for super-resolution (`gudlang.conditioning.upsample`). `first`: the index of
+        images[0] in a larger set (a torchrun shard): image k starts from the noise of sample k
+        of the seed, so the trained method with a deterministic sampler completes it the same
+        however the set is split."""
+        first = _integer(first, "first", "E651", least=0, optional=False)
+        return self._complete(given_images(images, self.model.data), mask, sampler, steps, grid, seed, first)
 
-    def _complete(self, images: np.ndarray, mask, sampler, steps, grid, seed) -> Completion:
+    def _complete(self, images: np.ndarray, mask, sampler, steps, grid, seed, first: int = 0) -> Completion:
         """`complete` of images (N, C, h, w) float64 that `given_images` passed (or windows made
-        of them)."""
+        of them), the first of them image `first` of the set."""
         from gudlang.conditioning import complete, shown_known, upsample
         model = self.model
         if model.given is None and mask is None:
@@ -438,10 +443,11 @@ class GudModel:
         same = model.given is not None and np.array_equal(chosen, model.given)
         images = upsample(images, model.data.shape, model.spec.basis.kind)
         name = sampler or settings.sampler
+        noise = start_noise(seed, first, first + len(images), model.dim, self.dtype, self.device)
         x, nfe = complete(self.eps_model, model.sampling_path, model.space, chosen, images,
                           method="trained" if same else "replacement", sampler=name, steps=steps,
-                          device=self.device, dtype=self.dtype, seed=seed % SEED_MODULUS,
-                          trained_mask=model.given, options=self._options(name, grid))
+                          device=self.device, dtype=self.dtype, seed=(seed * 7919 + first) % SEED_MODULUS,
+                          trained_mask=model.given, options=self._options(name, grid), noise=noise)
         return Completion(x, shown_known(model.space, chosen, images), chosen,
                           "trained" if same else "replacement", nfe)
 

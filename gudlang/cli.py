@@ -375,7 +375,9 @@ def cmd_sample(args, overrides: dict) -> int:
     start = time.time()
     given = ""
     if conditional:
-        images, source = _known_images(model, args, args.n or settings.n)
+        from gudlang.distributed import every_rank
+        with every_rank("loading the images to complete"):
+            images, source = _known_images(model, args, args.n or settings.n)
         # the spec's own test images with its own mask: "-given"; your images or mask: their digest too
         given = "-given" + (_digest_tag(images, args.mask) if args.given or args.mask else "")
     stem = _stem(args, f"{method}-{how}-seed{seed}{_variant_tag(_variant(args.path, overrides, args.weights))}"
@@ -383,13 +385,19 @@ def cmd_sample(args, overrides: dict) -> int:
     record = {"sampler": method, "steps": steps, "grid": args.grid or settings.grid, "seed": seed,
               "model_hash": model.hash, "overrides": overrides, "path": args.path}
     if conditional:
-        done = model.complete(images, mask=args.mask, sampler=method, steps=steps, grid=args.grid, seed=seed)
+        first, count, rank, world = _shard(len(images), "images")
+        shard = f".shard{rank}of{world}" if world > 1 else ""
+        done = model.complete(images[first: first + count], mask=args.mask, sampler=method, steps=steps,
+                              grid=args.grid, seed=seed, first=first)
         record.update(conditioning=done.method, given=source, given_components=int(done.mask.sum()),
-                      n=len(done.x), nfe=done.nfe, seconds=time.time() - start)
-        save_pairs(done.known, done.x, _with(stem, ".png"), model.model.data.value_range)
-        _save_float_npz(_with(stem, ".npz"), record, x=done.x, known=done.known, mask=done.mask)
-        print(f"wrote {_with(stem, '.png')} and {_with(stem, '.npz')}: {len(done.x)} completions of "
-              f"{source} ({done.method} conditioning on {int(done.mask.sum())} of {model.model.dim} components), "
+                      n=len(images), first=first, count=count, world_size=world, nfe=done.nfe,
+                      seconds=time.time() - start)
+        png, npz = _with(stem, f"{shard}.png"), _with(stem, f"{shard}.npz")
+        save_pairs(done.known, done.x, png, model.model.data.value_range)
+        _save_float_npz(npz, record, x=done.x, known=done.known, mask=done.mask)
+        print(f"wrote {png} and {npz}: {len(done.x)} completions of {source}"
+              f"{f' (images {first} to {first + count - 1}, shard {rank} of {world})' if world > 1 else ''} "
+              f"({done.method} conditioning on {int(done.mask.sum())} of {model.model.dim} components), "
               f"beside what is given, {method}, {steps} steps, {done.nfe} network evaluations, seed {seed}")
         return 0
     n = args.n or settings.n

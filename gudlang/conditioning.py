@@ -281,13 +281,15 @@ def upsample(images: np.ndarray, shape, basis_kind: str) -> np.ndarray:
 # --------------------------------------------------------------------------- sampling
 def complete(eps_model, schedule, space, mask: np.ndarray, known_images: np.ndarray, *, method: str,
              sampler: str, steps: int, device, dtype, seed: int, trained_mask: np.ndarray | None = None,
-             options: dict | None = None) -> tuple[np.ndarray, int]:
+             options: dict | None = None, noise: torch.Tensor | None = None) -> tuple[np.ndarray, int]:
     """Fill in the generated components of `known_images` (N, C, H, W) in data space.
 
     `schedule` is the model's compiled schedule; `trained_mask` its spec's given mask (held
     clean by `GivenSchedule`); `mask` the components known now, a superset of it. With
     method = "replacement" the known components outside `trained_mask` are conditioned on by
-    replacement. Returns the completed images (N, C, H, W) float32 and the network calls."""
+    replacement. `noise` (N, D): the generated components' start at t = 1 (default: drawn from
+    the generator of `seed`, which draws the sampler's and the replacement's noise). Returns
+    the completed images (N, C, H, W) float32 and the network calls."""
     from gudlang.samplers import sample
     mask = check_mask(mask)
     if trained_mask is not None and (trained_mask & ~mask).any():
@@ -301,7 +303,12 @@ def complete(eps_model, schedule, space, mask: np.ndarray, known_images: np.ndar
     if trained_mask is not None:
         schedule = GivenSchedule(schedule, trained_mask)
     schedule = schedule.to(device)
-    noise = torch.randn(known.shape, generator=gen, dtype=dtype, device=device)
+    if noise is None:
+        noise = torch.randn(known.shape, generator=gen, dtype=dtype, device=device)
+    elif noise.shape != known.shape:
+        raise GudError.one("E651", f"the start noise has shape {tuple(noise.shape)}, the images' components "
+                                   f"{tuple(known.shape)}")
+    noise = noise.to(dtype=dtype, device=device)
     if method == "replacement":
         replaced = mask_t if trained_mask is None else mask_t & ~torch.as_tensor(trained_mask, device=device)
         eps_model = ReplacementEpsModel(eps_model, replaced, known, gen)
