@@ -471,21 +471,25 @@ def _known_images(model, args, n: int):
 
 def cmd_extend(args, overrides: dict) -> int:
     """`gud extend RUN --image FILE --columns N` (or --rows N): image extension by a sliding
-    window, for a spec whose given components are a band of leading columns (rows)."""
+    window, for a spec whose given components are a band of leading columns (rows). Under
+    torchrun each rank extends its share of the images and writes its shard."""
     import time
 
     from gudlang.api import load
     from gudlang.conditioning import load_images
+    from gudlang.distributed import every_rank
     from gudlang.images import save_grid
-    model = load(args.run, params=overrides)
-    data = model.model.data
-    images = load_images(args.image, data)
+    with every_rank("loading the run and the images"):
+        model = load(args.run, params=overrides)
+        data = model.model.data
+        images = load_images(args.image, data)
+    first, many, rank, world = _shard(len(images), "images")
     seed = model.spec.sample.seed if args.seed is None else args.seed
     start = time.time()
-    update, close = progress("extend", 0, unit="window")  # its total is known once extension starts
+    update, close = progress("extend", 0, unit="window", quiet=rank != 0)  # its total is known once extension starts
     try:
-        x, nfe, k = model.extend(images, columns=args.columns, rows=args.rows, sampler=args.sampler,
-                                 steps=args.steps, seed=seed, progress=update)
+        x, nfe, k = model.extend(images[first: first + many], columns=args.columns, rows=args.rows,
+                                 sampler=args.sampler, steps=args.steps, seed=seed, progress=update)
     finally:
         close()
     axis, count = ("columns", args.columns) if args.columns else ("rows", args.rows)
@@ -493,11 +497,14 @@ def cmd_extend(args, overrides: dict) -> int:
                        f"{_digest_tag(images)}")
     size = data.shape[2] if axis == "columns" else data.shape[1]
     record = {"axis": axis, "count": count, "band": k, "window": size, "seed": seed, "nfe": nfe,
-              "model_hash": model.hash, "image": str(args.image), "seconds": time.time() - start}
-    save_grid(x, _with(stem, ".png"), data.value_range, cols=1 if axis == "columns" else len(x))
-    _save_float_npz(_with(stem, ".npz"), record, x=x, given=images)
-    print(f"wrote {_with(stem, '.png')} and {_with(stem, '.npz')}: {len(x)} image(s) extended by "
-          f"{count} {axis} (window {size}, {k} given, {nfe} network evaluations), seed {seed}")
+              "model_hash": model.hash, "image": str(args.image), "first": first, "images": many,
+              "world_size": world, "seconds": time.time() - start}
+    shard = f".shard{rank}of{world}" if world > 1 else ""
+    png, npz = _with(stem, f"{shard}.png"), _with(stem, f"{shard}.npz")
+    save_grid(x, png, data.value_range, cols=1 if axis == "columns" else len(x))
+    _save_float_npz(npz, record, x=x, given=images[first: first + many])
+    print(f"wrote {png} and {npz}: {len(x)} image(s){f' ({first} to {first + many - 1})' if world > 1 else ''} "
+          f"extended by {count} {axis} (window {size}, {k} given, {nfe} network evaluations), seed {seed}")
     return 0
 
 
@@ -508,8 +515,8 @@ def cmd_nll(args, overrides: dict) -> int:
     import numpy as np
 
     from gudlang.checkpoint import trained_step
-    from gudlang.likelihood import mean_and_stderr
     from gudlang.distributed import every_rank, gather
+    from gudlang.likelihood import mean_and_stderr
     model = _load_run(args, overrides)
     with every_rank("loading the images"):
         if args.given is not None:

@@ -172,3 +172,11 @@ def test_completions_are_sharded_over_ranks_and_equal_those_of_one_process(tmp_p
     # the same start noise per image; float32 matrix products of 2 or 3 rows and of 5 may differ in the last bit
     np.testing.assert_allclose(np.concatenate([s["x"] for s in shards]), one["x"], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(np.concatenate([s["known"] for s in shards]), one["known"])
+    # image extension: each rank extends its share of the images
+    np.save(tmp_path / "images.npy", one["known"][:3])
+    done = torchrun("extend", run, "--image", tmp_path / "images.npy", "--columns", 3, "--steps", 4,
+                    "-o", tmp_path / "wide", nproc=2, port=free_port())
+    assert done.returncode == 0, done.stderr[-3000:]
+    wide = [np.load(tmp_path / f"wide.shard{r}of2.npz") for r in (0, 1)]
+    assert [s["x"].shape for s in wide] == [(1, 1, 8, 11), (2, 1, 8, 11)]
+    np.testing.assert_array_equal(np.concatenate([s["given"] for s in wide]), one["known"][:3])
