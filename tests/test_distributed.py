@@ -41,6 +41,20 @@ def gudlang_frames(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip().startswith('File "') and "gudlang" in line]
 
 
+def two_failing_nodes(command) -> list[tuple[str, str]]:
+    """(stdout, stderr) of two one-process "nodes" running command(node_rank), which must both
+    fail within two minutes (a node left waiting for the other is a failure)."""
+    port = free_port()
+    nodes = [torchrun(*command(r), nnodes=2, node_rank=r, port=port, wait=False) for r in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=120) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert all(node.returncode != 0 for node in nodes)
+    return outputs
+
+
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
     path = tmp_path_factory.mktemp("dist") / "tiny.gud"
@@ -90,15 +104,7 @@ def test_a_node_whose_data_are_missing_stops_every_node_with_its_reason(tmp_path
     for node, data in enumerate((tmp_path / "data.npz", tmp_path / "elsewhere" / "data.npz")):
         specs.append(tmp_path / f"node{node}.gud")
         specs[-1].write_text(TINY.replace("digits()", f'npz("{data}", range = none)'))
-    port = free_port()
-    nodes = [torchrun("train", "--quiet", specs[r], "--out", tmp_path / "runs", "--name", "r", nnodes=2,
-                      node_rank=r, port=port, wait=False) for r in (0, 1)]
-    try:
-        outputs = [node.communicate(timeout=120) for node in nodes]
-    finally:
-        for node in nodes:
-            node.kill()
-    assert all(node.returncode != 0 for node in nodes)
+    outputs = two_failing_nodes(lambda r: ("train", "--quiet", specs[r], "--out", tmp_path / "runs", "--name", "r"))
     assert "E401" in outputs[1][1] and not gudlang_frames(outputs[1][1])
     said = outputs[0][1]
     assert "E645" in said and "rank 1 stopped while reading the spec and loading the data" in said, said[-2000:]
@@ -140,15 +146,7 @@ def test_every_rank_reraises_its_own_error_and_names_the_others(monkeypatch):
 def test_a_node_without_the_run_stops_every_node_of_gud_nll(spec, tmp_path):
     from gudlang.cli import main
     assert main(["train", "--quiet", str(spec), "--out", str(tmp_path / "runs"), "--name", "r"]) == 0
-    port = free_port()
-    nodes = [torchrun("nll", tmp_path / "runs" / run, "-n", 4, nnodes=2, node_rank=r, port=port, wait=False)
-             for r, run in enumerate(("r", "gone"))]
-    try:
-        outputs = [node.communicate(timeout=120) for node in nodes]
-    finally:
-        for node in nodes:
-            node.kill()
-    assert all(node.returncode != 0 for node in nodes)
+    outputs = two_failing_nodes(lambda r: ("nll", tmp_path / "runs" / ("r", "gone")[r], "-n", 4))
     said = outputs[0][1]
     assert "E645" in said and "rank 1 stopped while loading the run: rank 1: E620" in said, said[-2000:]
     assert not gudlang_frames(said) and "SIGABRT" not in said + outputs[1][1]
