@@ -329,18 +329,6 @@ def cmd_train(args, overrides: dict) -> int:
     return 128 + result.signal if result.interrupted else 0
 
 
-def _shard(n: int, what: str = "samples") -> tuple[int, int, int, int]:
-    """(first index, count, rank, world) of this torchrun rank's share of n; E003 when some
-    rank would get none (every rank says so and stops)."""
-    from gudlang.distributed import rank_and_world
-    rank, world = rank_and_world()
-    if n < world:
-        raise GudError.one("E003", f"{n} {what} over {world} ranks leaves a rank with none",
-                           help=f"ask for at least {world} (-n), or run with --nproc_per_node={max(1, n)}")
-    lo, hi = rank * n // world, (rank + 1) * n // world
-    return lo, hi - lo, rank, world
-
-
 def _load_run(args, overrides: dict):
     """`gudlang.load` of args.run with the command's params, weights and --path; the coverage
     warnings (W301 / W302) of a path given with --path go to stderr."""
@@ -361,6 +349,7 @@ def cmd_sample(args, overrides: dict) -> int:
 
     import numpy as np
 
+    from gudlang.distributed import shard
     from gudlang.images import save_grid, save_npz, save_pairs, save_png_dir
     model = _load_run(args, overrides)
     settings = model.spec.sample
@@ -385,7 +374,7 @@ def cmd_sample(args, overrides: dict) -> int:
     record = {"sampler": method, "steps": steps, "grid": args.grid or settings.grid, "seed": seed,
               "model_hash": model.hash, "overrides": overrides, "path": args.path}
     if conditional:
-        first, count, rank, world = _shard(len(images), "images")
+        first, count, rank, world = shard(len(images), "images")
         shard = f".shard{rank}of{world}" if world > 1 else ""
         done = model.complete(images[first: first + count], mask=args.mask, sampler=method, steps=steps,
                               grid=args.grid, seed=seed, first=first)
@@ -401,7 +390,7 @@ def cmd_sample(args, overrides: dict) -> int:
               f"beside what is given, {method}, {steps} steps, {done.nfe} network evaluations, seed {seed}")
         return 0
     n = args.n or settings.n
-    first, count, rank, world = _shard(n)
+    first, count, rank, world = shard(n)
     update, close = progress("sample", count, quiet=rank != 0)
     x, nfe = model.sample(count, sampler=method, steps=steps, grid=args.grid, seed=seed, batch_size=args.batch_size,
                           start=first, progress=update, with_nfe=True)
@@ -477,13 +466,13 @@ def cmd_extend(args, overrides: dict) -> int:
 
     from gudlang.api import load
     from gudlang.conditioning import load_images
-    from gudlang.distributed import every_rank
+    from gudlang.distributed import every_rank, shard
     from gudlang.images import save_grid
     with every_rank("loading the run and the images"):
         model = load(args.run, params=overrides)
         data = model.model.data
         images = load_images(args.image, data)
-    first, many, rank, world = _shard(len(images), "images")
+    first, many, rank, world = shard(len(images), "images")
     seed = model.spec.sample.seed if args.seed is None else args.seed
     start = time.time()
     update, close = progress("extend", 0, unit="window", quiet=rank != 0)  # its total is known once extension starts
@@ -515,7 +504,7 @@ def cmd_nll(args, overrides: dict) -> int:
     import numpy as np
 
     from gudlang.checkpoint import trained_step
-    from gudlang.distributed import every_rank, gather
+    from gudlang.distributed import every_rank, gather, shard
     from gudlang.likelihood import mean_and_stderr
     model = _load_run(args, overrides)
     with every_rank("loading the images"):
@@ -529,7 +518,7 @@ def cmd_nll(args, overrides: dict) -> int:
                                    help="give images at the model's size (only sampling upsamples smaller ones)")
         else:  # the spec's split, once its data are known to be the training data
             x, split = model.split_images(args.split, args.n), args.split
-    first, count, rank, world = _shard(len(x), "images")
+    first, count, rank, world = shard(len(x), "images")
     update, close = progress("nll", count, quiet=rank != 0)
     from gudlang.likelihood import divergence_method
     if args.probes is not None and divergence_method(args.divergence, model.model.dim) == "exact":

@@ -101,18 +101,30 @@ def check_same(value: str, what: str, help: str) -> None:
                                    f"{values[0][:24]}...)", help=help)
 
 
+def shard(n: int, what: str = "samples") -> tuple[int, int, int, int]:
+    """(first index, count, rank, world) of this rank's share of n items; E003 when some rank
+    would get none (every rank says so and stops)."""
+    rank, world = rank_and_world()
+    if n < world:
+        raise GudError.one("E003", f"{n} {what} over {world} ranks leaves a rank with none",
+                           help=f"ask for at least {world} (-n), or run with --nproc_per_node={max(1, n)}")
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    return lo, hi - lo, rank, world
+
+
 def gather(values) -> np.ndarray:
-    """Every rank's 1-D values, concatenated in rank order (on every rank)."""
+    """Every rank's rows (an array (k, ...) per rank, k may differ), concatenated in rank order,
+    on every rank, in the values' own dtype."""
     _, world = rank_and_world()
     if world == 1:
         return np.asarray(values)
     join()
-    local = torch.as_tensor(np.asarray(values, dtype=np.float64))
+    local = torch.as_tensor(np.ascontiguousarray(values))
     sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
     torch.distributed.all_gather(sizes, torch.tensor([len(local)]))
     longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros(longest, dtype=torch.float64)
+    padded = torch.zeros((longest,) + tuple(local.shape[1:]), dtype=local.dtype)
     padded[: len(local)] = local
-    parts = [torch.zeros(longest, dtype=torch.float64) for _ in range(world)]
+    parts = [torch.zeros_like(padded) for _ in range(world)]
     torch.distributed.all_gather(parts, padded)
     return np.concatenate([p[: int(s.item())].numpy() for p, s in zip(parts, sizes)])

@@ -215,8 +215,9 @@ class ImageSet:
 
 
 def sampled(model, n: int, *, sampler: str | None = None, steps: int | None = None, grid: str | None = None,
-            seed: int | None = None, batch_size: int = BATCH_SIZE) -> ImageSet:
-    """n samples of a `GudModel`, made batch_size at a time, as `gud sample -n n` makes them."""
+            seed: int | None = None, batch_size: int = BATCH_SIZE, first: int = 0) -> ImageSet:
+    """Samples first .. first + n - 1 of a `GudModel`, made batch_size at a time, as `gud sample`
+    makes them (a torchrun rank's share: `first` > 0)."""
     settings = model.spec.sample
     method, steps = sampler or settings.sampler, steps or settings.steps
     seed = settings.seed if seed is None else seed
@@ -225,9 +226,9 @@ def sampled(model, n: int, *, sampler: str | None = None, steps: int | None = No
 
     def batches(size: int):
         from gudlang.images import to_uint8
-        for first in range(0, n, size):
-            x = model.sample(min(size, n - first), sampler=method, steps=steps, grid=grid, seed=seed,
-                             batch_size=size, start=first)
+        for lo in range(first, first + n, size):
+            x = model.sample(min(size, first + n - lo), sampler=method, steps=steps, grid=grid, seed=seed,
+                             batch_size=size, start=lo)
             yield to_uint8(x.numpy(), value_range)
 
     record = {"sampler": method, "steps": steps, "grid": grid or settings.grid, "seed": seed,
@@ -474,7 +475,8 @@ def frechet_distance(generated: np.ndarray, reference: np.ndarray | Statistics) 
     """FID between features (N, F) and reference features or statistics (torchmetrics)."""
     import torch
     fid_metric, _ = _metrics()
-    metric = fid_metric(feature=_given_features(generated.shape[1]))
+    # sync_on_compute: the features given are already all of them (under torchrun, gathered on rank 0)
+    metric = fid_metric(feature=_given_features(generated.shape[1]), sync_on_compute=False)
     for first in range(0, len(generated), _UPDATE_ROWS):
         metric.update(_float64(generated[first: first + _UPDATE_ROWS]), real=False)
     if isinstance(reference, Statistics):
@@ -500,7 +502,8 @@ def kernel_distance(generated: np.ndarray, reference: np.ndarray, *, subsets: in
     size = min(subset_size, len(generated), len(reference))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features")
-        metric = kid_metric(feature=_given_features(generated.shape[1]), subsets=subsets, subset_size=size)
+        metric = kid_metric(feature=_given_features(generated.shape[1]), subsets=subsets, subset_size=size,
+                            sync_on_compute=False)
     metric.update(_float64(generated), real=False)
     metric.update(_float64(reference), real=True)
     with torch.random.fork_rng(devices=[]):  # the metric draws subsets from torch's global generator
@@ -524,30 +527,34 @@ class Scores:
     reference_statistics: Statistics
 
 
-def score(generated: ImageSet, reference: ImageSet | Statistics, network: FeatureNetwork, *,
-          batch_size: int = BATCH_SIZE, device="cpu", kid_subsets: int = KID_SUBSETS,
-          kid_subset_size: int = KID_SUBSET_SIZE, kid_seed: int = KID_SEED,
-          progress: Callable[[int, int], None] | None = None) -> Scores:
-    """FID and KID of the generated images against the reference. The reference is checked
-    and scored first, so a bad one fails before any sample is made."""
+def reference_scores(reference: ImageSet | Statistics, network: FeatureNetwork, shape, *,
+                     batch_size: int = BATCH_SIZE, device="cpu") -> tuple[Statistics, np.ndarray | None]:
+    """(statistics, features or None) of the reference, checked against the feature network and
+    the generated images' shape (H, W, C): done before any sample is made, so a bad reference
+    fails first."""
     import numpy as np
-    if generated.count < 2:
-        raise _unusable(f"{generated.count} generated image(s); FID and KID need at least two")
     network.module.eval()
     if isinstance(reference, Statistics):
         if reference.features is not None and reference.features != network.name:
             raise _unusable(f"the reference statistics are of {reference.features}; the scores would use "
                             f"{network.name}", help="compute the statistics again with this feature network")
-        h, w, c = generated.shape
+        h, w, c = shape
         dim = _forward(network, np.zeros((2, h, w, c), dtype=np.uint8), device).shape[1]
         if dim != len(reference.mu):
             raise _unusable(f"the reference statistics have {len(reference.mu)} features; {network.name} "
                             f"gives {dim}", help="use statistics computed with the same feature network")
-        stats, reference_features = reference, None
-    else:
-        reference_features = features(reference, network, batch_size=batch_size, device=device)
-        stats = Statistics.of(reference_features, network.name)
-    generated_features = features(generated, network, batch_size=batch_size, device=device, progress=progress)
+        return reference, None
+    reference_features = features(reference, network, batch_size=batch_size, device=device)
+    return Statistics.of(reference_features, network.name), reference_features
+
+
+def score_features(generated_features: np.ndarray, stats: Statistics, reference_features: np.ndarray | None, *,
+                   kid_subsets: int = KID_SUBSETS, kid_subset_size: int = KID_SUBSET_SIZE,
+                   kid_seed: int = KID_SEED) -> Scores:
+    """FID (and KID, given the reference's features) of generated features (N, F) against
+    `reference_scores`' result."""
+    if len(generated_features) < 2:
+        raise _unusable(f"{len(generated_features)} generated image(s); FID and KID need at least two")
     fid = frechet_distance(generated_features, reference_features if reference_features is not None else stats)
     kid_mean = kid_std = size = None
     if reference_features is not None:
@@ -555,6 +562,21 @@ def score(generated: ImageSet, reference: ImageSet | Statistics, network: Featur
                                                   subset_size=kid_subset_size, seed=kid_seed)
     return Scores(fid, kid_mean, kid_std, kid_subsets if size else None, size, len(generated_features), stats.n,
                   generated_features.shape[1], stats)
+
+
+def score(generated: ImageSet, reference: ImageSet | Statistics, network: FeatureNetwork, *,
+          batch_size: int = BATCH_SIZE, device="cpu", kid_subsets: int = KID_SUBSETS,
+          kid_subset_size: int = KID_SUBSET_SIZE, kid_seed: int = KID_SEED,
+          progress: Callable[[int, int], None] | None = None) -> Scores:
+    """FID and KID of the generated images against the reference. The reference is checked
+    and scored first, so a bad one fails before any sample is made."""
+    if generated.count < 2:
+        raise _unusable(f"{generated.count} generated image(s); FID and KID need at least two")
+    stats, reference_features = reference_scores(reference, network, generated.shape, batch_size=batch_size,
+                                                 device=device)
+    generated_features = features(generated, network, batch_size=batch_size, device=device, progress=progress)
+    return score_features(generated_features, stats, reference_features, kid_subsets=kid_subsets,
+                          kid_subset_size=kid_subset_size, kid_seed=kid_seed)
 
 
 # --------------------------------------------------------------------------- the command
@@ -606,24 +628,34 @@ def cmd_fid(args, overrides: dict) -> int:
     """`gud fid RUN --ref DIR|FILE.npz`: FID and KID of the model's samples (or --samples)
     against the reference; prints them with what they were measured on and writes
     RUN/fid-REF.json."""
+    from gudlang import distributed
     from gudlang.api import load
     from gudlang.checkpoint import atomic_write_text
-    from gudlang.terminal import progress
     from gudlang.images import make_folder
+    from gudlang.terminal import progress
     start = time.time()
-    model = load(args.run, params=overrides, weights=args.weights)
-    c, h, w = model.shape
-    if c not in (1, 3):
-        raise _unusable(f"FID scores grey or RGB images; this model's images have {c} channels")
-    value_range = model.model.data.value_range
-    reference = read_reference(args.ref, model.shape, value_range)
-    if args.save_stats and isinstance(reference, Statistics):
-        raise _unusable(f"--save-stats needs reference images, and {args.ref} holds statistics already")
-    if args.save_stats and Path(args.save_stats).suffix.lower() != ".npz":
-        raise GudError.one("E003", f"--save-stats writes the reference statistics as an .npz file, got "
-                                   f"{args.save_stats}", help="name a file ending in .npz (an existing one is replaced)")
-    network = import_features(args.features) if args.features != "inception" else inception(args.inception)
-    network.module.to(model.device)
+    rank, world = distributed.rank_and_world()
+    with distributed.every_rank("loading the run, the reference and the feature network"):
+        model = load(args.run, params=overrides, weights=args.weights)
+        c, h, w = model.shape
+        if c not in (1, 3):
+            raise _unusable(f"FID scores grey or RGB images; this model's images have {c} channels")
+        value_range = model.model.data.value_range
+        reference = read_reference(args.ref, model.shape, value_range)
+        if args.save_stats and isinstance(reference, Statistics):
+            raise _unusable(f"--save-stats needs reference images, and {args.ref} holds statistics already")
+        if args.save_stats and Path(args.save_stats).suffix.lower() != ".npz":
+            raise GudError.one("E003", f"--save-stats writes the reference statistics as an .npz file, got "
+                                       f"{args.save_stats}",
+                               help="name a file ending in .npz (an existing one is replaced)")
+        if args.samples and world > 1:
+            raise GudError.one("E003", "gud fid --samples scores files in one process",
+                               help="run it without torchrun (torchrun splits the sampling of gud fid without "
+                                    "--samples over its ranks)")
+        if not args.samples and (args.n or DEFAULT_N) < 2:
+            raise _unusable(f"{args.n} generated image(s); FID and KID need at least two")
+        network = import_features(args.features) if args.features != "inception" else inception(args.inception)
+        network.module.to(model.device)
     if args.samples:
         given = [f"--{k}" for k in ("sampler", "steps", "grid", "seed") if getattr(args, k) is not None]
         if given:
@@ -631,13 +663,23 @@ def cmd_fid(args, overrides: dict) -> int:
                             "gud fid makes the samples", help="drop them, or drop --samples")
         generated = read_images(args.samples, model.shape, value_range, what="samples", limit=args.n)
         source = {"samples": str(args.samples), "samples_record": generated.record}
+        if generated.count < 2:
+            raise _unusable(f"{generated.count} generated image(s); FID and KID need at least two")
     else:
-        generated = sampled(model, args.n or DEFAULT_N, sampler=args.sampler, steps=args.steps, grid=args.grid,
-                            seed=args.seed, batch_size=args.batch_size)
+        first, count, _, _ = distributed.shard(args.n or DEFAULT_N)
+        generated = sampled(model, count, sampler=args.sampler, steps=args.steps, grid=args.grid,
+                            seed=args.seed, batch_size=args.batch_size, first=first)
         source = {"samples": "sampled", **generated.record, "weights": args.weights, "overrides": overrides}
-    update, close = progress("fid", generated.count)
-    scores = score(generated, reference, network, batch_size=args.batch_size, device=model.device, progress=update)
+    with distributed.every_rank("scoring the reference"):  # rank 0 scores it, before any sample is made
+        prepared = reference_scores(reference, network, generated.shape, batch_size=args.batch_size,
+                                    device=model.device) if rank == 0 else None
+    update, close = progress("fid", generated.count, quiet=rank != 0)
+    generated_features = distributed.gather(features(generated, network, batch_size=args.batch_size,
+                                                     device=model.device, progress=update))
     close()
+    if rank != 0:
+        return 0
+    scores = score_features(generated_features, *prepared)
     if args.save_stats:
         save_statistics(args.save_stats, scores.reference_statistics)
     record = {"fid": scores.fid, "kid_mean": scores.kid_mean, "kid_std": scores.kid_std,

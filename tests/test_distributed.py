@@ -26,14 +26,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(*args, nproc: int = 1, nnodes: int = 1, node_rank: int = 0, port: int, wait: bool = True):
+def torchrun(*args, nproc: int = 1, nnodes: int = 1, node_rank: int = 0, port: int, wait: bool = True, cwd=None):
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={nnodes}",
                f"--node_rank={node_rank}", "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "gudlang",
                *map(str, args)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    tests = str(Path(__file__).parent)  # test modules (a stand-in feature network) importable by the ranks
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
     if wait:
-        return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
 
 def gudlang_frames(stderr: str) -> list[str]:
@@ -178,3 +180,29 @@ def test_completions_are_sharded_over_ranks_and_equal_those_of_one_process(tmp_p
     wide = [np.load(tmp_path / f"wide.shard{r}of2.npz") for r in (0, 1)]
     assert [s["x"].shape for s in wide] == [(1, 1, 8, 11), (2, 1, 8, 11)]
     np.testing.assert_array_equal(np.concatenate([s["given"] for s in wide]), one["known"][:3])
+
+
+@pytest.mark.slow
+def test_gud_fid_splits_the_sampling_over_ranks_and_scores_them_all_on_rank_0(tmp_path, monkeypatch):
+    import json
+
+    from test_fid import ORACLE, VALUE_RANGE, RandomConvFeatures  # noqa: F401 (the ranks import it by name)
+
+    from gudlang.cli import main
+    from gudlang.data import grf
+    from gudlang.images import save_npz
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.gud").write_text(ORACLE)
+    save_npz(grf(size=8, slope=2, n=1200).train[:300], tmp_path / "ref.npz", VALUE_RANGE)
+    common = ("fid", "spec.gud", "--ref", "ref.npz", "-n", 40, "--features", "test_fid:RandomConvFeatures")
+    done = torchrun(*common, nproc=2, port=free_port(), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("FID ") == 1 and "40 samples of spec.gud" in done.stdout
+    record = json.loads((tmp_path / "samples" / "spec" / "fid-ref.json").read_text())
+    assert record["n"] == 40
+    # one process scores the same samples (sample k does not depend on the ranks)
+    assert main([str(a) for a in common]) == 0
+    again = json.loads((tmp_path / "samples" / "spec" / "fid-ref.json").read_text())
+    assert again["fid"] == pytest.approx(record["fid"], rel=1e-5)
+    assert again["kid_mean"] == pytest.approx(record["kid_mean"], rel=1e-4, abs=1e-7)
+    assert len(list((tmp_path / "samples" / "spec").glob("fid-*.json"))) == 1  # the same measurement
