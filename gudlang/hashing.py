@@ -119,7 +119,7 @@ def payload(checked: CheckedSpec, data_fingerprint: str, *, full: bool, scheme: 
         "prior": spec.prior.model_dump(),
         "params": {n: p.model_dump() for n, p in sorted(spec.params.items())
                    if not isinstance(p, FixedParam) and n in checked.drawn},
-        "network": spec.network.model_dump(),
+        "network": _network(spec.network.model_dump()),
         "train": train,
     }
     for name, group in sorted(checked.groups.items()):  # which components share a draw
@@ -136,6 +136,15 @@ def payload(checked: CheckedSpec, data_fingerprint: str, *, full: bool, scheme: 
     if full:
         out["sample"] = spec.sample.model_dump()
     return _json_floats(out)
+
+
+# Network options added after the scheme was fixed, with the default that keeps the networks
+# made before them: they enter the hash only when set otherwise, so older hashes stand.
+_LATER_NETWORK_OPTIONS = {"state": "linear"}
+
+
+def _network(options: dict) -> dict:
+    return {k: v for k, v in options.items() if _LATER_NETWORK_OPTIONS.get(k, ...) != v}
 
 
 def _digest(obj: dict) -> str:

@@ -18,6 +18,13 @@ Every residual block modulates its activations with it (FiLM after normalisation
 h = norm(h) * (1 + scale) + shift with (scale, shift) a linear function of SiLU(emb)).
 Conditioning on gamma rather than t lets one network learn a family of schedules.
 
+The state map has 2 D x emb weights: half of a small U-Net's at 3x32x32, 200 million at
+3x256x256. `unet(state = "channels")` replaces it by the component means (a Linear(2, emb),
+what the full map starts as) and gives the U-Net the two features per component as 2 C more
+input channels, the D components laid out as the image (C, H, W) in the basis' component order:
+pixel for pixel in the pixel basis, the frequency or sub-band layout in dct / fourier / wavelet.
+Its size then does not grow with D.
+
 Networks (`make_network(name, shape, **options)`; options and defaults in NETWORK_OPTIONS):
     mlp    flattened x, residual MLP blocks with FiLM; for small D
     unet   convolutional U-Net: residual blocks (GroupNorm, SiLU, FiLM), optional
@@ -47,8 +54,10 @@ from .diagnostics import GudError
 NETWORK_OPTIONS: dict[str, dict[str, Any]] = {
     "mlp": {"hidden": 256, "depth": 3},
     "unet": {"channels": 32, "channel_mult": (1, 2), "num_res_blocks": 1,
-             "attention_resolutions": (), "dropout": 0.0, "groups": 8},
+             "attention_resolutions": (), "dropout": 0.0, "groups": 8, "state": "linear"},
 }
+# How a U-Net sees the per-component noise state (module docstring).
+STATE_INPUTS = ("linear", "channels")
 
 # gamma / 10 is clipped so that clipped (autoregressive-limit) schedules give bounded inputs.
 GAMMA_SCALE = 10.0
@@ -84,17 +93,25 @@ def _shape(shape: Any) -> tuple[int, ...]:
 
 
 # --------------------------------------------------------------------------- conditioning
-class NoiseStateEmbedding(nn.Module):
-    """gamma (B, D) -> embedding (B, emb): a per-component and a pooled view, summed."""
+def state_features(gamma: torch.Tensor) -> torch.Tensor:
+    """gamma (B, D) -> (B, 2, D): sigmoid(gamma) and clip(gamma / 10, -3, 3) per component."""
+    return torch.stack([torch.sigmoid(gamma), (gamma / GAMMA_SCALE).clamp(-GAMMA_CLIP, GAMMA_CLIP)], dim=1)
 
-    def __init__(self, dim: int, emb: int):
+
+class NoiseStateEmbedding(nn.Module):
+    """gamma (B, D) -> embedding (B, emb): a per-component (or, per_component = False, a
+    component-mean) view of `state_features` and a sinusoidal view of mean(gamma), summed."""
+
+    def __init__(self, dim: int, emb: int, per_component: bool = True):
         super().__init__()
         self.dim = dim
-        self.state = nn.Linear(2 * dim, emb)
+        self.per_component = per_component
+        self.state = nn.Linear(2 * dim if per_component else 2, emb)
         self.pooled = nn.Linear(2 * len(_SINUSOID_FREQS), emb)
         self.out = nn.Linear(emb, emb)
         self.register_buffer("freqs", _SINUSOID_FREQS.clone(), persistent=False)
-        self._init_mean_pooling()
+        if per_component:
+            self._init_mean_pooling()
 
     @torch.no_grad()
     def _init_mean_pooling(self) -> None:
@@ -105,11 +122,11 @@ class NoiseStateEmbedding(nn.Module):
         self.state.bias.copy_(small.bias)
 
     def forward(self, gamma: torch.Tensor) -> torch.Tensor:
-        sigma2 = torch.sigmoid(gamma)
-        scaled = (gamma / GAMMA_SCALE).clamp(-GAMMA_CLIP, GAMMA_CLIP)
+        features = state_features(gamma)
         angles = gamma.mean(dim=1, keepdim=True) * self.freqs
         sinusoid = torch.cat([angles.sin(), angles.cos()], dim=1)
-        h = self.state(torch.cat([sigma2, scaled], dim=1)) + self.pooled(sinusoid)
+        state = features.flatten(1) if self.per_component else features.mean(dim=2)
+        h = self.state(state) + self.pooled(sinusoid)
         return self.out(F.silu(h))
 
 
@@ -264,7 +281,7 @@ class UNet(_EpsNetwork):
     channel_mult (1, 2, 2) puts attention at the third level)."""
 
     def __init__(self, shape, channels: int = 32, channel_mult=(1, 2), num_res_blocks: int = 1,
-                 attention_resolutions=(), dropout: float = 0.0, groups: int = 8):
+                 attention_resolutions=(), dropout: float = 0.0, groups: int = 8, state: str = "linear"):
         super().__init__()
         self.shape = _shape(shape)
         if len(self.shape) != 3:
@@ -276,6 +293,10 @@ class UNet(_EpsNetwork):
         attention = set(_positive_ints("attention_resolutions", attention_resolutions,
                                        allow_empty=True))
         groups = _positive_int("groups", groups)
+        if state not in STATE_INPUTS:
+            close = difflib.get_close_matches(str(state), STATE_INPUTS, n=1)
+            raise _invalid(f"network option `state` must be one of {', '.join(map(repr, STATE_INPUTS))}, "
+                           f"got {state!r}", help=f"did you mean {close[0]!r}?" if close else None)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
                 or not 0 <= dropout < 1:
             raise _invalid(f"network option `dropout` must be in [0, 1), got {dropout!r}")
@@ -294,8 +315,9 @@ class UNet(_EpsNetwork):
 
         emb = 4 * channels
         last = len(mult) - 1
-        self.embed = NoiseStateEmbedding(math.prod(self.shape), emb)
-        self.inp = nn.Conv2d(self.shape[0], widths[0], 3, padding=1)
+        self.state_channels = state == "channels"
+        self.embed = NoiseStateEmbedding(math.prod(self.shape), emb, per_component=not self.state_channels)
+        self.inp = nn.Conv2d(self.shape[0] * (3 if self.state_channels else 1), widths[0], 3, padding=1)
 
         def res_stage(cin: int, cout: int, level: int) -> list[nn.Module]:
             layers: list[nn.Module] = [_ResBlock(cin, cout, emb, groups, dropout)]
@@ -331,6 +353,9 @@ class UNet(_EpsNetwork):
     def forward(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         self._check_inputs(x, gamma)
         emb = self.embed(gamma)
+        if self.state_channels:  # (B, 2, D) -> (B, 2 C, H, W): the components laid out as the image
+            c, h, w = self.shape
+            x = torch.cat([x, state_features(gamma).to(x.dtype).reshape(len(x), 2 * c, h, w)], dim=1)
         h = self.inp(x)
         hs = [h]
         for stage in self.down:

@@ -173,6 +173,7 @@ class UNetNetwork(_Model):
     attention_resolutions: tuple[int, ...] = ()
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     groups: Annotated[int, Field(ge=1)] = 8
+    state: Literal["linear", "channels"] = "linear"  # how gamma enters (gudlang.networks)
 
 
 class OracleNetwork(_Model):

@@ -59,6 +59,8 @@ data = digits()
     "runtime settings": BASE + "runtime { device = cpu; dtype = float64; compile = true }\n",
     "arithmetic folded": BASE.replace("param a = 1.0", "param a = 0.5 * 2"),
     "how long it trains and logs": BASE.replace("steps = 100", "steps = 101; log_every = 7; checkpoint_every = 9"),
+    # an option added later, at the default that keeps the older networks: older hashes stand
+    "network option added later, at its default": BASE + 'network = unet(state = "linear")\n',
 }
 
 
@@ -75,6 +77,7 @@ CHANGED = {
     "prior": BASE.replace("prior = white", "prior = matched"),
     "train settings": BASE.replace("steps = 100", "steps = 100; lr = 0.001"),
     "network": BASE + "network = unet(channels = 16)\n",
+    "how gamma enters the network": BASE + 'network = unet(state = "channels")\n',
     "data split": BASE.replace("digits()", "digits(seed = 1)"),
 }
 

@@ -21,6 +21,8 @@ CASES = [
                            "attention_resolutions": (8,)}),
     ("unet", (1, 7, 9), {"channels": 8, "channel_mult": (1, 2, 2), "num_res_blocks": 2,
                          "attention_resolutions": (4,), "groups": 4}),
+    ("unet", (3, 16, 16), {"channels": 8, "state": "channels"}),
+    ("unet", (1, 7, 9), {"channels": 8, "channel_mult": (1, 2, 2), "groups": 4, "state": "channels"}),
 ]
 IDS = [f"{name}-{'x'.join(map(str, shape))}" for name, shape, _ in CASES]
 
@@ -173,11 +175,37 @@ def test_unknown_option_is_e611_listing_valid_options():
     ((1, 8, 8), {"channel_mult": ()}, "non-empty"),
     ((1, 8, 8), {"dropout": 1.0}, "[0, 1)"),
     ((64,), {}, "image-shaped"),
+    ((1, 8, 8), {"state": "channel"}, "did you mean"),
 ], ids=["too-many-levels", "attention-size", "groups", "channels", "channel-mult",
-        "dropout", "not-an-image"])
+        "dropout", "not-an-image", "state"])
 def test_incompatible_unet_options_are_e612(shape, options, words):
     d = error_of(lambda: make_network("unet", shape, **options))
-    assert d.code == "E612" and words in d.message
+    assert d.code == "E612" and words in d.message + str(d.help)
+
+
+def test_state_channels_keep_the_unet_size_independent_of_the_image_size():
+    # the full state map has 2 D x emb weights: 4 * 32 = 128 wide, 2 * 3 * 64 * 64 long here
+    def size(shape, state):
+        return count_parameters(make_network("unet", shape, state=state))
+
+    assert size((3, 64, 64), "channels") == size((3, 16, 16), "channels")
+    assert size((3, 64, 64), "linear") - size((3, 16, 16), "linear") == 2 * 3 * (64 * 64 - 16 * 16) * 128
+    assert size((3, 64, 64), "channels") < size((3, 64, 64), "linear") / 5
+
+
+def test_state_channels_give_the_unet_each_components_noise_level_at_its_place():
+    # pixel basis layout: component k = (c, i, j). A change of gamma at one pixel moves the
+    # output most near that pixel; with only the component means, the place would not matter.
+    torch.manual_seed(0)
+    net = make_network("unet", (1, 16, 16), channels=8, channel_mult=(1,), state="channels")
+    perturb_zero_init(net)
+    x, gamma = inputs((1, 16, 16), batch=1)
+    gamma = gamma.requires_grad_()
+    jac = torch.autograd.grad(net(x, gamma)[0, 0, 3, 3], gamma)[0].view(16, 16).abs()
+    # far away only the means and the group norms' statistics carry it
+    assert float(jac[2:5, 2:5].max()) > 5 * float(jac[9:, 9:].max())
+    jac = torch.autograd.grad(net(x, gamma)[0, 0, 12, 12], gamma)[0].view(16, 16).abs()
+    assert float(jac[11:14, 11:14].max()) > 5 * float(jac[:6, :6].max())
 
 
 def test_wrong_input_shape_is_e613():
