@@ -32,7 +32,12 @@ def join() -> None:
     """Start the default process group of this torchrun world (once; nothing under one process)."""
     _, world = rank_and_world()
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+        try:
+            torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+        except (ValueError, RuntimeError) as e:  # WORLD_SIZE set without torchrun's other variables, ...
+            raise GudError.one("E645", f"cannot start the process group of {world} ranks: {e}",
+                               help="start the command with torchrun, which sets RANK, WORLD_SIZE, MASTER_ADDR "
+                                    "and MASTER_PORT (or unset WORLD_SIZE to run one process)") from None
 
 
 # Set when every rank has heard of a failure (`every_rank`): they all stop at the same point.

@@ -206,3 +206,13 @@ def test_gud_fid_splits_the_sampling_over_ranks_and_scores_them_all_on_rank_0(tm
     assert again["fid"] == pytest.approx(record["fid"], rel=1e-5)
     assert again["kid_mean"] == pytest.approx(record["kid_mean"], rel=1e-4, abs=1e-7)
     assert len(list((tmp_path / "samples" / "spec").glob("fid-*.json"))) == 1  # the same measurement
+
+
+def test_a_world_size_without_torchrun_is_a_clear_error(capsys, monkeypatch):
+    from gudlang.cli import main
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    assert main(["nll", str(Path(__file__).parents[1] / "specs" / "grf_oracle.gud"), "-n", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "error[E645]: cannot start the process group of 2 ranks" in err and "MASTER_ADDR" in err
