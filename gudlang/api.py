@@ -166,6 +166,10 @@ def load_target(target) -> Path:
         raise GudError.one("E003", f"gudlang.load needs the path of a run directory, checkpoint file, export "
                                    f"folder or .gud spec, got {_what(target)}",
                            help='for example gudlang.load("runs/digits-9f7289d4")')
+    if not os.path.exists(target):
+        raise GudError.one("E001", f"{target} not found",
+                           help="give a run directory (gud train makes them under runs/), a checkpoint file, an "
+                                "export folder or a .gud spec")
     return Path(target)
 
 

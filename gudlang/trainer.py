@@ -216,6 +216,8 @@ def _open_run(spec, overrides: dict, out, resume, name) -> tuple[Path | None, Pa
                                help="remove it, or choose another --name")
     if resume is not None:
         run = Path(resume)
+        if not run.exists():
+            raise GudError.one("E001", f"{run} not found", help="pass the folder that `gud train` created")
         if not (run / "spec.gud").is_file():
             raise GudError.one("E640", f"{run} is not a run directory (no spec.gud)",
                                help="pass the folder that `gud train` created")

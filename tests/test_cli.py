@@ -240,3 +240,14 @@ def test_fewer_images_than_torchrun_ranks_is_a_usage_error_on_every_rank(capsys,
             assert main(argv) == 2
             err = capsys.readouterr().err
             assert "error[E003]" in err and "over 2 ranks leaves a rank with none" in err, err
+
+
+@pytest.mark.parametrize("argv", [["sample", "{}"], ["nll", "{}"], ["export", "{}", "out"],
+                                  ["extend", "{}", "--image", "x.npy", "--columns", "2"],
+                                  ["fid", "{}", "--ref", "ref.npz"], ["train", "--resume", "{}"]])
+def test_a_run_that_does_not_exist_is_a_file_error_that_exits_2(argv, capsys, tmp_path):
+    # the README's exit codes: 2 for bad files given on the command line (these gave 1, E620 / E640)
+    missing = str(tmp_path / "runs" / "nonexist")
+    assert main([a.format(missing) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"error[E001]: {missing} not found" in err

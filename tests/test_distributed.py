@@ -150,7 +150,7 @@ def test_a_node_without_the_run_stops_every_node_of_gud_nll(spec, tmp_path):
     assert main(["train", "--quiet", str(spec), "--out", str(tmp_path / "runs"), "--name", "r"]) == 0
     outputs = two_failing_nodes(lambda r: ("nll", tmp_path / "runs" / ("r", "gone")[r], "-n", 4))
     said = outputs[0][1]
-    assert "E645" in said and "rank 1 stopped while loading the run: rank 1: E620" in said, said[-2000:]
+    assert "E645" in said and "rank 1 stopped while loading the run: rank 1: E001" in said, said[-2000:]
     assert not gudlang_frames(said) and "SIGABRT" not in said + outputs[1][1]
 
 
