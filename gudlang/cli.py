@@ -384,7 +384,7 @@ def cmd_sample(args, overrides: dict) -> int:
         png, npz = _with(stem, f"{shard}.png"), _with(stem, f"{shard}.npz")
         save_pairs(done.known, done.x, png, model.model.data.value_range)
         _save_float_npz(npz, record, x=done.x, known=done.known, mask=done.mask)
-        print(f"wrote {png} and {npz}: {len(done.x)} completions of {source}"
+        print(f"wrote {png} and {npz}: {len(done.x)} completion{'s' if len(done.x) != 1 else ''} of {source}"
               f"{f' (images {first} to {first + count - 1}, shard {rank} of {world})' if world > 1 else ''} "
               f"({done.method} conditioning on {int(done.mask.sum())} of {model.model.dim} components), "
               f"beside what is given, {method}, {steps} steps, {done.nfe} network evaluations, seed {seed}")
@@ -676,8 +676,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--weights", choices=["ema", "raw"], default="ema",
                        help="the EMA weights (default) or the trained ones")
         q.add_argument("--path", metavar="FORMULA",
-                       help='sample along this path instead of the spec\'s, written as a spec\'s path_i(t) = ..., '
-                            'e.g. "edm_path(t, rho = 5)" (it must stay inside the training support)')
+                       help='the path to sample along (gud nll: to integrate along) instead of the spec\'s, '
+                            'written as a spec\'s path_i(t) = ..., e.g. "soft(t^2, -log(var(i)))" for '
+                            'specs/digits.gud or "edm_path(t, rho = 5)" for specs/peers/edm.gud (it must stay '
+                            'inside the training support)')
 
     q = sub.add_parser("sample", help="sample from a trained run, a checkpoint, an export or an oracle spec")
     q.add_argument("run")

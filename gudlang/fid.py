@@ -737,7 +737,8 @@ def _summary(scores: Scores, record: dict, network: FeatureNetwork, generated: I
         ref = f"statistics in {args.ref}" + (f" of {reference.n} images" if reference.n else "")
     else:
         ref = reference.description
-    lines = [f"FID {scores.fid:.4f}, {kid}",
+    shown = 0.0 if abs(scores.fid) < 5e-5 else scores.fid  # rounding leaves -0.0000 for identical statistics
+    lines = [f"FID {shown:.4f}, {kid}",
              f"  generated: {made}",
              f"  reference: {ref}",
              f"  features:  {network.name}, F = {scores.feature_dim}"]

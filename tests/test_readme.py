@@ -37,7 +37,7 @@ def tiny_run(root: Path, spec: str) -> Path:
 
 def test_the_python_example_runs(tmp_path, monkeypatch):
     code = python_example()
-    runs = {"runs/digits-XXXXXXXX": tiny_run(tmp_path / "runs", "digits.gud"),
+    runs = {"runs/digits": tiny_run(tmp_path / "runs", "digits.gud"),
             "runs/family-XXXXXXXX": tiny_run(tmp_path / "runs", "family.gud")}
     for placeholder, run in runs.items():
         assert placeholder in code
