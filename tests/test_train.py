@@ -157,7 +157,10 @@ def test_sample_overrides_are_recorded_and_kept_inside_the_training_support(caps
 
 def test_resume_of_a_missing_run_is_a_clear_error(capsys, tmp_path):
     code, _, err = train(capsys, "--resume", tmp_path / "nothing")
-    assert code == 1 and "E640" in err and "Traceback" not in err
+    assert code == 2 and "error[E001]" in err and "nothing not found" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = train(capsys, "--resume", tmp_path / "empty")
+    assert code == 1 and "error[E640]" in err and "not a run directory" in err
 
 
 def test_a_spec_beside_resume_must_be_the_runs_own(capsys, trained, tmp_path):
