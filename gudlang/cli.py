@@ -800,6 +800,12 @@ def main(argv=None) -> int:
     except OSError as e:  # the system refused a file: a name too long, a full disk, no permission
         print(render_text(os_error(e).diagnostics), file=sys.stderr)
         return EXIT_DIAGNOSTICS
+    except RuntimeError as e:  # under torchrun: another rank stopped while this one waited for it
+        lost = sys.modules["gudlang.distributed"].lost_rank(e) if "gudlang.distributed" in sys.modules else None
+        if lost is None:
+            raise
+        print(render_text(lost.diagnostics), file=sys.stderr)
+        return EXIT_DIAGNOSTICS
     finally:
         if "gudlang.distributed" in sys.modules:  # a torchrun command started a process group
             sys.modules["gudlang.distributed"].leave(finished)

@@ -93,6 +93,22 @@ def every_rank(what: str):
                                 "run files), then start every node again")
 
 
+def lost_rank(error: BaseException) -> GudError | None:
+    """E645 for an error raised while this rank waited in a collective for a rank that had
+    stopped (killed, out of memory, its node lost: gloo says "Connection closed by peer");
+    None for any other error."""
+    text = str(error)
+    if rank_and_world()[1] == 1:  # (the group may be gone: the trainer ends it on its way out)
+        return None
+    if not (isinstance(error, torch.distributed.DistError)
+            or any(words in text for words in ("Connection closed by peer", "Connection reset by peer"))):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return GudError.one("E645", f"another rank stopped while this one waited for it ({first})",
+                        help="its output says why; start every node again (gud train --resume RUN trains on "
+                             "from the last checkpoint)")
+
+
 def check_same(value: str, what: str, help: str) -> None:
     """E641 on every rank when `value` (a hash) differs between ranks: `what` names it."""
     _, world = rank_and_world()

@@ -216,3 +216,43 @@ def test_a_world_size_without_torchrun_is_a_clear_error(capsys, monkeypatch):
     assert main(["nll", str(Path(__file__).parents[1] / "specs" / "grf_oracle.gud"), "-n", "4"]) == 1
     err = capsys.readouterr().err
     assert "error[E645]: cannot start the process group of 2 ranks" in err and "MASTER_ADDR" in err
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is pid (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the rank's process in /proc")
+def test_a_rank_killed_during_training_stops_the_other_with_a_clear_error(spec, tmp_path):
+    import signal
+    import time
+    port = free_port()
+    nodes = [torchrun("train", "--quiet", spec, "--out", tmp_path / "runs", "--name", "r", "-s", "train.steps=100000",
+                      "-s", "train.checkpoint_every=5", nnodes=2, node_rank=r, port=port, wait=False) for r in (0, 1)]
+    metrics = tmp_path / "runs" / "r" / "metrics.csv"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) > 10):
+            time.sleep(0.2)
+        assert metrics.is_file(), "training did not start"
+        for worker in _children(nodes[1].pid):  # the rank's own process, as an out-of-memory kill would
+            os.kill(worker, signal.SIGKILL)
+        out, err = nodes[0].communicate(timeout=120)
+    finally:
+        for node in nodes:
+            node.kill()
+    assert nodes[0].returncode != 0
+    assert "error[E645]: another rank stopped while this one waited for it" in err, err[-3000:]
+    assert not gudlang_frames(err)
+    from gudlang.checkpoint import load_checkpoint
+    load_checkpoint(tmp_path / "runs" / "r" / "checkpoint.safetensors")  # the last checkpoint is whole
