@@ -106,7 +106,7 @@ def _order_words(model, order: np.ndarray, moving: Motion) -> list[str]:
                 f"  middle:          {describe(int(order[d // 2]))}",
                 f"  last generated:  {describe(int(order[-1]))}"]
     most, when = moving.busiest
-    out += [f"  most in motion:  {most} of {len(moving.never_noised)} components at once, first at t = {when:.3f}",
+    out += [f"  most in motion:  {most} of {len(moving.never_noised)} components at once, first at t = {when:.3g}",
             f"                   (in motion: beta > {MOTION_BETA:g}, or gamma strictly between its values "
             f"at t = 0 and t = 1)"]
     return out
@@ -136,17 +136,17 @@ def explain_text(model) -> str:
     order = model.generation_order()
     moving = motion(model.sampling_schedule)  # given components are held clean: never noised
     out += ["# generation order (the reverse of noising: the component whose gamma is half-way "
-            "latest in forward time is generated first; ties by true SNR)"] + _order_words(model, order, moving) + [""]
+            "latest in forward time is generated first; ties by mean true log-SNR)"] + _order_words(model, order, moving) + [""]
     generated = order[~moving.never_noised[order]]
     shown = generated if len(generated) else order
     picks = [int(shown[0]), int(shown[len(shown) // 2]), int(shown[-1])]
     ts = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
     with torch.no_grad():
         gamma = model.sampling_path.gamma_and_slope(ts)[0].numpy()
-    # with a path, the training gamma at the same t beside it (t ~ U(0, 1): its quantiles), over
-    # the drawn params' ranges when there are any
-    trained = training_range(model, ts) if model.path is not None else None
+    # with a path or drawn params, the training gamma at the same t beside it (t ~ U(0, 1): its
+    # quantiles), over the drawn params' ranges when there are any (the table is at their means)
     drawn = bool(model.checked.drawn_ranges)
+    trained = training_range(model, ts) if model.path is not None or drawn else None
     wvar = model.features["wvar"]
     along = "on the sampling path " if trained is not None else ""
     over = ", lowest to highest over the drawn params' ranges" if drawn else ""

@@ -93,9 +93,9 @@ class Model:
         return self.sampling_path if self.given is None else GivenSchedule(self.sampling_path, self.given)
 
     def generation_order(self) -> np.ndarray:
-        """Component indices, first generated first: by when each component's true SNR
-        first rises above 1 in reverse time (later noising = earlier generation) on the
-        sampling path."""
+        """Component indices, first generated first, on the sampling path: the component whose
+        gamma is half-way between its values at t = 0 and t = 1 latest is generated first (later
+        noising = earlier generation); ties by mean true log-SNR (`schedules.generation_order`)."""
         return generation_order(self.sampling_path, self.features["wvar"])
 
 

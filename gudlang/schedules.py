@@ -1046,25 +1046,26 @@ class Motion:
         return int(self.counts[k]), float(self.times[k])
 
 
-def motion(schedule: CompiledSchedule, params=None, grid: int = 2049) -> Motion:
-    """Where each component is in motion, on `grid` uniform times in [0, 1] (float64).
+def motion(schedule: CompiledSchedule, params=None, grid: int = 2048) -> Motion:
+    """Where each component is in motion, at the midpoints of `grid` equal cells of [0, 1]
+    (float64; off the grid's own points, so a kink that lands on one, where a clip's derivative
+    counts both ends, does not count a starting and a finishing component at once).
 
     A component is in motion at t where beta_i(t) > MOTION_BETA, or where gamma_i(t) lies
     strictly between gamma_i(0) and gamma_i(1) (so a slow component at very low gamma, whose
     beta = sigmoid(gamma) dgamma/dt is tiny, still counts). It is never noised when its gamma
     has the same value at every time: it is never generated either, and has no place in the
     generation order. Evaluated in runs of rows (`row_runs`)."""
-    t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
+    t = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
     dim = schedule.dim
-    runs = row_runs(dim, grid)
-    ends = {run: rows_of(schedule, t, params, run) for run in (runs[0], runs[-1])}
-    first, last = ends[runs[0]][0][0], ends[runs[-1]][0][-1]
+    ends, _ = rows_of(schedule, torch.tensor([0.0, 1.0], dtype=torch.float64), params, (0, 2))
+    first, last = ends[0], ends[1]
     lo, hi = np.minimum(first, last), np.maximum(first, last)
     counts = np.empty(grid, np.int64)
     packed = np.empty((grid, (dim + 7) // 8), np.uint8)
-    never_noised = np.ones(dim, bool)
-    for k0, k1 in runs:
-        g, b = ends.pop((k0, k1)) if (k0, k1) in ends else rows_of(schedule, t, params, (k0, k1))
+    never_noised = first == last
+    for k0, k1 in row_runs(dim, grid):
+        g, b = rows_of(schedule, t, params, (k0, k1))
         in_motion = (b > MOTION_BETA) | ((g > lo) & (g < hi))
         counts[k0:k1] = in_motion.sum(axis=1)
         packed[k0:k1] = np.packbits(in_motion, axis=1)

@@ -369,9 +369,21 @@ def test_motion_counts_components_between_their_ends_and_finds_those_that_never_
     most, when = m.busiest
     assert most == int((~never).sum()) and 1 / 3 <= when <= 2 / 3
     moving_at = m.in_motion[:, ~never].all(axis=1)
-    # in motion strictly inside (1/3, 2/3), and at the kinks, where beta > 0 (closed interval)
-    inside = (m.times >= 1 / 3) & (m.times <= 2 / 3)
+    # in motion strictly inside (1/3, 2/3); the times are cell midpoints, never the kinks
+    inside = (m.times > 1 / 3) & (m.times < 2 / 3)
     assert np.array_equal(moving_at, inside) and not m.in_motion[:, never].any()
+
+
+@pytest.mark.parametrize("b,columns", [(0.5, 7), (0.125, 1)])
+def test_column_windows_that_meet_at_a_grid_time_do_not_count_twice(b, columns):
+    # sequential(t, col(i), b): column c moves during [(1 - c/7)(1 - b), + b]. At b = 0.125 the
+    # windows are back to back (one column at a time); at t = 0.5, a time of a uniform grid,
+    # a column starts as another stops: counting both (clip's derivative at both ends) said
+    # 16 in motion, and 64 of 64 at b = 0.5
+    from gudlang.schedules import motion
+    s, _ = compiled(f"sequential(t, col(i), b = {b})")
+    per_column = int(np.sum(FEATURES["col"] == FEATURES["col"][0]))
+    assert motion(s).busiest[0] == columns * per_column
 
 
 def test_clipped_soft_with_a_above_the_label_spacing_moves_one_component_at_a_time():
