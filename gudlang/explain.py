@@ -101,8 +101,17 @@ def _order_words(model, order: np.ndarray, moving: Motion) -> list[str]:
     order = order[~moving.never_noised[order]]
     d = len(order)
     if d:
+        with torch.no_grad():  # gamma paths, to tell components generated together
+            gamma = model.sampling_schedule(torch.linspace(0, 1, 33, dtype=torch.float64))[0].numpy()
+        log_snr = np.log(np.asarray(model.features["wvar"], dtype=np.float64))[None] - gamma
+        together = bool(np.allclose(gamma[:, order[0]], gamma[:, order[min(1, d - 1)]], rtol=0, atol=1e-9))
+        same = bool(np.allclose(log_snr[:, order], log_snr[:, order[:1]], rtol=0, atol=1e-9))
+        if same and d > 1:
+            out.append(f"  no order:        all {d} generated components have the same true SNR at every t "
+                       "(listed by index)")
         out += [f"  first generated: {describe(int(order[0]))}",
-                f"  then:            {describe(int(order[min(1, d - 1)]))}",
+                f"  then:            {describe(int(order[min(1, d - 1)]))}"
+                + (" (its gamma is the first's: generated together)" if together and d > 1 else ""),
                 f"  middle:          {describe(int(order[d // 2]))}",
                 f"  last generated:  {describe(int(order[-1]))}"]
     most, when = moving.busiest

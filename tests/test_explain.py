@@ -98,3 +98,14 @@ def test_drawn_params_without_a_path_show_the_trained_range_beside_the_mean():
         lo, hi = map(float, row[5].split(".."))
         assert abs(lo - min(ends)) < 2e-3 and abs(hi - max(ends)) < 2e-3, row
     assert len(rows) == 15
+
+
+def test_components_generated_together_or_in_no_order_are_said_to_be():
+    # soft a = 0: every component has the same true-SNR path, so there is no order to show;
+    # sequential columns: the first two listed are of the first column, noised as one
+    section = order_section(build_model(check_file(str(SPECS / "soft_a0.gud"))))
+    assert "no order:        all 64 generated components have the same true SNR at every t" in section
+    section = order_section(build_model(check_file(str(SPECS / "sequential_columns.gud"))))
+    assert "no order" not in section and "(its gamma is the first's: generated together)" in section
+    section = order_section(build_model(check_file(str(SPECS / "autoregressive.gud"))))
+    assert "no order" not in section and "generated together" not in section
