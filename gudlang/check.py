@@ -690,9 +690,15 @@ def _spec_constant(key: str, value: str) -> Any:
                        help=f"for example {example}; items are numbers or words separated by commas")
 
 
+# Declarations whose constructor options `-s` may set (`-s network.channels=64`); the prior is a
+# formula (`scale(...)`) or a word, not options.
+OVERRIDABLE_DECLARATIONS = ("data", "basis", "network")
+
+
 def override_spec(spec: Spec, overrides: Mapping[str, str]) -> Spec:
     """Apply `-s key=value` overrides: `name=value` for params (a drawn param becomes fixed),
-    `block.key=value` for settings (train, sample, runtime). Raises GudError E003 / E202 / E210."""
+    `block.key=value` for settings (train, sample, runtime) and for the options of the data,
+    basis and network declarations. Raises GudError E003 / E202 / E210."""
     if not overrides:
         return spec
     data = spec.model_dump()
@@ -711,10 +717,17 @@ def override_spec(spec: Spec, overrides: Mapping[str, str]) -> Spec:
             continue
         if "." in key:
             block, _, setting = key.partition(".")
-            if block not in BLOCKS or setting not in data[block]:
+            if block in OVERRIDABLE_DECLARATIONS and (setting not in data[block] or setting == "kind"):
+                options = [k for k in data[block] if k != "kind"]
+                errors.append(Diagnostic("E202", f"cannot override `{key}`: {block} = {data[block]['kind']}(...) "
+                                                 f"has no option `{setting}`",
+                                         help=did_you_mean(setting, options) or
+                                         f"its options: {', '.join(options) or 'none'}"))
+                continue
+            if block not in BLOCKS + OVERRIDABLE_DECLARATIONS or setting not in data[block]:
                 errors.append(Diagnostic("E202", f"cannot override `{key}`: no such setting",
-                                         help="settings are train.*, sample.*, runtime.*; "
-                                              "params are overridden by name"))
+                                         help="settings are train.*, sample.*, runtime.*, and the options of "
+                                              "data.*, basis.*, network.*; params are overridden by name"))
                 continue
             data[block][setting] = value
         elif key in spec.params:

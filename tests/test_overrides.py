@@ -189,3 +189,45 @@ def test_command_line_messages_have_no_raw_wording(capsys):
         assert code == 1 and "error[E210]" in err
         for raw in ("Input should", "Field required", "nable to parse", "Traceback", "Value error"):
             assert raw not in err
+
+
+# ----------------------------------------------------------------------- declaration options
+@pytest.mark.parametrize("key,value,written", [
+    ("network.channels", "16", "network = unet(channels = 16)"),
+    ("network.state", "channels", 'network = unet(state = "channels")'),
+    ("network.channel_mult", "[1, 2, 2]", "network = unet(channel_mult = [1, 2, 2])"),
+    ("basis.channels", "separate", 'basis = pca(channels = "separate")'),
+    ("data.seed", "3", "data = digits(seed = 3)"),
+])
+def test_declaration_options_override_as_if_written_in_the_spec(key, value, written):
+    head = HEAD.replace("data = digits()\n", "").replace("basis = pca()\n", "")
+    declarations = {"data": "data = digits()", "basis": "basis = pca()", "network": "network = unet()"}
+    block = key.split(".")[0]
+    base = head + "\n".join(declarations.values()) + "\n"
+    spelled = head + "\n".join(written if k == block else d for k, d in declarations.items()) + "\n"
+    assert model_hash(check_text(base, "t.gud", {key: value}), FP) == model_hash(check_text(spelled, "t.gud"), FP)
+    assert model_hash(check_text(base, "t.gud", {key: value}), FP) != model_hash(check_text(base, "t.gud"), FP)
+
+
+@pytest.mark.parametrize("key,words", [
+    ("network.stat", "network = unet(...) has no option `stat`"),
+    ("network.kind", "has no option `kind`"),
+    ("basis.levels", "basis = pca(...) has no option `levels`"),
+    ("prior.s", "no such setting"),
+])
+def test_an_option_the_declaration_lacks_is_E202_with_its_options(key, words):
+    (d,) = errors(HEAD + "network = unet()\n", {key: "1"})
+    assert d.code == "E202" and words in d.message
+    if key == "network.stat":
+        assert d.help == "did you mean `state`?"
+
+
+def test_a_network_option_set_on_the_command_line_trains_and_loads(capsys, tmp_path):
+    import gudlang
+    spec = tmp_path / "tiny.gud"
+    spec.write_text(HEAD + "network = unet(channels = 8)\ntrain { steps = 2; batch = 8; sample_every = 0 }\n")
+    code, _, err = run(capsys, "train", "--quiet", str(spec), "--out", str(tmp_path / "runs"), "--name", "r",
+                       "-s", "network.state=channels")
+    assert code == 0, err
+    model = gudlang.load(tmp_path / "runs" / "r")
+    assert model.eps_model.network.state_channels and model.sample(2).shape == (2, 1, 8, 8)
