@@ -86,8 +86,13 @@ def _order_words(model, order: np.ndarray, moving: Motion) -> list[str]:
     feats = model.features
     names = [n for n in ("rank", "var", "level", "freq", "row", "col", "chan") if n in feats]
 
+    from gudlang.pipeline import VAR_FLOOR
+    stats_var = np.asarray(model.stats.var, dtype=np.float64)
+    floored = stats_var <= VAR_FLOOR * float(np.max(stats_var))
+
     def describe(i: int) -> str:
-        return f"component {i} (" + ", ".join(f"{n} {feats[n][i]:.3g}" for n in names) + ")"
+        constant = f"; constant in the data: var is the floor, {VAR_FLOOR:g} of the largest" if floored[i] else ""
+        return f"component {i} (" + ", ".join(f"{n} {feats[n][i]:.3g}" for n in names) + constant + ")"
 
     out = []
     given = np.zeros(len(order), bool) if model.given is None else model.given

@@ -109,3 +109,14 @@ def test_components_generated_together_or_in_no_order_are_said_to_be():
     assert "no order" not in section and "(its gamma is the first's: generated together)" in section
     section = order_section(build_model(check_file(str(SPECS / "autoregressive.gud"))))
     assert "no order" not in section and "generated together" not in section
+
+
+def test_a_component_constant_in_the_data_is_said_to_be():
+    # pixel 39 of the digits never varies in the train split: its variance is the floor, and
+    # its "true SNR" is that of the floor, so explain says so where it names it
+    model = build_model(check_file(str(SPECS / "sequential_columns.gud")))
+    assert float(np.asarray(model.stats.var)[39]) == 0.0
+    section = order_section(model)
+    assert "component 39 (" in section and "constant in the data: var is the floor, 1e-05 of the largest" in section
+    first = re.search(r"first generated: +(.*)", section).group(1)
+    assert "constant in the data" not in first
