@@ -363,7 +363,7 @@ def _channels_last(shape: tuple[int, ...], layout: str, declared: tuple[int, ...
                                        f"declared by shape={declared}",
                                help="declare the shape the data has, or fix the data")
         return declared != first
-    channel_sizes = (1, 3, 4)
+    channel_sizes = (1, 2, 3, 4)  # grey, two-channel (what `gud sample --format npz` writes for it), RGB, RGBA
     # A channel-sized last axis means channels-last, unless axis 1 is channel-sized too
     # and the trailing two axes look like a square image.
     return shape[3] in channel_sizes and (shape[1] not in channel_sizes
@@ -425,7 +425,9 @@ def npz(path, key: str | None = None, layout: str = "auto",
 
     `key=None` takes the only array. uint8 data map 0..255 to [-1, 1] with 256 levels; other
     real data are used as they are and checked against `range` (None: no check).
-    `layout="auto"` reads a last axis of size 1, 3 or 4 as channels.
+    `layout="auto"` reads a last axis of size 1 to 4 as channels, unless axis 1 is that small
+    too (then channels first, but for a square image behind it); "channels_first" /
+    "channels_last", or the declared `shape`, decide it instead.
     """
     path = _path_arg("path", path)
     if key is not None and not isinstance(key, str):

@@ -42,17 +42,28 @@ def to_uint8(x: np.ndarray, value_range) -> np.ndarray:
 
 
 def _png(pixels: np.ndarray) -> bytes:
-    """uint8 (H, W, C) -> PNG bytes (grey for one channel, RGB for three or more)."""
+    """uint8 (H, W, C), C = 1 or 3 (`viewable`) -> PNG bytes, grey or RGB."""
     from PIL import Image
-    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels[..., :3])
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
 
 
+def viewable(x: np.ndarray) -> np.ndarray:
+    """Images (N, C, H, W) as a PNG shows them: grey (C = 1) and RGB (C = 3) as they are, any
+    other C as its channels side by side in grey, (N, 1, H, C W) (a PNG would read 2 channels
+    as grey and transparency, and 4 as RGB and transparency)."""
+    n, c, h, w = x.shape
+    if c in (1, 3):
+        return x
+    return np.ascontiguousarray(x.transpose(0, 2, 1, 3).reshape(n, 1, h, c * w))
+
+
 def save_grid(x: np.ndarray, out: Path, value_range, cols: int | None = None) -> None:
-    """Images (N, C, H, W) as one PNG grid with a 1-pixel white border between them."""
+    """Images (N, C, H, W) as one PNG grid with a 1-pixel white border between them (`viewable`)."""
     from PIL import Image
+    x = viewable(x)
     n, c, h, w = x.shape
     cols = cols or int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
@@ -79,9 +90,9 @@ def save_pairs(known: np.ndarray, completed: np.ndarray, out: Path, value_range)
 
 
 def save_png_dir(x: np.ndarray, folder: Path, value_range, start: int = 0) -> None:
-    """One PNG per image, named by its index (start, start + 1, ...) with six digits."""
+    """One PNG per image, named by its index (start, start + 1, ...) with six digits (`viewable`)."""
     make_folder(folder)
-    for k, pixels in enumerate(to_uint8(x, value_range)):
+    for k, pixels in enumerate(to_uint8(viewable(x), value_range)):
         atomic_write_bytes(Path(folder) / f"{start + k:06d}.png", _png(pixels))
 
 

@@ -129,7 +129,8 @@ def forward_images(model, image: np.ndarray, ts, seed: int = 0) -> np.ndarray:
 def plot_forward(model, out: str, index: int = 0, steps: int = 6) -> None:
     plt = _pyplot()
     ts = np.linspace(0.0, 1.0, steps)
-    imgs = forward_images(model, model.data.train[index], ts)
+    from gudlang.images import viewable
+    imgs = viewable(forward_images(model, model.data.train[index], ts))
     lo, hi = model.data.value_range
     fig, axes = plt.subplots(1, steps, figsize=(2 * steps, 2.3))
     for ax, img, t in zip(axes, imgs, ts):

@@ -255,6 +255,9 @@ def test_npz_channels_first_is_kept(tmp_path):
 @pytest.mark.parametrize("stored, expected", [
     ((2, 4, 4, 1), (1, 4, 4)), ((2, 4, 4, 3), (3, 4, 4)), ((2, 8, 8, 4), (4, 8, 8)),
     ((2, 1, 4, 4), (1, 4, 4)), ((2, 3, 4, 4), (3, 4, 4)), ((2, 2, 6, 6), (2, 6, 6)),
+    # two channels, either way round (they were read as 16 channels of 16 x 2, and as 4 of 2 x 16)
+    ((2, 16, 16, 2), (2, 16, 16)), ((2, 8, 8, 2), (2, 8, 8)), ((2, 2, 16, 4), (2, 16, 4)),
+    ((2, 2, 64, 1), (2, 64, 1)), ((2, 1, 64, 1), (1, 64, 1)), ((2, 1, 1, 64), (1, 1, 64)),
 ])
 def test_npz_auto_layout_reads_a_channel_sized_last_axis_as_channels(tmp_path, stored, expected):
     np.save(tmp_path / "a.npy", np.zeros(stored))

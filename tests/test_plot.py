@@ -76,3 +76,27 @@ def test_the_training_range_spans_the_drawn_params_not_their_mean():
     low, high = training_range(plain, ts)
     np.testing.assert_array_equal(low, high)
     np.testing.assert_allclose(low, plain.schedule(ts)[0].numpy())
+
+
+def test_images_of_two_or_four_channels_show_their_channels_side_by_side(tmp_path, capsys):
+    # a PNG reads 2 channels as grey + transparency and 4 as RGB + transparency, and matplotlib
+    # refused (H, W, 2): grids, PNG folders and the forward plot show each channel in grey
+    from PIL import Image
+
+    from gudlang.cli import main
+    from gudlang.images import save_grid, save_png_dir, viewable
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 2, 5, 7))
+    side = viewable(x)
+    assert side.shape == (3, 1, 5, 14)
+    np.testing.assert_array_equal(side[:, 0, :, 7:], x[:, 1])
+    assert viewable(x[:, :1]).shape == (3, 1, 5, 7) and viewable(np.zeros((1, 3, 4, 4))).shape == (1, 3, 4, 4)
+    save_grid(x, tmp_path / "grid.png", (-1, 1))
+    save_png_dir(np.repeat(x, 2, axis=1), tmp_path / "dir", (-1, 1))  # four channels
+    assert Image.open(tmp_path / "grid.png").mode == "L"
+    png = Image.open(tmp_path / "dir" / "000000.png")
+    assert png.mode == "L" and png.size == (28, 5)
+    np.savez(tmp_path / "two.npz", x=np.random.default_rng(1).uniform(-1, 1, (40, 2, 8, 8)))
+    spec = tmp_path / "two.gud"
+    spec.write_text(f'gud 1\ndata = npz("{tmp_path / "two.npz"}")\nbasis = pixel()\ngamma(t) = linear(t)\n')
+    assert main(["plot", str(spec), "--forward", "-o", str(tmp_path / "forward.png")]) == 0
+    assert (tmp_path / "forward.png").is_file()
