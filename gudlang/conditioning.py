@@ -140,6 +140,10 @@ def load_images(path: str | Path, data) -> np.ndarray:
             else:
                 arr = np.load(path, allow_pickle=False)
             return images_from_array(arr, data, str(path), f"the values in {path}")
+        if c not in (1, 3):
+            raise GudError.one("E681", f"{path} is an image file, which holds grey or RGB pixels; the model's "
+                                       f"images have {c} channels",
+                               help=f"give them as an .npy / .npz array of (N, {c}, H, W) values")
         arr = _from_pixels(_read_image_file(path, c, data.levels), data, 1.0)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # corrupt or truncated
         raise GudError.one("E681", f"cannot read {path}: {e}", help="give an image, .npy or .npz file") from None
@@ -215,6 +219,8 @@ def _channels_first(arr: np.ndarray, shape, path) -> np.ndarray:
     if arr.size == 0:
         raise GudError.one("E681", f"{path} holds empty images (an array of shape {given})", help=help)
     first, last = arr.shape[1] == c, arr.shape[3] == c
+    if arr.shape[1:] == (1, 1, 1):  # one-pixel grey images: both readings are the same array
+        return arr
     if first and last:  # (N, C, h, C): h x C images channels first, C x h channels last
         first, last = arr.shape[2:] == (height, width), arr.shape[1:3] == (height, width)
         if first == last:

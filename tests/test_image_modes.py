@@ -219,3 +219,19 @@ def test_sample_npz_output_is_accepted_by_sample_given(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 0, err
     assert np.load(tmp_path / "c.npz")["x"].shape == (2, 1, 8, 8)
+
+
+def test_an_image_file_for_a_model_of_two_channels_is_refused_in_its_own_words(tmp_path):
+    # it spoke of a (1, 3, 4, 4) array: PNG / JPEG hold grey or RGB, so say so and name the file
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "grey.png")
+    with pytest.raises(GudError) as info:
+        load_images(tmp_path / "grey.png", _data(c=2))
+    d = info.value.diagnostics[0]
+    assert d.code == "E681" and "grey.png is an image file, which holds grey or RGB pixels" in d.message
+    assert "(N, 2, H, W)" in d.help
+
+
+def test_one_pixel_grey_images_are_not_ambiguous(tmp_path):
+    # (N, 1, 1, 1) reads the same channels first or last: super-resolution from 1 x 1 images
+    np.save(tmp_path / "dots.npy", np.array([0.5, -0.5]).reshape(2, 1, 1, 1))
+    np.testing.assert_array_equal(load_images(tmp_path / "dots.npy", _data(c=1, size=2)).ravel(), [0.5, -0.5])
