@@ -349,7 +349,7 @@ def cmd_sample(args, overrides: dict) -> int:
 
     import numpy as np
 
-    from gudlang.distributed import shard
+    from gudlang.distributed import shard, shard_suffix
     from gudlang.images import save_grid, save_npz, save_pairs, save_png_dir
     model = _load_run(args, overrides)
     settings = model.spec.sample
@@ -375,13 +375,13 @@ def cmd_sample(args, overrides: dict) -> int:
               "model_hash": model.hash, "overrides": overrides, "path": args.path}
     if conditional:
         first, count, rank, world = shard(len(images), "images")
-        shard = f".shard{rank}of{world}" if world > 1 else ""
         done = model.complete(images[first: first + count], mask=args.mask, sampler=method, steps=steps,
                               grid=args.grid, seed=seed, first=first)
         record.update(conditioning=done.method, given=source, given_components=int(done.mask.sum()),
                       n=len(images), first=first, count=count, world_size=world, nfe=done.nfe,
                       seconds=time.time() - start)
-        png, npz = _with(stem, f"{shard}.png"), _with(stem, f"{shard}.npz")
+        suffix = shard_suffix()
+        png, npz = _with(stem, f"{suffix}.png"), _with(stem, f"{suffix}.npz")
         save_pairs(done.known, done.x, png, model.model.data.value_range)
         _save_float_npz(npz, record, x=done.x, known=done.known, mask=done.mask)
         print(f"wrote {png} and {npz}: {len(done.x)} completion{'s' if len(done.x) != 1 else ''} of {source}"
@@ -398,18 +398,18 @@ def cmd_sample(args, overrides: dict) -> int:
     x = x.numpy()
     record.update(n=n, first=first, count=count, world_size=world, nfe=nfe, seconds=time.time() - start)
     value_range = model.model.data.value_range
-    shard = f".shard{rank}of{world}" if world > 1 else ""
+    suffix = shard_suffix()
     if args.format == "png-dir":
         save_png_dir(x, stem, value_range, start=first)
         if rank == 0:
             _write_json(stem / "samples.json", record)
         where = f"{stem}/ ({count} PNGs from {first:06d}.png)"
     elif args.format == "npz":
-        out = _with(stem, f"{shard}.npz")
+        out = _with(stem, f"{suffix}.npz")
         save_npz(x, out, value_range, **record)
         where = f"{out} (arr_0: uint8 {tuple(x.shape[:1]) + tuple(x.shape[2:]) + tuple(x.shape[1:2])}, N H W C)"
     else:
-        png, npz = _with(stem, f"{shard}.png"), _with(stem, f"{shard}.npz")
+        png, npz = _with(stem, f"{suffix}.png"), _with(stem, f"{suffix}.npz")
         save_grid(x, png, value_range)
         _save_float_npz(npz, record, x=x)
         where = f"{png} and {npz}"
@@ -466,7 +466,7 @@ def cmd_extend(args, overrides: dict) -> int:
 
     from gudlang.api import load
     from gudlang.conditioning import load_images
-    from gudlang.distributed import every_rank, shard
+    from gudlang.distributed import every_rank, shard, shard_suffix
     from gudlang.images import save_grid
     with every_rank("loading the run and the images"):
         model = load(args.run, params=overrides)
@@ -488,8 +488,7 @@ def cmd_extend(args, overrides: dict) -> int:
     record = {"axis": axis, "count": count, "band": k, "window": size, "seed": seed, "nfe": nfe,
               "model_hash": model.hash, "image": str(args.image), "first": first, "images": many,
               "world_size": world, "seconds": time.time() - start}
-    shard = f".shard{rank}of{world}" if world > 1 else ""
-    png, npz = _with(stem, f"{shard}.png"), _with(stem, f"{shard}.npz")
+    png, npz = _with(stem, f"{shard_suffix()}.png"), _with(stem, f"{shard_suffix()}.npz")
     save_grid(x, png, data.value_range, cols=1 if axis == "columns" else len(x))
     _save_float_npz(npz, record, x=x, given=images[first: first + many])
     print(f"wrote {png} and {npz}: {len(x)} image(s){f' ({first} to {first + many - 1})' if world > 1 else ''} "

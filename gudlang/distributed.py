@@ -133,6 +133,12 @@ def shard(n: int, what: str = "samples") -> tuple[int, int, int, int]:
     return lo, hi - lo, rank, world
 
 
+def shard_suffix() -> str:
+    """What names this rank's output files under torchrun (".shard1of4"); "" in one process."""
+    rank, world = rank_and_world()
+    return f".shard{rank}of{world}" if world > 1 else ""
+
+
 def gather(values) -> np.ndarray:
     """Every rank's rows (an array (k, ...) per rank, k may differ), concatenated in rank order,
     on every rank, in the values' own dtype."""

@@ -587,15 +587,12 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
             return result
     finally:
         if s.world > 1 and torch.distributed.is_initialized():
-            if not failed:
-                # rank 0 is still writing after the loop: tearing gloo down under it aborts
-                torch.distributed.barrier()
             # Drop the DDP wrapper while the process group is still registered: freed later, its
             # reducer held the group's last reference, and destroying the group there (holding
             # the GIL) could deadlock with a gloo thread that needs it.
             s.objective.network = s.network
             gc.collect()
-            torch.distributed.destroy_process_group()
+            distributed.leave(finished=not failed)  # after a barrier: rank 0 may still be writing
 
 
 def _finish(s: Session, step: int, interrupted: bool, signum: int) -> TrainResult:
