@@ -5,7 +5,9 @@ Output: `model_hash` (data, basis, prior, schedule, params, network, train) and 
 (model + sample settings), strings tagged with their scheme, `gud1-sha256:<hex>`.
 The normal form has every default filled in, every definition and library call inlined,
 fixed params substituted and numeric sub-expressions folded, so comments, layout, statement
-order, definition names and `1` vs `1.0` never change a hash. Runtime settings never enter.
+order, definition names and `1` vs `1.0` never change a hash. A formula that folds to what
+leaving it out means (`REDUNDANT`: `weight(t) = 1`, `prior = scale(1)`, a path equal to gamma)
+hashes as if left out. Runtime settings never enter.
 """
 
 from __future__ import annotations
@@ -84,6 +86,18 @@ def normal_form(expr: A.Expr, fixed: dict[str, float]) -> Any:
     raise TypeError(f"not an inlined expression: {expr!r}")
 
 
+def redundant(checked: CheckedSpec) -> set[str]:
+    """The formulas of `checked` (names of `FORMULAS`) whose normal form says what leaving them
+    out says: a loss weight of 1, a prior scale of 1 (the white prior), a sampling path equal to
+    gamma. The hash leaves them out and the compiler compiles no weight for them."""
+    fixed, formulas = checked.fixed_params, checked.formulas
+    forms = {name: normal_form(expr, fixed) for name, expr in formulas.items()}
+    out = {name for name in ("weight", "prior_scale") if forms.get(name) == 1.0}
+    if "path" in forms and forms["path"] == forms["gamma"]:
+        out.add("path")
+    return out
+
+
 def _json_floats(value: Any) -> Any:
     """Floats as repr strings, so that NaN / inf hash and 1 == 1.0."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -97,8 +111,11 @@ def _json_floats(value: Any) -> Any:
     return value
 
 
-def payload(checked: CheckedSpec, data_fingerprint: str, *, full: bool, scheme: str = SCHEME) -> dict:
-    """The normal form that is hashed (also shown by `gud hash --show`)."""
+def payload(checked: CheckedSpec, data_fingerprint: str, *, full: bool, scheme: str = SCHEME,
+            literal: bool = False) -> dict:
+    """The normal form that is hashed (also shown by `gud hash --show`). `literal` keeps the
+    `redundant` formulas as written, as hashes made before that rule did
+    (checkpoints that carry them still verify and train on)."""
     spec = checked.spec
     fixed = checked.fixed_params
     data = spec.data.model_dump()
@@ -124,10 +141,13 @@ def payload(checked: CheckedSpec, data_fingerprint: str, *, full: bool, scheme: 
     }
     for name, group in sorted(checked.groups.items()):  # which components share a draw
         out["params"][name]["group"] = normal_form(group, fixed)
+    left_out = set() if literal else redundant(checked)
+    if "prior_scale" in left_out:
+        out["prior"] = {"kind": "white"}
     for slot in FORMULAS:  # every formula the spec declares, in its normal form
         if slot.name == "path" and not full:
             continue  # the sampling path does not change the trained network: like `sample`
-        if slot.name in checked.formulas:
+        if slot.name in checked.formulas and slot.name not in left_out:
             *outer, key = FORMULA_PLACES.get(slot.name, (slot.name,))
             place = out
             for k in outer:
@@ -152,10 +172,18 @@ def _digest(obj: dict) -> str:
     return f"{obj['scheme']}:{hashlib.sha256(text.encode()).hexdigest()}"
 
 
-def model_hash(checked: CheckedSpec, data_fingerprint: str, scheme: str = SCHEME) -> str:
+def model_hash(checked: CheckedSpec, data_fingerprint: str, scheme: str = SCHEME, literal: bool = False) -> str:
     """Hash of what determines the trained model (no sample or runtime settings, not how long
-    it trained). `scheme` = LEGACY_SCHEME recomputes a hash of the first scheme."""
-    return _digest(payload(checked, data_fingerprint, full=False, scheme=scheme))
+    it trained). `scheme` = LEGACY_SCHEME recomputes a hash of the first scheme; `literal`:
+    see `payload`."""
+    return _digest(payload(checked, data_fingerprint, full=False, scheme=scheme, literal=literal))
+
+
+def model_hashes(checked: CheckedSpec, data_fingerprint: str, scheme: str = SCHEME) -> tuple[str, ...]:
+    """Every hash a checkpoint of this model may carry: today's first, then the literal one
+    (`payload`) when it differs."""
+    hashes = [model_hash(checked, data_fingerprint, scheme), model_hash(checked, data_fingerprint, scheme, True)]
+    return tuple(dict.fromkeys(hashes))
 
 
 def full_hash(checked: CheckedSpec, data_fingerprint: str) -> str:

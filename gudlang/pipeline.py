@@ -28,7 +28,7 @@ from gudlang.check import CheckedSpec
 from gudlang.conditioning import GivenSchedule, check_mask
 from gudlang.data import DataSet, load_data
 from gudlang.diagnostics import Diagnostic, GudError
-from gudlang.hashing import full_hash, model_hash
+from gudlang.hashing import full_hash, model_hash, redundant
 from gudlang.priors import Prior, matched, scaled, white
 from gudlang.schedules import (CompiledSchedule, check_schedule, check_support, check_weight, compile_schedule,
                                evaluate_condition, evaluate_constant, generation_order)
@@ -202,7 +202,7 @@ def _build_model(checked, data, stats, basis_state, use_cache) -> Model:
             check_support(schedule, path, ranges, groups, ignore=given)
         span = checked.source.span(_formula_path(checked, "path"))
         warnings += [w.with_span(span).with_path(checked.source.path) for w in path_warnings]
-    if checked.weight is not None:
+    if checked.weight is not None and "weight" not in redundant(checked):  # weight(t) = 1: the plain loss
         with _at_formula(checked, "weight"):
             weight = compile_schedule(checked.weight, feats, checked.fixed_params, drawn, len(var))
             check_weight(weight, ranges, ignore=given)

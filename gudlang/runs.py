@@ -272,13 +272,13 @@ def resume_step(state: dict, meta: dict, total: int, run: Path) -> int:
 def check_resumable(meta: dict, model, run: Path) -> None:
     """A run continues only with a checkpoint of this model (E641): same spec up to how long
     it trains and how it logs, same data."""
-    from gudlang.hashing import SCHEME, scheme_of
+    from gudlang.hashing import SCHEME, model_hashes, scheme_of
     stored = meta.get("gudlang_hash", "")
     if scheme_of(stored) != SCHEME:
         raise GudError.one("E641", f"{run} was trained with an earlier gudlang (hash scheme "
                                    f"{scheme_of(stored)}): it samples and measures, but does not train on",
                            help="start a new run from its spec")
-    if stored != model.model_hash:
+    if stored not in model_hashes(model.checked, model.data.fingerprint):
         changed = _changed_settings(meta, model)
         what = f"{', '.join(changed)} changed" if changed else "spec or data changed"
         cosine = " (with lr_schedule = cosine, train.steps sets the decay, so it is part of the model)" \
@@ -367,7 +367,7 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
     trained with a custom network needs that module again as `network`."""
     from gudlang.data import DataSet
     from gudlang.export import verify_export
-    from gudlang.hashing import model_hash, scheme_of
+    from gudlang.hashing import model_hashes, scheme_of
     from gudlang.networks import make_network
     from gudlang.pipeline import build_model
     from gudlang.stats import ComponentStats
@@ -383,7 +383,8 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
 
     def recompute(text: str) -> str:
         checked = check_text(text, f"{file}:spec", stored_overrides)
-        return model_hash(checked, data_info["fingerprint"], scheme=scheme_of(meta["gudlang_hash"]))
+        hashes = model_hashes(checked, data_info["fingerprint"], scheme=scheme_of(meta["gudlang_hash"]))
+        return meta["gudlang_hash"] if meta["gudlang_hash"] in hashes else hashes[0]
 
     ckpt.verify_checkpoint(meta, recompute)
     verify_export(tensors, meta, file)

@@ -61,6 +61,10 @@ data = digits()
     "how long it trains and logs": BASE.replace("steps = 100", "steps = 101; log_every = 7; checkpoint_every = 9"),
     # an option added later, at the default that keeps the older networks: older hashes stand
     "network option added later, at its default": BASE + 'network = unet(state = "linear")\n',
+    # formulas that say what leaving them out says
+    "a loss weight of 1": BASE + "weight_i(t) = 2 - 1\n",
+    "a prior scale of 1": BASE.replace("prior = white", "prior = scale(1)"),
+    "a sampling path equal to gamma": BASE + "path_i(t) = soft(t, l_i, a = 1)\n",
 }
 
 

@@ -85,6 +85,35 @@ def test_resume_repeats_an_uninterrupted_run_step_for_step(capsys, spec, tmp_pat
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
+def test_a_run_hashed_before_redundant_formulas_were_left_out_loads_and_resumes(capsys, tmp_path):
+    # `weight(t) = 1` and `prior = scale(1)` say what leaving them out says: they hash (and train)
+    # as the plain spec. A checkpoint made before carries the hash of the literal spec: it must
+    # still verify, sample and train on, as the plain spec's run would.
+    from gudlang.check import check_text
+    from gudlang.hashing import model_hash
+
+    spelled = TINY.replace("prior = white", "prior = scale(2 - 1)") + "weight(t) = 1\n"
+    (tmp_path / "plain.gud").write_text(TINY)
+    (tmp_path / "spelled.gud").write_text(spelled)
+    assert train(capsys, tmp_path / "plain.gud", "--out", tmp_path / "a")[0] == 0
+    assert train(capsys, tmp_path / "spelled.gud", "--out", tmp_path / "b", "--until", "6")[0] == 0
+    run_a, run_b = only_run(tmp_path / "a"), only_run(tmp_path / "b")
+    assert run_a.name.split("-")[-1] == run_b.name.split("-")[-1]  # one model, one hash
+    tensors, meta = ckpt.load_checkpoint(run_b / "checkpoint.safetensors")
+    fingerprint = json.loads(meta["gudlang_data"])["fingerprint"]
+    literal = model_hash(check_text(spelled, "spelled.gud"), fingerprint, literal=True)
+    assert literal != meta["gudlang_hash"]
+    ckpt.save_checkpoint(run_b / "checkpoint.safetensors", tensors, {**meta, "gudlang_hash": literal})
+    assert main(["sample", str(run_b), "-n", "2", "--steps", "2", "-o", str(tmp_path / "s.npz")]) == 0
+    code, _, err = train(capsys, "--resume", run_b)
+    assert code == 0, err
+    assert losses(run_b) == losses(run_a)
+    tampered = spelled.replace("weight(t) = 1", "weight(t) = 2")
+    ckpt.save_checkpoint(run_b / "checkpoint.safetensors", tensors, {**meta, "gudlang_spec": tampered})
+    assert main(["sample", str(run_b), "-n", "2", "-o", str(tmp_path / "t.npz")]) == 1
+    assert "E624" in capsys.readouterr().err
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(capsys, spec, tmp_path, monkeypatch):
     real = Objective.forward
     calls = {"n": 0}
