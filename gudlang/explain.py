@@ -139,7 +139,8 @@ def explain_text(model) -> str:
             f"{', '.join(sorted(checked.features)) or 'none'}",
             *([f"sampling:  along path ({describe_shape(checked.shapes['path'])}); gamma is the training "
                "distribution (t ~ U(0, 1))"] if checked.path is not None else []),
-            *([f"loss:      weighted by weight ({describe_shape(checked.shapes['weight'])})"]
+            *([f"loss:      weighted by weight ({describe_shape(checked.shapes['weight'])})"
+               if model.weight is not None else "loss:      weight 1, the plain loss (hashed as none)"]
               if checked.weight is not None else []),
             "drawn params: " + (", ".join(
                 f"{n} ~ uniform({spec.params[n].lo:g}, {spec.params[n].hi:g}), " + _drawn_how(model, n)

@@ -120,3 +120,13 @@ def test_a_component_constant_in_the_data_is_said_to_be():
     assert "component 39 (" in section and "constant in the data: var is the floor, 1e-05 of the largest" in section
     first = re.search(r"first generated: +(.*)", section).group(1)
     assert "constant in the data" not in first
+
+
+def test_a_loss_weight_of_one_is_said_to_be_the_plain_loss():
+    base = "gud 1\ndata = digits()\nbasis = pca()\nprior = white\ngamma(t) = linear(t)\n"
+    plain = build_model(check_text(base + "weight(t) = 3 - 2\n", "w.gud"))
+    assert plain.weight is None
+    assert "loss:      weight 1, the plain loss" in explain_text(plain)
+    weighted = build_model(check_text(base + "weight(t) = 1 + t\n", "w.gud"))
+    assert weighted.weight is not None
+    assert "loss:      weighted by weight (per-time)" in explain_text(weighted)
