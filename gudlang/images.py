@@ -2,7 +2,7 @@
 
 Input: images (N, C, H, W) in data space (float) and the data's value range.
 Output: files, each written atomically:
-    grid      one PNG, `cols` images per row (default about square), upscaled towards 384 px
+    grid      one PNG, `cols` images per row (default: the grid about square), upscaled towards 384 px
     png-dir   a folder of N PNGs (000000.png, ...) at their own size
     npz       `arr_0` uint8 (N, H, W, C), the layout FID tools (torch-fidelity, clean-fid,
               the TF reference) read
@@ -61,13 +61,14 @@ def viewable(x: np.ndarray) -> np.ndarray:
 
 
 def save_grid(x: np.ndarray, out: Path, value_range, cols: int | None = None) -> None:
-    """Images (N, C, H, W) as one PNG grid with a 1-pixel white border between them (`viewable`)."""
+    """Images (N, C, H, W) as one PNG grid with a 1-pixel white border between them (`viewable`),
+    by default as many columns as make the grid about square (one for thin 1 x 64 rows)."""
     from PIL import Image
     x = viewable(x)
     n, c, h, w = x.shape
-    cols = cols or int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
     pad = 1
+    cols = cols or min(n, int(math.ceil(math.sqrt(n * (h + pad) / (w + pad)))))
+    rows = int(math.ceil(n / cols))
     grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
     pixels = to_uint8(x, value_range)
     for k in range(n):

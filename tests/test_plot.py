@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from gudlang.check import check_file
 from gudlang.pipeline import build_model
@@ -100,3 +101,15 @@ def test_images_of_two_or_four_channels_show_their_channels_side_by_side(tmp_pat
     spec.write_text(f'gud 1\ndata = npz("{tmp_path / "two.npz"}")\nbasis = pixel()\ngamma(t) = linear(t)\n')
     assert main(["plot", str(spec), "--forward", "-o", str(tmp_path / "forward.png")]) == 0
     assert (tmp_path / "forward.png").is_file()
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (64, 1), (8, 8), (12, 20), (3, 40)])
+def test_grids_are_about_square_whatever_the_image_shape(tmp_path, shape):
+    # 64 thin 1 x 64 rows in 8 columns made a 17 x 521 strip in which each image was one pixel
+    # high; in 2 columns of 32 they make a 131 x 65 grid, upscaled twice
+    from PIL import Image
+
+    from gudlang.images import save_grid
+    save_grid(np.zeros((64, 1) + shape), tmp_path / "grid.png", (-1, 1))
+    width, height = Image.open(tmp_path / "grid.png").size
+    assert 0.4 <= width / height <= 2.5 and min(width, height) >= 128, (width, height)
