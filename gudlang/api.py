@@ -6,6 +6,7 @@ Input: a run directory, a checkpoint file, an exported model folder, or a spec w
     model.sample(n, sampler=, steps=, grid=, seed=, batch_size=, params=) -> (N, C, H, W) data space
     model.complete(images, mask=)       -> Completion (inpainting, outpainting, super-resolution)
     model.extend(images, columns=N)     -> images extended by a sliding window
+    model.trajectory(n, frames=K)       -> Trajectory: x_t and the predicted x_0 along the sampler
     model.nll(x=None, split="test")     -> NllResult (bits/dim; conditional for a given mask)
     model.plot_schedule()               -> matplotlib Figure
     model.export(folder)                -> a folder that `gudlang.load` and `gud sample` read
@@ -26,6 +27,7 @@ E660 (likelihood), unusable images E681 and a bad mask E680.
 
 from __future__ import annotations
 
+import copy
 import numbers
 import os
 from collections.abc import Mapping
@@ -300,6 +302,44 @@ def given_mask(model, mask) -> np.ndarray | None:
     return arr
 
 
+@dataclass
+class Trajectory:
+    """How samples came about: the times t (K,) of K model calls, from 1 towards 0, the state x_t
+    the sampler held at each (K, N, C, H, W) and the clean image the model predicted from it,
+    x0_hat = (x_t - sigma eps) / alpha per whitened component (K, N, C, H, W), all in data space,
+    float32; `samples` (N, C, H, W) are where the sampler ended, after `nfe` calls."""
+    times: np.ndarray
+    states: np.ndarray
+    predictions: np.ndarray
+    samples: np.ndarray
+    nfe: int
+
+
+class _Frames(torch.nn.Module):
+    """An eps model that keeps, for each of the times `targets`, the call nearest to it: the
+    state and the prediction decoded by `space` (only K frames are held, whatever the calls)."""
+
+    def __init__(self, eps_model, space, targets):
+        super().__init__()
+        from gudlang.space import noise_levels
+        self.eps_model, self.space, self.targets, self.noise_levels = eps_model, space, targets, noise_levels
+        self.best: dict[int, tuple[float, float, torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, chi, t, gamma):
+        eps = self.eps_model(chi, t, gamma)
+        now = float(t.reshape(-1)[0])
+        nearer = [k for k, target in enumerate(self.targets)
+                  if k not in self.best or abs(now - target) < self.best[k][0]]
+        if nearer:
+            alpha, sigma = self.noise_levels(gamma.to(torch.float64))
+            chi64 = chi.to(torch.float64)
+            state = self.space.decode(chi64).float().cpu()
+            prediction = self.space.decode((chi64 - sigma * eps.to(torch.float64)) / alpha).float().cpu()
+            for k in nearer:
+                self.best[k] = (abs(now - self.targets[k]), now, state, prediction)
+        return eps
+
+
 class GudModel:
     """A trained (or exact) model: see the module docstring."""
 
@@ -415,6 +455,28 @@ class GudModel:
                 progress(hi - start, n)
         x = torch.cat(out)
         return (x, nfe) if with_nfe else x
+
+    def trajectory(self, n: int = 4, *, frames: int = 8, sampler: str | None = None, steps: int | None = None,
+                   grid: str | None = None, seed: int | None = None, params: dict | None = None,
+                   given=None, mask: str | np.ndarray | None = None) -> Trajectory:
+        """How n samples (the first n of the seed's, as `sample` makes them) come about: the
+        model calls nearest to `frames` - 1 equally spaced times from t = 1 down to 1 / (frames - 1)
+        (fewer when the sampler makes fewer calls), and the samples. With `given`, the
+        completions of those images (as `complete`)."""
+        if params:
+            return self.with_params(params).trajectory(n, frames=frames, sampler=sampler, steps=steps, grid=grid,
+                                                       seed=seed, given=given, mask=mask)
+        frames = _integer(frames, "frames", "E651", least=2, optional=False)
+        targets = np.linspace(1.0, 0.0, frames)[:-1].tolist()
+        watched = copy.copy(self)
+        watched.eps_model = _Frames(self.eps_model, self.model.space.to(self.device), targets)
+        samples, nfe = watched.sample(n, sampler=sampler, steps=steps, grid=grid, seed=seed, given=given,
+                                      mask=mask, with_nfe=True)
+        kept = sorted({(t, id(state)): (t, state, prediction)
+                       for _, t, state, prediction in watched.eps_model.best.values()}.values(),
+                      key=lambda frame: -frame[0])
+        return Trajectory(np.array([t for t, _, _ in kept]), torch.stack([s for _, s, _ in kept]).numpy(),
+                          torch.stack([p for _, _, p in kept]).numpy(), samples.float().numpy(), nfe)
 
     def complete(self, images, *, mask: str | np.ndarray | None = None, sampler: str | None = None,
                  steps: int | None = None, grid: str | None = None, seed: int | None = None,

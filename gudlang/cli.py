@@ -201,13 +201,20 @@ def cmd_plot(args) -> int:
     from gudlang.plot import plot_forward, plot_metrics, plot_schedule
     rep = _Reporter("text")
     try:
-        kind = "metrics" if args.metrics else "forward" if args.forward else "schedule"
+        kind = "metrics" if args.metrics else "forward" if args.forward else "reverse" if args.reverse else "schedule"
         out = _plot_path(args.output, f"{kind}.png")
-        if not args.metrics and Path(args.file).is_dir():
+        for option, value in (("-n", args.n), ("--frames", args.frames), ("--sampler", args.sampler),
+                              ("--steps", args.steps), ("--seed", args.seed)):
+            if value is not None and not args.reverse:
+                raise GudError.one("E003", f"{option} sets how --reverse samples", help=f"add --reverse, or drop {option}")
+        if not (args.metrics or args.reverse) and Path(args.file).is_dir():
             raise GudError.one("E001", f"{args.file} is a folder; --schedule and --forward plot a spec",
                                help=f"plot a run's training curves with gud plot {args.file} --metrics -o {out}, "
-                                    f"or its spec with gud plot {Path(args.file) / 'spec.gud'} -o {out}")
-        if args.metrics:
+                                    f"its samples coming about with --reverse, or its spec with "
+                                    f"gud plot {Path(args.file) / 'spec.gud'} -o {out}")
+        if args.reverse:
+            _plot_reverse(args, out)
+        elif args.metrics:
             from gudlang.runs import METRICS, read_metrics
             run = Path(args.file)
             if not (run / METRICS).is_file():
@@ -228,6 +235,19 @@ def cmd_plot(args) -> int:
     except GudError as e:
         rep.report(e.with_path(args.file), _source(args.file))
     return rep.finish()
+
+
+def _plot_reverse(args, out: Path) -> None:
+    """`gud plot RUN --reverse`: how n samples come about (`GudModel.trajectory`); for a model
+    trained to complete given components, completions of the first n test images."""
+    from gudlang.api import load
+    from gudlang.plot import plot_reverse
+    model = load(args.file, params=_overrides(args.set))
+    n = 4 if args.n is None else args.n
+    given = _known_images(model, argparse.Namespace(given=None), n)[0] if model.conditional else None
+    trajectory = model.trajectory(n, frames=8 if args.frames is None else args.frames, sampler=args.sampler,
+                                  steps=args.steps, seed=args.seed, given=given)
+    plot_reverse(trajectory, str(out), model.model.data.value_range)
 
 
 def _plot_path(text: str, default: str) -> Path:
@@ -650,12 +670,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_explain)
 
     q = sub.add_parser("plot", help="plot the schedule, the forward process, or a run's metrics")
-    q.add_argument("file", help="a spec (--schedule, --forward) or a run directory (--metrics)")
+    q.add_argument("file", help="a spec (--schedule, --forward) or a run directory (--metrics, --reverse)")
     g = q.add_mutually_exclusive_group()
     g.add_argument("--schedule", action="store_true", help="gamma, sigma, beta, true SNR (default)")
     g.add_argument("--forward", action="store_true", help="one sample noised to several t")
     g.add_argument("--metrics", action="store_true", help="a run's loss, learning rate and gradient norm")
+    g.add_argument("--reverse", action="store_true",
+                   help="a run's samples coming about: x_t and the predicted x_0 at several t")
     q.add_argument("-o", "--output", required=True)
+    q.add_argument("-n", type=positive_int, help="--reverse: how many samples (default 4)")
+    q.add_argument("--frames", type=positive_int, help="--reverse: how many times, t = 1 to 0 (default 8)")
+    q.add_argument("--sampler", choices=typing.get_args(SamplerName), help="--reverse: the sampler (default the spec's)")
+    q.add_argument("--steps", type=positive_int, help="--reverse: its steps (default the spec's)")
+    q.add_argument("--seed", type=int, help="--reverse: the seed (default the spec's)")
     with_set(q)
     q.set_defaults(func=cmd_plot)
 

@@ -4,6 +4,8 @@ Input: a `Model`. Output: PNG files.
 - `plot_schedule`: gamma_i(t), sigma_i(t), beta_i(t) and the true SNR_i(t) for every
   component, coloured by generation order (dark = generated first), like the paper's Fig. 2.
 - `plot_forward`: one training image noised to several t, shown in data space (Fig. 4).
+- `plot_reverse`: a trained model's samples coming about (`GudModel.trajectory`): the state x_t
+  and the clean image predicted from it at several t, then the samples.
 - `plot_metrics`: a run's loss (raw and smoothed), learning rate and gradient norm against step.
 """
 
@@ -131,14 +133,43 @@ def plot_forward(model, out: str, index: int = 0, steps: int = 6) -> None:
     ts = np.linspace(0.0, 1.0, steps)
     from gudlang.images import viewable
     imgs = viewable(forward_images(model, model.data.train[index], ts))
-    lo, hi = model.data.value_range
     fig, axes = plt.subplots(1, steps, figsize=(2 * steps, 2.3))
     for ax, img, t in zip(axes, imgs, ts):
-        img = np.clip((img - lo) / (hi - lo), 0, 1)
-        ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+        _show(ax, img, model.data.value_range)
         ax.set_title(f"t = {t:.2f}")
         ax.axis("off")
     fig.suptitle("forward process in data space")
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _show(ax, image: np.ndarray, value_range) -> None:
+    """One image (C, H, W) of `images.viewable` on `ax`, [lo, hi] as black to white."""
+    lo, hi = value_range
+    image = np.clip((image - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    ax.imshow(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_reverse(trajectory, out: str, value_range) -> None:
+    """A `Trajectory` as one PNG: a column per time and one for the samples; for each sample a
+    row of states x_t and a row of the predictions x0_hat made from them."""
+    from gudlang.images import viewable
+    plt = _pyplot()
+    states, predictions = trajectory.states, trajectory.predictions
+    k, n = states.shape[:2]
+    fig, axes = plt.subplots(2 * n, k + 1, figsize=(1.6 * (k + 1), 1.7 * 2 * n), squeeze=False)
+    for j in range(k + 1):
+        for i in range(n):
+            for row, images in ((2 * i, states), (2 * i + 1, predictions)):
+                image = trajectory.samples[i] if j == k else images[j, i]
+                _show(axes[row, j], viewable(image[None])[0], value_range)
+        axes[0, j].set_title("sample" if j == k else f"t = {trajectory.times[j]:.2f}", fontsize=9)
+    for i in range(n):
+        axes[2 * i, 0].set_ylabel("x_t", fontsize=8)
+        axes[2 * i + 1, 0].set_ylabel("predicted x_0", fontsize=8)
+    fig.suptitle(f"reverse process ({trajectory.nfe} model calls)")
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
 

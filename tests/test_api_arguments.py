@@ -111,6 +111,16 @@ def test_bad_sampling_arguments_are_E651(trained, kwargs, phrase):
     refused("E651", phrase, trained.plain.sample, 2, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, phrase", [
+    ({"frames": 1}, "frames must be an integer >= 2, got 1"),
+    ({"frames": "8"}, "frames must be an integer >= 2, got '8'"),
+    ({"steps": 0}, "steps must be a positive integer, got 0"),
+])
+def test_bad_trajectory_arguments_are_E651(trained, kwargs, phrase):
+    refused("E651", phrase, trained.plain.trajectory, 2, **kwargs)
+    refused("E651", "the number of samples must be a positive integer, got 0", trained.plain.trajectory, 0)
+
+
 def test_the_number_of_samples_is_any_integer_but_not_a_bool(trained):
     assert trained.plain.sample(np.int64(2)).shape == (2, 1, 8, 8)
     refused("E651", "the number of samples must be a positive integer, got True", trained.plain.sample, True)
