@@ -607,7 +607,7 @@ class GudModel:
             x = given_images(x, model.data, full_size=True)
             x = x[:n] if n else x
         oracle = model.spec.network.kind == "oracle"
-        dtype = torch.float64 if oracle else torch.float32
+        dtype = torch.float64 if oracle else self.dtype  # the network's own: never cast in place
         space = model.space.to(self.device)
         schedule = model.sampling_path.to(self.device)
         given = None
@@ -615,7 +615,7 @@ class GudModel:
             schedule = GivenSchedule(schedule, model.given).to(self.device)
             given = torch.as_tensor(model.given)
         lo, hi = model.data.value_range
-        eps_model = self.eps_model.to(dtype=dtype)
+        eps_model = self.eps_model.to(dtype=dtype) if oracle else self.eps_model
 
         def encode(chunk):
             with torch.no_grad():

@@ -319,9 +319,11 @@ def _changed_settings(meta: dict, model) -> list[str]:
     return names
 
 
-def load_weights(module: torch.nn.Module, groups: dict, group: str, file: Path) -> None:
-    """Load one weight group of a checkpoint; E621 when it is missing or does not fit."""
-    if group not in groups:
+def load_weights(module: torch.nn.Module, groups: dict, group: str, file: Path,
+                 network: str = "the network its spec describes") -> None:
+    """Load one weight group of a checkpoint into `module` (`network` says which it is); E621
+    when the group is missing or does not fit."""
+    if not groups.get(group):
         raise GudError.one("E621", f"checkpoint {file} has no `{group}` weights",
                            help="restore it from a copy or retrain")
     try:
@@ -330,8 +332,9 @@ def load_weights(module: torch.nn.Module, groups: dict, group: str, file: Path) 
         lines = str(e).strip().splitlines()
         detail = (lines[1] if len(lines) > 1 else lines[0]).strip()
         detail = detail if len(detail) <= 160 else detail[:157] + "..."
-        raise GudError.one("E621", f"the `{group}` weights in {file} do not fit the network its spec "
-                           f"describes ({detail})", help="restore it from a copy or retrain") from None
+        raise GudError.one("E621", f"the `{group}` weights in {file} do not fit {network} ({detail})",
+                           help="restore it from a copy or retrain" if network.startswith("the network its")
+                           else "pass the network the run was trained with") from None
 
 
 def make_spec_network(model):
@@ -405,14 +408,22 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
     if network is None and custom:
         raise GudError.one("E643", f"{file} was trained with a custom network ({custom})",
                            help="load it from Python: gudlang.load(path, network=YourModule(...))")
+    what = "the network its spec describes"
     if network is None:
         options = model.spec.network.model_dump()
         kind = options.pop("kind")
         network = make_network(kind, shape, **options)
+    else:
+        given = type(network).__qualname__
+        what = f"the network given ({given}" + (f"; the run was trained with {custom})" if custom and custom != given
+                                                 else ")")
     group = "ema" if weights == "ema" else "model"
-    if group not in groups:
-        raise GudError.one("E640", f"{file} holds only the EMA weights (an export)", help="use --weights ema")
-    load_weights(network, groups, group, file)
+    if not groups.get(group) and groups.get("ema"):
+        raise GudError.one("E640", f"{file} holds only the EMA weights (an export)",
+                           help='use --weights ema (weights="ema" in Python)')
+    load_weights(network, groups, group, file, what)
+    if model.spec.runtime.dtype == "float64":  # trained in float64: sampled and measured in it too
+        network.double()
     network.eval()
     return model, EpsModel(network, model.space), meta
 

@@ -127,7 +127,8 @@ class Objective(nn.Module):
                 pred = self.network(x_t, gamma)
         else:
             pred = self.network(x_t, gamma)
-        error = checked_output(pred, x_t).float() - batch.eps
+        pred = checked_output(pred, x_t)
+        error = pred.to(torch.promote_types(pred.dtype, torch.float32)) - batch.eps  # bfloat16 up, float64 kept
         if self.given is None and self.weight is None:
             return torch.mean(error ** 2)  # = the mean over whitened components (U orthonormal)
         squared = self.space.from_network(error) ** 2

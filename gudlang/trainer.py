@@ -35,6 +35,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -396,6 +397,9 @@ def probe_network(network: torch.nn.Module, model) -> None:
     finally:
         network.train(was_training)
     checked_output(pred, x)
+    if not any(p.requires_grad for p in network.parameters()):
+        raise GudError.one("E613", f"the network ({type(network).__qualname__}) has no parameters to train",
+                           help="a network registers its weights as nn.Parameter (e.g. in nn.Linear / nn.Conv2d)")
 
 
 # --------------------------------------------------------------------------- loop
@@ -551,13 +555,43 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
               command: list[str] | None = None) -> TrainResult:
     """Train a spec (or resume a run) and return where it went. `network` replaces the spec's
     network by any module with the call `net(x (B, C, H, W), gamma (B, D)) -> eps (B, C, H, W)`;
-    pass the same module to `gudlang.load` to sample from the checkpoint. `command` is what
-    run.json records as the command that trained it (the CLI passes its own)."""
+    pass the same module to `gudlang.load` to sample from the checkpoint. `quiet` drops the progress
+    lines (not the summary). `command` is what
+    run.json records as the command that trained it (the CLI passes its own). The caller's
+    random states (torch, NumPy, Python) are as they were when it returns."""
+    _check_arguments(spec, overrides, network)
     if command is None:
         command = ["train_run(" + ", ".join(repr(str(v)) for v in (spec, resume) if v is not None)
                    + "".join(f", {k}={v!r}" for k, v in dict(overrides or {}).items()) + ")"]
-    s = setup(spec, dict(overrides or {}), out=out, resume=resume, until=until, network=network, name=name,
-              command=command)
+    callers = ckpt.capture_rng_state()  # training seeds the global generators: give them back after
+    try:
+        return _train(spec, dict(overrides or {}), out=out, resume=resume, until=until, quiet=quiet, network=network,
+                      name=name, command=command)
+    finally:
+        ckpt.restore_rng_state(callers)
+
+
+def _check_arguments(spec, overrides, network) -> None:
+    """E003 for arguments of `train_run` of the wrong kind (spec text for a path, a list of
+    "k=v" for the overrides dict, a network class or function for a module)."""
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        raise GudError.one("E003", f"spec must be the path of a .gud file, got {type(spec).__name__}")
+    if isinstance(spec, str) and "\n" in spec:
+        raise GudError.one("E003", "spec must be the path of a .gud file, got the text of one",
+                           help="write the text to a file and pass its path (train_run trains from a file so "
+                                "that the run can record it)")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise GudError.one("E003", f"overrides must be a dict such as {{\"train.steps\": 200}}, got "
+                                   f"{type(overrides).__name__}")
+    if network is not None and not isinstance(network, torch.nn.Module):
+        kind = f"the class {network.__qualname__}" if isinstance(network, type) else type(network).__name__
+        raise GudError.one("E003", f"network must be an instance of torch.nn.Module, got {kind}",
+                           help="pass an instance, e.g. network=MyNet(), whose forward is net(x, gamma) -> eps")
+
+
+def _train(spec, overrides: dict, *, out, resume, until, quiet, network, name, command) -> TrainResult:
+    """`train_run` once its arguments are checked."""
+    s = setup(spec, overrides, out=out, resume=resume, until=until, network=network, name=name, command=command)
     try:
         metrics = MetricsLog(s)
         progress = Progress(s, quiet)

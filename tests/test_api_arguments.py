@@ -246,3 +246,63 @@ def test_arrays_in_memory_read_as_files_do_channels_last_and_uint8_pixels(traine
     np.testing.assert_array_equal(given_images(images.transpose(0, 2, 3, 1), data), images)
     pixels = np.round((images + 1) / 2 * 255).astype(np.uint8)
     np.testing.assert_allclose(given_images(pixels, data), pixels / 255.0 * 2 - 1)
+
+
+# --------------------------------------------------------------------------- state the API must leave alone
+def test_nll_runs_the_network_in_its_own_dtype_and_leaves_it_so(trained):
+    model = gudlang.load(trained.run)
+    model.eps_model.double()  # a float64 network: measured in float64, not cast to float32 in place
+    result = model.nll(trained.images[:1])
+    assert model.dtype == torch.float64 and np.isfinite(result.mean)
+    assert next(model.eps_model.parameters()).dtype == torch.float64
+
+
+def test_an_export_has_no_raw_weights_to_load(trained):
+    folder = trained.plain.export(trained.root / "exported")
+    refused("E640", "holds only the EMA weights (an export)", gudlang.load, folder, weights="raw")
+
+
+def test_train_run_gives_back_the_callers_random_states(trained):
+    import random
+    spec = trained.root / "plain.gud"
+    draws = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        gudlang.train_run(spec, {"train.steps": "1"}, out=trained.root / "rng", quiet=True)
+        draws.append((torch.rand(2), np.random.rand(2), random.random()))
+    for seed, (t, n, p) in zip((1, 2), draws):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        assert torch.equal(t, torch.rand(2)) and np.array_equal(n, np.random.rand(2)) and p == random.random()
+
+
+class _NoWeights(torch.nn.Module):
+    def forward(self, x, gamma):
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("kwargs, code, phrase", [
+    ({"network": lambda x, g: x}, "E003", "network must be an instance of torch.nn.Module, got function"),
+    ({"network": _NoWeights}, "E003", "got the class _NoWeights"),
+    ({"network": _NoWeights()}, "E613", "the network (_NoWeights) has no parameters to train"),
+    ({"overrides": ["train.steps=5"]}, "E003", "overrides must be a dict"),
+])
+def test_train_run_refuses_arguments_of_the_wrong_kind_and_leaves_no_run(trained, kwargs, code, phrase):
+    out = trained.root / "refused"
+    refused(code, phrase, gudlang.train_run, trained.root / "plain.gud", out=out, name="r", **kwargs)
+    assert not (out / "r").exists()
+
+
+def test_train_run_says_it_takes_a_path_not_spec_text(trained):
+    refused("E003", "got the text of one", gudlang.train_run, PLAIN)
+
+
+def test_a_float64_run_loads_in_float64(trained):
+    spec = trained.root / "double.gud"
+    spec.write_text(PLAIN + "runtime { dtype = float64 }\n")
+    result = gudlang.train_run(spec, out=trained.root / "double", quiet=True)
+    model = gudlang.load(result.run)
+    assert model.dtype == torch.float64 and model.sample(2).shape == (2, 1, 8, 8)
