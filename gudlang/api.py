@@ -111,6 +111,9 @@ class NllResult:
 def sampler_options(sampler: str, settings, grid: str | None = None) -> dict:
     """The options of `samplers.sample` a spec's sample block sets for `sampler`."""
     if sampler == "adaptive":
+        if grid is not None:
+            raise GudError.one("E651", f"the adaptive sampler chooses its own steps: a time grid ({grid}) is for the "
+                                       "fixed-step samplers", help="drop the grid, or choose a fixed-step sampler")
         return {"rtol": settings.rtol, "atol": settings.atol, "denoise": settings.denoise}
     return {"denoise": settings.denoise, "grid": grid or settings.grid}
 
@@ -341,7 +344,9 @@ class _Frames(torch.nn.Module):
 
 
 class GudModel:
-    """A trained (or exact) model: see the module docstring."""
+    """A trained (or exact) model: a pipeline `Model` (schedule, basis, prior, data description)
+    with an eps model, a device and its checkpoint metadata. What it does: see the module
+    docstring (`help(gudlang.api)`)."""
 
     def __init__(self, model, eps_model, meta: dict, device=None, *, source=None, overrides=None,
                  network=None, weights: str = "ema", path: str | None = None):
@@ -358,6 +363,14 @@ class GudModel:
         return cls(model, EpsModel(network, model.space), {"gudlang_hash": model.model_hash}, device)
 
     # ------------------------------------------------------------------ what it is
+    def __repr__(self) -> str:
+        spec, step = self.spec, self.meta.get("gudlang_step")
+        where = f"{self._source}" if self._source is not None else "in memory"
+        return (f"GudModel({where}: {spec.data.kind} {'x'.join(map(str, self.shape))}, {spec.basis.kind} basis, "
+                f"{spec.prior.kind} prior, {spec.network.kind} network"
+                + (f", step {step}" if step else "") + (", conditional" if self.conditional else "")
+                + f", {self.device}, {str(self.dtype).replace('torch.', '')}, {self.hash[:20]})")
+
     @property
     def spec(self):
         return self.model.spec
@@ -424,6 +437,9 @@ class GudModel:
         if given is not None:
             n = _integer(n, "the number of samples", "E651")
             images = given_images(given, self.model.data)
+            if n is not None and n > len(images):
+                raise GudError.one("E651", f"{n} completions asked of {len(images)} given image(s)",
+                                   help="n takes the first n images; leave it out to complete them all")
             done = self._complete(images[:n] if n else images, mask, sampler, steps, grid, seed)
             x = torch.as_tensor(done.x)
             return (x, done.nfe) if with_nfe else x

@@ -472,6 +472,9 @@ def _known_images(model, args, n: int):
     data = model.model.data
     if args.given is not None:
         images = load_images(args.given, data)
+        if args.n and args.n > len(images):
+            raise GudError.one("E651", f"-n {args.n} asks for more completions than {args.given} holds images "
+                                       f"({len(images)})", help="-n takes the first n images; drop it to complete all")
         return (images[: args.n] if args.n else images), str(args.given)
     loaded = load_spec_data(model.model.checked)
     split = loaded.test if len(loaded.test) else loaded.train

@@ -200,15 +200,17 @@ def _read_image_file(path: Path, c: int, levels: int | None) -> np.ndarray:
 
 def _channels_first(arr: np.ndarray, shape, path) -> np.ndarray:
     """An array of images as (N, C, h, w) for the model's `shape` (C, H, W): (N, C, h, w),
-    (C, h, w) and (h, w) as they are, (N, h, w, C) and (h, w, C) transposed, where only one
+    (C, h, w) and (h, w) as they are, for C = 1 also (N, h, w), (N, h, w, C) and (h, w, C) transposed, where only one
     reading has C channels (or, for both, only one is H x W). E681 naming the problem
     otherwise (no images, empty or ambiguous images, wrong channels)."""
     c, height, width = shape
-    shapes = f"(N, {c}, H, W), ({c}, H, W)" + (" or (H, W)" if c == 1 else "")
+    shapes = f"(N, {c}, H, W), ({c}, H, W)" + (", (N, H, W) or (H, W)" if c == 1 else "")
     help = f"give {shapes} values in data space, or uint8 (N, H, W, {c}) pixels"
     given = arr.shape
     if arr.ndim == 2:
         arr = arr[None, None]
+    elif arr.ndim == 3 and c == 1 and given[0] != 1 and given[2] != 1:  # (N, h, w): a stack of grey images
+        arr = arr[:, None]
     elif arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4:
@@ -231,7 +233,7 @@ def _channels_first(arr: np.ndarray, shape, path) -> np.ndarray:
     if last and not first:
         return arr.transpose(0, 3, 1, 2)
     if not first:
-        batch = " (one-channel (N, H, W) images as x[:, None])" if c == 1 and len(given) == 3 else ""
+        batch = ""
         raise GudError.one("E681", f"{path} holds an array of shape {given}: images of {arr.shape[1]} channel(s) "
                                    f"if channels first, {arr.shape[3]} if channels last; the model's images "
                                    f"have {c} channel(s)", help=help + batch)

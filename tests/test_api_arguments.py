@@ -143,11 +143,13 @@ def test_images_of_one_image_are_completed_as_the_cli_reads_them(trained):
     np.testing.assert_array_equal(trained.given.complete(torch.as_tensor(image), seed=1).x, full)
 
 
-def test_a_batch_without_its_channel_axis_is_a_clear_error(trained):
-    err = refused("E681", "the array of images holds an array of shape (2, 8, 8): images of 2 channel(s) if "
-                          "channels first, 8 if channels last; the model's images have 1 channel(s)",
-                  trained.given.complete, trained.images[:, 0])
-    assert "x[:, None]" in err.diagnostics[0].help
+def test_a_stack_of_grey_images_without_a_channel_axis_is_read_as_one_channel(trained):
+    # (N, H, W) cannot be channels first (N channels) nor channels last (W channels) for a grey model
+    stack = trained.images[:, 0]  # (2, 8, 8)
+    np.testing.assert_array_equal(trained.given.complete(stack, seed=1).x,
+                                  trained.given.complete(trained.images, seed=1).x)
+    refused("E681", "images of 8 channel(s) if channels first, 4 if channels last; the model's images have 1",
+            trained.given.complete, np.zeros((2, 8, 4, 4)))
 
 
 @pytest.mark.parametrize("images, phrase", [
@@ -306,3 +308,20 @@ def test_a_float64_run_loads_in_float64(trained):
     result = gudlang.train_run(spec, out=trained.root / "double", quiet=True)
     model = gudlang.load(result.run)
     assert model.dtype == torch.float64 and model.sample(2).shape == (2, 1, 8, 8)
+
+
+def test_more_completions_than_given_images_and_a_grid_for_the_adaptive_sampler_are_refused(trained, tmp_path,
+                                                                                          capsys):
+    refused("E651", "5 completions asked of 2 given image(s)", trained.given.sample, 5, given=trained.images)
+    refused("E651", "a time grid (logsnr) is for the fixed-step samplers", trained.plain.sample, 2,
+            sampler="adaptive", grid="logsnr")
+    np.save(tmp_path / "two.npy", trained.images)
+    assert main(["sample", str(trained.run), "--given", str(tmp_path / "two.npy"), "-n", "3",
+                 "--mask", "col(i) < 0.5", "-o", str(tmp_path / "c")]) == 1
+    assert "-n 3 asks for more completions than" in capsys.readouterr().err
+
+
+def test_a_model_says_what_it_is(trained):
+    text = repr(trained.plain)
+    assert text.startswith(f"GudModel({trained.run}: digits 1x8x8, pixel basis, white prior, mlp network, step 4")
+    assert trained.plain.hash[:20] in text and "conditional" in repr(trained.given)
