@@ -741,8 +741,16 @@ def sample(method: str, eps_model, schedule, start, steps: int, generator=None, 
     for key in ("rtol", "atol"):
         if key in options and not (isinstance(options[key], (int, float)) and options[key] >= MIN_TOLERANCE):
             raise GudError.one("E651", f"{key} must be a number >= {MIN_TOLERANCE:g}, got {options[key]!r}")
+    if isinstance(start, np.ndarray):
+        raise GudError.one("E651", f"the start chi(1) must be a torch tensor (B, D), got a NumPy array of shape "
+                                   f"{start.shape}", help="pass torch.as_tensor(start)")
     if torch.is_tensor(start):
         x1 = start
+        weights = next(eps_model.parameters(), None) if isinstance(eps_model, torch.nn.Module) else None
+        if weights is not None and weights.is_floating_point() and weights.dtype != x1.dtype:
+            raise GudError.one("E651", f"the start chi(1) is {str(x1.dtype).replace('torch.', '')} and the eps "
+                                       f"model's weights {str(weights.dtype).replace('torch.', '')}",
+                               help=f"pass start.to({weights.dtype}) (samples are made in the start's dtype)")
     else:
         shape = tuple(start)
         if len(shape) != 2 or min(shape) < 1:

@@ -466,7 +466,8 @@ class CompiledSchedule(nn.Module):
     """gamma_i(t) and beta_i(t) of one spec, as straight-line torch code.
 
     forward(t: (B,), params: dict name -> (B,) for drawn params, optional) ->
-    (gamma (B, D), beta (B, D)) in t's dtype. It always computes in float64, the precision
+    (gamma (B, D), beta (B, D)) in t's dtype (a number or array t: float64; E003 for a t of
+    more than one axis). It always computes in float64, the precision
     `check_schedule` validated (in float32, log(expm1(x)) for a small x is log(0) = -inf):
     the constants are float64 buffers that `.to(dtype)`, `.float()` or `.half()` leave in
     float64 (`_apply`), while `.to(device)` moves them as usual.
@@ -484,12 +485,25 @@ class CompiledSchedule(nn.Module):
         for name, default in drawn.items():
             self.register_buffer(f"default_{name}", torch.tensor(float(default), dtype=torch.float64))
         self._consts = tuple(f"c{k}" for k in table)
+        self.forward_source = forward_source
+        self._compile()
+
+    def _compile(self) -> None:
         namespace: dict = {"torch": torch}
         # Code built from a checked AST: only numbers and names the emitter made appear in it.
-        exec(compile(source + "\n" + forward_source, "<gud schedule>", "exec"), namespace)
+        exec(compile(self.source + "\n" + self.forward_source, "<gud schedule>", "exec"), namespace)
         self._fn = namespace["schedule"]
         self._forward = namespace["schedule_forward"]
         self._value = namespace["schedule_value"]
+
+    def __getstate__(self):
+        """Pickled (torch.save, DataLoader workers) without the generated functions, which
+        `__setstate__` compiles again from the source."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_fn", "_forward", "_value")}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._compile()
 
     def _apply(self, fn, recurse=True):
         def keep_float64(x: torch.Tensor) -> torch.Tensor:
@@ -518,6 +532,7 @@ class CompiledSchedule(nn.Module):
 
     def gamma_and_slope(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
         """(gamma, dgamma/dt), both (B, D), in t's dtype."""
+        t = t if torch.is_tensor(t) and t.dim() <= 1 else _times(t)
         args = self._args(t, params)
         gamma, slope = self._fn(*args)
         shape = (args[0].shape[0], self.dim)
@@ -527,10 +542,13 @@ class CompiledSchedule(nn.Module):
     def value(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The formula's value (B, D) alone, in t's dtype (a loss weight, a sampling path): no
         derivative computed."""
+        t = t if torch.is_tensor(t) and t.dim() <= 1 else _times(t)
         args = self._args(t, params)
         return _full(self._value(*args), (args[0].shape[0], self.dim), args[0]).to(_result_dtype(t))
 
     def forward(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
+        if not torch.is_tensor(t) or t.dim() > 1:
+            t = _times(t)
         dtype = _result_dtype(t)
         if self.drawn:
             gamma, beta = self._forward(*self._args(t, params))
@@ -543,6 +561,17 @@ class CompiledSchedule(nn.Module):
             t = t.to(dtype=ref.dtype, device=ref.device)
         gamma, beta = self._forward(t, *[buffers[name] for name in self._consts])
         return gamma.to(dtype), beta.to(dtype)
+
+
+def _times(t) -> torch.Tensor:
+    """t given as a number or array as a float64 tensor; E003 unless it has at most one axis
+    (or is (B, 1))."""
+    if not torch.is_tensor(t):
+        t = torch.as_tensor(np.asarray(t, dtype=np.float64))
+    if t.dim() > 2 or (t.dim() == 2 and t.shape[1] != 1):
+        raise GudError.one("E003", f"a schedule takes times t of shape (B,), got a tensor of shape {tuple(t.shape)}",
+                           help="one time per example: gamma, beta = schedule(t) are then (B, D)")
+    return t
 
 
 def _result_dtype(t: torch.Tensor) -> torch.dtype:

@@ -19,6 +19,9 @@ decoded in float64, a float32 run subtracts a mean rounded once).
 
 `noise_levels(gamma) -> (alpha, sigma)`: alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma),
 the one place the forward process's coefficients are derived from gamma.
+
+Errors: GudError E501 for data or components of the wrong shape (arrays and integers are
+converted to torch's default float).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 
 from gudlang.bases import Basis
+from gudlang.diagnostics import GudError
 from gudlang.priors import Prior
 
 
@@ -64,11 +68,25 @@ class Space(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Data (B, C, H, W) -> whitened components (B, D)."""
+        x = self._checked(x, (-1,) + self.shape, "data (B, C, H, W)")
         return self.prior.whiten(self.basis(x - self.mean.to(x.dtype)))
 
     def decode(self, chi_hat: torch.Tensor) -> torch.Tensor:
         """Whitened components (B, D) -> data (B, C, H, W)."""
+        chi_hat = self._checked(chi_hat, (-1, self.dim), "whitened components (B, D)")
         return self.basis.inverse(self.prior.unwhiten(chi_hat)) + self.mean.to(chi_hat.dtype)
+
+    def _checked(self, x, shape: tuple, what: str) -> torch.Tensor:
+        """x as a floating tensor (arrays and integers converted to torch's default float), E501
+        unless its shape is `shape` (-1: any batch size)."""
+        if not torch.is_tensor(x):
+            x = torch.as_tensor(np.asarray(x))
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
+        if x.dim() != len(shape) or tuple(x.shape[1:]) != shape[1:]:
+            raise GudError.one("E501", f"the space takes {what} with {', '.join(map(str, shape[1:]))} after the batch "
+                                       f"axis, got a tensor of shape {tuple(x.shape)}")
+        return x
 
     def to_network(self, chi_hat: torch.Tensor) -> torch.Tensor:
         """Whitened components (B, D) -> the network's image-shaped data_white U^T chi_hat."""
