@@ -635,6 +635,16 @@ def evaluate_condition(expr: A.Expr, features: Mapping[str, np.ndarray], fixed: 
 
 # --------------------------------------------------------------------------- numeric checks
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# |gamma| beyond which float32 sampling and likelihood break: exp(gamma) overflows past 88.7,
+# and alpha = sqrt(sigmoid(-gamma)) is below 4e-18 (most schedules span about -15 .. 15).
+GAMMA_LIMIT = 80.0
+# A change of gamma over one cell of the check grid that the trapezoid rule on dgamma/dt misses
+# by more than this (plus the most a kink inside the cell can miss) is a jump (E305).
+JUMP = 0.5
+# Halvings of a suspect cell at most: until neighbouring floats (about 52 in mid-range, over 1000
+# towards t = 0, where gamma may approach its end as slowly as sqrt(log(1 / t)) does).
+JUMP_HALVINGS = 1100
+JUMP_SUSPECTS = 16  # suspect cells looked into per param values
 ALL_CORNERS_UP_TO = 4  # drawn params: every corner of their box up to this many, then a Sobol set
 SOBOL_POINTS = 64
 SWEEP = 9  # interior values of each drawn param's sweep
@@ -648,8 +658,8 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
     that no period aliases with it) at the drawn params' values of `_param_values`, in batches
     of at most BATCH_VALUES values (`_evaluations`: memory does not grow with D).
     Narrower features than the grid can still slip through. Raise GudError E302 on NaN / inf,
-    or on values beyond float32's range (|gamma| or |beta| > 3.4e38: training and sampling
-    return float32), E301 where gamma decreases, each naming component, t and param values.
+    |gamma| > GAMMA_LIMIT or |beta| > 3.4e38 (training and sampling run in float32), E301 where
+    gamma decreases, E305 where it jumps (`JUMP`), each naming component, t and param values.
     Return at most one warning per code, at the worst param values: W301 when the true
     SNR = wvar * exp(-gamma) is not >= SNR_HIGH at t = 0, W302 when not <= SNR_LOW at t = 1
     (components marked `constant`, whose data never varies, are left out of that test; with
@@ -667,32 +677,50 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
             if offences is not None:
                 offences.finish()
             where = (" with " + ", ".join(f"{n} = {v:g}" for n, v in zip(names, combos[c]))) if names else ""
-            offences = _Offences(t, where)
+            offences = _Offences(t, where, _gamma_at(schedule, names, combos[c]))
             log_snr0 = np.where(varying, log_wvar - g[0], np.inf)
             i0 = int(np.argmin(log_snr0))
             if worst0 is None or log_snr0[i0] < worst0[0]:
-                worst0 = (log_snr0[i0], i0, where)
+                worst0 = (log_snr0[i0], i0, where, int((log_snr0 < np.log(SNR_HIGH)).sum()))
         offences.add(k0, g, s)
         if k0 + len(g) == len(t):
             log_snr1 = np.where(varying, log_wvar - g[-1], -np.inf)
             i1 = int(np.argmax(log_snr1))
             if worst1 is None or log_snr1[i1] > worst1[0]:
-                worst1 = (log_snr1[i1], i1, where)
+                worst1 = (log_snr1[i1], i1, where, int((log_snr1 > np.log(SNR_LOW)).sum()))
     offences.finish()
     warnings: list[Diagnostic] = []
     if not coverage:
         return warnings
+    dim = len(log_wvar)
     if worst0[0] < np.log(SNR_HIGH):
-        log_snr, i, where = worst0
-        warnings.append(Diagnostic("W301", f"component {i} starts with true SNR {_snr_text(log_snr)} "
-                                           f"at t = 0{where} (want >= {SNR_HIGH:g})", severity=WARNING,
-                                   help="lower gamma at t = 0, or the data is never seen clearly"))
+        log_snr, i, where, count = worst0
+        warnings.append(Diagnostic("W301", f"{_how_many(count, dim)} start{'s' * (count == 1)} with true SNR below {SNR_HIGH:g} at "
+                                           f"t = 0{where}, component {i} with {_snr_text(log_snr)}", severity=WARNING,
+                                   help="lower gamma at t = 0, or the data is never seen clearly"
+                                        + (" (gamma is log sigma^2 / alpha^2: -13 is sigma = 0.0015)"
+                                           if count == int(varying.sum()) else "")))
     if worst1[0] > np.log(SNR_LOW):
-        log_snr, i, where = worst1
-        warnings.append(Diagnostic("W302", f"component {i} ends with true SNR {_snr_text(log_snr)} "
-                                           f"at t = 1{where} (want <= {SNR_LOW:g})", severity=WARNING,
+        log_snr, i, where, count = worst1
+        warnings.append(Diagnostic("W302", f"{_how_many(count, dim)} end{'s' * (count == 1)} with true SNR above {SNR_LOW:g} at "
+                                           f"t = 1{where}, component {i} with {_snr_text(log_snr)}", severity=WARNING,
                                    help="raise gamma at t = 1, or the prior will not match the noised data"))
     return warnings
+
+
+def _gamma_at(schedule: CompiledSchedule, names: list[str], combo: tuple[float, ...]):
+    """times (n,) -> gamma (n, D) as a float64 array, at the param values `combo`."""
+    def gamma_at(times: np.ndarray) -> np.ndarray:
+        ts = torch.as_tensor(times, dtype=torch.float64)
+        params = {n: torch.full((len(ts),), v, dtype=torch.float64) for n, v in zip(names, combo)}
+        with torch.no_grad():
+            return schedule.gamma_and_slope(ts, params)[0].numpy()
+    return gamma_at
+
+
+def _how_many(count: int, dim: int) -> str:
+    return f"all {dim} components" if count == dim else f"{count} of {dim} components" if count > 1 else \
+        f"1 of {dim} components"
 
 
 def _evaluations(evaluate, dim: int, t: torch.Tensor, names: list[str], combos: list[tuple[float, ...]]):
@@ -746,10 +774,27 @@ class _Offences:
     the first non-finite value, else the first gamma, else the first beta beyond float32's
     range, else the first decrease, first in t, then in component."""
 
-    def __init__(self, t: torch.Tensor, where: str):
-        self.t, self.where = t, where
+    def __init__(self, t: torch.Tensor, where: str, gamma_at=None):
+        self.t, self.where, self.gamma_at = t, where, gamma_at  # gamma_at(times (n,)) -> gamma (n, D)
         self.found: dict[str, GudError] = {}  # kind -> the first offence of that kind
         self.last = None  # (g, s) of the row before the next run: (1, D)
+
+    def _stays(self, lo: float, hi: float, i: int) -> bool:
+        """Whether component i's change over [lo, hi] stays above JUMP in the half that keeps
+        the most of it down to neighbouring floats (a jump), or shrinks (continuous)."""
+        g_lo, g_hi = self.gamma_at(np.array([lo, hi]))[:, i]
+        for _ in range(JUMP_HALVINGS):
+            if abs(g_hi - g_lo) <= JUMP:
+                return False
+            mid = 0.5 * (lo + hi)
+            if not lo < mid < hi:
+                break
+            g_mid = self.gamma_at(np.array([mid]))[0, i]
+            if abs(g_mid - g_lo) >= abs(g_hi - g_mid):
+                hi, g_hi = mid, g_mid
+            else:
+                lo, g_lo = mid, g_mid
+        return abs(g_hi - g_lo) > JUMP
 
     def add(self, k0: int, g: np.ndarray, s: np.ndarray) -> None:
         """The rows k0, k0 + 1, ... of gamma g and its slope s (rows, D)."""
@@ -760,20 +805,52 @@ class _Offences:
             name = "gamma" if not np.isfinite(g[k, i]) else "dgamma/dt"
             raise GudError.one("E302", f"{name} is not finite for component {i} at t = {t[k0 + k].item():.3f}{where}",
                                help="check logs of values <= 0, divisions by zero and overflowing exp")
-        beta = s / (1.0 + np.exp(-g))
-        for name, values in (("gamma", g), ("beta", beta)):
-            big = np.abs(values) > FLOAT32_MAX
-            if name not in self.found and big.any():
-                k, i = np.argwhere(big)[0]
-                self.found[name] = GudError.one(
-                    "E302", f"{name} is {values[k, i]:.3g} for component {i} at t = {t[k0 + k].item():.3f}"
-                            f"{where}, beyond the float32 range (+-3.4e38) of training and sampling",
-                    help="keep gamma and its slope within float32's range")
-        if "decrease" not in self.found:
-            if self.last is not None:  # from the row before this run to its first row
-                self._decreases(k0 - 1, np.concatenate([self.last[0], g[:1]]), np.concatenate([self.last[1], s[:1]]))
-            self._decreases(k0, g, s)
+        with np.errstate(over="ignore"):
+            beta = s / (1.0 + np.exp(-g))
+        big = np.abs(g) > GAMMA_LIMIT
+        if "gamma" not in self.found and big.any():
+            k, i = np.argwhere(big)[0]
+            self.found["gamma"] = GudError.one(
+                "E302", f"gamma is {g[k, i]:.6g} for component {i} at t = {t[k0 + k].item():.3f}{where}, beyond "
+                        f"+-{GAMMA_LIMIT:g}: in float32, as training and sampling run, exp(gamma) overflows and "
+                        "alpha = sqrt(sigmoid(-gamma)) vanishes",
+                help="keep gamma within +-80 (most schedules span about -15 .. 15)")
+        big = np.abs(beta) > FLOAT32_MAX
+        if "beta" not in self.found and big.any():
+            k, i = np.argwhere(big)[0]
+            self.found["beta"] = GudError.one(
+                "E302", f"beta is {beta[k, i]:.3g} for component {i} at t = {t[k0 + k].item():.3f}{where}, beyond "
+                        "the float32 range (+-3.4e38) of training and sampling",
+                help="keep gamma's slope within float32's range")
+        for kind, check in (("decrease", self._decreases), ("jump", self._jumps)):
+            if kind not in self.found:
+                if self.last is not None:  # from the row before this run to its first row
+                    check(k0 - 1, np.concatenate([self.last[0], g[:1]]), np.concatenate([self.last[1], s[:1]]))
+                check(k0, g, s)
         self.last = (g[-1:].copy(), s[-1:].copy())
+
+    def _jumps(self, k0: int, g: np.ndarray, s: np.ndarray) -> None:
+        """Note the first jump of gamma between rows k and k + 1 within g, s (rows k0, k0 + 1, ...):
+        a change the trapezoid rule on its slope misses by more than JUMP plus what a kink can
+        (a suspect), which halving the cell down to neighbouring floats does not shrink below
+        JUMP (a steep but continuous gamma, such as a log near a singular end, shrinks)."""
+        if "jump" in self.found or len(g) < 2 or self.gamma_at is None:
+            return
+        dt = np.diff(self.t[k0:k0 + len(g)].numpy())[:, None]
+        with np.errstate(over="ignore", invalid="ignore"):
+            missed = np.abs(np.diff(g, axis=0) - 0.5 * (s[:-1] + s[1:]) * dt)
+            suspects = np.argwhere(missed > JUMP + 0.5 * (np.abs(s[:-1]) + np.abs(s[1:])) * dt)
+        t = self.t
+        for k, i in suspects[:JUMP_SUSPECTS]:
+            if self._stays(float(t[k0 + k]), float(t[k0 + k + 1]), int(i)):
+                break
+        else:
+            return
+        self.found["jump"] = GudError.one(
+            "E305", f"gamma jumps from {g[k, i]:.4g} to {g[k + 1, i]:.4g} between t = {t[k0 + k].item():.4f} and "
+                    f"{t[k0 + k + 1].item():.4f} for component {i}{self.where}: the samplers and the likelihood "
+                    "follow dgamma/dt, which does not see a jump",
+            help="make gamma continuous in t: a steep ramp (clip(...), linear(...)) instead of where / floor / round")
 
     def _decreases(self, k0: int, g: np.ndarray, s: np.ndarray) -> None:
         """Note the first decrease of gamma from row k to k + 1 within g, s (rows k0, k0 + 1, ...)."""
@@ -791,7 +868,7 @@ class _Offences:
 
     def finish(self) -> None:
         """Raise the first offence found, if any."""
-        for kind in ("gamma", "beta", "decrease"):
+        for kind in ("gamma", "beta", "decrease", "jump"):
             if kind in self.found:
                 raise self.found[kind]
 

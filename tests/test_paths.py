@@ -388,7 +388,8 @@ def test_a_path_on_the_command_line_shows_its_coverage_warnings(capsys, tmp_path
     formula = "linear(t, -12, 2)"
     assert main(["sample", str(spec), "-n", "2", "--steps", "3", "--path", formula]) == 0
     err = capsys.readouterr().err
-    assert f"warning[W302]: in the path `{formula}`: component" in err and "Traceback" not in err
+    assert f"warning[W302]: in the path `{formula}`: 19 of 36 components end with true SNR above 0.1" in err
+    assert "Traceback" not in err
     assert [w.code for w in gudlang.load(spec, path=formula).model.warnings] == ["W302"]
     written = check_text(ORACLE_LINEAR + f"path(t) = {formula}\n")
     assert [w.code for w in build_model(written).warnings] == ["W302"]

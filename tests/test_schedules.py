@@ -314,7 +314,7 @@ def test_warnings_come_once_per_code_at_the_worst_param_values():
     assert [w.code for w in warnings] == ["W301", "W302"]
     # the highest gamma at t = 0 is at b = c = 0; the lowest at t = 1 at d = 4
     assert "with b = 0, c = 0," in warnings[0].message
-    assert warnings[1].message.endswith("d = 4 (want <= 0.1)")
+    assert "at t = 1 with b = 0, c = 0, d = 4, component" in warnings[1].message
 
 
 @pytest.mark.parametrize("n", [3, 5])
@@ -393,3 +393,41 @@ def test_clipped_soft_with_a_above_the_label_spacing_moves_one_component_at_a_ti
     assert motion(s).busiest[0] == 1
     s, _ = compiled("soft(t, rank(i), a = 50, clipped = true)")
     assert motion(s).busiest[0] == 10  # about 10 / (50 / 47) at once
+
+
+# --------------------------------------------------------------------------- what float32 sampling can take
+def test_gamma_beyond_80_is_E302_where_float32_sampling_overflows():
+    s, _ = compiled("linear(t, -13, 200)")
+    with pytest.raises(GudError) as info:
+        check_schedule(s, VAR, {})
+    d = info.value.diagnostics[0]
+    assert d.code == "E302" and "beyond +-80" in d.message and "component 0" in d.message
+    s, _ = compiled("linear(t, -13, 79)")
+    check_schedule(s, VAR, {})
+
+
+@pytest.mark.parametrize("gamma, where", [
+    ("where(t < 0.5, -10, 5)", "t = 0.4992 and 0.5000"),
+    ("-10 + 2 * floor(8 * t)", "and 0.1250"),            # a staircase: its first step
+    ("where(t > 0, -10 + 20 * t, -20)", "from -20 to -9.985 between t = 0.0000 and"),  # t = 0 alone is off
+    ("where(t < 0.3, -10 + t, 5 + t) + 0 * var(i)", "and 0.3000"),
+])
+def test_a_gamma_that_jumps_is_E305(gamma, where):
+    # the samplers and the likelihood integrate dgamma/dt, which is blind to a jump
+    s, _ = compiled(gamma)
+    with pytest.raises(GudError) as info:
+        check_schedule(s, VAR, {})
+    d = info.value.diagnostics[0]
+    assert d.code == "E305" and "gamma jumps from" in d.message and where in d.message, d.message
+
+
+@pytest.mark.parametrize("gamma", [
+    "clip(2 * (-1.2 + 1.2 * ndtri(t)), -24, 20)",  # EDM's log-normal: -24 at t = 0, -21 at t = 1e-15
+    "clip(1000 * (t - 0.5), -10, 10)",             # a ramp 0.02 wide: steep, not a jump
+    "-10 + 20 * sqrt(t + 1e-12)",                   # a slope of 1e7 at t = 0
+    "linear(t)",
+    "log(expm1(1e-4 + 10 * t))",                    # a log that falls steeply towards t = 0
+])
+def test_steep_but_continuous_gammas_are_not_jumps(gamma):
+    s, _ = compiled(gamma)
+    check_schedule(s, VAR, {})
