@@ -303,8 +303,10 @@ def block_fields(kind: str) -> list[str]:
 
 
 def did_you_mean(name: str, candidates) -> str | None:
-    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
-    return f"did you mean `{close[0]}`?" if close else None
+    """"did you mean `x`?" for the candidate closest to `name`, case aside ("MNIST": `mnist`)."""
+    lower = {str(c).lower(): c for c in sorted(candidates, reverse=True)}
+    close = difflib.get_close_matches(str(name).lower(), sorted(lower), n=1, cutoff=0.6)
+    return f"did you mean `{lower[close[0]]}`?" if close else None
 
 
 class ConstantError(Exception):
@@ -564,15 +566,24 @@ def validate_program(program: A.Program, smap: A.SourceMap) -> tuple[Spec | None
         errors.append(Diagnostic("E206", "the spec has no `data = ...` statement", path=smap.path,
                                  help="add for example `data = digits()`"))
         plain["data"] = {"kind": "digits"}  # stand-in so the checker can go on
+    # A value refused (and dropped) or a declaration refused at its statement is not then
+    # also "missing": that would be a second, misleading message about the same thing.
+    refused = {(key,) for key in b.seen if key not in plain}
+    dropped: set[tuple] = set()
     for _ in range(8):
         try:
             return Spec.model_validate(plain), errors
         except ValidationError as e:
-            for diagnostic in [_pydantic_diagnostic(err, b, smap, plain) for err in e.errors()]:
+            for err in e.errors():
+                loc = tuple(err["loc"])
+                if err.get("type") == "missing" and (loc in dropped or loc[:1] in refused):
+                    continue
+                diagnostic = _pydantic_diagnostic(err, b, smap, plain)
                 if diagnostic not in errors:  # one message for a list with several bad items
                     errors.append(diagnostic)
             for err in e.errors():
                 _drop(plain, err["loc"])
+                dropped.add(tuple(err["loc"]))
     return None, errors
 
 

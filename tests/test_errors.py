@@ -49,6 +49,20 @@ def test_did_you_mean_suggests_close_names():
     assert diagnostics[0].span.line == 6 and diagnostics[0].span.col == 14
 
 
+@pytest.mark.parametrize("data, code, suggestion", [
+    ('dataset("MNIST", root = "x")', "E210", "did you mean `mnist`?"),          # case aside
+    ('dataset("FashionMNIST", root = "x")', "E210", "did you mean `fashion_mnist`?"),
+    ("digit()", "E201", "did you mean `digits`?"),
+])
+def test_a_refused_value_is_one_error_not_also_a_missing_one(data, code, suggestion):
+    # the refused value was dropped, so Pydantic also found the setting (or `data`) missing: a
+    # second, false E206 used to follow (or lead, without a position)
+    text = f"gud 1\ndata = {data}\nbasis = pixel()\ngamma(t) = linear(t)\n"
+    with pytest.raises(GudError) as err:
+        check_text(text, "d.gud")
+    assert [(d.code, d.help) for d in err.value.diagnostics] == [(code, suggestion)]
+
+
 def test_json_output_has_the_same_objects():
     import json
     diagnostics, _ = diagnose(GOLDEN / "E202_unknown_name.gud")
