@@ -319,8 +319,12 @@ class _Resolver:
         else:
             candidates = set(scope) | set(self.spec.params) | set(self.defs) | set(CONSTANTS) \
                 | set(SHAPE_CONSTANTS) | {d.name for d in self.defs.values()}
-            self.error("E202", f"unknown name `{name}`", path, "not defined", at=at,
-                       help=did_you_mean(name, candidates) or "define it with `name = ...` or `param name = ...`")
+            stem = name[:-2] if name.endswith("_i") else None
+            if stem in self.spec.params:  # a_i for a param a: it has one value, not one per component
+                hint = f"did you mean `{stem}`? a param has no `_i`"
+            else:
+                hint = did_you_mean(name, candidates) or "define it with `name = ...` or `param name = ...`"
+            self.error("E202", f"unknown name `{name}`", path, "not defined", at=at, help=hint)
         return A.Num(0.0), SCALAR
 
     def value(self, d: _Def) -> tuple[A.Expr, Shape]:
@@ -736,9 +740,12 @@ def override_spec(spec: Spec, overrides: Mapping[str, str]) -> Spec:
                 continue
             data["params"][key] = {"kind": "fixed", "value": value}
         else:
+            settings = [f"{block}.{key}" for block in BLOCKS + OVERRIDABLE_DECLARATIONS
+                        if isinstance(data.get(block), dict) and key in data[block] and key != "kind"]
             errors.append(Diagnostic("E202", f"cannot override `{key}`: the spec has no param `{key}`",
-                                     help=did_you_mean(key, spec.params) or
-                                     f"params: {', '.join(spec.params) or 'none'}"))
+                                     help=f"settings are named with their block: "
+                                          f"{' or '.join(f'-s {s}={raw}' for s in settings)}" if settings else
+                                     did_you_mean(key, spec.params) or f"params: {', '.join(spec.params) or 'none'}"))
     if errors:
         raise GudError(errors)
     from pydantic import ValidationError

@@ -108,6 +108,8 @@ def cmd_check(args) -> int:
                 model = build_model(checked)
                 rep.show(model.warnings, _source(path))
                 msg = f"ok: D = {model.dim}, {model.spec.basis.kind} basis, {model.spec.prior.kind} prior"
+                if model.given is not None:
+                    msg += f", {int(model.given.sum())} of {model.dim} components given"
                 if model.path is not None:
                     msg += ", sampling path inside the training support"
                 if model.warnings:

@@ -231,3 +231,21 @@ def test_a_network_option_set_on_the_command_line_trains_and_loads(capsys, tmp_p
     assert code == 0, err
     model = gudlang.load(tmp_path / "runs" / "r")
     assert model.eps_model.network.state_channels and model.sample(2).shape == (2, 1, 8, 8)
+
+
+# ----------------------------------------------------------------------- the help a mistake gets
+def test_a_setting_given_without_its_block_names_the_blocks_that_have_it():
+    (d,) = errors(HEAD, {"steps": "300"})
+    assert d.code == "E202" and d.help == "settings are named with their block: -s train.steps=300 or -s sample.steps=300"
+    (d,) = errors(HEAD, {"lr": "1e-3"})
+    assert d.help == "settings are named with their block: -s train.lr=1e-3"
+
+
+def test_a_param_written_per_component_suggests_the_param():
+    (d,) = errors(HEAD.replace("gamma_i(t) = linear(t)", "param a = 1\ngamma_i(t) = soft(t, rank(i), a = a_i)"))
+    assert d.code == "E202" and d.help == "did you mean `a`? a param has no `_i`"
+
+
+def test_check_says_how_many_components_a_spec_gives(capsys):
+    code, out, _ = run(capsys, "check", str(SPECS / "inpainting.gud"))
+    assert code == 0 and "48 of 64 components given" in out
