@@ -140,6 +140,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         header_len = int.from_bytes(data[:8], "little")
         metadata = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
     except Exception as e:  # noqa: BLE001 - any decoding failure means a corrupt file
+        if len(data) > 8 and data[8:9] != b"{":  # a safetensors file starts with its length, then JSON
+            raise GudError.one("E621", f"{path} is not a gudlang checkpoint (not a safetensors file)",
+                               help="pass a run directory, an exported model folder, a checkpoint "
+                                    "(.safetensors) or a spec with network = oracle()") from None
         raise GudError.one("E621", f"checkpoint {path} is corrupt or truncated ({e})",
                            help="restore it from a copy or retrain") from e
     _check_metadata(metadata, path)

@@ -138,6 +138,14 @@ def test_garbage_checkpoint_is_e621(tmp_path, content):
     assert error_of(lambda: ckpt.load_checkpoint(path)).code == "E621"
 
 
+def test_a_file_that_is_no_checkpoint_says_so(tmp_path):
+    path = tmp_path / "train.py"
+    path.write_text("import gudlang\n" * 20)
+    d = error_of(lambda: ckpt.load_checkpoint(path))
+    assert d.code == "E621" and "is not a gudlang checkpoint (not a safetensors file)" in d.message
+    assert "run directory" in d.help
+
+
 def test_checkpoint_without_gudlang_metadata_is_e622(tmp_path):
     import safetensors.torch
     path = tmp_path / "foreign.safetensors"
