@@ -418,12 +418,20 @@ class _Resolver:
 
     def library_argument(self, function: str, name: str, expr: A.Expr, path, site) -> None:
         """E210 when argument `name` of library `function` is a constant (or a fixed param)
-        outside its range (`LIBRARY_ARGUMENTS`); other values (drawn params, features, a
-        helper's arguments) are left to the numeric checks."""
+        outside its range (`LIBRARY_ARGUMENTS`), or a drawn param whose range reaches outside
+        it; other values (features, a helper's arguments) are left to the numeric checks."""
         rule = LIBRARY_ARGUMENTS.get((function, name))
         if rule is None:
             return
         fixed = {n: p.value for n, p in self.spec.params.items() if isinstance(p, FixedParam)}
+        drawn = self.spec.params.get(expr.id) if isinstance(expr, A.Name) else None
+        if drawn is not None and not isinstance(drawn, FixedParam):  # its range must lie inside the rule's
+            bad = [v for v in (drawn.lo, drawn.hi) if not rule[1](float(v))]
+            if bad:
+                self.error("E210", f"argument `{name}` of `{function}` must be {rule[0]}, but param `{expr.id}` is "
+                                   f"drawn from uniform({drawn.lo:g}, {drawn.hi:g}), which reaches {bad[0]:g}",
+                           path, "out of range", at=site)
+            return
         try:
             value = constant(expr, path, fixed)
         except ConstantError:

@@ -149,3 +149,15 @@ def test_a_schedule_refused_as_set_twice_is_not_also_missing():
     with pytest.raises(GudError) as info:
         check_text("gud 1\ndata = digits()\nbasis = pca()\n", "s.gud")
     assert [d.code for d in info.value.diagnostics] == ["E206"]
+
+
+def test_a_drawn_param_whose_range_leaves_a_library_arguments_is_e210_at_the_argument():
+    # it used to surface as E301 (gamma decreases) at some corner of the range
+    text = ("gud 1\ndata = digits()\nbasis = pca()\nparam a ~ uniform(-1, 2)\nparam b ~ uniform(0.2, 0.5)\n"
+            "gamma_i(t) = soft(t, rank(i), a = a) + 0 * sequential(t, rank(i), b = b)\n")
+    with pytest.raises(GudError) as err:
+        check_text(text, "d.gud")
+    (d,) = err.value.diagnostics
+    assert d.code == "E210" and d.span.col == 35
+    assert d.message == ("argument `a` of `soft` must be a number >= 0 (0: no hierarchy), but param `a` is drawn "
+                         "from uniform(-1, 2), which reaches -1")
