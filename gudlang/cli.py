@@ -135,6 +135,10 @@ def cmd_fmt(args) -> int:
         except GudError as e:
             rep.report(e.with_path("<stdin>"), text)
             return rep.finish()
+    if "-" in args.files:
+        rep.report(GudError.one("E003", "`-` (the spec on stdin) is given alone: gud fmt - < spec.gud",
+                                help="format files by name, or one spec through stdin"))
+        return rep.finish()
     changed = 0
     for path in args.files:
         try:

@@ -178,6 +178,13 @@ def test_fmt_dash_is_a_filter_from_stdin_to_stdout():
     assert bad.returncode == 1 and "error[E1" in bad.stderr and bad.stdout == ""
 
 
+def test_fmt_dash_beside_files_is_a_usage_error(capsys):
+    # it was read as a file named `-`
+    from gudlang.cli import main
+    assert main(["fmt", "specs/digits.gud", "-"]) == 2
+    assert "error[E003]: `-` (the spec on stdin) is given alone" in capsys.readouterr().err
+
+
 def test_fmt_dash_refuses_bytes_that_are_not_utf8_as_fmt_file_does():
     import subprocess
     import sys
