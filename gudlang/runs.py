@@ -440,15 +440,21 @@ def within_training(trained, model, overrides: dict) -> None:
     from dataclasses import replace
 
     from gudlang.schedules import check_support
+    from gudlang.spec import FixedParam
     shown = ", ".join(f"{k} = {v}" for k, v in overrides.items())
+    fixed = [f"`{k}` = {p.value:g}" for k, p in trained.spec.params.items()
+             if k in overrides and isinstance(p, FixedParam)]
+    help = ("sample the model with the values it was trained on, or train it on these (draw the param over a "
+            "range that holds them)")
+    if fixed:
+        help = (f"the network was trained at {', '.join(fixed)} only (a fixed param); a param drawn in training "
+                f"(param a ~ uniform(lo, hi)) can be set anywhere in its range")
     for schedule in dict.fromkeys([model.schedule, model.sampling_path]):
         try:
             check_support(trained.schedule, schedule, trained.checked.drawn_ranges, trained.groups,
                           ignore=trained.given)
         except GudError as e:
-            raise GudError([replace(d, message=f"with {shown}: {d.message}",
-                                    help="sample the model with the values it was trained on, or train it "
-                                         "on these (draw the param over a range that holds them)")
+            raise GudError([replace(d, message=f"with {shown}: {d.message}", help=help)
                             for d in e.diagnostics]) from None
 
 

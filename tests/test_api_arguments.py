@@ -325,3 +325,9 @@ def test_a_model_says_what_it_is(trained):
     text = repr(trained.plain)
     assert text.startswith(f"GudModel({trained.run}: digits 1x8x8, pixel basis, white prior, mlp network, step 4")
     assert trained.plain.hash[:20] in text and "conditional" in repr(trained.given)
+
+
+def test_a_fixed_param_moved_on_a_trained_model_says_it_was_fixed(trained):
+    # PLAIN's `param a = 1.0` is fixed: the network saw a = 1 only
+    err = refused("E303", "with a = 0.5:", gudlang.load, trained.run, params={"a": 0.5})
+    assert err.diagnostics[0].help.startswith("the network was trained at `a` = 1 only (a fixed param)")
