@@ -517,7 +517,8 @@ class GudModel:
         if model.given is None and mask is None:
             raise GudError.one("E680", "the model was trained without a given mask, so the known components "
                                        "must be named", help='pass a mask, e.g. --mask "col(i) < 0.5" '
-                                                             "(zero-shot conditioning by replacement)")
+                                                             '(mask="col(i) < 0.5" in Python; zero-shot '
+                                                             "conditioning by replacement)")
         settings = self.spec.sample
         steps = _integer(steps, "steps", "E651") or settings.steps
         seed = _seed(seed, settings.seed, "E651")

@@ -253,7 +253,9 @@ def _plot_reverse(args, out: Path) -> None:
     given = _known_images(model, argparse.Namespace(given=None), n)[0] if model.conditional else None
     trajectory = model.trajectory(n, frames=8 if args.frames is None else args.frames, sampler=args.sampler,
                                   steps=args.steps, seed=args.seed, given=given)
-    plot_reverse(trajectory, str(out), model.model.data.value_range)
+    sampler = args.sampler or model.spec.sample.sampler
+    title = f"{Path(args.file).name}: {'completions' if given is not None else 'samples'} by {sampler}"
+    plot_reverse(trajectory, str(out), model.model.data.value_range, title)
 
 
 def _plot_path(text: str, default: str) -> Path:

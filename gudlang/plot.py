@@ -152,7 +152,7 @@ def _show(ax, image: np.ndarray, value_range) -> None:
     ax.set_yticks([])
 
 
-def plot_reverse(trajectory, out: str, value_range) -> None:
+def plot_reverse(trajectory, out: str, value_range, title: str = "reverse process") -> None:
     """A `Trajectory` as one PNG: a column per time and one for the samples; for each sample a
     row of states x_t and a row of the predictions x0_hat made from them."""
     from gudlang.images import viewable
@@ -169,7 +169,7 @@ def plot_reverse(trajectory, out: str, value_range) -> None:
     for i in range(n):
         axes[2 * i, 0].set_ylabel("x_t", fontsize=8)
         axes[2 * i + 1, 0].set_ylabel("predicted x_0", fontsize=8)
-    fig.suptitle(f"reverse process ({trajectory.nfe} model calls)")
+    fig.suptitle(f"{title} ({trajectory.nfe} model calls)")
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
