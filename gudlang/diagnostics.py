@@ -56,6 +56,7 @@ CODES: dict[str, str] = {
     "W201": "a definition that nothing uses, named like a declaration (a misspelling?)",
     "W301": "true SNR not high at t = 0",
     "W302": "true SNR not low at t = 1",
+    "W303": "the noised data at t = 1 are not the prior sampling starts from",
     # gudlang.data, gudlang.datasets.readers
     "E400": "invalid data source argument (unknown kind or dataset name, wrong type or value)",
     "E401": "data file or folder not found",

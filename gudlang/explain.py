@@ -20,7 +20,7 @@ from gudlang.builtins import keywords
 from gudlang.check import describe_shape
 from gudlang.fmt import format_expr, format_program
 from gudlang.lower import parse_program
-from gudlang.schedules import MOTION_BETA, Motion, motion
+from gudlang.schedules import MOTION_BETA, Motion, columns_of, motion
 from gudlang.spec import FixedParam, Spec
 
 
@@ -109,7 +109,10 @@ def _order_words(model, order: np.ndarray, moving: Motion) -> list[str]:
         with torch.no_grad():  # gamma paths, to tell components generated together
             gamma = model.sampling_schedule(torch.linspace(0, 1, 33, dtype=torch.float64))[0].numpy()
         log_snr = np.log(np.asarray(model.features["wvar"], dtype=np.float64))[None] - gamma
-        together = bool(np.allclose(gamma[:, order[0]], gamma[:, order[min(1, d - 1)]], rtol=0, atol=1e-9))
+        first_two = np.array([order[0], order[min(1, d - 1)]])  # on a fine grid: windows of 1/64 of t
+        pair, _ = columns_of(model.sampling_schedule, model.dim, torch.linspace(0, 1, 4097, dtype=torch.float64),
+                             first_two)
+        together = bool(np.allclose(pair[:, 0], pair[:, 1], rtol=0, atol=1e-9))
         same = bool(np.allclose(log_snr[:, order], log_snr[:, order[:1]], rtol=0, atol=1e-9))
         if same and d > 1:
             out.append(f"  no order:        all {d} generated components have the same true SNR at every t "

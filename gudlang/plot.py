@@ -17,9 +17,7 @@ import numpy as np
 import torch
 
 from gudlang.explain import training_range
-from gudlang import schedules
-from gudlang.schedules import rows_of
-
+from gudlang.schedules import columns_of
 from gudlang.space import noise_levels
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -55,7 +53,7 @@ def schedule_figure(model, max_lines: int = 400, grid: int = 256):
     shown = order[np.linspace(0, len(order) - 1, min(max_lines, len(order))).round().astype(int)]
     held = np.flatnonzero(given)[:: max(1, given.sum() // 50)]
     drawn = np.unique(np.concatenate([shown, held]).astype(np.int64))  # the columns the panels draw
-    gamma, beta = _drawn_columns(model.sampling_schedule, model.dim, t, drawn)
+    gamma, beta = columns_of(model.sampling_schedule, model.dim, t, drawn)
     column = dict(zip(drawn.tolist(), range(len(drawn))))
     sigma = np.sqrt(1.0 / (1.0 + np.exp(-gamma)))
     snr = model.features["wvar"][drawn][None, :] * np.exp(-gamma)
@@ -95,21 +93,6 @@ def schedule_figure(model, max_lines: int = 400, grid: int = 256):
     fig.suptitle(f"{model.checked.source.path or 'spec'}: {model.spec.basis.kind} basis, "
                  f"{model.spec.prior.kind} prior, D = {model.dim}{note}")
     return fig
-
-
-def _drawn_columns(schedule, dim: int, t: torch.Tensor, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """gamma and beta (len(t), len(columns)) of `schedule` (D = dim) at the times t, for the
-    components `columns` alone, evaluated in runs of rows (`rows_of`): memory does not grow with
-    the number of times. Runs hold a multiple of 16 rows (of schedules.BATCH_VALUES values where
-    that is 16 rows or more), so that a formula of t alone, (rows, 1) until it is broadcast,
-    is vectorized as over all times at once: the same floats (`row_runs` cuts at 16 values)."""
-    per_run = max(16, schedules.BATCH_VALUES // dim // 16 * 16)
-    gamma, beta = np.empty((len(t), len(columns))), np.empty((len(t), len(columns)))
-    for k0 in range(0, len(t), per_run):
-        run = (k0, min(len(t), k0 + per_run))
-        g, b = rows_of(lambda ts, _: schedule(ts), t, None, run)
-        gamma[run[0]:run[1]], beta[run[0]:run[1]] = g[:, columns], b[:, columns]
-    return gamma, beta
 
 
 def forward_images(model, image: np.ndarray, ts, seed: int = 0) -> np.ndarray:

@@ -44,6 +44,10 @@ from gudlang.lower import parse_program
 
 SNR_HIGH = 10.0  # true SNR every component should exceed at t = 0
 SNR_LOW = 0.1  # ... and stay below at t = 1
+# ... where the marginal should be the prior N(0, I): W303 past PRIOR_BITS bits/dim of KL
+# (components counted past PRIOR_KL nats each).
+PRIOR_BITS = 0.01
+PRIOR_KL = 0.05
 GRID = 1001
 
 
@@ -661,7 +665,8 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
     |gamma| > GAMMA_LIMIT or |beta| > 3.4e38 (training and sampling run in float32), E301 where
     gamma decreases, E305 where it jumps (`JUMP`), each naming component, t and param values.
     Return at most one warning per code, at the worst param values: W301 when the true
-    SNR = wvar * exp(-gamma) is not >= SNR_HIGH at t = 0, W302 when not <= SNR_LOW at t = 1
+    SNR = wvar * exp(-gamma) is not >= SNR_HIGH at t = 0, W302 when not <= SNR_LOW at t = 1,
+    W303 when it is but the marginal at t = 1 is still far from the prior N(0, I) (`_prior_mismatch`)
     (components marked `constant`, whose data never varies, are left out of that test; with
     coverage = False no warnings: a training distribution whose sampling path is another
     formula). A param drawn per component takes one value for all components at a time."""
@@ -670,7 +675,8 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
     combos = _param_values(drawn_ranges)
     log_wvar = np.log(np.asarray(wvar, dtype=np.float64))
     varying = np.ones(len(log_wvar), bool) if constant is None else ~np.asarray(constant, bool)
-    worst0 = worst1 = None  # (log SNR, component, " with p = ...") of the worst start and end
+    worst0 = worst1 = None  # (log SNR, component, " with p = ...", count) of the worst start and end
+    mismatch = None  # (KL bits/dim, component, its variance, " with p = ...", count) of the worst end
     offences = None
     for c, k0, (g, s) in _evaluations(schedule.gamma_and_slope, schedule.dim, t, names, combos):
         if k0 == 0:
@@ -688,6 +694,10 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
             i1 = int(np.argmax(log_snr1))
             if worst1 is None or log_snr1[i1] > worst1[0]:
                 worst1 = (log_snr1[i1], i1, where, int((log_snr1 > np.log(SNR_LOW)).sum()))
+            kl, variance = _prior_mismatch(g[-1], log_wvar, varying)
+            if mismatch is None or kl.mean() > mismatch[0]:
+                j = int(np.argmax(kl))
+                mismatch = (kl.mean() / np.log(2), j, variance[j], where, int((kl > PRIOR_KL).sum()))
     offences.finish()
     warnings: list[Diagnostic] = []
     if not coverage:
@@ -700,6 +710,15 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
                                    help="lower gamma at t = 0, or the data is never seen clearly"
                                         + (" (gamma is log sigma^2 / alpha^2: -13 is sigma = 0.0015)"
                                            if count == int(varying.sum()) else "")))
+    if worst1[0] <= np.log(SNR_LOW) and mismatch[0] > PRIOR_BITS:  # noised, but not to the prior's scale
+        bits, i, variance, where, count = mismatch
+        warnings.append(Diagnostic(
+            "W303", f"the noised data at t = 1{where} are not the prior N(0, I) that sampling starts from: "
+                    f"{_how_many(max(count, 1), dim)} have a variance far from 1 there (component {i}: "
+                    f"{variance:.3g}), a mismatch of {bits:.3g} bits/dim", severity=WARNING,
+            help="raise gamma at t = 1 where the data's variance is small (sigma_i(1) near 1 needs gamma_i(1) "
+                 ">= 3; for soft(...) with the white prior, g_noise = 3 - log(min(wvar(i)))), or use "
+                 "prior = matched"))
     if worst1[0] > np.log(SNR_LOW):
         log_snr, i, where, count = worst1
         warnings.append(Diagnostic("W302", f"{_how_many(count, dim)} end{'s' * (count == 1)} with true SNR above {SNR_LOW:g} at "
@@ -716,6 +735,16 @@ def _gamma_at(schedule: CompiledSchedule, names: list[str], combo: tuple[float, 
         with torch.no_grad():
             return schedule.gamma_and_slope(ts, params)[0].numpy()
     return gamma_at
+
+
+def _prior_mismatch(gamma1: np.ndarray, log_wvar: np.ndarray, varying: np.ndarray):
+    """(KL (D,) in nats, variance (D,)) of each whitened component's marginal at t = 1,
+    N(0, sigma^2 + alpha^2 wvar) for data of variance wvar (exact for Gaussian data), from the
+    prior N(0, 1); 0 for components that never vary."""
+    with np.errstate(over="ignore"):
+        variance = 1.0 / (1.0 + np.exp(-gamma1)) + np.exp(log_wvar) / (1.0 + np.exp(gamma1))
+    kl = 0.5 * (variance - 1.0 - np.log(variance))
+    return np.where(varying, kl, 0.0), variance
 
 
 def _how_many(count: int, dim: int) -> str:
@@ -766,6 +795,21 @@ def rows_of(evaluate, t: torch.Tensor, params, run: tuple[int, int]) -> list[np.
                   for n, v in params.items()}
     with torch.no_grad():
         return [x.numpy() for x in evaluate(t[k0:k1], params)]
+
+
+def columns_of(schedule, dim: int, t: torch.Tensor, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """gamma and beta (len(t), len(columns)) of `schedule` (D = dim) at the times t, for the
+    components `columns` alone, evaluated in runs of rows (`rows_of`): memory does not grow with
+    the number of times. Runs hold a multiple of 16 rows (of BATCH_VALUES values where
+    that is 16 rows or more), so that a formula of t alone, (rows, 1) until it is broadcast,
+    is vectorized as over all times at once: the same floats (`row_runs` cuts at 16 values)."""
+    per_run = max(16, BATCH_VALUES // dim // 16 * 16)
+    gamma, beta = np.empty((len(t), len(columns))), np.empty((len(t), len(columns)))
+    for k0 in range(0, len(t), per_run):
+        run = (k0, min(len(t), k0 + per_run))
+        g, b = rows_of(lambda ts, _: schedule(ts), t, None, run)
+        gamma[run[0]:run[1]], beta[run[0]:run[1]] = g[:, columns], b[:, columns]
+    return gamma, beta
 
 
 class _Offences:

@@ -85,16 +85,18 @@ def test_the_schedule_plot_of_a_path_draws_the_training_gamma_too():
 def test_drawn_params_without_a_path_show_the_trained_range_beside_the_mean():
     # family.gud: a ~ U(0.4, 1.6) in soft(t, l_i, a); the table is at a = 1, the training column
     # the range over a. soft is linear in a at fixed t, so the extremes are at a = 0.4 and 1.6,
-    # computed here from the library formula (g_den = -7, g_noise = 3) and the features.
+    # computed here from the library formula (g_den = -7, g_noise = 3 - log(min(wvar))) and the
+    # features.
     model = build_model(check_file(str(SPECS / "family.gud")))
     text = explain_text(model)
     assert "lowest to highest over the drawn params' ranges" in text
     rows = [line.split() for line in text.split("true SNR          training\n")[1].split("\n\n")[0].splitlines()]
     label = -np.log(model.features["var"])
+    span = 3 - np.log(model.features["wvar"].min()) + 7
     for row in rows:
         i, t = int(row[0]), float(row[1])
         ends = [np.log(model.features["wvar"][i]) - 7 + a * (label[i] - label.max())
-                + t * (10 + a * (label.max() - label.min())) for a in (0.4, 1.6)]
+                + t * (span + a * (label.max() - label.min())) for a in (0.4, 1.6)]
         lo, hi = map(float, row[5].split(".."))
         assert abs(lo - min(ends)) < 2e-3 and abs(hi - max(ends)) < 2e-3, row
     assert len(rows) == 15

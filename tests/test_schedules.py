@@ -431,3 +431,31 @@ def test_a_gamma_that_jumps_is_E305(gamma, where):
 def test_steep_but_continuous_gammas_are_not_jumps(gamma):
     s, _ = compiled(gamma)
     check_schedule(s, VAR, {})
+
+
+# --------------------------------------------------------------------------- the prior at t = 1
+def test_w303_is_the_kl_of_the_exact_marginal_at_t1_from_the_prior():
+    # soft with a = 0 and the white prior ends every component at true SNR e^-3, i.e. at gamma =
+    # log wvar + 3: small-variance components end far below the prior's unit variance. The
+    # warning's bits/dim must be the exact Gaussian KL(p_1 || N(0, I)) of the grf data (PCA:
+    # whitened components uncorrelated up to the fit), computed here from the full moments.
+    import re
+
+    from gudlang.api import oracle_eps_model
+    from gudlang.pipeline import build_model
+    text = ("gud 1\ndata = grf(size = 8, slope = 5, n = 4000)\nbasis = pca()\nprior = white\n"
+            "network = oracle()\ngamma_i(t) = soft(t, -log(var(i)), a = 0)\n")
+    model = build_model(check_text(text, "w.gud"))
+    (w,) = [w for w in model.warnings if w.code == "W303"]
+    bits = float(re.search(r"a mismatch of ([\d.e-]+) bits/dim", w.message).group(1))
+    oracle = oracle_eps_model(model)
+    with torch.no_grad():
+        gamma, _ = model.schedule(torch.ones(1, dtype=torch.float64))
+        mean, cov = oracle.marginal(gamma)
+    mean, cov = mean[0].numpy(), cov[0].numpy()
+    d = len(mean)
+    exact = 0.5 * (np.trace(cov) + mean @ mean - d - np.linalg.slogdet(cov)[1]) / d / np.log(2)
+    assert bits == pytest.approx(exact, rel=0.05)
+    assert exact > 0.1
+    fixed = build_model(check_text(text.replace("a = 0)", "a = 0, g_noise = 3 - log(min(wvar(i))))"), "w.gud"))
+    assert "W303" not in [w.code for w in fixed.warnings]
