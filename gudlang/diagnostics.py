@@ -54,6 +54,7 @@ CODES: dict[str, str] = {
     "E304": "loss weight negative, not finite, or zero everywhere",
     "E305": "gamma jumps in t",
     "W201": "a definition that nothing uses, named like a declaration (a misspelling?)",
+    "W204": "an override fixes a param the spec draws: one model is trained, not the family",
     "W301": "true SNR not high at t = 0",
     "W302": "true SNR not low at t = 1",
     "W303": "the noised data at t = 1 are not the prior sampling starts from",

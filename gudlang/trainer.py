@@ -46,6 +46,7 @@ from gudlang import checkpoint as ckpt
 from gudlang import distributed, runs
 from gudlang.check import check_text, read_source
 from gudlang.diagnostics import WARNING, Diagnostic, GudError, render_text
+from gudlang.spec import FixedParam
 
 
 @dataclass
@@ -246,7 +247,7 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
         model = build_model(check_text(spec_text, str(spec_path), overrides))
         device = runs.device_for(model.spec.runtime)
     if rank == 0:
-        for w in model.warnings:
+        for w in model.warnings + _fixed_families(spec_text, str(spec_path), overrides):
             print(render_text([w], spec_text), file=sys.stderr)
     settings = model.spec.train
     if world > 1:
@@ -321,6 +322,25 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
     return Session(run, model, spec_text, overrides, network, ema, optimizer, objective, device,
                    torch.as_tensor(model.data.train), start, stop, rank, world, autocast, custom, command,
                    until=until, saved=None if state is None else start, made=made, lock=lock)
+
+
+def _fixed_families(spec_text: str, path: str, overrides: dict) -> list[Diagnostic]:
+    """W204 for each -s that fixes a param the spec draws (`param a ~ uniform(...)`): the run
+    then trains the one model at that value, not the family (sampling a trained family with
+    -s a=... picks a member instead, and says nothing)."""
+    drawn = [k for k in overrides if "." not in k]
+    if not drawn:
+        return []
+    try:
+        params = check_text(spec_text, path).spec.params
+    except GudError:
+        return []
+    return [Diagnostic("W204", f"-s {k}={overrides[k]} fixes param `{k}`, which the spec draws from "
+                               f"uniform({params[k].lo:g}, {params[k].hi:g}): this trains one model at {k} = "
+                               f"{overrides[k]}, not the family", severity=WARNING, path=path,
+                       help=f"to train the family, drop -s {k}; to sample a member of a trained family, give "
+                            f"-s {k}=... to gud sample")
+            for k in drawn if k in params and not isinstance(params[k], FixedParam)]
 
 
 def _lock_run(run: Path):

@@ -249,3 +249,12 @@ def test_a_param_written_per_component_suggests_the_param():
 def test_check_says_how_many_components_a_spec_gives(capsys):
     code, out, _ = run(capsys, "check", str(SPECS / "inpainting.gud"))
     assert code == 0 and "48 of 64 components given" in out
+
+
+def test_training_with_a_drawn_param_fixed_says_it_trains_one_model(capsys, tmp_path):
+    argv = ["train", "--quiet", str(SPECS / "family.gud"), "--out", str(tmp_path), "-s", "train.steps=1",
+            "-s", "train.batch=4", "-s", "train.sample_every=0"]
+    assert main(argv + ["-s", "a=0.8"]) == 0
+    err = capsys.readouterr().err
+    assert "warning[W204]: -s a=0.8 fixes param `a`, which the spec draws from uniform(0.4, 1.6)" in err
+    assert main(argv) == 0 and "W204" not in capsys.readouterr().err
