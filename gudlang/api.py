@@ -5,7 +5,7 @@ Input: a run directory, a checkpoint file, an exported model folder, or a spec w
 
     model.sample(n, sampler=, steps=, grid=, seed=, batch_size=, params=) -> (N, C, H, W) data space
     model.complete(images, mask=)       -> Completion (inpainting, outpainting, super-resolution)
-    model.extend(images, columns=N)     -> images extended by a sliding window
+    model.extend(images, columns=N)     -> Extension: images extended by a sliding window
     model.trajectory(n, frames=K)       -> Trajectory: x_t and the predicted x_0 along the sampler
     model.nll(x=None, split="test")     -> NllResult (bits/dim; conditional for a given mask)
     model.plot_schedule()               -> matplotlib Figure
@@ -33,7 +33,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -90,6 +90,14 @@ class Completion:
     mask: np.ndarray
     method: str
     nfe: int
+
+
+class Extension(NamedTuple):
+    """Extended images (N, C, H, W + columns) or (N, C, H + rows, W), the network calls, and the
+    width k of the given band each window is completed from (unpacks as (x, nfe, band))."""
+    x: np.ndarray
+    nfe: int
+    band: int
 
 
 @dataclass
@@ -535,9 +543,9 @@ class GudModel:
                           "trained" if same else "replacement", nfe)
 
     def extend(self, images, *, columns: int | None = None, rows: int | None = None, sampler: str | None = None,
-               steps: int | None = None, seed: int | None = None, progress=None) -> tuple[np.ndarray, int, int]:
+               steps: int | None = None, seed: int | None = None, progress=None) -> "Extension":
         """Extend images (N, C, H, W) by `columns` on the right or `rows` at the bottom with a
-        sliding window; (extended images, network calls, the given band k). `progress(done,
+        sliding window: an `Extension` (extended images, network calls, the given band k). `progress(done,
         total)` is called after each window. E651 when the result would not fit in half the
         machine's memory."""
         from gudlang.conditioning import extend, extension_band
@@ -570,7 +578,7 @@ class GudModel:
             return done.x, done.nfe
 
         x, nfe = extend(images, count, axis, k, size, fill)
-        return x, nfe, k
+        return Extension(x, nfe, k)
 
     def grid(self, out: Path, n: int | None = None) -> None:
         """A PNG grid of n (default the spec's sample.n) samples with the spec's settings

@@ -202,8 +202,9 @@ def test_bad_completion_arguments_are_E651(trained):
 def test_extension_checks_its_count_and_images(trained):
     refused("E003", "columns must be a positive integer, got -3", trained.given.extend, trained.images, columns=-3)
     refused("E681", "outside the data range", trained.given.extend, trained.images * 255, columns=2)
-    x, _, k = trained.given.extend(trained.images[0], columns=2, steps=2)  # one (C, H, W) image
-    assert x.shape == (1, 1, 8, 10) and k == 4
+    done = trained.given.extend(trained.images[0], columns=2, steps=2)  # one (C, H, W) image
+    x, nfe, k = done  # unpacks as before
+    assert x.shape == (1, 1, 8, 10) and k == 4 and done.band == 4 and done.nfe == nfe > 0 and done.x is x
 
 
 # --------------------------------------------------------------------------- nll
