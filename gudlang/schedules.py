@@ -820,7 +820,8 @@ class _Offences:
 
     def __init__(self, t: torch.Tensor, where: str, gamma_at=None):
         self.t, self.where, self.gamma_at = t, where, gamma_at  # gamma_at(times (n,)) -> gamma (n, D)
-        self.found: dict[str, GudError] = {}  # kind -> the first offence of that kind
+        self.found: dict = {}  # kind -> the first offence of that kind (a GudError; E301's parts until finish)
+        self.steepest = None  # (dgamma/dt, component, t) of the steepest decrease
         self.last = None  # (g, s) of the row before the next run: (1, D)
 
     def _stays(self, lo: float, hi: float, i: int) -> bool:
@@ -897,21 +898,34 @@ class _Offences:
             help="make gamma continuous in t: a steep ramp (clip(...), linear(...)) instead of where / floor / round")
 
     def _decreases(self, k0: int, g: np.ndarray, s: np.ndarray) -> None:
-        """Note the first decrease of gamma from row k to k + 1 within g, s (rows k0, k0 + 1, ...)."""
+        """Note the first decrease of gamma from row k to k + 1 within g, s (rows k0, k0 + 1, ...),
+        and the steepest negative slope over all rows (`steepest`)."""
         tol = 1e-9 * (1.0 + np.abs(g))
         dec = (s < -tol)[:-1] | (np.diff(g, axis=0) < -1e-9 * (1.0 + np.abs(g[1:])))
-        if "decrease" in self.found or not dec.any():
+        if not dec.any():
+            return
+        t = self.t
+        slopes = np.where(dec, s[:-1], np.inf)
+        k, i = np.unravel_index(int(np.argmin(slopes)), slopes.shape)
+        if slopes[k, i] < 0 and (self.steepest is None or slopes[k, i] < self.steepest[0]):
+            self.steepest = (float(slopes[k, i]), int(i), t[k0 + k].item())
+        if "decrease" in self.found:
             return
         k, i = np.argwhere(dec)[0]
-        t = self.t
         how = (f"dgamma/dt = {s[k, i]:.3g}" if s[k, i] < -tol[k, i] else
                f"from {g[k, i]:.6g} to {g[k + 1, i]:.6g} by t = {t[k0 + k + 1].item():.4f}")
-        self.found["decrease"] = GudError.one(
-            "E301", f"gamma decreases in t for component {i} at t = {t[k0 + k].item():.4f}{self.where} ({how})",
-            help="gamma_i(t) must be non-decreasing: noise only grows in forward time")
+        self.found["decrease"] = (f"gamma decreases in t for component {i} at t = {t[k0 + k].item():.4f}"
+                                  f"{self.where} ({how})", int(i))
 
     def finish(self) -> None:
         """Raise the first offence found, if any."""
+        if "decrease" in self.found and not isinstance(self.found["decrease"], GudError):
+            message, first = self.found["decrease"]
+            if self.steepest is not None and self.steepest[1] != first:
+                slope, i, at = self.steepest
+                message += f"; steepest: component {i} at t = {at:.4f} (dgamma/dt = {slope:.3g})"
+            self.found["decrease"] = GudError.one(
+                "E301", message, help="gamma_i(t) must be non-decreasing: noise only grows in forward time")
         for kind in ("gamma", "beta", "decrease", "jump"):
             if kind in self.found:
                 raise self.found[kind]

@@ -459,3 +459,18 @@ def test_w303_is_the_kl_of_the_exact_marginal_at_t1_from_the_prior():
     assert exact > 0.1
     fixed = build_model(check_text(text.replace("a = 0)", "a = 0, g_noise = 3 - log(min(wvar(i))))"), "w.gud"))
     assert "W303" not in [w.code for w in fixed.warnings]
+
+
+def test_e301_names_the_first_decrease_and_the_steepest():
+    # the first decreasing component (in t, then index) is where it goes wrong; the steepest is
+    # where to look when fixing a per-component formula
+    s, _ = compiled("linear(t) - 2 * rank(i)^4 * t")  # slope 18.3 - 2 rank^4: never below 0
+    check_schedule(s, VAR, {})
+    s, _ = compiled("-10 + (1 - 3 * rank(i)) * t")  # decreasing where rank > 1/3, most at rank 1
+    with pytest.raises(GudError) as info:
+        check_schedule(s, VAR, {})
+    d = info.value.diagnostics[0]
+    first = int(np.argmax(FEATURES["rank"] > 1 / 3))
+    last = int(np.argmax(FEATURES["rank"]))
+    assert d.code == "E301" and d.message.startswith(f"gamma decreases in t for component {first} at t = 0.0000")
+    assert d.message.endswith(f"; steepest: component {last} at t = 0.0000 (dgamma/dt = -2)")
