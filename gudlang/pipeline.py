@@ -100,9 +100,17 @@ class Model:
 
 
 def _anchored(err: GudError, checked: CheckedSpec, section: str) -> GudError:
+    """`err` pointed at the `section = ...` declaration, with a note naming the -s overrides of
+    its options (the line shows the spec's values, not the overridden ones)."""
+    from dataclasses import replace
     smap = checked.source
     path = smap.anchors.get((section,))
-    return err.with_span(smap.span(path) if path else None).with_path(smap.path)
+    err = err.with_span(smap.span(path) if path else None).with_path(smap.path)
+    changed = [f"-s {k}={v}" for k, v in checked.overrides if k.startswith(section + ".")]
+    if not changed:
+        return err
+    note = f"with {', '.join(changed)} (the line shows the spec's own values)"
+    return GudError([replace(d, notes=d.notes + (note,)) for d in err.diagnostics])
 
 
 def load_spec_data(checked: CheckedSpec) -> DataSet:

@@ -258,3 +258,10 @@ def test_training_with_a_drawn_param_fixed_says_it_trains_one_model(capsys, tmp_
     err = capsys.readouterr().err
     assert "warning[W204]: -s a=0.8 fixes param `a`, which the spec draws from uniform(0.4, 1.6)" in err
     assert main(argv) == 0 and "W204" not in capsys.readouterr().err
+
+
+def test_an_error_from_an_overridden_declaration_names_the_override(capsys):
+    # the excerpt underlines `channels = 32` in the spec: the note says which value was used
+    code, _, err = run(capsys, "check", str(SPECS / "digits.gud"), "-s", "network.channels=3")
+    assert code == 1 and "error[E612]" in err
+    assert "= note: with -s network.channels=3 (the line shows the spec's own values)" in err
