@@ -149,6 +149,7 @@ def explain_text(model) -> str:
                 f"{n} ~ uniform({spec.params[n].lo:g}, {spec.params[n].hi:g}), " + _drawn_how(model, n)
                 for n in checked.drawn) or "none"),
             _kinks_line(model),
+            _prior_line(model),
             f"model hash: {model.model_hash}",
             ""]
     order = model.generation_order()
@@ -194,6 +195,18 @@ def explain_text(model) -> str:
         if module is not None:
             out += ["", f"# generated {name} code", module.source.rstrip()]
     return "\n".join(out) + "\n"
+
+
+def _prior_line(model) -> str:
+    """How far the noised data at t = 1 are from the prior sampling starts from (W303's number)."""
+    from gudlang.pipeline import _never_noised
+    from gudlang.schedules import PRIOR_BITS, prior_mismatch
+    with torch.no_grad():
+        gamma1 = model.sampling_schedule(torch.ones(1, dtype=torch.float64))[0].numpy()[0]
+    kl, _ = prior_mismatch(gamma1, np.log(np.asarray(model.features["wvar"], dtype=np.float64)),
+                           ~_never_noised(model.stats, model.given))
+    return (f"at t = 1:   KL(p_1 || N(0, I)) = {kl.mean() / np.log(2):.3g} bits/dim (Gaussian, from the data's "
+            f"variances; sampling starts from N(0, I); W303 above {PRIOR_BITS:g})")
 
 
 def _kinks_line(model) -> str:

@@ -666,7 +666,7 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
     gamma decreases, E305 where it jumps (`JUMP`), each naming component, t and param values.
     Return at most one warning per code, at the worst param values: W301 when the true
     SNR = wvar * exp(-gamma) is not >= SNR_HIGH at t = 0, W302 when not <= SNR_LOW at t = 1,
-    W303 when it is but the marginal at t = 1 is still far from the prior N(0, I) (`_prior_mismatch`)
+    W303 when it is but the marginal at t = 1 is still far from the prior N(0, I) (`prior_mismatch`)
     (components marked `constant`, whose data never varies, are left out of that test; with
     coverage = False no warnings: a training distribution whose sampling path is another
     formula). A param drawn per component takes one value for all components at a time."""
@@ -694,7 +694,7 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
             i1 = int(np.argmax(log_snr1))
             if worst1 is None or log_snr1[i1] > worst1[0]:
                 worst1 = (log_snr1[i1], i1, where, int((log_snr1 > np.log(SNR_LOW)).sum()))
-            kl, variance = _prior_mismatch(g[-1], log_wvar, varying)
+            kl, variance = prior_mismatch(g[-1], log_wvar, varying)
             if mismatch is None or kl.mean() > mismatch[0]:
                 j = int(np.argmax(kl))
                 mismatch = (kl.mean() / np.log(2), j, variance[j], where, int((kl > PRIOR_KL).sum()))
@@ -737,7 +737,7 @@ def _gamma_at(schedule: CompiledSchedule, names: list[str], combo: tuple[float, 
     return gamma_at
 
 
-def _prior_mismatch(gamma1: np.ndarray, log_wvar: np.ndarray, varying: np.ndarray):
+def prior_mismatch(gamma1: np.ndarray, log_wvar: np.ndarray, varying: np.ndarray):
     """(KL (D,) in nats, variance (D,)) of each whitened component's marginal at t = 1,
     N(0, sigma^2 + alpha^2 wvar) for data of variance wvar (exact for Gaussian data), from the
     prior N(0, 1); 0 for components that never vary."""

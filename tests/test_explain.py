@@ -132,3 +132,13 @@ def test_a_loss_weight_of_one_is_said_to_be_the_plain_loss():
     weighted = build_model(check_text(base + "weight(t) = 1 + t\n", "w.gud"))
     assert weighted.weight is not None
     assert "loss:      weighted by weight (per-time)" in explain_text(weighted)
+
+
+def test_explain_gives_the_prior_mismatch_w303_warns_about():
+    text = ("gud 1\ndata = grf(size = 8, slope = 5, n = 4000)\nbasis = pca()\nprior = white\n"
+            "gamma_i(t) = soft(t, -log(var(i)), a = 0)\n")
+    model = build_model(check_text(text, "w.gud"))
+    (warning,) = [w for w in model.warnings if w.code == "W303"]
+    warned = re.search(r"a mismatch of ([\d.e-]+) bits/dim", warning.message).group(1)
+    shown = re.search(r"at t = 1: +KL\(p_1 \|\| N\(0, I\)\) = ([\d.e-]+) bits/dim", explain_text(model)).group(1)
+    assert shown == warned and float(shown) > 0.1
