@@ -519,7 +519,8 @@ def cmd_extend(args, overrides: dict) -> int:
     record = {"axis": axis, "count": count, "band": k, "window": size, "seed": seed, "nfe": nfe,
               "model_hash": model.hash, "image": str(args.image), "first": first, "images": many,
               "world_size": world, "seconds": time.time() - start}
-    png, npz = _with(stem, f"{shard_suffix()}.png"), _with(stem, f"{shard_suffix()}.npz")
+    suffix = shard_suffix()
+    png, npz = _with(stem, f"{suffix}.png"), _with(stem, f"{suffix}.npz")
     save_grid(x, png, data.value_range, cols=1 if axis == "columns" else len(x))
     _save_float_npz(npz, record, x=x, given=images[first: first + many])
     print(f"wrote {png} and {npz}: {len(x)} image(s){f' ({first} to {first + many - 1})' if world > 1 else ''} "

@@ -319,10 +319,9 @@ def _changed_settings(meta: dict, model) -> list[str]:
     return names
 
 
-def load_weights(module: torch.nn.Module, groups: dict, group: str, file: Path,
-                 network: str = "the network its spec describes") -> None:
-    """Load one weight group of a checkpoint into `module` (`network` says which it is); E621
-    when the group is missing or does not fit."""
+def load_weights(module: torch.nn.Module, groups: dict, group: str, file: Path, given: str | None = None) -> None:
+    """Load one weight group of a checkpoint into `module`, the spec's network or one the user
+    `given` (a description naming its class); E621 when the group is missing or does not fit."""
     if not groups.get(group):
         raise GudError.one("E621", f"checkpoint {file} has no `{group}` weights",
                            help="restore it from a copy or retrain")
@@ -332,8 +331,9 @@ def load_weights(module: torch.nn.Module, groups: dict, group: str, file: Path,
         lines = str(e).strip().splitlines()
         detail = (lines[1] if len(lines) > 1 else lines[0]).strip()
         detail = detail if len(detail) <= 160 else detail[:157] + "..."
-        raise GudError.one("E621", f"the `{group}` weights in {file} do not fit {network} ({detail})",
-                           help="restore it from a copy or retrain" if network.startswith("the network its")
+        raise GudError.one("E621", f"the `{group}` weights in {file} do not fit "
+                                   f"{given or 'the network its spec describes'} ({detail})",
+                           help="restore it from a copy or retrain" if given is None
                            else "pass the network the run was trained with") from None
 
 
@@ -408,7 +408,7 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
     if network is None and custom:
         raise GudError.one("E643", f"{file} was trained with a custom network ({custom})",
                            help="load it from Python: gudlang.load(path, network=YourModule(...))")
-    what = "the network its spec describes"
+    what = None  # the spec's own network
     if network is None:
         options = model.spec.network.model_dump()
         kind = options.pop("kind")

@@ -536,7 +536,7 @@ class CompiledSchedule(nn.Module):
 
     def gamma_and_slope(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
         """(gamma, dgamma/dt), both (B, D), in t's dtype."""
-        t = t if torch.is_tensor(t) and t.dim() <= 1 else _times(t)
+        t = _times(t)
         args = self._args(t, params)
         gamma, slope = self._fn(*args)
         shape = (args[0].shape[0], self.dim)
@@ -546,13 +546,12 @@ class CompiledSchedule(nn.Module):
     def value(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The formula's value (B, D) alone, in t's dtype (a loss weight, a sampling path): no
         derivative computed."""
-        t = t if torch.is_tensor(t) and t.dim() <= 1 else _times(t)
+        t = _times(t)
         args = self._args(t, params)
         return _full(self._value(*args), (args[0].shape[0], self.dim), args[0]).to(_result_dtype(t))
 
     def forward(self, t: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
-        if not torch.is_tensor(t) or t.dim() > 1:
-            t = _times(t)
+        t = _times(t)
         dtype = _result_dtype(t)
         if self.drawn:
             gamma, beta = self._forward(*self._args(t, params))
@@ -568,8 +567,10 @@ class CompiledSchedule(nn.Module):
 
 
 def _times(t) -> torch.Tensor:
-    """t given as a number or array as a float64 tensor; E003 unless it has at most one axis
-    (or is (B, 1))."""
+    """t as a tensor (a number or array as float64); E003 unless it has at most one axis (or is
+    (B, 1)). A (B,) tensor, as every caller in gudlang gives, passes at once."""
+    if torch.is_tensor(t) and t.dim() <= 1:
+        return t
     if not torch.is_tensor(t):
         t = torch.as_tensor(np.asarray(t, dtype=np.float64))
     if t.dim() > 2 or (t.dim() == 2 and t.shape[1] != 1):
@@ -695,9 +696,10 @@ def check_schedule(schedule: CompiledSchedule, wvar: np.ndarray, drawn_ranges: M
             if worst1 is None or log_snr1[i1] > worst1[0]:
                 worst1 = (log_snr1[i1], i1, where, int((log_snr1 > np.log(SNR_LOW)).sum()))
             kl, variance = prior_mismatch(g[-1], log_wvar, varying)
-            if mismatch is None or kl.mean() > mismatch[0]:
+            bits = kl.mean() / np.log(2)
+            if mismatch is None or bits > mismatch[0]:
                 j = int(np.argmax(kl))
-                mismatch = (kl.mean() / np.log(2), j, variance[j], where, int((kl > PRIOR_KL).sum()))
+                mismatch = (bits, j, variance[j], where, int((kl > PRIOR_KL).sum()))
     offences.finish()
     warnings: list[Diagnostic] = []
     if not coverage:
@@ -748,8 +750,7 @@ def prior_mismatch(gamma1: np.ndarray, log_wvar: np.ndarray, varying: np.ndarray
 
 
 def _how_many(count: int, dim: int) -> str:
-    return f"all {dim} components" if count == dim else f"{count} of {dim} components" if count > 1 else \
-        f"1 of {dim} components"
+    return f"all {dim} components" if count == dim else f"{count} of {dim} components"
 
 
 def _evaluations(evaluate, dim: int, t: torch.Tensor, names: list[str], combos: list[tuple[float, ...]]):
@@ -820,7 +821,8 @@ class _Offences:
 
     def __init__(self, t: torch.Tensor, where: str, gamma_at=None):
         self.t, self.where, self.gamma_at = t, where, gamma_at  # gamma_at(times (n,)) -> gamma (n, D)
-        self.found: dict = {}  # kind -> the first offence of that kind (a GudError; E301's parts until finish)
+        self.found: dict[str, GudError] = {}  # kind -> the first offence of that kind
+        self.first_decrease = None  # (message, component) of the first decrease: E301 at `finish`
         self.steepest = None  # (dgamma/dt, component, t) of the steepest decrease
         self.last = None  # (g, s) of the row before the next run: (1, D)
 
@@ -867,11 +869,10 @@ class _Offences:
                 "E302", f"beta is {beta[k, i]:.3g} for component {i} at t = {t[k0 + k].item():.3f}{where}, beyond "
                         "the float32 range (+-3.4e38) of training and sampling",
                 help="keep gamma's slope within float32's range")
-        for kind, check in (("decrease", self._decreases), ("jump", self._jumps)):
-            if kind not in self.found:
-                if self.last is not None:  # from the row before this run to its first row
-                    check(k0 - 1, np.concatenate([self.last[0], g[:1]]), np.concatenate([self.last[1], s[:1]]))
-                check(k0, g, s)
+        for check in (self._decreases, self._jumps):
+            if self.last is not None:  # from the row before this run to its first row
+                check(k0 - 1, np.concatenate([self.last[0], g[:1]]), np.concatenate([self.last[1], s[:1]]))
+            check(k0, g, s)
         self.last = (g[-1:].copy(), s[-1:].copy())
 
     def _jumps(self, k0: int, g: np.ndarray, s: np.ndarray) -> None:
@@ -909,18 +910,18 @@ class _Offences:
         k, i = np.unravel_index(int(np.argmin(slopes)), slopes.shape)
         if slopes[k, i] < 0 and (self.steepest is None or slopes[k, i] < self.steepest[0]):
             self.steepest = (float(slopes[k, i]), int(i), t[k0 + k].item())
-        if "decrease" in self.found:
+        if self.first_decrease is not None:
             return
         k, i = np.argwhere(dec)[0]
         how = (f"dgamma/dt = {s[k, i]:.3g}" if s[k, i] < -tol[k, i] else
                f"from {g[k, i]:.6g} to {g[k + 1, i]:.6g} by t = {t[k0 + k + 1].item():.4f}")
-        self.found["decrease"] = (f"gamma decreases in t for component {i} at t = {t[k0 + k].item():.4f}"
-                                  f"{self.where} ({how})", int(i))
+        self.first_decrease = (f"gamma decreases in t for component {i} at t = {t[k0 + k].item():.4f}"
+                               f"{self.where} ({how})", int(i))
 
     def finish(self) -> None:
         """Raise the first offence found, if any."""
-        if "decrease" in self.found and not isinstance(self.found["decrease"], GudError):
-            message, first = self.found["decrease"]
+        if self.first_decrease is not None:
+            message, first = self.first_decrease
             if self.steepest is not None and self.steepest[1] != first:
                 slope, i, at = self.steepest
                 message += f"; steepest: component {i} at t = {at:.4f} (dgamma/dt = {slope:.3g})"
