@@ -1,7 +1,7 @@
 """The Python API at the level users think in: `gudlang.load(...)` and what a model does.
 
 Input: a run directory, a checkpoint file, an exported model folder, or a spec with
-`network = oracle()` (exact, for Gaussian data). Output: a `GudModel`:
+`network = oracle()` (exact, for Gaussian data; its path or its text). Output: a `GudModel`:
 
     model.sample(n, sampler=, steps=, grid=, seed=, batch_size=, params=) -> (N, C, H, W) data space
     model.complete(images, mask=)       -> Completion (inpainting, outpainting, super-resolution)
@@ -47,22 +47,24 @@ def load(target: str | Path, *, network: torch.nn.Module | None = None, weights:
          params: dict | None = None, device: str | torch.device | None = None,
          path: str | None = None) -> "GudModel":
     """A trained model from a run directory, checkpoint file or export, or the exact model of a
-    spec with `network = oracle()`. `params` sets drawn params ({"a": 0.8}), `weights` picks
+    spec with `network = oracle()` (its path, or its text: a str with a line break). `params` sets drawn params ({"a": 0.8}), `weights` picks
     the EMA (default) or raw weights, `network` is the module a custom-network run needs,
     `path` a sampling path other than the spec's ("edm_path(t, rho = 5)"; see `with_path`)."""
     loaded = _load(load_target(target), network, weights, param_overrides(params), device)
     return loaded if path is None else loaded.with_path(path)
 
 
-def _load(path: Path, network, weights, overrides: dict[str, str], device) -> "GudModel":
+def _load(path: Path | str, network, weights, overrides: dict[str, str], device) -> "GudModel":
     from gudlang import runs
-    if path.suffix == ".gud":
-        from gudlang.check import check_text, read_source
+    if isinstance(path, str) or path.suffix == ".gud":
+        from gudlang.check import check_text, spec_source
         from gudlang.pipeline import build_model
-        checked = check_text(read_source(str(path)), str(path), overrides)
+        text, name, _ = spec_source(path)
+        checked = check_text(text, name, overrides)
         if checked.spec.network.kind != "oracle":
-            raise GudError.one("E640", f"{path} declares a network that must be trained first",
-                               help=f"gud train {path}, then load the run")
+            raise GudError.one("E640", f"{name} declares a network that must be trained first",
+                               help=f"gud train {name}, then load the run" if isinstance(path, Path) else
+                               "train it with gudlang.train_run(text), then load the run")
         model = build_model(checked)
         return GudModel(model, oracle_eps_model(model), {"gudlang_hash": model.model_hash}, device,
                         source=path, overrides=overrides)
@@ -172,9 +174,12 @@ def _seed(value, default: int, code: str) -> int:
     return int(value)
 
 
-def load_target(target) -> Path:
-    """The path `gudlang.load` reads: a str or os.PathLike naming a run directory, checkpoint,
-    export folder or .gud spec. E003 for anything else (None, a number, an empty string)."""
+def load_target(target) -> Path | str:
+    """What `gudlang.load` reads: the Path of a run directory, checkpoint, export folder or .gud
+    spec (given as a str or os.PathLike), or the text of a spec (a str holding a line break).
+    E003 for anything else (None, a number, an empty string), E001 for a path not there."""
+    if isinstance(target, str) and "\n" in target:
+        return target
     if not isinstance(target, (str, os.PathLike)) or not str(target):
         raise GudError.one("E003", f"gudlang.load needs the path of a run directory, checkpoint file, export "
                                    f"folder or .gud spec, got {_what(target)}",
@@ -372,8 +377,9 @@ class GudModel:
 
     # ------------------------------------------------------------------ what it is
     def __repr__(self) -> str:
+        from gudlang.check import SPEC_TEXT
         spec, step = self.spec, self.meta.get("gudlang_step")
-        where = f"{self._source}" if self._source is not None else "in memory"
+        where = "in memory" if self._source is None else SPEC_TEXT if isinstance(self._source, str) else self._source
         return (f"GudModel({where}: {spec.data.kind} {'x'.join(map(str, self.shape))}, {spec.basis.kind} basis, "
                 f"{spec.prior.kind} prior, {spec.network.kind} network"
                 + (f", step {step}" if step else "") + (", conditional" if self.conditional else "")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from functools import lru_cache
 from typing import Any, Mapping
 
@@ -801,6 +802,17 @@ def _check_text(text, path, overrides) -> CheckedSpec:
 def check_file(path: str, overrides: Mapping[str, str] | None = None) -> CheckedSpec:
     """Read and check a spec file; unreadable files give E001."""
     return check_text(read_source(path), path, overrides)
+
+
+SPEC_TEXT = "<spec text>"  # how diagnostics and run.json name a spec given as text
+
+
+def spec_source(spec) -> tuple[str, str, str]:
+    """(text, name for diagnostics, stem for the run folder) of a spec given as the path of a
+    .gud file or as its text (any str holding a line break: a spec has at least two lines)."""
+    if isinstance(spec, str) and "\n" in spec:
+        return spec, SPEC_TEXT, "spec"
+    return read_source(str(spec)).decode("utf-8", errors="replace"), str(spec), Path(spec).stem
 
 
 def read_source(path: str) -> bytes:

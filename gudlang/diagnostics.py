@@ -149,7 +149,7 @@ class GudError(Exception):
         if isinstance(diagnostics, Diagnostic):
             diagnostics = [diagnostics]
         self.diagnostics = list(diagnostics)
-        super().__init__("\n".join(f"{d.code}: {d.message}" for d in self.diagnostics))
+        super().__init__("\n".join(_plain(d) for d in self.diagnostics))
 
     @classmethod
     def one(cls, code: str, message: str, *, help: str | None = None,
@@ -161,6 +161,16 @@ class GudError(Exception):
 
     def with_span(self, span: Span | None) -> "GudError":
         return GudError([d.with_span(span) for d in self.diagnostics])
+
+
+def _plain(d: Diagnostic) -> str:
+    """A diagnostic as the text of a Python exception: "CODE: message", then where (file, line
+    and column) and the help, each on its own line when known. The CLI renders with excerpts."""
+    where = d.path or ""
+    if d.span is not None:
+        where += f"{':' if where else 'line '}{d.span.line}:{d.span.col}"
+    return (f"{d.code}: {d.message}" + (f"\n  --> {where}" if where else "")
+            + (f"\n  help: {d.help}" if d.help else ""))
 
 
 def _excerpt(d: Diagnostic, lines: list[str]) -> list[str]:

@@ -44,7 +44,7 @@ import torch
 
 from gudlang import checkpoint as ckpt
 from gudlang import distributed, runs
-from gudlang.check import check_text, read_source
+from gudlang.check import SPEC_TEXT, check_text, spec_source
 from gudlang.diagnostics import WARNING, Diagnostic, GudError, render_text
 from gudlang.spec import FixedParam
 
@@ -201,8 +201,9 @@ def sample_grid(session: Session, out: Path) -> None:
 
 
 # --------------------------------------------------------------------------- setup
-def _open_run(spec, overrides: dict, out, resume, name) -> tuple[Path | None, Path, dict]:
-    """(existing run or None, the spec file to check, overrides) for a new or resumed run."""
+def _open_run(spec, overrides: dict, out, resume, name) -> tuple[Path | None, tuple[str, str, str], dict]:
+    """(existing run or None, the spec to check as `spec_source` gives it, overrides) for a new or
+    resumed run."""
     if name is not None and (not name or Path(name).name != name or name in (".", "..")):
         raise GudError.one("E003", f"--name must be a folder name inside --out, got {name!r}",
                            help="choose a name without / or .., e.g. --name digits-a08")
@@ -223,17 +224,18 @@ def _open_run(spec, overrides: dict, out, resume, name) -> tuple[Path | None, Pa
         if not (run / "spec.gud").is_file():
             raise GudError.one("E640", f"{run} is not a run directory (no spec.gud)",
                                help="pass the folder that `gud train` created")
+        own = spec_source(run / "spec.gud")
         if spec is not None:  # a spec beside --resume (or --name) must be the run's own
-            given = read_source(str(spec))
-            if given != read_source(str(run / "spec.gud")):
-                raise GudError.one("E641", f"{spec} differs from the spec {run} was trained with",
+            given = spec_source(spec)
+            if given[0] != own[0]:
+                raise GudError.one("E641", f"{given[1]} differs from the spec {run} was trained with",
                                    help=f"use another --name, or train on with gud train --resume {run}"
                                    if name is not None else f"drop {spec}: gud train --resume {run} trains on "
                                                             "with the run's own spec")
-        return run, run / "spec.gud", {**runs.stored_overrides(run), **overrides}
+        return run, own, {**runs.stored_overrides(run), **overrides}
     if not spec:
         raise GudError.one("E003", "gud train needs a spec file or --resume RUN")
-    return None, Path(spec), overrides
+    return None, spec_source(spec), overrides
 
 
 def setup(spec, overrides: dict, *, out, resume, until, network, name, command) -> Session:
@@ -242,12 +244,11 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
 
     rank, world = distributed.rank_and_world()
     with distributed.every_rank("reading the spec and loading the data"):
-        run, spec_path, overrides = _open_run(spec, overrides, out, resume, name)
-        spec_text = read_source(str(spec_path)).decode("utf-8", errors="replace")
-        model = build_model(check_text(spec_text, str(spec_path), overrides))
+        run, (spec_text, source, stem), overrides = _open_run(spec, overrides, out, resume, name)
+        model = build_model(check_text(spec_text, source, overrides))
         device = runs.device_for(model.spec.runtime)
     if rank == 0:
-        for w in model.warnings + _fixed_families(spec_text, str(spec_path), overrides):
+        for w in model.warnings + _fixed_families(spec_text, source, overrides):
             print(render_text([w], spec_text), file=sys.stderr)
     settings = model.spec.train
     if world > 1:
@@ -266,7 +267,7 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
             network = network if network is not None else runs.make_spec_network(model)
             ema = EMA(network, settings.ema, settings.ema_warmup)
             if run is None:
-                run = Path(out) / name if name is not None else runs.new_run_dir(Path(out), spec_path.stem,
+                run = Path(out) / name if name is not None else runs.new_run_dir(Path(out), stem,
                                                                                    model.model_hash)
                 made = _missing_folders(run)
                 if rank == 0:
@@ -315,7 +316,7 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
     if model.spec.runtime.dtype == "bfloat16" and autocast is None and rank == 0:
         print(render_text([Diagnostic("W630", f"runtime.dtype = bfloat16 autocasts on CUDA only; "
                                       f"training on {device.type} in float32", severity=WARNING,
-                                      path=str(spec_path))]), file=sys.stderr)
+                                      path=source)]), file=sys.stderr)
     if model.spec.runtime.compile:
         objective.network = torch.compile(objective.network)
     stop = settings.steps if until is None else min(settings.steps, until)
@@ -573,7 +574,8 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
               resume: str | Path | None = None, until: int | None = None, quiet: bool = False,
               network: torch.nn.Module | None = None, name: str | None = None,
               command: list[str] | None = None) -> TrainResult:
-    """Train a spec (or resume a run) and return where it went. `network` replaces the spec's
+    """Train a spec (the path of a .gud file, or its text) or resume a run, and return where it
+    went; the run folder records the spec's text either way. `network` replaces the spec's
     network by any module with the call `net(x (B, C, H, W), gamma (B, D)) -> eps (B, C, H, W)`;
     pass the same module to `gudlang.load` to sample from the checkpoint. `quiet` drops the progress
     lines (not the summary). `command` is what
@@ -581,7 +583,9 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
     random states (torch, NumPy, Python) are as they were when it returns."""
     _check_arguments(spec, overrides, network)
     if command is None:
-        command = ["train_run(" + ", ".join(repr(str(v)) for v in (spec, resume) if v is not None)
+        shown = [SPEC_TEXT if isinstance(v, str) and "\n" in v else repr(str(v)) for v in (spec, resume)
+                 if v is not None]
+        command = ["train_run(" + ", ".join(shown)
                    + "".join(f", {k}={v!r}" for k, v in dict(overrides or {}).items()) + ")"]
     callers = ckpt.capture_rng_state()  # training seeds the global generators: give them back after
     try:
@@ -595,11 +599,7 @@ def _check_arguments(spec, overrides, network) -> None:
     """E003 for arguments of `train_run` of the wrong kind (spec text for a path, a list of
     "k=v" for the overrides dict, a network class or function for a module)."""
     if spec is not None and not isinstance(spec, (str, os.PathLike)):
-        raise GudError.one("E003", f"spec must be the path of a .gud file, got {type(spec).__name__}")
-    if isinstance(spec, str) and "\n" in spec:
-        raise GudError.one("E003", "spec must be the path of a .gud file, got the text of one",
-                           help="write the text to a file and pass its path (train_run trains from a file so "
-                                "that the run can record it)")
+        raise GudError.one("E003", f"spec must be the path of a .gud file or its text, got {type(spec).__name__}")
     if overrides is not None and not isinstance(overrides, Mapping):
         raise GudError.one("E003", f"overrides must be a dict such as {{\"train.steps\": 200}}, got "
                                    f"{type(overrides).__name__}")

@@ -2,6 +2,7 @@
 are a GudError that says what is wrong, never a raw Python exception or a silently wrong
 result; arguments the CLI accepts (numpy integers, (C, H, W) images, a file path) work."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -299,8 +300,28 @@ def test_train_run_refuses_arguments_of_the_wrong_kind_and_leaves_no_run(trained
     assert not (out / "r").exists()
 
 
-def test_train_run_says_it_takes_a_path_not_spec_text(trained):
-    refused("E003", "got the text of one", gudlang.train_run, PLAIN)
+def test_train_run_and_load_take_spec_text(trained, capsys):
+    out = trained.root / "text"
+    result = gudlang.train_run(PLAIN, out=out, quiet=True)
+    assert result.run.parent == out and result.run.name.startswith("spec-")
+    assert (result.run / "spec.gud").read_text() == PLAIN
+    assert json.loads((result.run / "run.json").read_text())["command"] == ["train_run(<spec text>)"]
+    # the same weights as the run trained from the file with the same text
+    from_text, from_file = gudlang.load(result.run), trained.plain
+    assert from_text.hash == from_file.hash
+    assert torch.equal(from_text.sample(2, seed=3), from_file.sample(2, seed=3))
+    # a different text beside the run is refused; its own text resumes it
+    refused("E641", "<spec text> differs from the spec", gudlang.train_run, PLAIN.replace("a = 1.0", "a = 2.0"),
+            resume=result.run)
+    assert gudlang.train_run(PLAIN, resume=result.run, quiet=True).run == result.run
+    # an error in the text points into it
+    err = refused("E105", "unexpected", gudlang.train_run, PLAIN.replace("digits()", "digits(n = )"), out=out)
+    assert "<spec text>:2" in str(err), str(err)
+    # load: an oracle spec's text gives the exact model; a trainable one says to train it
+    exact = gudlang.load("gud 1\ndata = grf(size = 8, slope = 3, n = 64)\nbasis = pixel()\nnetwork = oracle()\n"
+                         "gamma(t) = linear(t)\n")
+    assert exact.sample(2).shape == (2, 1, 8, 8) and "<spec text>" in repr(exact)
+    refused("E640", "train it with gudlang.train_run(text)", gudlang.load, PLAIN)
 
 
 def test_a_float64_run_loads_in_float64(trained):

@@ -44,11 +44,13 @@ def test_the_python_example_runs(tmp_path, monkeypatch):
         code = code.replace(placeholder, str(run))
     code = code.replace('"exported/digits"', repr(str(tmp_path / "exported"))).replace("n=180", "n=2")
     real_train = gudlang.train_run
-    monkeypatch.setattr(gudlang, "train_run", lambda spec, out, network: real_train(
-        str(README.parent / spec), {"train.steps": "2", "train.batch": "8"}, out=tmp_path / out, quiet=True,
-        network=network))
+    monkeypatch.setattr(gudlang, "train_run", lambda spec, out, network=None: real_train(
+        spec if "\n" in spec else str(README.parent / spec), {"train.steps": "2", "train.batch": "8"},
+        out=tmp_path / out, quiet=True, network=network))
+    monkeypatch.chdir(README.parent)  # the example reads specs/digits.gud
     namespace = {"MyNet": MyNet}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["x"].shape == namespace["y"].shape == namespace["z"].shape == (16, 1, 8, 8)
     assert namespace["done"].method == "replacement" and (tmp_path / "exported" / "model.safetensors").is_file()
     assert namespace["result"].step == 2
+    assert "steps = 500" in namespace["text"] and (namespace["run"] / "spec.gud").read_text() == namespace["text"]
