@@ -325,6 +325,13 @@ soft(t, l, a = 1, g_den = -7, g_noise = 3, clipped = false) =
 # later: sequential(t, col(i)) generates the left column first. b = 1: all at once.
 sequential(t, l, b = 0.5, lo = -7, hi = 3) = linear((t - (1 - l) * (1 - b)) / b, lo, hi)
 
+# Loss weight (weight_i(t) = snr_weight(gamma_i(t))): the sigmoid weighting of Kingma & Gao
+# 2023 per component, sigmoid(b - lambda_i) with lambda_i = log wvar_i - gamma_i the true
+# log SNR of component i: 1 while the component is noise, 0 once it is clean, where its
+# eps-loss is noise the network cannot predict (with a strong hierarchy few components are in
+# motion at any t, and the noise of the clean ones swamps their gradient: benchmarks/weighting.py).
+snr_weight(g, b = 0) = sigmoid(b + g - log(wvar(i)))
+
 # ---- Published schedules (docs/presets.md), each with its paper's defaults.
 
 # Ho et al. 2020 (DDPM), Sec. 4: betas linear from beta_1 to beta_T over T = steps steps,
@@ -423,7 +430,7 @@ pyramid(t, l, tokens = W, steps = 50, scale = 1, lo = -15, hi = 15) =
     shifted_cosine(clip(t + (tokens - 1) * scale * (t + l - 1) / steps, 0, 1), lo = lo, hi = hi)
 """
 
-LIBRARY = ("linear", "vp", "cosine", "soft", "sequential", "ddpm_linear", "iddpm_cosine", "vdm", "shifted_cosine",
+LIBRARY = ("linear", "vp", "cosine", "soft", "sequential", "snr_weight", "ddpm_linear", "iddpm_cosine", "vdm", "shifted_cosine",
            "edm_sigma", "edm_path", "blurring", "equal_snr", "rolling", "ar_diffusion", "pyramid")
 
 

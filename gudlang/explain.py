@@ -2,7 +2,9 @@
 
 Input: a `Model` (`gudlang.pipeline.build_model`).
 Output: text: the resolved spec (every default explicit; it parses and hashes like the
-original), D and shapes, the generation order (components whose gamma never moves apart, as
+original), D and shapes, the training signal (`training_signal`: the shares of the (t,
+component) pairs training draws in motion and clean, with a hint to weight the loss when few
+move), the generation order (components whose gamma never moves apart, as
 never noised; the most components in motion at once, `schedules.motion`), a table of gamma,
 sigma and true SNR at a few t for a few generated components, and the generated schedule
 code. `resolved_text` is also what a run directory stores as `resolved.gud`.
@@ -145,6 +147,7 @@ def explain_text(model) -> str:
             *([f"loss:      weighted by weight ({describe_shape(checked.shapes['weight'])})"
                if model.weight is not None else "loss:      weight 1, the plain loss (hashed as none)"]
               if checked.weight is not None else []),
+            _signal_line(model),
             "drawn params: " + (", ".join(
                 f"{n} ~ uniform({spec.params[n].lo:g}, {spec.params[n].hi:g}), " + _drawn_how(model, n)
                 for n in checked.drawn) or "none"),
@@ -195,6 +198,33 @@ def explain_text(model) -> str:
         if module is not None:
             out += ["", f"# generated {name} code", module.source.rstrip()]
     return "\n".join(out) + "\n"
+
+
+# A component is in motion while its true |log SNR| is below SIGNAL_LOG_SNR, clean above it. With
+# fewer than FEW_IN_MOTION of the (t, component) pairs training draws in motion and no loss
+# weight, explain suggests snr_weight (README, "Strong hierarchies train better weighted").
+SIGNAL_LOG_SNR = 3.0
+FEW_IN_MOTION = 0.2
+
+
+def training_signal(model, points: int = 1025) -> tuple[float, float]:
+    """(in motion, clean): the shares of the (t, component) pairs training draws, t ~ U(0, 1) on
+    `points` equally spaced t and the components not given, whose true log SNR (log wvar_i -
+    gamma_i(t), drawn params at their defaults) is within +-SIGNAL_LOG_SNR, and above it."""
+    with torch.no_grad():
+        gamma = model.schedule(torch.linspace(0, 1, points, dtype=torch.float64))[0].numpy()
+    log_snr = np.log(np.asarray(model.features["wvar"], dtype=np.float64))[None] - gamma
+    if model.given is not None:
+        log_snr = log_snr[:, ~np.asarray(model.given, dtype=bool)]
+    return (float(np.mean(np.abs(log_snr) < SIGNAL_LOG_SNR)), float(np.mean(log_snr >= SIGNAL_LOG_SNR)))
+
+
+def _signal_line(model) -> str:
+    moving, clean = training_signal(model)
+    hint = ("; few: weight_i(t) = snr_weight(gamma_i(t)) drops the clean ones' unpredictable eps-loss (README)"
+            if moving < FEW_IN_MOTION and model.weight is None else "")
+    return (f"signal:    {moving:.0%} of the (t, component) pairs training draws in motion (true |log SNR| < "
+            f"{SIGNAL_LOG_SNR:g}), {clean:.0%} clean{hint}")
 
 
 def _prior_line(model) -> str:

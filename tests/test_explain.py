@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from gudlang.check import check_file, check_text
@@ -132,6 +133,33 @@ def test_a_loss_weight_of_one_is_said_to_be_the_plain_loss():
     weighted = build_model(check_text(base + "weight(t) = 1 + t\n", "w.gud"))
     assert weighted.weight is not None
     assert "loss:      weighted by weight (per-time)" in explain_text(weighted)
+
+
+def test_the_training_signal_shares_are_those_of_the_soft_family_s_closed_form():
+    """soft(t, l, a) is linear in the true log SNR, lambda_i(t) = 7 - a (l_i - l_max) - Dg t with
+    Dg = 10 + a (l_max - l_min), from 7 - ... >= 7 at t = 0 to <= -3 at t = 1: each component is
+    in motion (|lambda| < 3) for 6 / Dg of the time and clean (> 3) for (4 + a (l_max - l_i)) / Dg.
+    l_i = -log var_i with var_i NumPy's PCA variances of the training images."""
+    from gudlang.explain import training_signal
+    a = 8.0  # the grf's labels span 3: Dg = 34, 18% in motion
+    text = ("gud 1\ndata = grf(size = 6, slope = 2, n = 2000)\nbasis = pca()\nprior = white\n"
+            f"gamma_i(t) = soft(t, -log(var(i)), a = {a})\n")
+    model = build_model(check_text(text, "signal.gud"))
+    x = model.data.train.reshape(len(model.data.train), -1).astype(np.float64)
+    l = -np.log(np.linalg.eigvalsh(np.cov(x.T, bias=True)))
+    dg = 10 + a * (l.max() - l.min())
+    moving, clean = training_signal(model)
+    assert moving == pytest.approx(6 / dg, abs=2e-3)
+    assert clean == pytest.approx(np.mean((4 + a * (l.max() - l)) / dg), abs=2e-3)
+    def signal_line(m) -> str:
+        return re.search(r"^signal: .*$", explain_text(m), re.M).group(0)
+
+    assert "snr_weight" in signal_line(model)  # few in motion, unweighted: the hint
+    weighted = build_model(check_text(text + "weight_i(t) = snr_weight(gamma_i(t))\n", "signal.gud"))
+    assert signal_line(weighted).startswith(f"signal:    {moving:.0%} of the (t, component) pairs")
+    assert "snr_weight" not in signal_line(weighted)
+    standard = build_model(check_text(text.replace(f"a = {a}", "a = 0.5"), "signal.gud"))
+    assert training_signal(standard)[0] > 0.2 and "snr_weight" not in signal_line(standard)
 
 
 def test_explain_gives_the_prior_mismatch_w303_warns_about():

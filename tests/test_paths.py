@@ -100,6 +100,24 @@ def test_the_weighted_loss_is_edm_loss_in_its_own_form():
     assert loss == pytest.approx(float(np.mean(weight * (denoised - x0) ** 2)), rel=1e-5)
 
 
+@pytest.mark.parametrize("b", [0.0, 2.0])
+def test_snr_weight_is_one_over_one_plus_the_true_snr(b):
+    """weight_i(t) = snr_weight(gamma_i(t), b) is 1 / (1 + e^-b SNR_i(t)), SNR_i the true SNR
+    var_i e^-gamma_i of pixel i (white prior): var_i is NumPy's variance of the pixel over the
+    training images, gamma the compiled schedule's."""
+    spec = ("gud 1\ndata = grf(size = 6, slope = 2, n = 600)\nbasis = pixel()\nprior = white\n"
+            f"gamma_i(t) = soft(t, -log(var(i)), a = 2)\nweight_i(t) = snr_weight(gamma_i(t), b = {b})\n")
+    model = build_model(check_text(spec, "weight.gud"))
+    var = model.data.train.reshape(len(model.data.train), -1).astype(np.float64).var(0)
+    t = torch.linspace(0, 1, 33, dtype=torch.float64)
+    with torch.no_grad():
+        gamma, _ = model.schedule.to(torch.float64)(t)
+        weight = model.weight.to(torch.float64).value(t).numpy()
+    snr = var[None, :] * np.exp(-gamma.numpy())
+    np.testing.assert_allclose(weight, 1 / (1 + np.exp(-b) * snr), rtol=1e-9)
+    assert weight.min() < 0.01 and weight.max() > 0.95  # clean at t = 0, noise at t = 1 (true SNR <= e^-3)
+
+
 class Recording(torch.nn.Module):
     """The exact (oracle) epsilon model of `model`, noting every (t, gamma) it is called with."""
 

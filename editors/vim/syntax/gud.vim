@@ -10,7 +10,7 @@ syn keyword gudWordOperator and not or
 syn match gudConstant "\v<(C|D|H|W|false|pi|true)>"
 syn match gudImplicit "\v<(i|t)>"
 syn match gudFeature "\v<(chan|col|freq|index|kx|ky|level|orient|rank|row|var|wvar)>"
-syn match gudBuiltin "\v<(abs|ar_diffusion|atan|blurring|clip|cos|cosine|ddpm_linear|edm_path|edm_sigma|equal_snr|erfinv|exp|expm1|floor|iddpm_cosine|linear|log|log1p|logit|max|mean|min|ndtri|pyramid|rolling|round|sequential|shifted_cosine|sigmoid|sin|soft|softplus|sqrt|sum|tan|tanh|vdm|vp|where)>"
+syn match gudBuiltin "\v<(abs|ar_diffusion|atan|blurring|clip|cos|cosine|ddpm_linear|edm_path|edm_sigma|equal_snr|erfinv|exp|expm1|floor|iddpm_cosine|linear|log|log1p|logit|max|mean|min|ndtri|pyramid|rolling|round|sequential|shifted_cosine|sigmoid|sin|snr_weight|soft|softplus|sqrt|sum|tan|tanh|vdm|vp|where)>"
 
 " Characters the grammar rejects outside strings and comments (E101), and a quote that
 " opens no string on its line; the items defined after these win where they also match.
