@@ -223,8 +223,11 @@ def _signal_line(model) -> str:
     moving, clean = training_signal(model)
     hint = ("; few: weight_i(t) = snr_weight(gamma_i(t)) drops the clean ones' unpredictable eps-loss (README)"
             if moving < FEW_IN_MOTION and model.weight is None else "")
-    return (f"signal:    {moving:.0%} of the (t, component) pairs training draws in motion (true |log SNR| < "
-            f"{SIGNAL_LOG_SNR:g}), {clean:.0%} clean{hint}")
+    def share(x: float) -> str:
+        return f"{x:.0%}" if x >= 0.01 or x == 0 else f"{x:.1%}"
+
+    return (f"signal:    {share(moving)} of the (t, component) pairs training draws in motion (true |log SNR| < "
+            f"{SIGNAL_LOG_SNR:g}), {share(clean)} clean{hint}")
 
 
 def _prior_line(model) -> str:
