@@ -22,14 +22,31 @@ Measures, none of them the model's own numbers:
               (noise-like samples; about 1% for a model that samples the data)
     nn        median distance of a sample to its nearest training image over the same for the
               test images (1 for a model that samples the data)
-    nll       bits/dim of the first N test images (exact divergence; `--nll 0` skips it)
+    var       the samples' total variance (summed over pixels) over the training images' (1 for
+              a model that samples the data): the outlier and nn columns favour samples that
+              are too smooth (a blurred digit is near many), which this one shows
+    nll       bits/dim of the first N test images (exact divergence; `--nll 0` skips it; not for
+              the autoregressive row, whose likelihood ODE took over 20 minutes for 60 images)
 and, per row, weighted / unweighted.
 
-Measured here (2 cores, one seed each, N = 60): weighting cut the outliers on soft_a2 from 38% to
-13% and on digits a=2 from 20% to 8% with a better NLL (2.53 -> 2.45 bits/dim); at a = 1 it cut
-them from 8.6% to 6.3% at a worse NLL (2.49 -> 2.55): the usual trade of a weighting that
-favours samples over likelihood. Hence soft_a2.gud ships with it and digits.gud without.
-It takes about 25 minutes (8 trainings of 2.5-3.5 minutes).
+Measured here (2 cores, one seed each, N = 60; the autoregressive row without NLL):
+
+    row              loss         outliers     nn     var             nll
+    soft_a2          unweighted      37.9%  1.445    74.4   2.548 +- 0.024
+    soft_a2          weighted        13.3%  1.315    1.03   2.488 +- 0.029
+    digits a=1       unweighted       8.6%  1.201   0.951   2.492 +- 0.026
+    digits a=1       weighted         6.2%  1.157   0.912   2.547 +- 0.024
+    digits a=2       unweighted      20.3%  1.310    1.07   2.527 +- 0.023
+    digits a=2       weighted         8.2%  1.227   0.827   2.455 +- 0.021
+    autoregressive   unweighted      93.4%  1.917    1.74               -
+    autoregressive   weighted        18.8%  1.388   0.456               -
+
+On soft_a2 the weight is a clear win (a share of its unweighted samples are checkerboards of
+huge amplitude: 74 times the data's variance). At a = 2 with the U-Net it wins on outliers and
+NLL but leaves the samples 17% short of the data's variance; at a = 1 the NLL is worse; in the
+autoregressive spec it swaps too much variance (saturated pixels) for far too little (smooth,
+low-contrast digits). Hence only soft_a2.gud ships with it. About 30 minutes (8 trainings of
+2.5-3.5 minutes, and the NLLs).
 
     python benchmarks/weighting.py [--only TEXT] [--nll N] [--out DIR]
 """
@@ -48,19 +65,20 @@ from gudlang.pipeline import load_spec_data
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 WEIGHT = "weight_i(t) = snr_weight(gamma_i(t))\n"
-ROWS = {  # name: (shipped spec, overrides)
-    "soft_a2": ("soft_a2.gud", {}),
-    "digits a=1": ("digits.gud", {}),
-    "digits a=2": ("digits.gud", {"a": "2"}),
-    "autoregressive": ("autoregressive.gud", {}),
+ROWS = {  # name: (shipped spec, overrides, NLL measured)
+    "soft_a2": ("soft_a2.gud", {}, True),
+    "digits a=1": ("digits.gud", {}, True),
+    "digits a=2": ("digits.gud", {"a": "2"}, True),
+    "autoregressive": ("autoregressive.gud", {}, False),  # its NLL of 60 images took > 20 minutes here
 }
 SAMPLES = 256
 
 
 def variants(spec: str) -> dict[str, str]:
-    """The spec's text without and with the weight (a shipped spec may carry it already)."""
+    """The spec's text without and with the weight (a shipped spec may carry it already), its
+    comments dropped (runs kept with --out stay those of the text after a comment is edited)."""
     text = (SPECS / spec).read_text()
-    plain = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("weight"))
+    plain = "".join(line for line in text.splitlines(keepends=True) if not line.startswith(("weight", "#")))
     return {"unweighted": plain, "weighted": plain + WEIGHT}
 
 
@@ -80,7 +98,8 @@ def measure(run: Path, nll_images: int) -> dict:
     samples = model.sample(SAMPLES, seed=1).double().numpy().reshape(SAMPLES, -1)
     distances = nearest_distances(samples, train)
     out = {"outliers": float((distances > np.quantile(reference, 0.99)).mean()),
-           "nn": float(np.median(distances) / np.median(reference))}
+           "nn": float(np.median(distances) / np.median(reference)),
+           "var": float(samples.var(0).sum() / train.var(0).sum())}
     if nll_images:
         result = model.nll(split="test", n=nll_images)
         out.update(nll=float(result.mean), nll_se=float(result.stderr))
@@ -91,12 +110,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="rows whose name contains this text")
     parser.add_argument("--nll", type=int, default=60, help="test images for the NLL (0: skip it)")
-    parser.add_argument("--out", default=None, help="keep the runs in this folder (default: a temporary one)")
+    parser.add_argument("--out", default=None, help="keep the runs in this folder (default: a temporary one); "
+                                                    "runs already there are measured, not retrained")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.out or scratch)
-        print(f"{'row':16s} {'loss':11s} {'outliers':>9s} {'nn':>6s} {'nll':>15s} {'train s':>8s}")
-        for row, (spec, overrides) in ROWS.items():
+        print(f"{'row':16s} {'loss':11s} {'outliers':>9s} {'nn':>6s} {'var':>7s} {'nll':>15s} {'train s':>8s}")
+        for row, (spec, overrides, with_nll) in ROWS.items():
             if args.only not in row:
                 continue
             results = {}
@@ -105,14 +125,14 @@ def main() -> None:
                 run = gudlang.train_run(text, overrides, out=out, quiet=True,
                                         name=f"{row.replace(' ', '_').replace('=', '')}-{variant}").run
                 seconds = time.perf_counter() - begin
-                results[variant] = r = measure(run, args.nll)
+                results[variant] = r = measure(run, args.nll if with_nll else 0)
                 nll = f"{r['nll']:.3f} +- {r['nll_se']:.3f}" if "nll" in r else "-"
-                print(f"{row:16s} {variant:11s} {r['outliers']:9.1%} {r['nn']:6.3f} {nll:>15s} {seconds:8.0f}",
-                      flush=True)
+                print(f"{row:16s} {variant:11s} {r['outliers']:9.1%} {r['nn']:6.3f} {r['var']:7.3g} {nll:>15s} "
+                      f"{seconds:8.0f}", flush=True)
             w, u = results["weighted"], results["unweighted"]
             ratio = f"{w['nll'] - u['nll']:+.3f}" if "nll" in w else "-"
             print(f"{row:16s} {'w / u':11s} {w['outliers'] / max(u['outliers'], 1 / SAMPLES):9.2f}x "
-                  f"{w['nn'] / u['nn']:5.2f}x {ratio:>15s}", flush=True)
+                  f"{w['nn'] / u['nn']:5.2f}x {w['var'] / u['var']:6.3g}x {ratio:>15s}", flush=True)
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def explain_text(model) -> str:
 
 # A component is in motion while its true |log SNR| is below SIGNAL_LOG_SNR, clean above it. With
 # fewer than FEW_IN_MOTION of the (t, component) pairs training draws in motion and no loss
-# weight, explain suggests snr_weight (README, "Strong hierarchies train better weighted").
+# weight, explain suggests snr_weight (README, "Strong hierarchies and the loss weight").
 SIGNAL_LOG_SNR = 3.0
 FEW_IN_MOTION = 0.2
 
@@ -221,7 +221,8 @@ def training_signal(model, points: int = 1025) -> tuple[float, float]:
 
 def _signal_line(model) -> str:
     moving, clean = training_signal(model)
-    hint = ("; few: weight_i(t) = snr_weight(gamma_i(t)) drops the clean ones' unpredictable eps-loss (README)"
+    hint = ("; few: try weight_i(t) = snr_weight(gamma_i(t)), which drops the clean ones' unpredictable eps-loss "
+            "(README: strong hierarchies and the loss weight)"
             if moving < FEW_IN_MOTION and model.weight is None else "")
     def share(x: float) -> str:
         return f"{x:.0%}" if x >= 0.01 or x == 0 else f"{x:.1%}"
