@@ -47,9 +47,10 @@ def load(target: str | Path, *, network: torch.nn.Module | None = None, weights:
          params: dict | None = None, device: str | torch.device | None = None,
          path: str | None = None) -> "GudModel":
     """A trained model from a run directory, checkpoint file or export, or the exact model of a
-    spec with `network = oracle()` (its path, or its text: a str with a line break). `params` sets drawn params ({"a": 0.8}), `weights` picks
-    the EMA (default) or raw weights, `network` is the module a custom-network run needs,
-    `path` a sampling path other than the spec's ("edm_path(t, rho = 5)"; see `with_path`)."""
+    spec with `network = oracle()` (its path, or its text: a str with a line break). `params`
+    sets drawn params ({"a": 0.8}), `weights` picks the EMA (default) or raw weights, `network`
+    is the module a custom-network run needs, `path` a sampling path other than the spec's
+    ("edm_path(t, rho = 5)"; see `with_path`)."""
     loaded = _load(load_target(target), network, weights, param_overrides(params), device)
     return loaded if path is None else loaded.with_path(path)
 
@@ -178,7 +179,8 @@ def load_target(target) -> Path | str:
     """What `gudlang.load` reads: the Path of a run directory, checkpoint, export folder or .gud
     spec (given as a str or os.PathLike), or the text of a spec (a str holding a line break).
     E003 for anything else (None, a number, an empty string), E001 for a path not there."""
-    if isinstance(target, str) and "\n" in target:
+    from gudlang.check import is_spec_text
+    if is_spec_text(target):
         return target
     if not isinstance(target, (str, os.PathLike)) or not str(target):
         raise GudError.one("E003", f"gudlang.load needs the path of a run directory, checkpoint file, export "

@@ -430,8 +430,8 @@ pyramid(t, l, tokens = W, steps = 50, scale = 1, lo = -15, hi = 15) =
     shifted_cosine(clip(t + (tokens - 1) * scale * (t + l - 1) / steps, 0, 1), lo = lo, hi = hi)
 """
 
-LIBRARY = ("linear", "vp", "cosine", "soft", "sequential", "snr_weight", "ddpm_linear", "iddpm_cosine", "vdm", "shifted_cosine",
-           "edm_sigma", "edm_path", "blurring", "equal_snr", "rolling", "ar_diffusion", "pyramid")
+LIBRARY = ("linear", "vp", "cosine", "soft", "sequential", "snr_weight", "ddpm_linear", "iddpm_cosine", "vdm",
+           "shifted_cosine", "edm_sigma", "edm_path", "blurring", "equal_snr", "rolling", "ar_diffusion", "pyramid")
 
 
 def _positive_integer(v: float) -> bool:

@@ -28,8 +28,8 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Mapping
 
 from gudlang import ast as A
@@ -807,10 +807,16 @@ def check_file(path: str, overrides: Mapping[str, str] | None = None) -> Checked
 SPEC_TEXT = "<spec text>"  # how diagnostics and run.json name a spec given as text
 
 
+def is_spec_text(value) -> bool:
+    """Whether `value`, given where a spec's path is expected, is the spec's text instead: a str
+    holding a line break (a spec has at least two lines; a path has none)."""
+    return isinstance(value, str) and "\n" in value
+
+
 def spec_source(spec) -> tuple[str, str, str]:
     """(text, name for diagnostics, stem for the run folder) of a spec given as the path of a
-    .gud file or as its text (any str holding a line break: a spec has at least two lines)."""
-    if isinstance(spec, str) and "\n" in spec:
+    .gud file or as its text (`is_spec_text`)."""
+    if is_spec_text(spec):
         return spec, SPEC_TEXT, "spec"
     return read_source(str(spec)).decode("utf-8", errors="replace"), str(spec), Path(spec).stem
 

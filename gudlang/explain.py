@@ -224,11 +224,13 @@ def _signal_line(model) -> str:
     hint = ("; few: try weight_i(t) = snr_weight(gamma_i(t)), which drops the clean ones' unpredictable eps-loss "
             "(README: strong hierarchies and the loss weight)"
             if moving < FEW_IN_MOTION and model.weight is None else "")
-    def share(x: float) -> str:
-        return f"{x:.0%}" if x >= 0.01 or x == 0 else f"{x:.1%}"
+    return (f"signal:    {_share(moving)} of the (t, component) pairs training draws in motion (true |log SNR| < "
+            f"{SIGNAL_LOG_SNR:g}), {_share(clean)} clean{hint}")
 
-    return (f"signal:    {share(moving)} of the (t, component) pairs training draws in motion (true |log SNR| < "
-            f"{SIGNAL_LOG_SNR:g}), {share(clean)} clean{hint}")
+
+def _share(x: float) -> str:
+    """A share as a percentage, to a tenth of a percent below 1%."""
+    return f"{x:.0%}" if x >= 0.01 or x == 0 else f"{x:.1%}"
 
 
 def _prior_line(model) -> str:

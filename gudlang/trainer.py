@@ -44,7 +44,7 @@ import torch
 
 from gudlang import checkpoint as ckpt
 from gudlang import distributed, runs
-from gudlang.check import SPEC_TEXT, check_text, spec_source
+from gudlang.check import SPEC_TEXT, check_text, is_spec_text, spec_source
 from gudlang.diagnostics import WARNING, Diagnostic, GudError, render_text
 from gudlang.spec import FixedParam
 
@@ -230,7 +230,7 @@ def _open_run(spec, overrides: dict, out, resume, name) -> tuple[Path | None, tu
             if given[0] != own[0]:
                 raise GudError.one("E641", f"{given[1]} differs from the spec {run} was trained with",
                                    help=f"use another --name, or train on with gud train --resume {run}"
-                                   if name is not None else f"drop {spec}: gud train --resume {run} trains on "
+                                   if name is not None else f"drop {given[1]}: gud train --resume {run} trains on "
                                                             "with the run's own spec")
         return run, own, {**runs.stored_overrides(run), **overrides}
     if not spec:
@@ -583,8 +583,7 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
     random states (torch, NumPy, Python) are as they were when it returns."""
     _check_arguments(spec, overrides, network)
     if command is None:
-        shown = [SPEC_TEXT if isinstance(v, str) and "\n" in v else repr(str(v)) for v in (spec, resume)
-                 if v is not None]
+        shown = [SPEC_TEXT if is_spec_text(v) else repr(str(v)) for v in (spec, resume) if v is not None]
         command = ["train_run(" + ", ".join(shown)
                    + "".join(f", {k}={v!r}" for k, v in dict(overrides or {}).items()) + ")"]
     callers = ckpt.capture_rng_state()  # training seeds the global generators: give them back after
@@ -596,8 +595,8 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
 
 
 def _check_arguments(spec, overrides, network) -> None:
-    """E003 for arguments of `train_run` of the wrong kind (spec text for a path, a list of
-    "k=v" for the overrides dict, a network class or function for a module)."""
+    """E003 for arguments of `train_run` of the wrong kind (a spec neither a path nor text, a list
+    of "k=v" for the overrides dict, a network class or function for a module)."""
     if spec is not None and not isinstance(spec, (str, os.PathLike)):
         raise GudError.one("E003", f"spec must be the path of a .gud file or its text, got {type(spec).__name__}")
     if overrides is not None and not isinstance(overrides, Mapping):
