@@ -86,6 +86,7 @@ CODES: dict[str, str] = {
     "E641": "checkpoint and data or spec disagree",
     "E642": "network = oracle() needs Gaussian data with a known covariance",
     "E643": "a custom network is needed to load this run",
+    "W644": "a custom-network run loaded into a module of another class (its weights fit)",
     "E645": "another torchrun rank stopped with an error (it names the rank and what it said), or no process group",
 }
 

@@ -44,7 +44,7 @@ import torch
 from gudlang import __version__
 from gudlang import checkpoint as ckpt
 from gudlang.check import check_text
-from gudlang.diagnostics import GudError
+from gudlang.diagnostics import WARNING, Diagnostic, GudError, render_text
 from gudlang.images import make_folder
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -408,7 +408,7 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
     if network is None and custom:
         raise GudError.one("E643", f"{file} was trained with a custom network ({custom})",
                            help="load it from Python: gudlang.load(path, network=YourModule(...))")
-    what = None  # the spec's own network
+    what = given = None  # the spec's own network
     if network is None:
         options = model.spec.network.model_dump()
         kind = options.pop("kind")
@@ -422,6 +422,11 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
         raise GudError.one("E640", f"{file} holds only the EMA weights (an export)",
                            help='use --weights ema (weights="ema" in Python)')
     load_weights(network, groups, group, file, what)
+    if custom and given is not None and custom != given:  # the weights fit, the class is not the one trained
+        print(render_text([Diagnostic("W644", f"{file} was trained with a custom network {custom}; its weights "
+                                      f"fit and are loaded into the {given} given", severity=WARNING,
+                                      help=f"pass a {custom} if {given} is not the same network")]),
+              file=sys.stderr)
     if model.spec.runtime.dtype == "float64":  # trained in float64: sampled and measured in it too
         network.double()
     network.eval()

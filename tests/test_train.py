@@ -265,6 +265,14 @@ def test_a_custom_network_from_python(capsys, spec, tmp_path):
     assert meta["gudlang_custom_network"] == "TinyNet"
     out = gudlang.sample("ddim", eps_model, model.schedule.to(torch.float32), (2, 64), 3)
     assert out.x0.shape == (2, 64) and torch.isfinite(out.x0).all()
+    assert "W644" not in capsys.readouterr().err
+
+    class OtherNet(TinyNet):  # another class whose weights have the same names and shapes
+        pass
+
+    gudlang.load_run(result.run, network=OtherNet())
+    err = capsys.readouterr().err
+    assert "warning[W644]" in err and "custom network TinyNet" in err and "OtherNet" in err
 
 
 class CroppingNet(torch.nn.Module):
