@@ -492,3 +492,29 @@ def test_random_narrow_windows_get_the_exact_density(oracle, seed):
     gamma1 = at(schedule, 1.0)
     result = log_likelihood(oracle, schedule, x0, prior_logp=lambda x: oracle.log_prob(x, gamma1), rtol=1e-5, atol=1e-5)
     assert (result.logp - oracle.log_prob_data(x0, schedule)).abs().max() < 1e-2
+
+
+def test_the_exact_divergence_differentiates_only_the_components_in_motion(monkeypatch):
+    # At t = 0.5 half the windows are open: the trace over the others is zero (beta = 0) and is
+    # not computed, and div f equals the brute-force Jacobian's weighted trace minus sum beta / 2.
+    import gudlang.likelihood as likelihood
+    model, gen = Mlp(D), torch.Generator().manual_seed(3)
+    start = torch.where(torch.arange(D) % 2 == 0, 0.3, 0.6).double()
+    schedule = WindowSchedule(start, torch.full((D,), 0.35, dtype=torch.float64))
+    chi = torch.randn(3, D, generator=gen, dtype=torch.float64)
+    t = torch.full((3,), 0.5, dtype=torch.float64)
+    gamma, beta = schedule(t)
+    jac = torch.stack([torch.autograd.functional.jacobian(lambda c: model(c[None], t[b:b + 1], gamma[b:b + 1])[0],
+                                                          chi[b]) for b in range(3)])
+    weight = 0.5 * beta * torch.sigmoid(gamma).rsqrt()
+    expected = (weight * jac.diagonal(dim1=1, dim2=2)).sum(-1) - 0.5 * beta.sum(-1)
+    seen = []
+
+    def counting(pullback, weight, probes, probe_rows=likelihood.PROBE_ROWS, components=None):
+        seen.append(components.tolist())
+        return weighted_jacobian_trace(pullback, weight, probes, probe_rows, components)
+
+    monkeypatch.setattr(likelihood, "weighted_jacobian_trace", counting)
+    div = likelihood._divergence_at(model, schedule, chi, t, None, torch.arange(D), 256)
+    assert torch.allclose(div, expected, rtol=1e-10, atol=1e-12)
+    assert seen == [list(range(0, D, 2))] and bool((beta[:, 1::2] == 0).all())
