@@ -9,12 +9,12 @@ noise swamps the gradient of the few in motion, and such models sample a share o
 images. snr_weight is sigmoid(b + gamma_i - log wvar_i) = 1 / (1 + SNR_i) at b = 0,
 the sigmoid weighting of Kingma & Gao 2023 per component.
 
-Rows (each spec's own network and training; both variants from the same seed, one after the
+Rows (each spec's own network and training; every variant from the same seed, one after the
 other in this process):
     soft_a2         specs/soft_a2.gud: a = 2, the default network and training (U-Net, lr 2e-4)
     digits a=1      specs/digits.gud: a = 1 (standard diffusion's hierarchy), lr 2e-3
     digits a=2      specs/digits.gud with -s a=2
-    autoregressive  specs/autoregressive.gud: a = 640 clipped, matched prior
+    autoregressive  specs/autoregressive.gud: a = 640 clipped, matched prior; also at b = 4
 
 Measures, none of them the model's own numbers:
     outliers  the share of 256 samples (the spec's sampler, seed 1) whose distance to the nearest
@@ -25,29 +25,33 @@ Measures, none of them the model's own numbers:
     var       the samples' total variance (summed over pixels) over the training images' (1 for
               a model that samples the data): the outlier and nn columns favour samples that
               are too smooth (a blurred digit is near many), which this one shows
-    nll       bits/dim of the first N test images (exact divergence; `--nll 0` skips it; not for
-              the autoregressive row, whose likelihood ODE took over 20 minutes for 60 images)
-and, per row, weighted / unweighted.
+    nll       bits/dim of the first N test images (exact divergence; `--nll 0` skips it)
+and, per row, each weighted variant over the unweighted one.
 
-Measured here (2 cores, one seed each, N = 60; the autoregressive row without NLL):
+Measured here (2 cores, one seed each, N = 60; the autoregressive rows in a later run):
 
-    row              loss         outliers     nn     var             nll
-    soft_a2          unweighted      37.9%  1.445    74.4   2.548 +- 0.024
-    soft_a2          weighted        13.3%  1.315    1.03   2.488 +- 0.029
-    digits a=1       unweighted       8.6%  1.201   0.951   2.492 +- 0.026
-    digits a=1       weighted         6.2%  1.157   0.912   2.547 +- 0.024
-    digits a=2       unweighted      20.3%  1.310    1.07   2.527 +- 0.023
-    digits a=2       weighted         8.2%  1.227   0.827   2.455 +- 0.021
-    autoregressive   unweighted      93.4%  1.917    1.74               -
-    autoregressive   weighted        18.8%  1.388   0.456               -
+    row              loss          outliers     nn     var             nll
+    soft_a2          unweighted       37.9%  1.445    74.4   2.548 +- 0.024
+    soft_a2          weighted         13.3%  1.315    1.03   2.488 +- 0.029
+    digits a=1       unweighted        8.6%  1.201   0.951   2.492 +- 0.026
+    digits a=1       weighted          6.2%  1.157   0.912   2.547 +- 0.024
+    digits a=2       unweighted       20.3%  1.310    1.07   2.527 +- 0.023
+    digits a=2       weighted          8.2%  1.227   0.827   2.455 +- 0.021
+    autoregressive   unweighted       93.4%  1.917    1.74   4.496 +- 0.040
+    autoregressive   weighted         18.8%  1.388   0.456   4.708 +- 0.033
+    autoregressive   weighted b=4     28.1%  1.426   0.905   4.526 +- 0.039
 
 On soft_a2 the weight is a clear win (a share of its unweighted samples are checkerboards of
 huge amplitude: 74 times the data's variance); with -s train.seed=1 the same: 40.6% -> 17.2%
 outliers, variance 82.6 -> 0.97. At a = 2 with the U-Net it wins on outliers and
 NLL but leaves the samples 17% short of the data's variance; at a = 1 the NLL is worse; in the
-autoregressive spec it swaps too much variance (saturated pixels) for far too little (smooth,
-low-contrast digits). Hence only soft_a2.gud ships with it. About 30 minutes (8 trainings of
-2.5-3.5 minutes, and the NLLs).
+autoregressive spec at b = 0 it swaps too much variance (saturated pixels) for far too little
+(smooth, low-contrast digits) and costs NLL. The bias trades the two there (single runs of the
+spec with `snr_weight(gamma_i(t), b = B)`, not repeated by this script): b = 2: 19.1% outliers,
+0.60x the variance; b = 3: 23.0%, 0.73x; b = 6: 64.5%, 1.25x; b = 4 with -s train.seed=1: 30.5%,
+0.89x. Hence soft_a2.gud ships with b = 0, autoregressive.gud with b = 4, and digits.gud
+unweighted. About 45 minutes (9 trainings of 2.5-3.5 minutes, and the NLLs; the autoregressive
+spec's take 100 s each).
 
     python benchmarks/weighting.py [--only TEXT] [--nll N] [--out DIR]
 """
@@ -65,22 +69,28 @@ import gudlang
 from gudlang.pipeline import load_spec_data
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
-WEIGHT = "weight_i(t) = snr_weight(gamma_i(t))\n"
-ROWS = {  # name: (shipped spec, overrides, NLL measured)
-    "soft_a2": ("soft_a2.gud", {}, True),
-    "digits a=1": ("digits.gud", {}, True),
-    "digits a=2": ("digits.gud", {"a": "2"}, True),
-    "autoregressive": ("autoregressive.gud", {}, False),  # its NLL of 60 images took > 20 minutes here
+ROWS = {  # name: (shipped spec, overrides, the biases b of the weighted variants)
+    "soft_a2": ("soft_a2.gud", {}, (0,)),
+    "digits a=1": ("digits.gud", {}, (0,)),
+    "digits a=2": ("digits.gud", {"a": "2"}, (0,)),
+    "autoregressive": ("autoregressive.gud", {}, (0, 4)),
 }
 SAMPLES = 256
 
 
-def variants(spec: str) -> dict[str, str]:
-    """The spec's text without and with the weight (a shipped spec may carry it already), its
-    comments dropped (runs kept with --out stay those of the text after a comment is edited)."""
+def variants(spec: str, biases) -> dict[str, str]:
+    """The spec's text without the weight ("unweighted"), and with `snr_weight` at each bias b
+    ("weighted" at b = 0, "weighted b=B" otherwise): a shipped spec may carry a weight already.
+    Comments and blank lines are dropped (runs kept with --out stay those of the text after a
+    comment is edited)."""
     text = (SPECS / spec).read_text()
-    plain = "".join(line for line in text.splitlines(keepends=True) if not line.startswith(("weight", "#")))
-    return {"unweighted": plain, "weighted": plain + WEIGHT}
+    plain = "".join(line for line in text.splitlines(keepends=True)
+                    if line.strip() and not line.startswith(("weight", "#")))
+    out = {"unweighted": plain}
+    for b in biases:
+        out["weighted" + (f" b={b}" if b else "")] = plain + \
+            f"weight_i(t) = snr_weight(gamma_i(t){f', b = {b}' if b else ''})\n"
+    return out
 
 
 def nearest_distances(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -116,25 +126,26 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.out or scratch)
-        print(f"{'row':16s} {'loss':11s} {'outliers':>9s} {'nn':>6s} {'var':>7s} {'nll':>15s} {'train s':>8s}")
-        for row, (spec, overrides, with_nll) in ROWS.items():
+        print(f"{'row':16s} {'loss':12s} {'outliers':>9s} {'nn':>6s} {'var':>7s} {'nll':>15s} {'train s':>8s}")
+        for row, (spec, overrides, biases) in ROWS.items():
             if args.only not in row:
                 continue
             results = {}
-            for variant, text in variants(spec).items():
+            for variant, text in variants(spec, biases).items():
                 begin = time.perf_counter()
-                run = gudlang.train_run(text, overrides, out=out, quiet=True,
-                                        name=f"{row.replace(' ', '_').replace('=', '')}-{variant}").run
+                name = f"{row.replace(' ', '_').replace('=', '')}-{variant.replace(' ', '_').replace('=', '')}"
+                run = gudlang.train_run(text, overrides, out=out, quiet=True, name=name).run
                 seconds = time.perf_counter() - begin
-                results[variant] = r = measure(run, args.nll if with_nll else 0)
+                results[variant] = r = measure(run, args.nll)
                 nll = f"{r['nll']:.3f} +- {r['nll_se']:.3f}" if "nll" in r else "-"
-                print(f"{row:16s} {variant:11s} {r['outliers']:9.1%} {r['nn']:6.3f} {r['var']:7.3g} {nll:>15s} "
+                print(f"{row:16s} {variant:12s} {r['outliers']:9.1%} {r['nn']:6.3f} {r['var']:7.3g} {nll:>15s} "
                       f"{seconds:8.0f}", flush=True)
-            w, u = results["weighted"], results["unweighted"]
-            ratio = f"{w['nll'] - u['nll']:+.3f}" if "nll" in w else "-"
-            print(f"{row:16s} {'w / u':11s} {w['outliers'] / max(u['outliers'], 1 / SAMPLES):9.2f}x "
-                  f"{w['nn'] / u['nn']:5.2f}x {w['var'] / u['var']:6.3g}x {ratio:>15s}", flush=True)
-
+            u = results.pop("unweighted")
+            for variant, w in results.items():
+                ratio = f"{w['nll'] - u['nll']:+.3f}" if "nll" in w else "-"
+                print(f"{row:16s} {variant.replace('weighted', 'w') + ' / u':12s} "
+                      f"{w['outliers'] / max(u['outliers'], 1 / SAMPLES):9.2f}x "
+                      f"{w['nn'] / u['nn']:5.2f}x {w['var'] / u['var']:6.3g}x {ratio:>15s}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -221,8 +221,8 @@ def training_signal(model, points: int = 1025) -> tuple[float, float]:
 
 def _signal_line(model) -> str:
     moving, clean = training_signal(model)
-    hint = ("; few: try weight_i(t) = snr_weight(gamma_i(t)), which drops the clean ones' unpredictable eps-loss "
-            "(README: strong hierarchies and the loss weight)"
+    hint = ("; few: try weight_i(t) = snr_weight(gamma_i(t)), which drops the clean ones' unpredictable eps-loss, "
+            "and a bias b > 0 if the samples lose contrast (README: strong hierarchies and the loss weight)"
             if moving < FEW_IN_MOTION and model.weight is None else "")
     return (f"signal:    {_share(moving)} of the (t, component) pairs training draws in motion (true |log SNR| < "
             f"{SIGNAL_LOG_SNR:g}), {_share(clean)} clean{hint}")
