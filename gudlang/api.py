@@ -165,6 +165,12 @@ def _integer(value, name: str, code: str, *, least: int = 1, optional: bool = Tr
     return int(value)
 
 
+def _callback(value, code: str) -> None:
+    """GudError `code` unless `value` (a progress callback) is None or callable."""
+    if value is not None and not callable(value):
+        raise GudError.one(code, f"progress must be a function progress(done, total), got {_what(value)}")
+
+
 def _seed(value, default: int, code: str) -> int:
     """A seed: `value` (any integer; call sites reduce it modulo SEED_MODULUS, as torch does
     negative ones), or `default` when None. GudError `code` when it is not an integer."""
@@ -450,21 +456,30 @@ class GudModel:
             return self.with_params(params).sample(n, sampler=sampler, steps=steps, grid=grid, seed=seed,
                                                    batch_size=batch_size, given=given, mask=mask, start=start,
                                                    progress=progress, with_nfe=with_nfe)
+        steps, batch_size = _integer(steps, "steps", "E651"), _integer(batch_size, "batch_size", "E651")
+        start = _integer(start, "start", "E651", least=0, optional=False)
+        _callback(progress, "E651")
         if given is not None:
             n = _integer(n, "the number of samples", "E651")
             images = given_images(given, self.model.data)
             if n is not None and n > len(images):
                 raise GudError.one("E651", f"{n} completions asked of {len(images)} given image(s)",
                                    help="n takes the first n images; leave it out to complete them all")
-            done = self._complete(images[:n] if n else images, mask, sampler, steps, grid, seed)
-            x = torch.as_tensor(done.x)
-            return (x, done.nfe) if with_nfe else x
+            images = images[:n] if n else images
+            parts, step = [], batch_size or len(images)
+            for lo in range(0, len(images), step):  # image k starts from the noise of sample start + k
+                parts.append(self._complete(images[lo:lo + step], mask, sampler, steps, grid, seed, start + lo))
+                if progress is not None:
+                    progress(min(lo + step, len(images)), len(images))
+            x = torch.cat([torch.as_tensor(done.x) for done in parts])
+            return (x, parts[-1].nfe) if with_nfe else x
+        if mask is not None:
+            raise GudError.one("E651", "a mask names the known components of given images, and none were given",
+                               help="pass the images too: sample(given=images, mask=...), or model.complete")
         if self.conditional:
             raise GudError.one("E680", "this model was trained to complete given components",
                                help="give it images: model.complete(images), or gud sample RUN --given FILE")
         n = _integer(n, "the number of samples", "E651", optional=False)
-        steps, batch_size = _integer(steps, "steps", "E651"), _integer(batch_size, "batch_size", "E651")
-        start = _integer(start, "start", "E651", least=0, optional=False)
         settings = self.spec.sample
         method, steps = sampler or settings.sampler, steps or settings.steps
         seed = _seed(seed, settings.seed, "E651")
@@ -557,6 +572,7 @@ class GudModel:
         total)` is called after each window. E651 when the result would not fit in half the
         machine's memory."""
         from gudlang.conditioning import extend, extension_band
+        _callback(progress, "E651")
         if (columns is None) == (rows is None):
             raise GudError.one("E003", "extend by columns or by rows, not both and not neither")
         axis, count = ("columns", columns) if columns is not None else ("rows", rows)
@@ -621,19 +637,25 @@ class GudModel:
         return x[:n] if n else x
 
     def nll(self, x=None, *, split: str = "test", n: int | None = None, divergence: str | None = None,
-            hutchinson_samples: int = 1, batch_size: int = 64, seed: int = 0,
+            hutchinson_samples: int | None = None, batch_size: int = 64, seed: int = 0,
             progress: Callable[[int, int], None] | None = None, first: int = 0) -> NllResult:
         """Bits/dim by the probability-flow ODE of images x (N, C, H, W) in data space, or of the
         spec's data split. For a conditional model: the conditional bits/dim of the generated
         components given the others (`likelihood.dataset_bits_per_dim` with a mask). `first`:
         the offset of x in a larger set (a rank's shard), which seeds each image's dequantisation."""
         from gudlang.conditioning import GivenSchedule
-        from gudlang.likelihood import dataset_bits_per_dim
+        from gudlang.likelihood import dataset_bits_per_dim, divergence_method
         model = self.model
         split, n = nll_split(split), _integer(n, "n", "E660")
         batch_size = _integer(batch_size, "batch_size", "E660", optional=False)
-        hutchinson_samples = _integer(hutchinson_samples, "hutchinson_samples", "E660", optional=False)
+        hutchinson_samples = _integer(hutchinson_samples, "hutchinson_samples", "E660")
         seed = _seed(seed, 0, "E660")
+        _callback(progress, "E660")
+        generated = model.dim if model.given is None else int((~np.asarray(model.given, dtype=bool)).sum())
+        if hutchinson_samples is not None and divergence_method(divergence, generated) == "exact":
+            raise GudError.one("E660", f"hutchinson_samples sets the probes of Hutchinson's estimate, and this "
+                                       f"measures the exact divergence of the {generated} components",
+                               help='pass divergence="hutchinson" with it, or leave it out')
         if x is None:
             x = self.split_images(split, n)
         else:
@@ -659,7 +681,7 @@ class GudModel:
         logabsdet = space.logabsdet(None if given is None else ~given)
         result = dataset_bits_per_dim(eps_model, schedule, encode, x, levels=model.data.levels,
                                       data_scale=float(hi - lo), logabsdet=logabsdet,
-                                      divergence=divergence, hutchinson_samples=hutchinson_samples,
+                                      divergence=divergence, hutchinson_samples=hutchinson_samples or 1,
                                       batch_size=batch_size, rtol=settings.rtol, atol=settings.atol,
                                       generator=gen, progress=progress, given=given,
                                       first=_integer(first, "first", "E660", least=0, optional=False))

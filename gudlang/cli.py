@@ -555,7 +555,7 @@ def cmd_nll(args, overrides: dict) -> int:
     if args.probes is not None and divergence_method(args.divergence, model.model.dim) == "exact":
         raise GudError.one("E003", "--probes sets the Hutchinson estimate's probe vectors; the exact divergence "
                                    "has none", help="add --divergence hutchinson, or drop --probes")
-    result = model.nll(x[first: first + count], divergence=args.divergence, hutchinson_samples=args.probes or 1,
+    result = model.nll(x[first: first + count], divergence=args.divergence, hutchinson_samples=args.probes,
                        batch_size=args.batch_size, seed=args.seed, progress=update, first=first)
     close()
     bits = gather(result.bits)

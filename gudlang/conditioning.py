@@ -159,7 +159,11 @@ def images_from_array(arr: np.ndarray, data, source: str = "the array",
                       values: str = "the images' values") -> np.ndarray:
     """An array of images as (N, C, h, w) float64 in `data`'s space: the layouts of
     `_channels_first`, uint8 as 0..255 pixels mapped onto the data range, other numbers as data
-    values (range-checked, `check_value_range`). E681 naming `source` otherwise, or for NaN."""
+    values (range-checked, `check_value_range`). E681 naming `source` otherwise (bool, complex
+    or other non-numbers too), or for NaN."""
+    if arr.dtype.kind not in "iuf":
+        raise GudError.one("E681", f"{source} holds {arr.dtype} values, not real numbers",
+                           help="give images as integer (uint8 pixels) or float values")
     pixels = arr.dtype == np.uint8
     arr = _channels_first(np.asarray(arr, dtype=np.float64), data.shape, source)
     if not np.isfinite(arr).all():

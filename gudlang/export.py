@@ -20,8 +20,9 @@ weights no longer match their digest, a config.json or spec.gud that no longer d
 weights file (hashes, digest, resolved spec, overrides, data; the spec's text) is E626. The
 weights file alone is the model: without config.json or spec.gud it still loads.
 
-Errors (GudError): E644 the export folder exists, E626 a tampered or mismatched export,
-E620 cannot write.
+Errors (GudError): E644 the export folder exists, or the model is not a trained one as its spec
+describes it (an oracle, raw weights, another path or params), E626 a tampered or mismatched
+export, E620 cannot write.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from gudlang.diagnostics import GudError
 
 CODES: dict[str, str] = {
     "E626": "an exported model was changed after export",
-    "E644": "the export folder exists",
+    "E644": "the export folder exists, or the model is not a trained one as its spec describes it",
 }
 
 EXPORT_WEIGHTS = "model.safetensors"
@@ -97,6 +98,15 @@ def export_model(model, folder: Path, *, nll: dict | None = None, command: str |
         raise GudError.one("E644", f"{folder} exists", help="export into a new folder (nothing was written)")
     if getattr(model, "_weights", "ema") != "ema":
         raise GudError.one("E644", "an export holds the EMA weights", help="load the run with weights='ema'")
+    if getattr(model.eps_model, "network", None) is None:
+        raise GudError.one("E644", "network = oracle(): there are no weights to export",
+                           help="share the spec itself: with the oracle it is the whole model")
+    from gudlang.runs import set_params
+    variant = ([f"the path {model._path}"] if getattr(model, "_path", None) else []) + \
+        [f"{k} = {v}" for k, v in set_params(getattr(model, "_overrides", None) or {}).items()]
+    if variant:
+        raise GudError.one("E644", f"an export holds the model its spec describes, not one with {', '.join(variant)}",
+                           help="export the model as loaded without them; whoever samples it sets them again")
     network = model.eps_model.network
     tensors = ckpt.pack_tensors(ema={k: v.detach().cpu() for k, v in network.state_dict().items()},
                                 **ckpt.model_tensors(model.model))

@@ -337,6 +337,15 @@ def load_weights(module: torch.nn.Module, groups: dict, group: str, file: Path, 
                            else "pass the network the run was trained with") from None
 
 
+def check_network_argument(network) -> None:
+    """E003 unless `network` (a user's module for training or loading) is None or a torch.nn.Module
+    instance (a class, a function or a number is a mistake said plainly)."""
+    if network is not None and not isinstance(network, torch.nn.Module):
+        kind = f"the class {network.__qualname__}" if isinstance(network, type) else type(network).__name__
+        raise GudError.one("E003", f"network must be an instance of torch.nn.Module, got {kind}",
+                           help="pass an instance, e.g. network=MyNet(), whose forward is net(x, gamma) -> eps")
+
+
 def make_spec_network(model):
     """The network a spec declares, untrained (E640 for `oracle()`, which needs none)."""
     from gudlang.networks import make_network
@@ -378,6 +387,7 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
 
     if weights not in WEIGHTS:
         raise GudError.one("E003", f"unknown weights {weights!r}", help=f"choose {' or '.join(WEIGHTS)}")
+    check_network_argument(network)
     file = checkpoint_file(target)
     tensors, meta = ckpt.load_checkpoint(file)
     spec_text = meta["gudlang_spec"]
@@ -391,6 +401,12 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
 
     ckpt.verify_checkpoint(meta, recompute)
     verify_export(tensors, meta, file)
+    trained_settings = sorted(k for k in overrides or {} if "." in k and k.partition(".")[0] not in LOADED_SETTINGS)
+    if trained_settings:
+        raise GudError.one("E641", f"{', '.join(f'`{k}`' for k in trained_settings)} cannot be set on the trained "
+                                   f"model {file}: its data, basis, network and training are those it was trained with",
+                           help="a trained model takes params (-s a=...) and sample.* and runtime.* settings; "
+                                "to change the others, train a new run")
     checked = check_text(spec_text, f"{file}:spec", {**stored_overrides, **(overrides or {})})
     groups = ckpt.unpack_tensors(tensors)
     shape = tuple(data_info["shape"])
@@ -431,6 +447,11 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
         network.double()
     network.eval()
     return model, EpsModel(network, model.space), meta
+
+
+# The settings of a spec that `-s` may change on a trained model (besides params, checked against
+# the training support): how it samples and where it runs.
+LOADED_SETTINGS = ("sample", "runtime")
 
 
 def set_params(overrides: dict) -> dict:

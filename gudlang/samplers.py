@@ -161,6 +161,7 @@ import torch.nn.functional as F
 
 from .diagnostics import GudError
 from .schedules import BATCH_VALUES, row_runs
+from .spec import MAX_SAMPLE_STEPS
 
 CODES: dict[str, str] = {
     "E650": "unknown sampler method",
@@ -738,6 +739,13 @@ def sample(method: str, eps_model, schedule, start, steps: int, generator=None, 
     if unknown:
         raise GudError.one("E651", f"sampler {method!r} has no option {unknown[0]!r}",
                            help=f"its options are {', '.join(OPTIONS[method])}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_SAMPLE_STEPS:
+        raise GudError.one("E651", f"steps must be an integer from 1 to {MAX_SAMPLE_STEPS:,}, got {steps!r}")
+    for name, value in (("eps_model", eps_model), ("schedule", schedule)):
+        if not callable(value):
+            raise GudError.one("E651", f"{name} must be callable (a torch module), got {type(value).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise GudError.one("E651", f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     for key in ("rtol", "atol"):
         if key in options and not (isinstance(options[key], (int, float)) and options[key] >= MIN_TOLERANCE):
             raise GudError.one("E651", f"{key} must be a number >= {MIN_TOLERANCE:g}, got {options[key]!r}")
@@ -759,8 +767,8 @@ def sample(method: str, eps_model, schedule, start, steps: int, generator=None, 
             device = generator.device if generator is not None else "cpu"
         x1 = torch.randn(shape, generator=generator, dtype=dtype or torch.get_default_dtype(),
                          device=device)
-    if x1.dim() != 2 or not bool(torch.isfinite(x1).all()):
-        raise GudError.one("E651", f"the start chi(1) must be a finite (B, D) tensor, got shape "
+    if x1.dim() != 2 or min(x1.shape) < 1 or not bool(torch.isfinite(x1).all()):
+        raise GudError.one("E651", f"the start chi(1) must be a finite (B, D) tensor with B, D >= 1, got shape "
                            f"{tuple(x1.shape)}")
     result = SAMPLERS[method](eps_model, schedule, x1, steps, generator, **options)
     if not bool(torch.isfinite(result.x0).all()):

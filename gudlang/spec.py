@@ -223,11 +223,15 @@ SamplerName = Literal["em", "heun", "midpoint", "ddim", "dpm2", "dpmpp2m", "dpmp
 GridName = Literal["uniform", "logsnr", "fitted"]
 
 
+# The most steps a fixed-step sampler takes (its time grid is a list of that many floats).
+MAX_SAMPLE_STEPS = 1_000_000
+
+
 class SampleSettings(_Model):
     """Defaults chosen by benchmarks/samplers.py, equal to gudlang.samplers' DEFAULT_* (a test
     keeps them equal); `grid` is the time grid of the fixed-step samplers (samplers.GRIDS)."""
     sampler: SamplerName = "unipc"
-    steps: Annotated[int, Field(ge=1)] = 50
+    steps: Annotated[int, Field(ge=1, le=MAX_SAMPLE_STEPS)] = 50
     grid: GridName = "fitted"
     n: Annotated[int, Field(ge=1)] = 64
     seed: int = 0

@@ -28,6 +28,7 @@ be resumed.
 from __future__ import annotations
 
 import gc
+import numbers
 import os
 import re
 import shutil
@@ -581,7 +582,7 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
     lines (not the summary). `command` is what
     run.json records as the command that trained it (the CLI passes its own). The caller's
     random states (torch, NumPy, Python) are as they were when it returns."""
-    _check_arguments(spec, overrides, network)
+    overrides = _check_arguments(spec, overrides, network, out, until, name)
     if command is None:
         shown = [SPEC_TEXT if is_spec_text(v) else repr(str(v)) for v in (spec, resume) if v is not None]
         command = ["train_run(" + ", ".join(shown)
@@ -594,18 +595,38 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
         ckpt.restore_rng_state(callers)
 
 
-def _check_arguments(spec, overrides, network) -> None:
+def _check_arguments(spec, overrides, network, out, until, name) -> dict[str, str]:
     """E003 for arguments of `train_run` of the wrong kind (a spec neither a path nor text, a list
-    of "k=v" for the overrides dict, a network class or function for a module)."""
+    of "k=v" for the overrides dict, a network class or function for a module, an `until` below
+    1); the overrides as the text `-s key=value` gives (numbers, true / false, lists as in a spec)."""
     if spec is not None and not isinstance(spec, (str, os.PathLike)):
         raise GudError.one("E003", f"spec must be the path of a .gud file or its text, got {type(spec).__name__}")
     if overrides is not None and not isinstance(overrides, Mapping):
         raise GudError.one("E003", f"overrides must be a dict such as {{\"train.steps\": 200}}, got "
                                    f"{type(overrides).__name__}")
-    if network is not None and not isinstance(network, torch.nn.Module):
-        kind = f"the class {network.__qualname__}" if isinstance(network, type) else type(network).__name__
-        raise GudError.one("E003", f"network must be an instance of torch.nn.Module, got {kind}",
-                           help="pass an instance, e.g. network=MyNet(), whose forward is net(x, gamma) -> eps")
+    runs.check_network_argument(network)
+    if not isinstance(out, (str, os.PathLike)) or (name is not None and not isinstance(name, str)):
+        wrong, what = ("out", out) if not isinstance(out, (str, os.PathLike)) else ("name", name)
+        raise GudError.one("E003", f"{wrong} must be a folder name (a str or path), got {type(what).__name__}")
+    if until is not None and (isinstance(until, bool) or not isinstance(until, numbers.Integral) or until < 1):
+        raise GudError.one("E003", f"until must be a positive integer (the step to stop at), got {until!r}")
+    return {key: _override_text(key, value) for key, value in (overrides or {}).items()}
+
+
+def _override_text(key, value) -> str:
+    """One override as `-s key=value` would give it; E003 for a key or value of the wrong kind."""
+    if not isinstance(key, str) or not key:
+        raise GudError.one("E003", f"override names must be non-empty strings, got {key!r}",
+                           help='for example {"train.steps": 200, "a": 0.8}')
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, numbers.Real)):
+        return str(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, numbers.Real)) and not isinstance(v, bool)
+                                                for v in value):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    raise GudError.one("E003", f"override `{key}` must be a number, true / false, a string or a list of "
+                               f"numbers, got {type(value).__name__}", help='for example {"train.betas": [0.9, 0.99]}')
 
 
 def _train(spec, overrides: dict, *, out, resume, until, quiet, network, name, command) -> TrainResult:

@@ -293,6 +293,10 @@ class _NoWeights(torch.nn.Module):
     ({"network": _NoWeights}, "E003", "got the class _NoWeights"),
     ({"network": _NoWeights()}, "E613", "the network (_NoWeights) has no parameters to train"),
     ({"overrides": ["train.steps=5"]}, "E003", "overrides must be a dict"),
+    ({"overrides": {"train.steps": None}}, "E003", "override `train.steps` must be a number, true / false"),
+    ({"overrides": {3: "1"}}, "E003", "override names must be non-empty strings, got 3"),
+    ({"until": 0}, "E003", "until must be a positive integer (the step to stop at), got 0"),
+    ({"until": "2"}, "E003", "until must be a positive integer"),
 ])
 def test_train_run_refuses_arguments_of_the_wrong_kind_and_leaves_no_run(trained, kwargs, code, phrase):
     out = trained.root / "refused"
@@ -353,3 +357,91 @@ def test_a_fixed_param_moved_on_a_trained_model_says_it_was_fixed(trained):
     # PLAIN's `param a = 1.0` is fixed: the network saw a = 1 only
     err = refused("E303", "with a = 0.5:", gudlang.load, trained.run, params={"a": 0.5})
     assert err.diagnostics[0].help.startswith("the network was trained at `a` = 1 only (a fixed param)")
+
+
+def test_train_run_takes_overrides_as_python_values(trained):
+    result = gudlang.train_run(trained.root / "plain.gud", {"train.betas": [0.9, 0.99], "train.steps": 1,
+                                                            "train.flip": False}, out=trained.root / "values",
+                               quiet=True)
+    spec = gudlang.load(result.run).spec
+    assert spec.train.betas == (0.9, 0.99) and spec.train.steps == 1 and spec.train.flip is False
+    refused("E003", "out must be a folder name", gudlang.train_run, trained.root / "plain.gud", out=5)
+    refused("E003", "name must be a folder name (a str or path), got int", gudlang.train_run,
+            trained.root / "plain.gud", out=trained.root / "values", name=5)
+
+
+@pytest.mark.parametrize("network, phrase", [(torch.nn.Linear, "got the class Linear"), (5, "got int")])
+def test_load_refuses_a_network_that_is_not_a_module(trained, network, phrase):
+    refused("E003", phrase, gudlang.load, trained.run, network=network)
+
+
+# --------------------------------------------------------------------------- arguments once ignored
+def test_a_mask_without_images_is_refused_not_ignored(trained):
+    refused("E651", "a mask names the known components of given images, and none were given",
+            trained.plain.sample, 2, mask="col(i) < 0.5")
+
+
+def test_completions_through_sample_honour_start_and_batch_size(trained):
+    images = np.concatenate([trained.images, trained.images[::-1]])
+    whole = trained.given.complete(images, seed=3).x
+    np.testing.assert_allclose(trained.given.sample(given=images, seed=3, batch_size=1).numpy(), whole, atol=1e-6)
+    shifted = trained.given.complete(images, seed=3, first=5).x
+    np.testing.assert_allclose(trained.given.sample(given=images, seed=3, start=5).numpy(), shifted, atol=1e-6)
+    assert not np.allclose(shifted, whole)
+    seen = []
+    trained.given.sample(given=images, seed=3, batch_size=3, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(3, 4), (4, 4)]
+    refused("E651", "batch_size must be a positive integer, got 0", trained.given.sample, given=images, batch_size=0)
+
+
+@pytest.mark.parametrize("call", ["sample", "nll", "extend"])
+def test_a_progress_that_is_not_a_function_is_refused_before_any_work(trained, call):
+    code, run = {"sample": ("E651", lambda: trained.plain.sample(2, progress=5)),
+                 "nll": ("E660", lambda: trained.plain.nll(trained.images, progress=5)),
+                 "extend": ("E651", lambda: trained.given.extend(trained.images, columns=2, progress=5))}[call]
+    refused(code, "progress must be a function progress(done, total), got 5", run)
+
+
+def test_hutchinson_probes_with_the_exact_divergence_are_refused_not_ignored(trained):
+    refused("E660", "hutchinson_samples sets the probes of Hutchinson's estimate", trained.plain.nll,
+            trained.images[:1], hutchinson_samples=5)
+    result = trained.plain.nll(trained.images[:1], divergence="hutchinson", hutchinson_samples=2)
+    assert result.divergence == "hutchinson(2)" and np.isfinite(result.mean)
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, bool])
+def test_complex_and_bool_images_are_refused_by_the_api_and_the_cli(trained, capsys, dtype):
+    images = trained.images.astype(dtype)
+    refused("E681", "must be an array of numbers", trained.given.complete, images)
+    np.save(trained.root / "odd.npy", images)
+    code = main(["sample", str(trained.root / "given" / next(p.name for p in (trained.root / "given").iterdir())),
+                 "--given", str(trained.root / "odd.npy"), "-o", str(trained.root / "odd")])
+    err = capsys.readouterr().err
+    assert code != 0 and "error[E681]" in err and "not real numbers" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- exports
+def test_an_oracle_or_a_model_on_another_path_or_params_is_not_exported(trained, tmp_path):
+    from pathlib import Path
+    oracle = gudlang.load(Path(__file__).resolve().parents[1] / "specs" / "grf_oracle.gud")
+    refused("E644", "network = oracle(): there are no weights to export", oracle.export, tmp_path / "oracle")
+    along = trained.plain.with_path("soft(t^2, -log(var(i)), a = 1)")
+    refused("E644", "not one with the path soft(t^2, -log(var(i)), a = 1)", along.export, tmp_path / "path")
+    assert not (tmp_path / "oracle").exists() and not (tmp_path / "path").exists()
+
+
+# --------------------------------------------------------------------------- the samplers themselves
+@pytest.mark.parametrize("change, phrase", [
+    ({"start": torch.zeros(0, 64)}, "with B, D >= 1, got shape (0, 64)"),
+    ({"schedule": None}, "schedule must be callable"),
+    ({"eps_model": None}, "eps_model must be callable"),
+    ({"generator": 5}, "generator must be a torch.Generator or None, got int"),
+    ({"steps": 0}, "steps must be an integer from 1 to 1,000,000, got 0"),
+    ({"steps": 10 ** 9}, "steps must be an integer from 1 to 1,000,000"),
+])
+def test_gudlang_sample_refuses_bad_arguments(trained, change, phrase):
+    model = trained.plain
+    args = {"eps_model": model.eps_model, "schedule": model.model.sampling_path, "start": torch.zeros(2, 64),
+            "steps": 2, "generator": None, **change}
+    refused("E651", phrase, gudlang.sample, "ddim", args["eps_model"], args["schedule"], args["start"],
+            args["steps"], generator=args["generator"])

@@ -113,7 +113,8 @@ def test_a_train_seed_written_as_digits_beyond_64_bits_is_refused_before_trainin
 
 
 @pytest.mark.parametrize("key, least", [("train.steps", ">= 0"), ("train.batch", ">= 1"), ("sample.n", ">= 1"),
-                                        ("sample.steps", ">= 1"), ("train.seed", "from -2^63 to 2^63 - 1")])
+                                        ("sample.steps", "in [1, 1000000]"),
+                                        ("train.seed", "from -2^63 to 2^63 - 1")])
 def test_integer_settings_read_1e3_as_1000_and_refuse_fractions(key, least):
     block, _, name = key.partition(".")
     spec_1e3 = check_text(HEAD + f"{block} {{ {name} = 1e3 }}\n", "t.gud").spec
@@ -123,6 +124,11 @@ def test_integer_settings_read_1e3_as_1000_and_refuse_fractions(key, least):
     assert d.message == f"`{key}` must be a whole number {least}, got 2.5"
     (d,) = errors(HEAD, {key: "2.5"})
     assert d.message == f"override `{key}=2.5`: `{key}` must be a whole number {least}, got 2.5"
+
+
+def test_a_sampler_step_count_beyond_a_million_is_refused_before_its_grid_fills_memory():
+    (d,) = errors(HEAD, {"sample.steps": "1e9"})  # its time grid was a list of 10^9 floats (killed, 24 GB)
+    assert d.code == "E210" and "in [1, 1000000]" in d.message
 
 
 # ----------------------------------------------------------------------- other settings
@@ -231,6 +237,17 @@ def test_a_network_option_set_on_the_command_line_trains_and_loads(capsys, tmp_p
     assert code == 0, err
     model = gudlang.load(tmp_path / "runs" / "r")
     assert model.eps_model.network.state_channels and model.sample(2).shape == (2, 1, 8, 8)
+    # On the trained model it is fixed, as are the data, basis and training: E641, nothing written
+    # (network.groups loaded and sampled another model under the same hash; basis.levels too).
+    for key, value in (("network.groups", "2"), ("basis.channels", "mix"), ("data.seed", "3"), ("train.lr", "1")):
+        with pytest.raises(GudError) as info:
+            gudlang.load(tmp_path / "runs" / "r", params={key: value})
+        assert info.value.diagnostics[0].code == "E641" and f"`{key}`" in str(info.value)
+    code, _, err = run(capsys, "nll", str(tmp_path / "runs" / "r"), "-n", "1", "-s", "network.groups=2")
+    assert code == 1 and "error[E641]" in err and "train a new run" in err
+    assert not list((tmp_path / "runs" / "r").glob("nll-*.json"))
+    assert gudlang.load(tmp_path / "runs" / "r", params={"sample.steps": "3", "runtime.device": "cpu"}).sample(1).shape \
+        == (1, 1, 8, 8)
 
 
 # ----------------------------------------------------------------------- the help a mistake gets
