@@ -698,4 +698,11 @@ class GudModel:
     def export(self, folder: str | Path, *, nll: dict | None = None, command: str | None = None) -> Path:
         """Write a self-contained model folder (`gudlang.export`)."""
         from gudlang.export import export_model
+        from gudlang.runs import set_params
+        variant = ([f"the path {self._path}"] if self._path else []) + \
+            [f"{k} = {v}" for k, v in set_params(self._overrides or {}).items()]
+        if variant:
+            raise GudError.one("E644", f"an export holds the model its spec describes, not one with "
+                                       f"{', '.join(variant)}",
+                               help="export the model as loaded without them; whoever samples it sets them again")
         return export_model(self, Path(folder), nll=nll, command=command)

@@ -101,12 +101,6 @@ def export_model(model, folder: Path, *, nll: dict | None = None, command: str |
     if getattr(model.eps_model, "network", None) is None:
         raise GudError.one("E644", "network = oracle(): there are no weights to export",
                            help="share the spec itself: with the oracle it is the whole model")
-    from gudlang.runs import set_params
-    variant = ([f"the path {model._path}"] if getattr(model, "_path", None) else []) + \
-        [f"{k} = {v}" for k, v in set_params(getattr(model, "_overrides", None) or {}).items()]
-    if variant:
-        raise GudError.one("E644", f"an export holds the model its spec describes, not one with {', '.join(variant)}",
-                           help="export the model as loaded without them; whoever samples it sets them again")
     network = model.eps_model.network
     tensors = ckpt.pack_tensors(ema={k: v.detach().cpu() for k, v in network.state_dict().items()},
                                 **ckpt.model_tensors(model.model))
