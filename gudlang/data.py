@@ -61,7 +61,7 @@ from .diagnostics import GudError
 FINGERPRINT_SCHEME = "gudlang-data-v1"
 # Arguments that say where the data lives, not what it is: moving a file keeps its identity.
 _LOCATION_PARAMS = ("path", "folder", "root")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # Relative slack (of hi - lo) allowed outside a declared range, for rounding in saved floats.
 RANGE_TOLERANCE = 1e-3
 _GRF_CHUNK = 4096
@@ -384,7 +384,7 @@ def _check_array_file(path: Path) -> None:
         if arrays:
             hint = f"name one of its array files, e.g. npz(\"{(path / arrays[0]).as_posix()}\")"
         elif pictures:
-            hint = (f"it holds PNG / JPEG images: load them with images(\"{path.as_posix()}\") "
+            hint = (f"it holds PNG / JPEG / TIFF images: load them with images(\"{path.as_posix()}\") "
                     "instead")
         else:
             hint = "give the path of the file numpy.savez wrote"
@@ -506,8 +506,8 @@ def images(folder, size: int | tuple[int, int] = 32, channels: int = 3, recursiv
     files = sorted((p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
                    key=lambda p: p.relative_to(root).as_posix())
     if not files:
-        raise GudError.one("E407", f"no PNG or JPEG images in {root}",
-                           help=None if recursive else "pass recursive=True to search subfolders")
+        raise GudError.one("E407", f"no PNG, JPEG or TIFF images in {root}",
+                           help=None if recursive else "images(..., recursive = true) also searches its subfolders")
     mode = "RGB" if channels == 3 else "L"
     x = read_images(root, files, mode, hw, recursive=recursive, use_cache=use_cache)
     x = x[:, None] if channels == 1 else x.transpose(0, 3, 1, 2)

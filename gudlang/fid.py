@@ -322,7 +322,7 @@ def _folder(folder: Path, shape, what: str, limit: int | None) -> ImageSet:
     c, h, w = shape
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise _unusable(f"no PNG or JPEG images in {folder}", folder)
+        raise _unusable(f"no PNG, JPEG or TIFF images in {folder}", folder)
     _check_count(folder, len(files), limit, what)
     files = files[:limit]
 

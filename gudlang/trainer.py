@@ -193,6 +193,20 @@ class SampleGrids:
 GRID_SAMPLES = 64
 
 
+def _killed_before_a_checkpoint(folder: Path, spec, overrides: dict) -> bool:
+    """Whether `folder` (no checkpoint) is a run directory of `spec` with `overrides` that stopped
+    before its first checkpoint: its spec.gud holds the same text and its run.json the same
+    overrides and no finished training segment."""
+    try:
+        if spec is None or not (folder / "spec.gud").is_file():
+            return False
+        record = runs.read_record(folder)
+        return (spec_source(folder / "spec.gud")[0] == spec_source(spec)[0] and not record.get("segments")
+                and runs.stored_overrides(folder) == {k: str(v) for k, v in overrides.items()})
+    except (GudError, OSError, ValueError, AttributeError):
+        return False
+
+
 def sample_grid(session: Session, out: Path) -> None:
     """A preview grid of min(sample.n, GRID_SAMPLES) samples of the EMA network: quick, so that
     a signal that arrives while it is drawn waits seconds, not the length of a large sample.n."""
@@ -216,6 +230,12 @@ def _open_run(spec, overrides: dict, out, resume, name) -> tuple[Path | None, tu
             probe = _lock_run(candidate) if candidate.is_dir() else None  # E640 if another gud train starts it
             if probe is not None:
                 probe.close()
+            if _killed_before_a_checkpoint(candidate, spec, overrides):
+                # the same command, requeued after a kill (SIGKILL, OOM, a lost node) before the first
+                # checkpoint: nothing to resume, so it starts over there (init_run rewrites its files)
+                print(f"gud: {candidate} holds no checkpoint (a run of this spec stopped before its first): "
+                      f"training it from step 0", file=sys.stderr)
+                return None, spec_source(spec), overrides
             raise GudError.one("E640", f"{candidate} exists but holds no checkpoint to resume",
                                help="remove it, or choose another --name")
     if resume is not None:

@@ -213,3 +213,33 @@ def test_extend_reports_its_windows(files):
     x, _, k = model.extend(np.load(files / "images.npy"), columns=10, progress=lambda d, t: seen.append((d, t)))
     assert k == 4 and x.shape[-1] == 18
     assert seen == [(1, 3), (2, 3), (3, 3)]  # 10 columns, 4 new per window of 8 with 4 given
+
+
+TRAINED = """gud 1
+data = npz("d.npz", test_fraction = {fraction})
+basis = pixel()
+network = mlp(hidden = 16, depth = 1)
+given_i = col(i) < 0.5
+gamma_i(t) = linear(t, lo = -8, hi = 8)
+train {{ steps = 2; batch = 4; sample_every = 0 }}
+sample {{ sampler = ddim; steps = 3; n = 2 }}
+"""
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.0])
+def test_the_images_a_trained_conditional_model_completes_are_its_own_data_or_an_error(capsys, tmp_path,
+                                                                                     monkeypatch, fraction):
+    # `gud sample RUN` and `gud plot RUN --reverse` completed whatever the data file held now, and
+    # with no test split named train images "test images"; `gud nll` said E641.
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez("d.npz", x=rng.uniform(-1, 1, size=(10, 1, 8, 8)))
+    (tmp_path / "c.gud").write_text(TRAINED.format(fraction=fraction))
+    assert run(capsys, "train", "--quiet", "c.gud", "--out", "runs", "--name", "r")[0] == 0
+    code, out, err = run(capsys, "sample", "runs/r", "-n", "2", "-o", "s")
+    assert code == 0 and f"2 completions of the first 2 {'test' if fraction else 'train'} images" in out, err
+    np.savez("d.npz", x=rng.uniform(-1, 1, size=(10, 1, 8, 8)))
+    for args in (("sample", "runs/r", "-o", "t"), ("plot", "runs/r", "--reverse", "-o", "rev.png")):
+        code, _, err = run(capsys, *args)
+        assert code == 1 and "error[E641]: the data changed since training" in err, err
+    assert not (tmp_path / "t.npz").exists() and not (tmp_path / "rev.png").exists()

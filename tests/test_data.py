@@ -495,6 +495,16 @@ def test_images_load_in_sorted_order_with_exact_values(tmp_path):
     assert d.train[1, :, 3, 3].tolist() == [1.0, -1.0, pytest.approx(128 / 255 * 2 - 1, abs=1e-6)]
 
 
+def test_tiff_images_are_read_beside_png_ones(tmp_path):
+    # .tif / .tiff were skipped: a folder of them was E407, a mixed one silently lost half its images
+    _png(tmp_path / "a.png", np.full((4, 4, 3), 10))
+    _png(tmp_path / "b.tif", np.full((4, 4, 3), 200))
+    Image.fromarray(np.full((4, 4), 255, dtype=np.uint16) * 257).save(tmp_path / "c.TIFF")  # 16-bit grey
+    d = images(tmp_path, size=4, test_fraction=0.0)
+    assert d.train.shape == (3, 3, 4, 4)
+    np.testing.assert_array_equal(d.train[:, 0, 0, 0], _levels([10, 200, 255], 255))
+
+
 def test_images_center_crop_keeps_the_middle(tmp_path):
     stripes = np.zeros((4, 12), dtype=np.uint8)
     stripes[:, 4:8] = 255  # black | white | black
@@ -547,7 +557,7 @@ def test_images_split_and_fingerprint_are_deterministic(tmp_path):
 def test_images_recursive_search_is_opt_in(tmp_path):
     (tmp_path / "sub").mkdir()
     _png(tmp_path / "sub" / "a.png", np.zeros((4, 4)))
-    with fails("E407", "no PNG or JPEG", "recursive=True"):
+    with fails("E407", "no PNG, JPEG or TIFF", "recursive = true"):
         images(tmp_path, size=4)
     assert len(images(tmp_path, size=4, recursive=True, test_fraction=0.0).train) == 1
 

@@ -251,3 +251,30 @@ def test_a_new_run_that_cannot_start_its_log_leaves_no_folder(capsys, spec, tmp_
     code, _, err = train(capsys, spec, "--out", tmp_path / "runs", "--name", "tb")
     assert code == 1 and "E640" in err and "tensorboard" in err
     assert not (tmp_path / "runs" / "tb").exists()
+
+
+def test_a_named_run_killed_before_its_first_checkpoint_is_trained_again_by_the_same_command(capsys, spec, tmp_path):
+    # SIGKILL (or OOM, or a lost node) before the first checkpoint leaves what init_run wrote and the
+    # metrics logged so far; the requeued command found "exists but holds no checkpoint" forever.
+    import json
+    code, _, err = train(capsys, spec, "--out", tmp_path / "runs", "--name", "r")
+    run = tmp_path / "runs" / "r"
+    trained = losses(run)
+    assert code == 0, err
+    for name in ("checkpoint.safetensors", "training_state.pt"):
+        (run / name).unlink()
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, "segments": []}))
+    code, _, err = train(capsys, spec, "--out", tmp_path / "runs", "--name", "r")
+    assert code == 0 and "holds no checkpoint (a run of this spec stopped before its first)" in err, err
+    assert (run / "checkpoint.safetensors").is_file() and losses(run) == trained  # the same run, from step 0
+    # another spec or other overrides under that name are still refused, the folder left alone
+    for name in ("checkpoint.safetensors", "training_state.pt"):
+        (run / name).unlink()
+    (run / "run.json").write_text(json.dumps({**record, "segments": []}))
+    for extra in (["-s", "train.lr=0.01"], []):
+        other = spec if extra else tmp_path / "other.gud"
+        other.parent.joinpath("other.gud").write_text(spec.read_text() + "# another\nparam unused = 1\n")
+        code, _, err = train(capsys, other, "--out", tmp_path / "runs", "--name", "r", *extra)
+        assert code == 1 and "exists but holds no checkpoint to resume" in err
+    assert not (run / "checkpoint.safetensors").exists() and (run / "metrics.csv").is_file()
