@@ -32,7 +32,7 @@ from pathlib import Path
 
 from gudlang.diagnostics import GudError, render_json, render_text
 from gudlang.spec import GridName, SamplerName
-from gudlang.terminal import positive_int, progress
+from gudlang.terminal import integer_at_least, positive_int, progress
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2
 # Codes about a file given on the command line (not about a spec): they exit like usage errors.
@@ -695,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run's samples coming about: x_t and the predicted x_0 at several t")
     q.add_argument("-o", "--output", required=True)
     q.add_argument("-n", type=positive_int, help="--reverse: how many samples (default 4)")
-    q.add_argument("--frames", type=positive_int, help="--reverse: how many times, t = 1 to 0 (default 8)")
+    q.add_argument("--frames", type=integer_at_least(2), help="--reverse: how many times, t = 1 to 0 (default 8)")
     q.add_argument("--sampler", choices=typing.get_args(SamplerName), help="--reverse: the sampler (default the spec's)")
     q.add_argument("--steps", type=positive_int, help="--reverse: its steps (default the spec's)")
     q.add_argument("--seed", type=int, help="--reverse: the seed (default the spec's)")

@@ -7,15 +7,22 @@ import argparse
 import sys
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 would otherwise fall back to a default or mean nothing)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def integer_at_least(least: int):
+    """argparse type: an integer >= `least` (below it a count would fall back to a default or mean
+    nothing, or fail later with another wording)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {least}"
+    return parse
+
+
+positive_int = integer_at_least(1)
 
 
 def progress(what: str, total: int, quiet: bool = False, unit: str = "image"):

@@ -603,6 +603,8 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
     run.json records as the command that trained it (the CLI passes its own). The caller's
     random states (torch, NumPy, Python) are as they were when it returns."""
     overrides = _check_arguments(spec, overrides, network, out, until, name)
+    if not isinstance(quiet, (bool, np.bool_)):
+        raise GudError.one("E003", f"quiet must be True or False, got {quiet!r}")
     if command is None:
         shown = [SPEC_TEXT if is_spec_text(v) else repr(str(v)) for v in (spec, resume) if v is not None]
         command = ["train_run(" + ", ".join(shown)

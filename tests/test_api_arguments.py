@@ -297,6 +297,7 @@ class _NoWeights(torch.nn.Module):
     ({"overrides": {3: "1"}}, "E003", "override names must be non-empty strings, got 3"),
     ({"until": 0}, "E003", "until must be a positive integer (the step to stop at), got 0"),
     ({"until": "2"}, "E003", "until must be a positive integer"),
+    ({"quiet": "no"}, "E003", "quiet must be True or False, got 'no'"),
 ])
 def test_train_run_refuses_arguments_of_the_wrong_kind_and_leaves_no_run(trained, kwargs, code, phrase):
     out = trained.root / "refused"

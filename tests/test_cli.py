@@ -88,6 +88,12 @@ def test_counts_below_one_are_usage_errors(capsys, argv):
     assert info.value.code == 2 and "gud: error: argument" in capsys.readouterr().err
 
 
+def test_a_reverse_plot_needs_two_frames_and_says_so_at_the_argument(capsys):
+    with pytest.raises(SystemExit) as info:  # argparse said "at least 1", then 1 was E651
+        main(["plot", "RUN", "--reverse", "--frames", "1"])
+    assert info.value.code == 2 and "argument --frames: must be at least 2, got 1" in capsys.readouterr().err
+
+
 def test_data_errors_point_at_the_data_line(capsys, tmp_path):
     spec = tmp_path / "s.gud"
     spec.write_text('gud 1\ndata = npz("missing.npz")\ngamma(t) = linear(t)\n')
