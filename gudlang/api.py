@@ -621,16 +621,22 @@ class GudModel:
         save_pairs(done.known, done.x, out, value_range)
 
     # ------------------------------------------------------------------ likelihood
-    def split_images(self, split: str = "test", n: int | None = None) -> np.ndarray:
-        """The first n (default all) images of the spec's data split, once the data are known to
-        be those the model was trained on (E641: their fingerprint changed, or the split is empty)."""
+    def training_data(self):
+        """The spec's data (a `gudlang.data.DataSet`), once they are known to be those the model
+        was trained on (E641 when their fingerprint changed)."""
         from gudlang.pipeline import load_spec_data
-        split, n = nll_split(split), _integer(n, "n", "E660")
         data = load_spec_data(self.model.checked)
         if data.fingerprint != self.model.data.fingerprint:
             raise GudError.one("E641", f"the data changed since training (fingerprint {data.fingerprint[:12]} "
                                        f"!= {self.model.data.fingerprint[:12]})",
                                help="evaluate on the data the model was trained on")
+        return data
+
+    def split_images(self, split: str = "test", n: int | None = None) -> np.ndarray:
+        """The first n (default all) images of the spec's data split, once the data are known to
+        be those the model was trained on (E641: their fingerprint changed, or the split is empty)."""
+        split, n = nll_split(split), _integer(n, "n", "E660")
+        data = self.training_data()
         x = data.test if split == "test" else data.train
         if len(x) == 0:
             raise GudError.one("E641", f"the {split} split is empty", help="use the train split")

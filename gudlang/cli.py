@@ -473,7 +473,7 @@ def _save_float_npz(path: Path, record: dict, **arrays) -> None:
 def _known_images(model, args, n: int):
     """The images to complete: --given FILE (all of them, or the first n with -n), else the
     first n test images of the spec's data (train images when the test split is empty), once
-    they are known to be the data the model was trained on (E641, `GudModel.split_images`)."""
+    they are known to be the data the model was trained on (E641, `GudModel.training_data`)."""
     import numpy as np
 
     from gudlang.conditioning import load_images
@@ -484,12 +484,9 @@ def _known_images(model, args, n: int):
             raise GudError.one("E651", f"-n {args.n} asks for more completions than {args.given} holds images "
                                        f"({len(images)})", help="-n takes the first n images; drop it to complete all")
         return (images[: args.n] if args.n else images), str(args.given)
-    try:
-        split, images = "test", model.split_images("test", n)
-    except GudError as e:
-        if "split is empty" not in e.diagnostics[0].message:
-            raise
-        split, images = "train", model.split_images("train", n)
+    loaded = model.training_data()
+    split, images = ("test", loaded.test) if len(loaded.test) else ("train", loaded.train)
+    images = images[:n]
     return np.asarray(images, dtype=np.float64), f"the first {len(images)} {split} images"
 
 

@@ -602,9 +602,7 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
     lines (not the summary). `command` is what
     run.json records as the command that trained it (the CLI passes its own). The caller's
     random states (torch, NumPy, Python) are as they were when it returns."""
-    overrides = _check_arguments(spec, overrides, network, out, until, name)
-    if not isinstance(quiet, (bool, np.bool_)):
-        raise GudError.one("E003", f"quiet must be True or False, got {quiet!r}")
+    overrides = _check_arguments(spec, overrides, network, out, until, name, quiet)
     if command is None:
         shown = [SPEC_TEXT if is_spec_text(v) else repr(str(v)) for v in (spec, resume) if v is not None]
         command = ["train_run(" + ", ".join(shown)
@@ -617,7 +615,7 @@ def train_run(spec: str | Path | None = None, overrides: dict | None = None, *, 
         ckpt.restore_rng_state(callers)
 
 
-def _check_arguments(spec, overrides, network, out, until, name) -> dict[str, str]:
+def _check_arguments(spec, overrides, network, out, until, name, quiet) -> dict[str, str]:
     """E003 for arguments of `train_run` of the wrong kind (a spec neither a path nor text, a list
     of "k=v" for the overrides dict, a network class or function for a module, an `until` below
     1); the overrides as the text `-s key=value` gives (numbers, true / false, lists as in a spec)."""
@@ -627,9 +625,12 @@ def _check_arguments(spec, overrides, network, out, until, name) -> dict[str, st
         raise GudError.one("E003", f"overrides must be a dict such as {{\"train.steps\": 200}}, got "
                                    f"{type(overrides).__name__}")
     runs.check_network_argument(network)
-    if not isinstance(out, (str, os.PathLike)) or (name is not None and not isinstance(name, str)):
-        wrong, what = ("out", out) if not isinstance(out, (str, os.PathLike)) else ("name", name)
-        raise GudError.one("E003", f"{wrong} must be a folder name (a str or path), got {type(what).__name__}")
+    if not isinstance(out, (str, os.PathLike)):
+        raise GudError.one("E003", f"out must be a folder name (a str or path), got {type(out).__name__}")
+    if name is not None and not isinstance(name, str):
+        raise GudError.one("E003", f"name must be a folder name (a str or path), got {type(name).__name__}")
+    if not isinstance(quiet, (bool, np.bool_)):
+        raise GudError.one("E003", f"quiet must be True or False, got {quiet!r}")
     if until is not None and (isinstance(until, bool) or not isinstance(until, numbers.Integral) or until < 1):
         raise GudError.one("E003", f"until must be a positive integer (the step to stop at), got {until!r}")
     return {key: _override_text(key, value) for key, value in (overrides or {}).items()}
