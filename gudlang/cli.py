@@ -32,11 +32,14 @@ from pathlib import Path
 
 from gudlang.diagnostics import GudError, render_json, render_text
 from gudlang.spec import GridName, SamplerName
-from gudlang.terminal import integer_at_least, positive_int, progress
+from gudlang.terminal import integer_in, positive_int, progress
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2
 # Codes about a file given on the command line (not about a spec): they exit like usage errors.
 FILE_CODES = {"E681", "E644", "E690", "E691"}
+# `gud plot --reverse` draws two rows per sample and a column per frame: beyond these the PNG
+# outgrows what an image viewer (and matplotlib's 2^16 pixels a side) takes.
+MAX_REVERSE_SAMPLES, MAX_REVERSE_FRAMES = 32, 32
 
 
 def _usage(diagnostics) -> bool:
@@ -218,6 +221,9 @@ def cmd_plot(args) -> int:
                                help=f"plot a run's training curves with gud plot {args.file} --metrics -o {out}, "
                                     f"its samples coming about with --reverse, or its spec with "
                                     f"gud plot {Path(args.file) / 'spec.gud'} -o {out}")
+        if args.metrics and args.set:
+            raise GudError.one("E003", "-s sets a spec's values; --metrics plots what the run logged",
+                               help="drop -s")
         if args.reverse:
             _plot_reverse(args, out)
         elif args.metrics:
@@ -691,8 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reverse", action="store_true",
                    help="a run's samples coming about: x_t and the predicted x_0 at several t")
     q.add_argument("-o", "--output", required=True)
-    q.add_argument("-n", type=positive_int, help="--reverse: how many samples (default 4)")
-    q.add_argument("--frames", type=integer_at_least(2), help="--reverse: how many times, t = 1 to 0 (default 8)")
+    q.add_argument("-n", type=integer_in(1, MAX_REVERSE_SAMPLES),
+                   help=f"--reverse: how many samples (default 4, at most {MAX_REVERSE_SAMPLES})")
+    q.add_argument("--frames", type=integer_in(2, MAX_REVERSE_FRAMES),
+                   help=f"--reverse: how many times, t = 1 to 0 (default 8, at most {MAX_REVERSE_FRAMES})")
     q.add_argument("--sampler", choices=typing.get_args(SamplerName), help="--reverse: the sampler (default the spec's)")
     q.add_argument("--steps", type=positive_int, help="--reverse: its steps (default the spec's)")
     q.add_argument("--seed", type=int, help="--reverse: the seed (default the spec's)")

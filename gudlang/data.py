@@ -12,7 +12,8 @@ Sources (each a function with checked arguments; `load_data` dispatches by kind)
     grf      stationary periodic Gaussian random fields with a power-law spectrum; their
              mean and covariance are known exactly, which makes them the test oracle
     npz      one array of a .npz (or .npy) file
-    images   a folder of PNG / JPEG images, resized and center-cropped; the decoded images
+    images   a folder of PNG / JPEG / TIFF images (with recursive = true its subfolders too,
+             symlinked ones included), resized and center-cropped; the decoded images
              are cached (see `gudlang.datasets.readers`: `$GUDLANG_CACHE/images`), which
              changes nothing in the DataSet, only the time it takes to load
     dataset  MNIST / FashionMNIST (IDX files) and CIFAR-10 (binary or python version) from
@@ -483,7 +484,8 @@ def npz(path, key: str | None = None, layout: str = "auto",
 
 def images(folder, size: int | tuple[int, int] = 32, channels: int = 3, recursive: bool = False,
            test_fraction: float = 0.1, seed: int = 0, *, use_cache: bool = True) -> DataSet:
-    """The PNG / JPEG images of a folder (sorted by path), as RGB (3) or grey (1), 256 levels.
+    """The PNG / JPEG / TIFF images of a folder (sorted by path; `recursive`: and of its
+    subfolders, `_image_files`), as RGB (3) or grey (1), 256 levels.
 
     Each image's shorter side is resized (bicubic) to fit `size`, then it is center-cropped.
     The decoded images come from the cache when no file changed (`use_cache=False`: always
@@ -502,9 +504,7 @@ def images(folder, size: int | tuple[int, int] = 32, channels: int = 3, recursiv
     if not root.is_dir():
         raise GudError.one("E401", f"image folder {root} not found",
                            help="check the path (relative paths start at the working directory)")
-    found = root.rglob("*") if recursive else root.iterdir()
-    files = sorted((p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                   key=lambda p: p.relative_to(root).as_posix())
+    files = _image_files(root, recursive)
     if not files:
         raise GudError.one("E407", f"no PNG, JPEG or TIFF images in {root}",
                            help=None if recursive else "images(..., recursive = true) also searches its subfolders")
@@ -515,6 +515,25 @@ def images(folder, size: int | tuple[int, int] = 32, channels: int = 3, recursiv
     params = {"folder": str(root), "size": list(hw), "channels": channels, "recursive": recursive,
               "test_fraction": test_fraction, "seed": seed}
     return _dataset(root.name or "images", train, test, params, (-1.0, 1.0), 256)
+
+
+def _image_files(root: Path, recursive: bool) -> list[Path]:
+    """The image files of `root` (with `recursive`, of its subfolders too, symlinked ones
+    included, each real folder once: a link back up does not loop), sorted by their path below
+    `root`."""
+    if not recursive:
+        found = [p for p in root.iterdir() if p.is_file()]
+    else:
+        found, seen = [], set()
+        for folder, subfolders, names in os.walk(root, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:
+                subfolders[:] = []
+                continue
+            seen.add(real)
+            found.extend(p for p in (Path(folder) / name for name in names) if p.is_file())
+    return sorted((p for p in found if p.suffix.lower() in IMAGE_SUFFIXES),
+                  key=lambda p: p.relative_to(root).as_posix())
 
 
 # ----------------------------------------------------------------------------- dataset

@@ -7,9 +7,10 @@ import argparse
 import sys
 
 
-def integer_at_least(least: int):
-    """argparse type: an integer >= `least` (below it a count would fall back to a default or mean
-    nothing, or fail later with another wording)."""
+def integer_in(least: int, most: int | None = None):
+    """argparse type: an integer >= `least` and <= `most` (None: no bound), said at the argument
+    (outside them a count would fall back to a default or mean nothing, or fail later with
+    another wording)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -17,12 +18,14 @@ def integer_at_least(least: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < least:
             raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}, got {value}")
         return value
-    parse.__name__ = f"integer >= {least}"
+    parse.__name__ = f"integer >= {least}" if most is None else f"integer in {least}..{most}"
     return parse
 
 
-positive_int = integer_at_least(1)
+positive_int = integer_in(1)
 
 
 def progress(what: str, total: int, quiet: bool = False, unit: str = "image"):

@@ -94,6 +94,21 @@ def test_a_reverse_plot_needs_two_frames_and_says_so_at_the_argument(capsys):
     assert info.value.code == 2 and "argument --frames: must be at least 2, got 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["-n", "--frames"])
+def test_a_reverse_plot_refuses_a_figure_too_large_to_draw(capsys, option):
+    from gudlang.cli import MAX_REVERSE_FRAMES, MAX_REVERSE_SAMPLES
+
+    most = MAX_REVERSE_SAMPLES if option == "-n" else MAX_REVERSE_FRAMES
+    with pytest.raises(SystemExit) as info:  # -n 300 drew a PNG of 600 rows of images
+        main(["plot", "RUN", "--reverse", option, str(most + 1)])
+    assert info.value.code == 2 and f"argument {option}: must be at most {most}" in capsys.readouterr().err
+
+
+def test_a_metrics_plot_refuses_overrides_it_would_ignore(capsys, tmp_path):
+    code, _, err = run(capsys, "plot", str(tmp_path), "--metrics", "-s", "a=2", "-o", str(tmp_path / "m.png"))
+    assert code == 2 and "E003" in err and "--metrics plots what the run logged" in err
+
+
 def test_data_errors_point_at_the_data_line(capsys, tmp_path):
     spec = tmp_path / "s.gud"
     spec.write_text('gud 1\ndata = npz("missing.npz")\ngamma(t) = linear(t)\n')

@@ -562,6 +562,22 @@ def test_images_recursive_search_is_opt_in(tmp_path):
     assert len(images(tmp_path, size=4, recursive=True, test_fraction=0.0).train) == 1
 
 
+def test_images_recursive_search_follows_symlinked_folders_once(tmp_path):
+    # a data set assembled from links (sub -> /data/cats) lost the linked images silently
+    elsewhere, root = tmp_path / "elsewhere", tmp_path / "root"
+    elsewhere.mkdir()
+    (root / "own").mkdir(parents=True)
+    for i, folder in enumerate((elsewhere, root / "own")):
+        _png(folder / f"{i}.png", np.full((4, 4), 60 * (i + 1)))
+    try:
+        (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+        (elsewhere / "back").symlink_to(root, target_is_directory=True)  # a loop
+    except OSError:
+        pytest.skip("symlinks not available")
+    d = images(root, size=4, channels=1, recursive=True, test_fraction=0.0, use_cache=False)
+    assert sorted(d.train[:, 0, 0, 0].tolist()) == pytest.approx([60 / 127.5 - 1, 120 / 127.5 - 1])
+
+
 def test_images_missing_folder_fails(tmp_path):
     with fails("E401", "missing", "not found"):
         images(tmp_path / "missing")
