@@ -126,6 +126,7 @@ def cmd_check(args) -> int:
 
 def cmd_fmt(args) -> int:
     from gudlang.check import read_source
+    from gudlang.checkpoint import atomic_write_text
     from gudlang.fmt import format_text, unified_diff
     rep = _Reporter("text")
     if args.files == ["-"]:  # a filter for editors: the spec on stdin, the formatted spec on stdout
@@ -133,7 +134,14 @@ def cmd_fmt(args) -> int:
         text = None
         try:
             text = decode_source(sys.stdin.buffer.read(MAX_SOURCE_BYTES + 1))
-            sys.stdout.write(format_text(text, "<stdin>"))
+            new = format_text(text, "<stdin>")
+            if args.check or args.diff:  # as for files: exit 1 when the spec would change
+                if new != text and args.check:
+                    print("<stdin>: would reformat", file=sys.stderr)
+                elif new != text:
+                    sys.stdout.write(unified_diff(text, new, "<stdin>"))
+                return EXIT_DIAGNOSTICS if new != text else EXIT_OK
+            sys.stdout.write(new)
             return EXIT_OK
         except GudError as e:
             rep.report(e.with_path("<stdin>"), text)
@@ -166,7 +174,12 @@ def cmd_fmt(args) -> int:
         elif args.diff:
             sys.stdout.write(unified_diff(text, new, path))
         else:
-            Path(path).write_text(new, encoding="utf-8")
+            try:  # all at once: a full disk or a kill mid-write must not cut a spec short
+                atomic_write_text(Path(path).resolve(), new)  # resolved: a symlinked spec stays a link
+            except GudError as e:
+                rep.report(GudError.one("E001", f"{e.diagnostics[0].message}; the file is unchanged",
+                                        path=path, help="free some space or fix the permissions, then format again"))
+                continue
             print(f"{path}: reformatted")
     code = rep.finish()
     if code:

@@ -209,3 +209,53 @@ def test_a_wide_call_takes_one_argument_a_line_and_stays_so():
     assert format_text(short) == short
     wide_single = "gud 1\n\nl_i = " + " + ".join(["rank(i)"] * 14) + "\n"  # not a call: one line
     assert format_text(wide_single) == wide_single
+
+
+@pytest.mark.parametrize("option", ["--check", "--diff"])
+def test_fmt_dash_with_check_or_diff_says_whether_the_spec_would_change(option):
+    # both were ignored: the formatted spec was printed and the exit code was 0
+    import subprocess
+    import sys
+    messy, tidy = "gud 1\ndata=digits()\ngamma(t)=linear( t )\n", "gud 1\n\ndata = digits()\ngamma(t) = linear(t)\n"
+    done = subprocess.run([sys.executable, "-m", "gudlang", "fmt", option, "-"], input=messy, capture_output=True,
+                          text=True)
+    assert done.returncode == 1
+    if option == "--check":
+        assert done.stdout == "" and "<stdin>: would reformat" in done.stderr
+    else:
+        assert "--- <stdin> (original)" in done.stdout and "+data = digits()" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "gudlang", "fmt", option, "-"], input=tidy, capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and done.stdout == ""
+
+
+def test_fmt_never_leaves_a_spec_cut_short(tmp_path, monkeypatch, capsys):
+    # the file was rewritten in place: a full disk left the first 1024 bytes, which still checked
+    import errno
+    import os
+
+    from gudlang import checkpoint
+    from gudlang.cli import main
+    spec = tmp_path / "s.gud"
+    messy = "gud 1\ndata=digits()\ngamma(t)=linear( t )\n"
+    spec.write_text(messy)
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint.os, "fsync", full_disk)
+    assert main(["fmt", str(spec)]) == 2  # a file that cannot be written: as one that cannot be read
+    err = capsys.readouterr().err
+    assert "E001" in err and str(spec) in err and "No space left" in err and "unchanged" in err
+    assert spec.read_text() == messy and sorted(p.name for p in tmp_path.iterdir()) == ["s.gud"]
+
+
+def test_fmt_keeps_a_symlinked_spec_a_link(tmp_path):
+    from gudlang.cli import main
+    target, link = tmp_path / "real.gud", tmp_path / "link.gud"
+    target.write_text("gud 1\ndata=digits()\ngamma(t)=linear( t )\n")
+    try:
+        link.symlink_to(target)
+    except OSError:
+        pytest.skip("symlinks not available")
+    assert main(["fmt", str(link)]) == 0
+    assert link.is_symlink() and target.read_text() == "gud 1\n\ndata = digits()\ngamma(t) = linear(t)\n"
