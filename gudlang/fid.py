@@ -237,8 +237,8 @@ def sampled(model, n: int, *, sampler: str | None = None, steps: int | None = No
 
 
 def read_images(path: str | Path, shape, value_range, what: str = "images", limit: int | None = None) -> ImageSet:
-    """Images of shape (C, H, W) from a folder of PNG / JPEG files (converted to grey or RGB
-    as C says), or an .npz with `arr_0` uint8 (N, H, W, C) / (N, H, W) pixels or `x` float
+    """Images of shape (C, H, W) from a folder of PNG / JPEG / TIFF files (read as `images()`
+    reads training data: upright, transparency on white, 16-bit scaled, grey or RGB as C says), or an .npz with `arr_0` uint8 (N, H, W, C) / (N, H, W) pixels or `x` float
     (N, C, H, W) values in data space (`gud sample` writes both); the first `limit` if given."""
     path = Path(path)
     if path.is_dir():
@@ -319,6 +319,7 @@ def _folder(folder: Path, shape, what: str, limit: int | None) -> ImageSet:
     from PIL import Image, UnidentifiedImageError
 
     from gudlang.data import IMAGE_SUFFIXES
+    from gudlang.datasets.readers import read_image, upright_size
     c, h, w = shape
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -326,22 +327,24 @@ def _folder(folder: Path, shape, what: str, limit: int | None) -> ImageSet:
     _check_count(folder, len(files), limit, what)
     files = files[:limit]
 
-    def opened(path: Path):
+    for path in files:  # headers only: a wrong size fails before any image is scored
         try:
-            return Image.open(path)
+            with Image.open(path) as image:
+                width, height = upright_size(image)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise _unusable(f"cannot read {path}: {e}", path) from None
-
-    for path in files:  # headers only: a wrong size fails before any image is scored
-        with opened(path) as image:
-            _check_size(path, image.size[::-1], shape, what)
+        _check_size(path, (height, width), shape, what)
 
     def batches(size: int):
+        # As images() reads the training data (upright, transparency on white, 16-bit scaled):
+        # a folder of training images scores FID 0 against them.
         for first in range(0, len(files), size):
             block = []
             for path in files[first: first + size]:
-                with opened(path) as image:
-                    block.append(np.asarray(image.convert("L" if c == 1 else "RGB"), dtype=np.uint8))
+                try:
+                    block.append(read_image(path, "L" if c == 1 else "RGB", (h, w)))
+                except GudError as e:
+                    raise _unusable(e.diagnostics[0].message, path) from None
             block = np.stack(block)
             yield block[..., None] if c == 1 else block
 

@@ -192,6 +192,40 @@ def test_a_png_folder_and_an_npz_of_the_same_pixels_are_the_same_images(tmp_path
         np.testing.assert_array_equal(np.concatenate(list(images.batches(2))), pixels)
 
 
+def test_a_folder_is_read_as_images_reads_the_training_data(tmp_path):
+    # gud fid read RGBA on black (the data: on white), clipped 16-bit PNGs at 255 and ignored
+    # EXIF turns: a folder scored against its own training pixels gave FID 1.9, not 0
+    from gudlang.data import images
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, size=(8, 8, 4), dtype=np.uint8)
+    rgba[:2, :, 3] = 0  # fully transparent rows: white
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "b.png")  # mid grey
+    turned = Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter
+    turned.save(tmp_path / "c.png", exif=exif)
+    data = images(tmp_path, size=8, test_fraction=0.0, use_cache=False)
+    by_name = dict(zip(("a", "b", "c"), to_uint8(data.train, data.value_range)))  # sorted by path
+    read = np.concatenate(list(fid.read_images(tmp_path, (3, 8, 8), VALUE_RANGE).batches(8)))
+    for k, name in enumerate("abc"):
+        np.testing.assert_array_equal(read[k], by_name[name])
+    assert (read[0, :2] == 255).all() and (read[1] == 128).all()
+
+
+def test_a_damaged_image_in_a_folder_names_the_file(tmp_path):
+    pixels = np.random.default_rng(4).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    for k in range(3):
+        Image.fromarray(pixels).save(tmp_path / f"{k}.png")
+    whole = (tmp_path / "1.png").read_bytes()
+    (tmp_path / "1.png").write_bytes(whole[:-30])  # the header reads; the pixels do not
+    images = fid.read_images(tmp_path, (3, 8, 8), VALUE_RANGE)
+    with pytest.raises(fid.GudError) as info:
+        list(images.batches(8))
+    d = info.value.diagnostics[0]
+    assert d.code == "E690" and "1.png" in d.message
+
+
 def test_float_samples_in_data_space_are_quantised_like_gud_sample_npz(tmp_path):
     x = np.random.default_rng(9).uniform(-4, 4, size=(6, 1, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "grid.npz", x=x, seed=np.asarray("3"))

@@ -230,6 +230,16 @@ def _upright(im: Image.Image) -> Image.Image:
         return im  # unreadable EXIF: the pixels as stored
 
 
+def upright_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as a viewer shows it (`_upright`), from its header:
+    EXIF orientations 5 - 8 turn it a quarter."""
+    try:
+        turned = im.getexif().get(0x0112) in (5, 6, 7, 8)
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error):
+        turned = False  # unreadable EXIF: `_upright` keeps the pixels as stored
+    return im.size[::-1] if turned else im.size
+
+
 def _white_level(im: Image.Image, where: str, code: str) -> float | None:
     """The value of white in a 16-bit or float image; None for 8-bit modes. `code` for a
     32-bit integer image, whose white level is unknown."""
