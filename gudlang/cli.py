@@ -590,7 +590,10 @@ def cmd_nll(args, overrides: dict) -> int:
               "model_hash": model.hash, "step": trained_step(model.meta), "world_size": world, "path": args.path,
               "overrides": overrides, "weights": args.weights}
     folder = _outputs(args, args.run)
-    file, note = _nll_file(folder.parent if folder.name == "samples" else folder, Path(split).stem, record)
+    # A file of the user's own is no split: its stem (test.npy) must not name the split's record.
+    name = split if args.given is None else \
+        f"given-{Path(split).stem}-{hashlib.sha256(str(Path(split).resolve()).encode()).hexdigest()[:8]}"
+    file, note = _nll_file(folder.parent if folder.name == "samples" else folder, name, record)
     _write_json(file, record)
     what = "exact divergence" if result.divergence == "exact" else f"{result.divergence} divergence estimate"
     deq = f", uniform dequantisation of {model.model.data.levels} levels" if model.model.data.levels else \
@@ -649,9 +652,9 @@ def cmd_export(args, overrides: dict) -> int:
                 nll = json.loads(record.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 nll = None
-            if not isinstance(nll, dict) or _variant(nll.get("path"), nll.get("overrides") or {},
-                                                     nll.get("weights", "ema")):
-                nll = None  # not the model's own NLL (older records held any measurement)
+            if not isinstance(nll, dict) or nll.get("split") != "test" or \
+                    _variant(nll.get("path"), nll.get("overrides") or {}, nll.get("weights", "ema")):
+                nll = None  # not the model's own NLL (older records held any measurement, a --given file's too)
             elif nll.get("step") != (step := trained_step(model.meta)):
                 print(f"gud: {record} was measured at step {nll.get('step', 'unknown')}, the weights are of step "
                       f"{step}: not published (measure it again with gud nll {target})",

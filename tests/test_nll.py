@@ -76,11 +76,20 @@ sample { steps = 2; n = 2; rtol = 1e-3; atol = 1e-3 }
     variants = [json.loads(p.read_text()) for p in run.glob("nll-test-*.json") if p.name != "nll-test-n2.json"]
     assert sorted((str(r["path"]), r["weights"]) for r in variants) == [("None", "raw"), ("linear(t^2)", "ema")]
     assert json.loads((run / "nll-test.json").read_text())["n"] == 4
+    # images of the user's own in a file named test.npy: the split's record stays (it was replaced,
+    # and exported as the model's NLL)
+    (tmp_path / "mine").mkdir()
+    np.save(tmp_path / "mine" / "test.npy", np.zeros((6, 1, 8, 8)))
+    assert main(["nll", str(run), "--given", str(tmp_path / "mine" / "test.npy")]) == 0
+    (given,) = run.glob("nll-given-test-*.json")
+    assert json.loads(given.read_text())["n"] == 6 and json.loads((run / "nll-test.json").read_text())["n"] == 4
     assert main(["export", str(run), str(tmp_path / "exported")]) == 0
     assert json.loads((tmp_path / "exported" / "config.json").read_text())["nll"]["n"] == 4
-    (run / "nll-test.json").write_text(json.dumps(dict(variants[0], n=9)))  # a record from before the split
-    assert main(["export", str(run), str(tmp_path / "exported2")]) == 0
-    assert json.loads((tmp_path / "exported2" / "config.json").read_text())["nll"] is None
+    own = json.loads((run / "nll-test.json").read_text())
+    for k, older in enumerate((dict(variants[0], n=9), dict(own, split=str(tmp_path / "mine" / "test.npy")))):
+        (run / "nll-test.json").write_text(json.dumps(older))  # records from before the split and the given name
+        assert main(["export", str(run), str(tmp_path / f"exported{k + 2}")]) == 0
+        assert json.loads((tmp_path / f"exported{k + 2}" / "config.json").read_text())["nll"] is None
 
 
 def test_probes_with_the_exact_divergence_are_a_usage_error(capsys, tmp_path, monkeypatch):
