@@ -605,7 +605,8 @@ def add_fid_parser(sub):
     q.add_argument("--inception", metavar="FILE",
                    help=f"the FID Inception weights (default: {INCEPTION_FILES[0]} in TORCH_HOME/hub/checkpoints)")
     q.add_argument("--save-stats", metavar="FILE.npz",
-                   help="also write the reference's statistics (mu, sigma), to pass as --ref later")
+                   help="also write the reference's statistics (mu, sigma), to pass as --ref later (a new file, "
+                        "or one of statistics: images are never replaced)")
     q.add_argument("--sampler", choices=typing.get_args(SamplerName))
     q.add_argument("--steps", type=positive_int)
     q.add_argument("--grid", choices=typing.get_args(GridName), help="time grid of fixed-step samplers")
@@ -650,7 +651,9 @@ def cmd_fid(args, overrides: dict) -> int:
         if args.save_stats and Path(args.save_stats).suffix.lower() != ".npz":
             raise GudError.one("E003", f"--save-stats writes the reference statistics as an .npz file, got "
                                        f"{args.save_stats}",
-                               help="name a file ending in .npz (an existing one is replaced)")
+                               help="name a file ending in .npz (an existing file of statistics is replaced)")
+        if args.save_stats:
+            _check_replaceable(Path(args.save_stats), args)
         if args.samples and world > 1:
             raise GudError.one("E003", "gud fid --samples scores files in one process",
                                help="run it without torchrun (torchrun splits the sampling of gud fid without "
@@ -701,6 +704,27 @@ def cmd_fid(args, overrides: dict) -> int:
     print(_summary(scores, record, network, generated, reference, args))
     print(f"wrote {out}" + (f" and the reference statistics to {args.save_stats}" if args.save_stats else ""))
     return 0
+
+
+def _check_replaceable(target: Path, args) -> None:
+    """E003 unless `target` (--save-stats) is new or holds statistics: it must not replace the
+    --ref or --samples images it is computed from, nor any other file of images."""
+    if not target.exists():
+        return
+    for option, given in (("--ref", args.ref), ("--samples", args.samples)):
+        if given and Path(given).exists() and target.resolve() == Path(given).resolve():
+            raise GudError.one("E003", f"--save-stats {target} is the {option} file: writing the statistics "
+                                       f"would replace its images", help="name another .npz file")
+    if not target.is_file():
+        raise GudError.one("E003", f"--save-stats {target} is a folder", help="name an .npz file")
+    try:
+        with _open_npz(target) as archive:
+            statistics = "mu" in archive.files and "arr_0" not in archive.files and "x" not in archive.files
+    except GudError:
+        statistics = False
+    if not statistics:
+        raise GudError.one("E003", f"--save-stats {target} exists and holds no statistics (images, or "
+                                   f"something else): it is not replaced", help="name a new .npz file")
 
 
 # What a record measured: two records that agree on all else are the same measurement, repeated.

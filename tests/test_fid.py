@@ -291,12 +291,16 @@ def test_scoring_gud_sample_output_equals_sampling_and_statistics_equal_images(c
     assert scored["kid_mean"] is None and "no KID" in out
     assert scored["reference_kind"] == "statistics" and scored["n_reference"] == sampled["n_reference"]
     assert scored["samples"] == "s.npz" and scored["samples_record"]["seed"] == "5"
+    code, _, err = run(capsys, "fid", "spec.gud", "--ref", "ref.npz", "--samples", "s.npz", "--save-stats", "stats.npz",
+                       "--features", STAND_IN)
+    assert code == 0, err  # a file of statistics is replaced
 
 
 @pytest.mark.parametrize("case", ["missing reference", "wrong size", "wrong channels", "no weights",
                                   "bad weights file", "unimportable features", "statistics of another network",
                                   "too many samples asked", "sampler options beside samples", "one sample",
-                                  "statistics into a non-npz file"])
+                                  "statistics into a non-npz file", "statistics over the reference",
+                                  "statistics over the samples", "statistics over other images"])
 def test_bad_input_is_a_clear_error_with_exit_2_and_no_record(capsys, oracle, monkeypatch, case):
     monkeypatch.setenv("TORCH_HOME", str(oracle / "torch-home"))
     save_npz(np.zeros((4, 1, 16, 16)), oracle / "big.npz", VALUE_RANGE)
@@ -319,6 +323,13 @@ def test_bad_input_is_a_clear_error_with_exit_2_and_no_record(capsys, oracle, mo
         "one sample": (["--ref", "ref.npz", "-n", 1, "--features", STAND_IN], "E690", "need at least two"),
         "statistics into a non-npz file": (["--ref", "ref.npz", "--features", STAND_IN, "--save-stats", "notes.txt"],
                                            "E003", "as an .npz file"),
+        # --save-stats replaced the images it was computed from
+        "statistics over the reference": (["--ref", "ref.npz", "--features", STAND_IN, "--save-stats", "ref.npz"],
+                                          "E003", "is the --ref file"),
+        "statistics over the samples": (["--ref", "ref.npz", "--samples", "three.npz", "-n", 3, "--features",
+                                         STAND_IN, "--save-stats", "three.npz"], "E003", "is the --samples file"),
+        "statistics over other images": (["--ref", "ref.npz", "--features", STAND_IN, "--save-stats", "big.npz"],
+                                         "E003", "holds no statistics"),
     }[case]
     (oracle / "notes.txt").write_text("a user's notes")
     code, out, err = run(capsys, "fid", "spec.gud", "-n", 10, *argv)
@@ -326,6 +337,8 @@ def test_bad_input_is_a_clear_error_with_exit_2_and_no_record(capsys, oracle, mo
     assert f"error[{code_}]" in err and words in err
     assert "Traceback" not in err and out == ""
     assert records(oracle) == [] and (oracle / "notes.txt").read_text() == "a user's notes"
+    for images in ("ref.npz", "three.npz", "big.npz"):
+        assert "arr_0" in np.load(oracle / images).files
 
 
 def test_a_corrupt_npz_is_e690(tmp_path):
