@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from gudlang import ast as A
-from gudlang.builtins import keywords
+from gudlang.builtins import constants, keywords
 from gudlang.check import describe_shape
 from gudlang.fmt import format_expr, format_program
 from gudlang.lower import parse_program
@@ -26,41 +26,45 @@ from gudlang.schedules import MOTION_BETA, Motion, columns_of, motion
 from gudlang.spec import FixedParam, Spec
 
 
-def _value(v) -> str:
+def _value(v, names: frozenset[str] = frozenset()) -> str:
+    """A setting's value as spec text; a string is written as a bare word (`sampler = heun`)
+    unless the word would read as something else: a keyword, a constant (`pi`, `H`) or one of
+    `names` (the spec's params and definitions)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if v is None:
         return "none"
     if isinstance(v, str):
         if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) and v not in {"true", "false", "none"} \
-                and v not in keywords():
-            return v  # a word, as a user writes `sampler = heun`
+                and v not in keywords() and v not in constants() and v not in names:
+            return v
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
+        return "[" + ", ".join(_value(x, names) for x in v) + "]"
     if isinstance(v, float):
         return repr(v)
     return str(v)
 
 
-def _call(kind: str, fields: dict, words: set[str] = frozenset()) -> str:
-    args = ", ".join(f"{k} = {v if k in words else _value(v)}" for k, v in fields.items())
+def _call(kind: str, fields: dict, names: frozenset[str]) -> str:
+    args = ", ".join(f"{k} = {_value(v, names)}" for k, v in fields.items())
     return f"{kind}({args})"
 
 
 def resolved_text(spec: Spec, source: A.SourceMap) -> str:
     """The spec with every default written out, canonically formatted."""
     lines = ["gud 1", ""]
+    names = frozenset(spec.params) | frozenset(d.name for _, d in spec.definitions)
     data = spec.data.model_dump()
-    lines.append(f"data = {_call(data.pop('kind'), data)}")
+    lines.append(f"data = {_call(data.pop('kind'), data, names)}")
     basis = spec.basis.model_dump()
-    lines.append(f"basis = {_call(basis.pop('kind'), basis)}")
+    lines.append(f"basis = {_call(basis.pop('kind'), basis, names)}")
     if spec.prior.kind == "scale":
         lines.append(f"prior = scale({format_expr(spec.prior.s)})")
     else:
         lines.append(f"prior = {spec.prior.kind}")
     net = spec.network.model_dump()
-    lines.append(f"network = {_call(net.pop('kind'), net)}")
+    lines.append(f"network = {_call(net.pop('kind'), net, names)}")
     lines.append("")
     for name, p in spec.params.items():
         if isinstance(p, FixedParam):
@@ -74,7 +78,7 @@ def resolved_text(spec: Spec, source: A.SourceMap) -> str:
     lines.append("")
     for block in ("train", "sample", "runtime"):
         settings = getattr(spec, block).model_dump()
-        inner = "; ".join(f"{k} = {_value(v)}" for k, v in settings.items())
+        inner = "; ".join(f"{k} = {_value(v, names)}" for k, v in settings.items())
         lines.append(f"{block} {{ {inner} }}")
     text = "\n".join(lines) + "\n"
     program, smap = parse_program(text, "<resolved>")

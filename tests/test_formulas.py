@@ -4,6 +4,7 @@ through `check.FORMULAS`, and every spec field is hashed or deliberately left ou
 import dataclasses
 import typing
 
+import numpy as np
 import pytest
 from pydantic import BaseModel
 
@@ -142,3 +143,15 @@ def test_a_setting_whose_value_is_a_keyword_survives_the_resolved_spec():
     checked = check_text('gud 1\ndata = dataset("cifar10", root = "data")\nbasis = pixel()\ngamma(t) = linear(t)\n')
     again = check_text(resolved_text(checked.spec, checked.source))
     assert again.spec.data.root == "data"
+
+
+@pytest.mark.parametrize("key", ["pi", "H", "a", "l_i"])
+def test_a_setting_whose_value_reads_as_a_constant_or_name_survives_the_resolved_spec(tmp_path, key):
+    # `key = pi` was written bare: it read back as 3.14159 (E210), `key = a` as the param a (E213)
+    from gudlang.explain import resolved_text
+    np.savez(tmp_path / "d.npz", **{key: np.zeros((4, 1, 4, 4))})
+    text = (f'gud 1\ndata = npz("{(tmp_path / "d.npz").as_posix()}", key = "{key}")\nbasis = pixel()\n'
+            'param a = 1\nl_i = 1\ngamma(t) = linear(a * t)\n')
+    checked = check_text(text)
+    again = check_text(resolved_text(checked.spec, checked.source))
+    assert again.spec.data.key == key and model_hash(again, "fp") == model_hash(checked, "fp")
