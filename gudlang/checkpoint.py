@@ -164,6 +164,19 @@ def _check_metadata(metadata: dict, path: str | os.PathLike) -> None:
         raise GudError.one("E622", f"checkpoint metadata {bad[0]!r} of {path} is not a string")
 
 
+def stored_overrides(metadata: dict[str, str], path: str | os.PathLike) -> dict[str, str]:
+    """The `-s` overrides a checkpoint was trained with (`gudlang_overrides`, JSON of key: value
+    text); E622 when they are not that."""
+    try:
+        overrides = json.loads(metadata.get("gudlang_overrides", "{}"))
+    except json.JSONDecodeError:
+        overrides = None
+    if not (isinstance(overrides, dict) and all(isinstance(v, (str, int, float)) for v in overrides.values())):
+        raise GudError.one("E622", f"checkpoint metadata `gudlang_overrides` of {path} is not a JSON object of "
+                                   "settings and their texts", help="restore the checkpoint from a copy or retrain")
+    return overrides
+
+
 def trained_step(metadata: dict[str, str]) -> int | None:
     """The training step a checkpoint's weights are of (its `gudlang_step`), or None when it
     records none (an export of an oracle, an older file)."""

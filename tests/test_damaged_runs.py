@@ -115,6 +115,15 @@ def test_checkpoint_data_metadata_is_validated_E622(capsys, run, tmp_path, data,
     assert code == 1 and "error[E622]" in err and phrase in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("overrides", ["{not json", "[1, 2]", '{"a": [1]}'])
+def test_checkpoint_overrides_metadata_is_validated_E622(capsys, run, tmp_path, overrides):
+    # a JSONDecodeError / AttributeError traceback before
+    edited = rewrite_checkpoint(run, tmp_path, meta={"gudlang_overrides": overrides})
+    code = main(["sample", str(edited), "-n", "2", "-o", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 1 and "error[E622]" in err and "gudlang_overrides" in err and "Traceback" not in err
+
+
 def test_a_changed_data_description_is_refused_E622_and_old_checkpoints_load(capsys, run, tmp_path):
     # value_range sets how samples are scaled back to data: a valid but edited one would
     # silently change every sample, so its digest must match.
