@@ -41,6 +41,8 @@ import torch
 from gudlang.diagnostics import GudError
 
 NOISE_BLOCK = 256
+# Samples in a preview grid (what training and `gud export` draw), whatever sample.n is.
+PREVIEW_SAMPLES = 64
 
 
 def load(target: str | Path, *, network: torch.nn.Module | None = None, weights: str = "ema",
@@ -605,11 +607,11 @@ class GudModel:
         return Extension(x, nfe, k)
 
     def grid(self, out: Path, n: int | None = None) -> None:
-        """A PNG grid of n (default the spec's sample.n) samples with the spec's settings
-        (completions of the first test images beside their given parts, for a conditional
-        spec): what training writes."""
+        """A PNG grid of n (default the spec's sample.n, at most PREVIEW_SAMPLES) samples with
+        the spec's settings (completions of the first test images beside their given parts, for
+        a conditional spec): the preview training and `gud export` write."""
         from gudlang.images import save_grid, save_pairs
-        n = _integer(n, "n", "E651") or self.spec.sample.n
+        n = _integer(n, "n", "E651") or min(self.spec.sample.n, PREVIEW_SAMPLES)
         value_range = self.model.data.value_range
         if not self.conditional:
             save_grid(self.sample(n).numpy(), out, value_range)

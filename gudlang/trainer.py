@@ -189,10 +189,6 @@ class SampleGrids:
             sample_grid(session, session.run / "samples" / f"step_{step:06d}.png")
 
 
-# Samples in the grids training writes (a preview): at most this many, whatever sample.n is.
-GRID_SAMPLES = 64
-
-
 def _killed_before_a_checkpoint(folder: Path, spec, overrides: dict) -> bool:
     """Whether `folder` (no checkpoint) is a run directory of `spec` with `overrides` that stopped
     before its first checkpoint: its spec.gud holds the same text and its run.json the same
@@ -208,11 +204,11 @@ def _killed_before_a_checkpoint(folder: Path, spec, overrides: dict) -> bool:
 
 
 def sample_grid(session: Session, out: Path) -> None:
-    """A preview grid of min(sample.n, GRID_SAMPLES) samples of the EMA network: quick, so that
-    a signal that arrives while it is drawn waits seconds, not the length of a large sample.n."""
+    """A preview grid (`GudModel.grid`: at most PREVIEW_SAMPLES samples) of the EMA network:
+    quick, so that a signal that arrives while it is drawn waits seconds, not the length of a
+    large sample.n."""
     from gudlang.api import GudModel
-    n = min(session.model.spec.sample.n, GRID_SAMPLES)
-    GudModel.from_parts(session.model, session.ema.module, device=session.device).grid(out, n=n)
+    GudModel.from_parts(session.model, session.ema.module, device=session.device).grid(out)
 
 
 # --------------------------------------------------------------------------- setup

@@ -302,6 +302,19 @@ def test_a_run_whose_data_changed_cannot_grow(capsys, tmp_path):
     assert code == 1 and "error[E641]" in err and "different model (the data changed)" in err
 
 
+def test_an_exports_preview_draws_as_many_samples_as_trainings(capsys, tmp_path, monkeypatch):
+    # it drew the whole sample.n (50000 for an FID spec: an hour for a thumbnail)
+    from gudlang.api import PREVIEW_SAMPLES, GudModel
+    (tmp_path / "tiny.gud").write_text(TINY)
+    drawn = []
+    sample = GudModel.sample
+    monkeypatch.setattr(GudModel, "sample", lambda self, n, *a, **k: drawn.append(n) or sample(self, n, *a, **k))
+    assert main(["train", "--quiet", str(tmp_path / "tiny.gud"), "--out", str(tmp_path / "runs"),
+                 "-s", f"sample.n={PREVIEW_SAMPLES + 100}", "-s", "train.steps=2"]) == 0
+    assert gud(capsys, "export", only_run(tmp_path / "runs"), tmp_path / "export")[0] == 0
+    assert drawn == [PREVIEW_SAMPLES, PREVIEW_SAMPLES]  # the final grid of training, the export's
+
+
 def test_an_exports_card_reproduces_the_run_with_its_overrides(capsys, tmp_path, monkeypatch):
     # the card showed the spec without the -s overrides, and only the original (absolute) command
     (tmp_path / "tiny.gud").write_text(TINY)
