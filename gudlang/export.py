@@ -14,7 +14,8 @@ the command that trained it. Output: a folder
                            and use it
 
 The folder is written under a temporary name and renamed when complete, so an interrupted
-export leaves nothing half-written. `gudlang.load(DIR)` and `gud sample DIR` read it; a
+export (an error, Ctrl-C, SIGTERM) leaves nothing behind; a spec.gud whose line endings were
+changed (git on Windows) still describes its weights. `gudlang.load(DIR)` and `gud sample DIR` read it; a
 tampered export is refused: a changed spec no longer hashes to its stored hash (E624), changed
 weights no longer match their digest, a config.json or spec.gud that no longer describes the
 weights file (hashes, digest, resolved spec, overrides, data; the spec's text) is E626. The
@@ -27,11 +28,14 @@ export, E620 cannot write.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shlex
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -86,9 +90,16 @@ def verify_export(tensors: dict[str, torch.Tensor], meta: dict[str, str], file: 
             raise GudError.one("E626", f"{config} does not describe {file} (its {', '.join(differ)} differ)",
                                help="export the model again from its run")
     spec = folder / "spec.gud"
-    if spec.is_file() and spec.read_bytes().decode("utf-8", errors="replace") != meta.get("gudlang_spec"):
+    if spec.is_file() and _lines(spec.read_bytes().decode("utf-8", errors="replace")) != \
+            _lines(meta.get("gudlang_spec", "")):
         raise GudError.one("E626", f"{spec} is not the spec the weights in {file} were trained with",
-                           help="export the model again from its run (the spec inside the weights file is used)")
+                           help="export the model again from its run, or delete that spec.gud (the spec "
+                                "inside the weights file is the one used)")
+
+
+def _lines(text: str) -> list[str]:
+    """A text's lines, whatever their endings (git on Windows checks an export out with CRLF)."""
+    return text.splitlines()
 
 
 def export_model(model, folder: Path, *, nll: dict | None = None, command: str | None = None) -> Path:
@@ -108,10 +119,17 @@ def export_model(model, folder: Path, *, nll: dict | None = None, command: str |
     meta.update(gudlang_version=__version__, torch_version=torch.__version__)
     meta[DIGEST_KEY] = weights_digest(tensors)
     temporary = folder.parent / f".{folder.name}.partial-{os.getpid()}"
-    try:
-        temporary.mkdir(parents=True)
-    except OSError as e:
-        raise GudError.one("E620", f"cannot create {temporary}: {e.strerror or e}") from None
+    with _sigterm_as_exit():  # a scheduler's kill must not leave the weights behind in `temporary`
+        try:
+            temporary.mkdir(parents=True)
+        except OSError as e:
+            raise GudError.one("E620", f"cannot create {temporary}: {e.strerror or e}") from None
+        _write_export(model, folder, temporary, tensors, meta, nll, command)
+    return folder
+
+
+def _write_export(model, folder: Path, temporary: Path, tensors, meta, nll, command) -> None:
+    """Fill `temporary`, then rename it to `folder`; `temporary` is removed when anything stops it."""
     try:
         ckpt.save_checkpoint(temporary / EXPORT_WEIGHTS, tensors, meta)
         ckpt.atomic_write_text(temporary / "spec.gud", model.spec_text)
@@ -123,7 +141,23 @@ def export_model(model, folder: Path, *, nll: dict | None = None, command: str |
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    return folder
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """SIGTERM raises SystemExit(128 + 15) inside the block (as Ctrl-C raises KeyboardInterrupt),
+    so that cleanup runs; in the main thread only (elsewhere signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _config(model, meta: dict, nll: dict | None, command: str | None) -> dict:

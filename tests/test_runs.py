@@ -269,9 +269,28 @@ def test_the_weights_file_of_an_export_is_the_model(capsys, trained, tmp_path):
     export = tmp_path / "export"
     assert gud(capsys, "export", trained, export)[0] == 0
     x = gudlang.load(export).sample(2, seed=1)
+    spec = (export / "spec.gud").read_text()
+    (export / "spec.gud").write_bytes(spec.replace("\n", "\r\n").encode())  # git's autocrlf: E626 before
+    torch.testing.assert_close(gudlang.load(export).sample(2, seed=1), x)
     (export / "config.json").unlink()
     (export / "spec.gud").unlink()
     torch.testing.assert_close(gudlang.load(export).sample(2, seed=1), x)
+
+
+def test_an_export_stopped_by_sigterm_leaves_nothing_behind(trained, tmp_path):
+    # a scheduler's kill left .DIR.partial-PID with the weights in it, hidden, forever
+    import signal
+    import subprocess
+    import sys
+    script = ("import time, gudlang\nfrom gudlang.api import GudModel\n"
+              "GudModel.grid = lambda self, out, n=None: (print('drawing', flush=True), time.sleep(60))\n"
+              f"gudlang.load({str(trained)!r}).export({str(tmp_path / 'export')!r})\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "drawing"  # the weights are written by now
+    assert any(p.name.startswith(".export.partial-") for p in tmp_path.iterdir())
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_tensorboard_logging_writes_event_files(capsys, spec, tmp_path):
