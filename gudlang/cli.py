@@ -315,6 +315,15 @@ def _run_command(handler):
     return run
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from `path`; {} when it cannot be read or is not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _write_json(path: Path, record: dict) -> None:
     from gudlang.checkpoint import atomic_write_text
     from gudlang.images import make_folder
@@ -639,30 +648,33 @@ def cmd_export(args, overrides: dict) -> int:
     model card (`gudlang.export`)."""
     from gudlang.api import load
     from gudlang.checkpoint import trained_step
+    from gudlang.export import DIGEST_KEY
     from gudlang.runs import read_record
     target, out = Path(args.run), Path(args.dir)
     if out.exists():
         raise GudError.one("E644", f"{out} exists", help="export into a new folder (nothing was written)")
     model = load(target)
     nll, command = None, None
-    if target.is_dir():
-        record = target / "nll-test.json"
+    folder = target if target.is_dir() else target.parent  # a run's or an export's checkpoint file: its folder
+    if (folder / "config.json").is_file() and not (folder / "run.json").is_file():
+        # an export: its NLL and command describe the weights its config names (load checked them)
+        config = _read_json(folder / "config.json")
+        if config.get("weights_sha256") and config.get("weights_sha256") == model.meta.get(DIGEST_KEY):
+            nll, command = config.get("nll"), config.get("command")
+    elif (folder / "run.json").is_file():
+        record = folder / "nll-test.json"
         if record.is_file():
-            try:
-                nll = json.loads(record.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                nll = None
-            if not isinstance(nll, dict) or nll.get("split") != "test" or \
+            nll = _read_json(record)
+            if not nll or nll.get("split") != "test" or \
                     _variant(nll.get("path"), nll.get("overrides") or {}, nll.get("weights", "ema")):
                 nll = None  # not the model's own NLL (older records held any measurement, a --given file's too)
             elif nll.get("step") != (step := trained_step(model.meta)):
                 print(f"gud: {record} was measured at step {nll.get('step', 'unknown')}, the weights are of step "
-                      f"{step}: not published (measure it again with gud nll {target})",
+                      f"{step}: not published (measure it again with gud nll {folder})",
                       file=sys.stderr)
                 nll = None
-        if (target / "run.json").is_file():
-            commands = [s.get("command") for s in read_record(target).get("segments", []) if s.get("command")]
-            command = " && ".join(" ".join(map(shlex.quote, c)) for c in commands) or None
+        commands = [s.get("command") for s in read_record(folder).get("segments", []) if s.get("command")]
+        command = " && ".join(" ".join(map(shlex.quote, c)) for c in commands) or None
     model.export(out, nll=nll, command=command)
     print(f"exported {target} to {out}: model.safetensors (EMA weights), spec.gud, config.json, README.md, "
           f"samples.png; load it with gudlang.load(\"{out}\") or gud sample {out}")

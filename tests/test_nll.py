@@ -84,7 +84,13 @@ sample { steps = 2; n = 2; rtol = 1e-3; atol = 1e-3 }
     (given,) = run.glob("nll-given-test-*.json")
     assert json.loads(given.read_text())["n"] == 6 and json.loads((run / "nll-test.json").read_text())["n"] == 4
     assert main(["export", str(run), str(tmp_path / "exported")]) == 0
-    assert json.loads((tmp_path / "exported" / "config.json").read_text())["nll"]["n"] == 4
+    config = json.loads((tmp_path / "exported" / "config.json").read_text())
+    assert config["nll"]["n"] == 4 and "tiny.gud" in config["command"]
+    # an export of the export, or of the run's checkpoint file, publishes the same (both were dropped)
+    for source, name in ((tmp_path / "exported", "again"), (run / "checkpoint.safetensors", "from-file")):
+        assert main(["export", str(source), str(tmp_path / name)]) == 0
+        again = json.loads((tmp_path / name / "config.json").read_text())
+        assert (again["nll"], again["command"]) == (config["nll"], config["command"])
     own = json.loads((run / "nll-test.json").read_text())
     for k, older in enumerate((dict(variants[0], n=9), dict(own, split=str(tmp_path / "mine" / "test.npy")))):
         (run / "nll-test.json").write_text(json.dumps(older))  # records from before the split and the given name
