@@ -568,11 +568,13 @@ class GudModel:
                           "trained" if same else "replacement", nfe)
 
     def extend(self, images, *, columns: int | None = None, rows: int | None = None, sampler: str | None = None,
-               steps: int | None = None, seed: int | None = None, progress=None) -> "Extension":
+               steps: int | None = None, seed: int | None = None, progress=None, first: int = 0) -> "Extension":
         """Extend images (N, C, H, W) by `columns` on the right or `rows` at the bottom with a
         sliding window: an `Extension` (extended images, network calls, the given band k). `progress(done,
-        total)` is called after each window. E651 when the result would not fit in half the
-        machine's memory."""
+        total)` is called after each window. `first`: the index of images[0] in a larger set (a
+        torchrun shard): window w of image k starts from the noise of sample k of the window's own
+        seed, so a deterministic sampler extends it the same however the set is split. E651 when
+        the result would not fit in half the machine's memory."""
         from gudlang.conditioning import extend, extension_band
         _callback(progress, "E651")
         if (columns is None) == (rows is None):
@@ -592,13 +594,17 @@ class GudModel:
                                        f"{across} {'rows' if axis == 'columns' else 'columns'}, got shape "
                                        f"{images.shape[1:]}")
         steps, seed = _integer(steps, "steps", "E651"), _seed(seed, self.spec.sample.seed, "E651")
+        first = _integer(first, "first", "E651", least=0, optional=False)
         _check_extension_size(images, count, axis)
         total = -(-count // (size - k))
         windows = iter(range(1 << 62))
 
         def fill(window):
             index = next(windows)
-            done = self._complete(window, None, sampler, steps, None, seed + index)
+            # window 0 draws from the seed itself, later ones from seeds far from it (with seed + index,
+            # window 1 of seed s was window 0 of seed s + 1)
+            window_seed = seed if index == 0 else (seed * 1_000_003 + 7919 * index) % SEED_MODULUS
+            done = self._complete(window, None, sampler, steps, None, window_seed, first)
             if progress is not None:
                 progress(index + 1, total)
             return done.x, done.nfe

@@ -358,12 +358,21 @@ def _with(stem: Path, suffix: str) -> Path:
     return stem.parent / f"{stem.name}{suffix}"
 
 
-def _variant(path: str | None, overrides: dict, weights: str = "ema") -> dict:
+# Settings that an output's default name already says (sampler, steps, seed) or that do not change
+# it (how many, where it runs); any other -s setting makes the output a variant.
+_NAMED_SETTINGS = ("sample.sampler", "sample.steps", "sample.seed", "sample.n")
+
+
+def _variant(path: str | None, overrides: dict, weights: str = "ema", **options) -> dict:
     """What makes a measurement or a sample set other than the model's own: a sampling path, params
-    set with -s (settings such as sample.rtol are not), raw weights; {} for none."""
+    set with -s, other -s settings (sample.grid, sample.rtol; on a spec, data or network: another
+    model), raw weights, and `options` that are not None (--grid, --divergence); {} for none."""
     from gudlang.runs import set_params
-    return {k: v for k, v in (("path", path), ("params", set_params(overrides)), ("weights", weights))
-            if v and v != "ema"}
+    settings = {k: v for k, v in overrides.items()
+                if "." in k and k not in _NAMED_SETTINGS and not k.startswith("runtime.")}
+    return {k: v for k, v in (("path", path), ("params", set_params(overrides)), ("settings", settings),
+                              ("weights", weights), *sorted(options.items()))
+            if v is not None and v != {} and v != "ema"}
 
 
 def _variant_tag(variant: dict) -> str:
@@ -387,12 +396,13 @@ def cmd_train(args, overrides: dict) -> int:
 
 def _load_run(args, overrides: dict):
     """`gudlang.load` of args.run with the command's params, weights and --path; the coverage
-    warnings (W301 / W302) of a path given with --path go to stderr."""
+    warnings (W301 / W302) of the schedule that --path or params set with -s make go to stderr."""
     from gudlang.api import load
     from gudlang.distributed import every_rank
+    from gudlang.runs import set_params
     with every_rank("loading the run"):  # under torchrun: a node without the run stops every rank
         model = load(args.run, params=overrides, weights=args.weights, path=args.path)
-    if args.path is not None:
+    if args.path is not None or set_params(overrides):
         _Reporter("text").show(model.model.warnings)
     return model
 
@@ -425,8 +435,8 @@ def cmd_sample(args, overrides: dict) -> int:
             images, source = _known_images(model, args, args.n or settings.n)
         # the spec's own test images with its own mask: "-given"; your images or mask: their digest too
         given = "-given" + (_digest_tag(images, args.mask) if args.given or args.mask else "")
-    stem = _stem(args, f"{method}-{how}-seed{seed}{_variant_tag(_variant(args.path, overrides, args.weights))}"
-                       + given, folder=args.format == "png-dir")
+    variant = _variant(args.path, overrides, args.weights, grid=args.grid)
+    stem = _stem(args, f"{method}-{how}-seed{seed}{_variant_tag(variant)}" + given, folder=args.format == "png-dir")
     record = {"sampler": method, "steps": steps, "grid": args.grid or settings.grid, "seed": seed,
               "model_hash": model.hash, "overrides": overrides, "path": args.path}
     if conditional:
@@ -538,7 +548,7 @@ def cmd_extend(args, overrides: dict) -> int:
     update, close = progress("extend", 0, unit="window", quiet=rank != 0)  # its total is known once extension starts
     try:
         x, nfe, k = model.extend(images[first: first + many], columns=args.columns, rows=args.rows,
-                                 sampler=args.sampler, steps=args.steps, seed=seed, progress=update)
+                                 sampler=args.sampler, steps=args.steps, seed=seed, progress=update, first=first)
     finally:
         close()
     axis, count = ("columns", args.columns) if args.columns else ("rows", args.rows)
@@ -566,6 +576,9 @@ def cmd_nll(args, overrides: dict) -> int:
     from gudlang.checkpoint import trained_step
     from gudlang.distributed import every_rank, gather, shard
     from gudlang.likelihood import mean_and_stderr
+    if args.given is not None and args.split is not None:
+        raise GudError.one("E003", "--split names a split of the spec's data; --given measures the images of a file",
+                           help="drop one of them")
     model = _load_run(args, overrides)
     with every_rank("loading the images"):
         if args.given is not None:
@@ -577,24 +590,29 @@ def cmd_nll(args, overrides: dict) -> int:
                                            f"of the model's images, {tuple(data.shape)}",
                                    help="give images at the model's size (only sampling upsamples smaller ones)")
         else:  # the spec's split, once its data are known to be the training data
-            x, split = model.split_images(args.split, args.n), args.split
+            x, split = model.split_images(args.split or "test", args.n), args.split or "test"
     first, count, rank, world = shard(len(x), "images")
     update, close = progress("nll", count, quiet=rank != 0)
     from gudlang.likelihood import divergence_method
-    if args.probes is not None and divergence_method(args.divergence, model.model.dim) == "exact":
-        raise GudError.one("E003", "--probes sets the Hutchinson estimate's probe vectors; the exact divergence "
-                                   "has none", help="add --divergence hutchinson, or drop --probes")
+    generated = model.model.dim if model.model.given is None else int((~np.asarray(model.model.given)).sum())
+    default_divergence = divergence_method(None, generated)
+    if args.probes is not None and divergence_method(args.divergence, generated) == "exact":
+        raise GudError.one("E003", f"--probes sets the Hutchinson estimate's probe vectors; the exact divergence "
+                                   f"(of the {generated} generated components) has none",
+                           help="add --divergence hutchinson, or drop --probes")
     result = model.nll(x[first: first + count], divergence=args.divergence, hutchinson_samples=args.probes,
                        batch_size=args.batch_size, seed=args.seed, progress=update, first=first)
     close()
     bits = gather(result.bits)
+    # every rank's network calls, and its divergence evaluations over its images
+    nfe, evaluations = gather(np.array([[result.nfe, result.divergence_evaluations * count]], dtype=np.float64)).sum(0)
     if rank != 0:
         return 0
     mean, stderr = mean_and_stderr(bits)
     record = {"bits_per_dim": mean, "stderr": stderr, "n": len(bits), "split": split, "divergence": result.divergence,
-              "dimensions": result.dims, "conditional": result.conditional,
+              "probes": args.probes, "dimensions": result.dims, "conditional": result.conditional,
               "dequantised": model.model.data.levels is not None, "levels": model.model.data.levels,
-              "nfe": result.nfe, "divergence_evaluations_per_image": result.divergence_evaluations,
+              "nfe": int(nfe), "divergence_evaluations_per_image": float(evaluations) / len(bits),
               "rtol": model.spec.sample.rtol, "atol": model.spec.sample.atol,
               "model_hash": model.hash, "step": trained_step(model.meta), "world_size": world, "path": args.path,
               "overrides": overrides, "weights": args.weights}
@@ -602,26 +620,28 @@ def cmd_nll(args, overrides: dict) -> int:
     # A file of the user's own is no split: its stem (test.npy) must not name the split's record.
     name = split if args.given is None else \
         f"given-{Path(split).stem}-{hashlib.sha256(str(Path(split).resolve()).encode()).hexdigest()[:8]}"
-    file, note = _nll_file(folder.parent if folder.name == "samples" else folder, name, record)
+    variant = _variant(args.path, overrides, args.weights, probes=args.probes,
+                       divergence=result.divergence if result.divergence != default_divergence else None)
+    file, note = _nll_file(folder.parent if folder.name == "samples" else folder, name, record, variant)
     _write_json(file, record)
     what = "exact divergence" if result.divergence == "exact" else f"{result.divergence} divergence estimate"
     deq = f", uniform dequantisation of {model.model.data.levels} levels" if model.model.data.levels else \
         ", continuous data"
     cond = f" (conditional: the {result.dims} generated of {model.model.dim} components)" if result.conditional else ""
     print(f"NLL {mean:.4f} +- {stderr:.4f} bits/dim{cond} on {len(bits)} {split} images ({what}{deq}; "
-          f"{result.nfe} network calls along the trajectories, {result.divergence_evaluations:.0f} divergence "
-          f"evaluations per image)")
+          f"{record['nfe']} network calls along the trajectories, {record['divergence_evaluations_per_image']:.0f} "
+          f"divergence evaluations per image)")
     print(f"wrote {file}{note}")
     return 0
 
 
-def _nll_file(folder: Path, split: str, record: dict) -> tuple[Path, str]:
+def _nll_file(folder: Path, split: str, record: dict, variant: dict) -> tuple[Path, str]:
     """Where an NLL record goes, and a note on why there: `nll-SPLIT.json` holds the model's own
-    NLL (its spec's path and params, EMA weights; what `gud export` publishes), and is not
-    replaced by one measured on fewer images (that goes to `nll-SPLIT-nN.json`); a measurement
-    along another path, with params set by -s or with raw weights goes to `nll-SPLIT-VARIANT.json`
-    (VARIANT: `_variant_tag`)."""
-    variant = _variant(record["path"], record["overrides"], record["weights"])
+    NLL (its spec's path, params and settings, EMA weights, the default divergence; what `gud
+    export` publishes), and is not replaced by one measured on fewer images (that goes to
+    `nll-SPLIT-nN.json`); one of a `variant` (`_variant`: another path, params or settings set by
+    -s, raw weights, another divergence or probe count) goes to `nll-SPLIT-VARIANT.json` (VARIANT:
+    `_variant_tag`)."""
     if variant:
         return folder / f"nll-{split}{_variant_tag(variant)}.json", f" (not the model's own NLL: {_variant_text(variant)})"
     plain = folder / f"nll-{split}.json"
@@ -638,6 +658,8 @@ def _nll_file(folder: Path, split: str, record: dict) -> tuple[Path, str]:
 def _variant_text(variant: dict) -> str:
     parts = [f"path {variant['path']}"] if "path" in variant else []
     parts += [f"{k} = {v}" for k, v in variant.get("params", {}).items()]
+    parts += [f"{k} = {v}" for k, v in variant.get("settings", {}).items()]
+    parts += [f"{k} {v}" for k, v in variant.items() if k not in ("path", "params", "settings", "weights")]
     if "weights" in variant:
         parts.append(f"{variant['weights']} weights")
     return ", ".join(parts)
@@ -665,7 +687,7 @@ def cmd_export(args, overrides: dict) -> int:
         record = folder / "nll-test.json"
         if record.is_file():
             nll = _read_json(record)
-            if not nll or nll.get("split") != "test" or \
+            if not nll or nll.get("split") != "test" or nll.get("probes") is not None or \
                     _variant(nll.get("path"), nll.get("overrides") or {}, nll.get("weights", "ema")):
                 nll = None  # not the model's own NLL (older records held any measurement, a --given file's too)
             elif nll.get("step") != (step := trained_step(model.meta)):
@@ -793,7 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("nll", help="negative log-likelihood in bits/dim by the probability-flow ODE")
     q.add_argument("run")
-    q.add_argument("--split", choices=["train", "test"], default="test")
+    q.add_argument("--split", choices=["train", "test"], help="the data split to measure (default test)")
     q.add_argument("--given", metavar="FILE", help="measure these images (data space) instead of a split")
     q.add_argument("-n", type=positive_int, default=256, help="at most this many images (default 256)")
     q.add_argument("--divergence", choices=["exact", "hutchinson"],

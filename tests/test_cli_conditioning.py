@@ -215,6 +215,17 @@ def test_extend_reports_its_windows(files):
     assert seen == [(1, 3), (2, 3), (3, 3)]  # 10 columns, 4 new per window of 8 with 4 given
 
 
+def test_an_extension_of_a_share_of_the_images_is_that_of_the_whole_set(files):
+    # a torchrun rank extended its images 2 and 3 from the noise of images 0 and 1
+    import gudlang
+
+    model = gudlang.load(files / "cond.gud")
+    images = np.load(files / "images.npy")
+    whole = model.extend(images, columns=10, seed=3).x
+    np.testing.assert_allclose(model.extend(images[1:], columns=10, seed=3, first=1).x, whole[1:], atol=1e-5)
+    assert not np.allclose(model.extend(images[1:], columns=10, seed=3).x, whole[1:], atol=1e-3)
+
+
 TRAINED = """gud 1
 data = npz("d.npz", test_fraction = {fraction})
 basis = pixel()

@@ -180,6 +180,10 @@ def test_completions_are_sharded_over_ranks_and_equal_those_of_one_process(tmp_p
     wide = [np.load(tmp_path / f"wide.shard{r}of2.npz") for r in (0, 1)]
     assert [s["x"].shape for s in wide] == [(1, 1, 8, 11), (2, 1, 8, 11)]
     np.testing.assert_array_equal(np.concatenate([s["given"] for s in wide]), one["known"][:3])
+    assert main(["extend", str(run), "--image", str(tmp_path / "images.npy"), "--columns", "3", "--steps", "4",
+                 "-o", str(tmp_path / "wide-one")]) == 0  # rank 1 drew images 0 and 1's noise before
+    np.testing.assert_allclose(np.concatenate([s["x"] for s in wide]), np.load(tmp_path / "wide-one.npz")["x"],
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -154,3 +154,58 @@ def test_dequantisation_noise_is_per_image_however_the_images_are_split():
     torch.testing.assert_close(parts, whole, rtol=0, atol=0)
     assert 0 < float((whole - x).abs().max()) <= 1 / 16  # within half a level (width 2 / 16)
     assert not torch.equal(dequantise_images(x, 17, 2.0, seed=4), whole)
+
+
+def test_only_the_models_own_measurement_is_its_nll(capsys, tmp_path, monkeypatch):
+    # a Hutchinson estimate, a solve at rtol 0.9 and (on a spec) another model's data each replaced
+    # nll-test.json, which gud export publishes; rank 0's network calls were recorded as all of them
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "oracle.gud"
+    spec.write_text("gud 1\ndata = grf(size = 4, n = 100)\nbasis = pixel()\nnetwork = oracle()\n"
+                    "param a = 1\ngamma(t) = linear(a * t, lo = -10, hi = 10)\n")
+    folder = tmp_path / "samples" / "oracle"
+    assert main(["nll", str(spec), "-n", "4"]) == 0
+    own = json.loads((folder / "nll-test.json").read_text())
+    assert own["divergence"] == "exact" and own["probes"] is None
+    for extra, said in ((["--divergence", "hutchinson"], "divergence hutchinson"),
+                        (["--divergence", "hutchinson", "--probes", "3"], "probes 3"),
+                        (["-s", "sample.rtol=0.9", "-s", "sample.atol=0.9"], "sample.rtol = 0.9"),
+                        (["-s", "data.slope=4"], "data.slope = 4")):
+        capsys.readouterr()
+        assert main(["nll", str(spec), "-n", "4", *extra]) == 0
+        assert f"not the model's own NLL: " in (out := capsys.readouterr().out) and said in out, out
+    assert json.loads((folder / "nll-test.json").read_text()) == own
+    assert len(list(folder.glob("nll-test-*.json"))) == 4
+    capsys.readouterr()
+    assert main(["nll", str(spec), "-n", "4", "--divergence", "exact"]) == 0  # the default, named
+    assert "wrote samples/oracle/nll-test.json" in capsys.readouterr().out
+
+
+def test_a_split_beside_given_images_is_a_usage_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 4, 4)))
+    spec = tmp_path / "oracle.gud"
+    spec.write_text("gud 1\ndata = grf(size = 4, n = 100)\nbasis = pixel()\nnetwork = oracle()\ngamma(t) = linear(t)\n")
+    assert main(["nll", str(spec), "--given", str(tmp_path / "x.npy"), "--split", "train"]) == 2
+    assert "E003" in (err := capsys.readouterr().err) and "--split" in err and "--given" in err
+
+
+def test_probes_on_a_conditional_model_count_its_generated_components(capsys, tmp_path, monkeypatch):
+    # D = 512 but 256 generated: the exact divergence; the error was the Python API's wording
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "c.gud"
+    spec.write_text("gud 1\ndata = grf(size = 16, channels = 2, n = 40)\nbasis = pixel()\nnetwork = oracle()\n"
+                    "given_i = col(i) < 0.5\ngamma(t) = linear(t, lo = -10, hi = 10)\n")
+    assert main(["nll", str(spec), "-n", "2", "--probes", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "E003" in err and "256 generated components" in err and "--divergence hutchinson" in err
+
+
+def test_params_set_on_a_model_show_the_coverage_warnings_of_their_schedule(capsys, tmp_path, monkeypatch):
+    # a = 0.5 stops at gamma = 5: W302, and a likelihood whose prior term is wrong; --path showed it
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "oracle.gud"
+    spec.write_text("gud 1\ndata = grf(size = 4, n = 100)\nbasis = pixel()\nnetwork = oracle()\n"
+                    "param a = 1\ngamma(t) = linear(a * t, lo = -10, hi = 10)\n")
+    assert main(["nll", str(spec), "-n", "2", "-s", "a=0.5"]) == 0
+    assert "W302" in capsys.readouterr().err
