@@ -269,7 +269,7 @@ def _plot_reverse(args, out: Path) -> None:
     from gudlang.plot import plot_reverse
     model = load(args.file, params=_overrides(args.set))
     n = 4 if args.n is None else args.n
-    given = _known_images(model, argparse.Namespace(given=None), n)[0] if model.conditional else None
+    given = _known_images(model, argparse.Namespace(given=None, n=None), n)[0] if model.conditional else None
     trajectory = model.trajectory(n, frames=8 if args.frames is None else args.frames, sampler=args.sampler,
                                   steps=args.steps, seed=args.seed, given=given)
     sampler = args.sampler or model.spec.sample.sampler
@@ -389,6 +389,9 @@ def cmd_train(args, overrides: dict) -> int:
     if args.resume and args.out is not None:
         raise GudError.one("E003", "--out names the folder new runs go into; --resume trains RUN where it is",
                            help=f"drop --out, or copy {args.resume} where you want it and resume the copy")
+    if args.resume and args.name is not None:
+        raise GudError.one("E003", "--name names a run to make or resume under --out; --resume names the run "
+                                   "directory itself", help="drop one of them")
     result = train_run(args.spec, overrides, out=args.out or "runs", resume=args.resume, until=args.until,
                        quiet=args.quiet, name=args.name, command=["gud", *args.argv])
     return 128 + result.signal if result.interrupted else 0
@@ -410,7 +413,8 @@ def _load_run(args, overrides: dict):
 def cmd_sample(args, overrides: dict) -> int:
     """`gud sample RUN`: samples in data space as a PNG grid (+ a float .npz), a folder of PNGs,
     or a uint8 NHWC .npz; under torchrun each rank writes its shard. With --given FILE (or for
-    a spec that declares `given_i`): completions beside what is given."""
+    a spec that declares `given_i`): completions beside what is given, --batch-size at a time."""
+    import dataclasses
     import time
 
     import numpy as np
@@ -441,8 +445,12 @@ def cmd_sample(args, overrides: dict) -> int:
               "model_hash": model.hash, "overrides": overrides, "path": args.path}
     if conditional:
         first, count, rank, world = shard(len(images), "images")
-        done = model.complete(images[first: first + count], mask=args.mask, sampler=method, steps=steps,
-                              grid=args.grid, seed=seed, first=first)
+        size = args.batch_size or max(count, 1)
+        parts = [model.complete(images[lo: min(lo + size, first + count)], mask=args.mask, sampler=method,
+                                steps=steps, grid=args.grid, seed=seed, first=lo)
+                 for lo in range(first, first + count, size)]
+        done = dataclasses.replace(parts[0], x=np.concatenate([p.x for p in parts]),
+                                   known=np.concatenate([p.known for p in parts]))
         record.update(conditioning=done.method, given=source, given_components=int(done.mask.sum()),
                       n=len(images), first=first, count=count, world_size=world, nfe=done.nfe,
                       seconds=time.time() - start)
@@ -453,7 +461,7 @@ def cmd_sample(args, overrides: dict) -> int:
         print(f"wrote {png} and {npz}: {len(done.x)} completion{'s' if len(done.x) != 1 else ''} of {source}"
               f"{f' (images {first} to {first + count - 1}, shard {rank} of {world})' if world > 1 else ''} "
               f"({done.method} conditioning on {int(done.mask.sum())} of {model.model.dim} components), "
-              f"beside what is given, {method}, {steps} steps, {done.nfe} network evaluations, seed {seed}")
+              f"beside what is given, {method}, {steps} steps, {done.nfe} network evaluations per batch, seed {seed}")
         return 0
     n = args.n or settings.n
     first, count, rank, world = shard(n)
@@ -466,9 +474,11 @@ def cmd_sample(args, overrides: dict) -> int:
     value_range = model.model.data.value_range
     suffix = shard_suffix()
     if args.format == "png-dir":
+        if rank == 0:  # a set made before with a larger n: its PNGs beyond n would join this one
+            _remove_pngs_from(stem, n)
         save_png_dir(x, stem, value_range, start=first)
         if rank == 0:
-            _write_json(stem / "samples.json", record)
+            _write_json(stem / "samples.json", dict(record, first=0, count=n))  # every rank's PNGs
         where = f"{stem}/ ({count} PNGs from {first:06d}.png)"
     elif args.format == "npz":
         out = _with(stem, f"{suffix}.npz")
@@ -483,6 +493,15 @@ def cmd_sample(args, overrides: dict) -> int:
     print(f"wrote {where}: {count} samples{f' (shard {rank} of {world})' if world > 1 else ''}, {method}, "
           f"{steps_text}, {nfe} network evaluations per batch, seed {seed}")
     return 0
+
+
+def _remove_pngs_from(folder: Path, index: int) -> None:
+    """Remove the NNNNNN.png files (`save_png_dir`'s names) of `folder` numbered `index` and up."""
+    import re
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if re.fullmatch(r"\d{6,}\.png", path.name) and int(path.stem) >= index and path.is_file():
+                path.unlink()
 
 
 def _digest_tag(images, mask: str | None = None) -> str:
@@ -524,6 +543,9 @@ def _known_images(model, args, n: int):
         return (images[: args.n] if args.n else images), str(args.given)
     loaded = model.training_data()
     split, images = ("test", loaded.test) if len(loaded.test) else ("train", loaded.train)
+    if args.n and args.n > len(images):
+        raise GudError.one("E651", f"-n {args.n} asks for more completions than the {split} split holds images "
+                                   f"({len(images)})", help="drop -n to complete them all, or give --given FILE")
     images = images[:n]
     return np.asarray(images, dtype=np.float64), f"the first {len(images)} {split} images"
 
@@ -552,10 +574,14 @@ def cmd_extend(args, overrides: dict) -> int:
     finally:
         close()
     axis, count = ("columns", args.columns) if args.columns else ("rows", args.rows)
-    stem = _stem(args, f"extend-{count}{axis}-seed{seed}{_variant_tag(_variant(None, overrides))}"
+    settings = model.spec.sample
+    method, steps = args.sampler or settings.sampler, args.steps or settings.steps
+    how = f"rtol{settings.rtol:g}-atol{settings.atol:g}" if method == "adaptive" else f"{steps}steps"
+    stem = _stem(args, f"extend-{count}{axis}-{method}-{how}-seed{seed}{_variant_tag(_variant(None, overrides))}"
                        f"{_digest_tag(images)}")
     size = data.shape[2] if axis == "columns" else data.shape[1]
-    record = {"axis": axis, "count": count, "band": k, "window": size, "seed": seed, "nfe": nfe,
+    record = {"axis": axis, "count": count, "band": k, "window": size, "sampler": method, "steps": steps,
+              "grid": settings.grid, "seed": seed, "nfe": nfe,
               "model_hash": model.hash, "image": str(args.image), "first": first, "images": many,
               "world_size": world, "seconds": time.time() - start}
     suffix = shard_suffix()
@@ -563,7 +589,8 @@ def cmd_extend(args, overrides: dict) -> int:
     save_grid(x, png, data.value_range, cols=1 if axis == "columns" else len(x))
     _save_float_npz(npz, record, x=x, given=images[first: first + many])
     print(f"wrote {png} and {npz}: {len(x)} image(s){f' ({first} to {first + many - 1})' if world > 1 else ''} "
-          f"extended by {count} {axis} (window {size}, {k} given, {nfe} network evaluations), seed {seed}")
+          f"extended by {count} {axis} (window {size}, {k} given, {method}, {steps} steps, {nfe} network "
+          f"evaluations), seed {seed}")
     return 0
 
 
@@ -785,7 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=positive_int)
     q.add_argument("--grid", choices=typing.get_args(GridName), help="time grid of fixed-step samplers")
     q.add_argument("--seed", type=int)
-    q.add_argument("--batch-size", type=positive_int, help="samples per batch (default: all at once)")
+    q.add_argument("--batch-size", type=positive_int, help="samples (completions) per batch (default: all at once)")
     q.add_argument("--format", choices=["grid", "png-dir", "npz"], default="grid",
                    help="grid: PNG grid + float .npz; png-dir: one PNG per sample; npz: uint8 NHWC arr_0 "
                         "(what FID tools read)")

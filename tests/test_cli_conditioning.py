@@ -189,7 +189,12 @@ def test_default_names_keep_completions_of_other_images_and_masks_apart(capsys, 
                  ("sample", "uncond.gud", "--given", "images.npy", "--mask", "col(i) < 0.5"),
                  ("sample", "uncond.gud", "--given", "images.npy", "--mask", "col(i) < 0.25"),
                  ("extend", "cond.gud", "--image", "images.npy", "--columns", 2),
-                 ("extend", "cond.gud", "--image", "other.npy", "--columns", 2)):
+                 ("extend", "cond.gud", "--image", "other.npy", "--columns", 2),
+                 # other sampling: the grid, a sample.* setting, the steps (extend named none of them)
+                 ("sample", "cond.gud", "--given", "images.npy", "--grid", "uniform"),
+                 ("sample", "cond.gud", "--given", "images.npy", "-s", "sample.denoise=false"),
+                 ("extend", "cond.gud", "--image", "images.npy", "--columns", 2, "--steps", 5),
+                 ("extend", "cond.gud", "--image", "images.npy", "--columns", 2, "-s", "sample.grid=uniform")):
         code, out, err = run(capsys, *argv)
         assert code == 0, err
         written.append(out.split(" and ")[0].removeprefix("wrote "))
@@ -254,3 +259,27 @@ def test_the_images_a_trained_conditional_model_completes_are_its_own_data_or_an
         code, _, err = run(capsys, *args)
         assert code == 1 and "error[E641]: the data changed since training" in err, err
     assert not (tmp_path / "t.npz").exists() and not (tmp_path / "rev.png").exists()
+
+
+def test_completions_go_in_batches_of_batch_size_and_equal_those_made_at_once(capsys, files, monkeypatch):
+    # --batch-size was ignored for completions: every image went through the sampler at once
+    import gudlang.api
+    sizes = []
+    complete = gudlang.api.GudModel.complete
+    monkeypatch.setattr(gudlang.api.GudModel, "complete",
+                        lambda self, images, **k: sizes.append(len(images)) or complete(self, images, **k))
+    for name, extra in (("whole", ()), ("batched", ("--batch-size", 2))):
+        code, _, err = run(capsys, "sample", files / "cond.gud", "--given", files / "images.npy", *extra,
+                           "-o", files / name)
+        assert code == 0, err
+    assert sizes == [3, 2, 1]
+    whole, batched = np.load(files / "whole.npz"), np.load(files / "batched.npz")
+    np.testing.assert_allclose(batched["x"], whole["x"], atol=1e-5)
+    np.testing.assert_array_equal(batched["known"], whole["known"])
+
+
+def test_more_completions_than_the_test_split_holds_is_an_error(capsys, files, monkeypatch):
+    # -n 1000 made 20 completions without a word (with --given the same was E651)
+    monkeypatch.chdir(files)
+    code, _, err = run(capsys, "sample", "cond.gud", "-n", 100000)
+    assert code == 1 and "E651" in err and "test split holds" in err

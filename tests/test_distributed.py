@@ -85,6 +85,9 @@ def test_sampling_and_nll_are_sharded_over_ranks(spec, tmp_path):
     done = torchrun("sample", run, "-n", 7, "--format", "png-dir", "-o", tmp_path / "png", nproc=2, port=free_port())
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "png").glob("*.png")) == [f"{k:06d}.png" for k in range(7)]
+    import json
+    record = json.loads((tmp_path / "png" / "samples.json").read_text())
+    assert (record["first"], record["count"], record["n"]) == (0, 7, 7)  # every rank's, not rank 0's
     # the sharded samples are the ones one process draws
     assert main(["sample", str(run), "-n", "7", "--format", "npz", "-o", str(tmp_path / "one")]) == 0
     from PIL import Image

@@ -195,6 +195,13 @@ def test_sample_writes_large_sets_in_the_formats_fid_tools_read(capsys, trained,
         assert arr.dtype == np.uint8 and arr.shape == (7, 8, 8, 1)
     else:
         assert sorted(p.name for p in (tmp_path / "s").glob("*.png")) == [f"{k:06d}.png" for k in range(7)]
+        (tmp_path / "s" / "cover.png").write_bytes(b"a file of the user's")
+        # a smaller set into the same folder: the PNGs beyond it were left, two sets in one folder
+        assert gud(capsys, "sample", trained, "-n", 3, "--format", fmt, "-o", tmp_path / "s")[0] == 0
+        assert sorted(p.name for p in (tmp_path / "s").glob("*.png")) == ["000000.png", "000001.png", "000002.png",
+                                                                        "cover.png"]
+        record = json.loads((tmp_path / "s" / "samples.json").read_text())
+        assert (record["n"], record["first"], record["count"]) == (3, 0, 3)
 
 
 def test_output_prefixes_keep_their_dots_and_folders_get_the_default_name(capsys, trained, tmp_path):

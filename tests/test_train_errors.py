@@ -189,6 +189,8 @@ def test_out_with_resume_is_a_usage_error(capsys, spec, tmp_path):
     code, _, err = train(capsys, "--resume", run, "--out", tmp_path / "elsewhere")
     assert code == 2 and "E003" in err and "--resume trains RUN where it is" in err
     assert not (tmp_path / "elsewhere").exists()
+    code, _, err = train(capsys, "--resume", run, "--name", "other")  # --name was ignored
+    assert code == 2 and "E003" in err and "--resume names the run directory itself" in err
 
 
 @pytest.mark.parametrize("batch, accumulate, world, fine", [(12, 1, 2, True), (12, 4, 2, False), (15, 1, 2, False),
