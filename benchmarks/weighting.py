@@ -59,7 +59,8 @@ gud train) and prints the same measures. The README's numbers for the soft famil
 come from it: `--spec specs/soft_a0.gud --nll 0`, and the same with -s train.lr=2e-4 -s
 train.ema=0.999 -s train.steps=3000 for the default training they replaced (soft_a0 44.1% ->
 30.1% outliers, soft_a05 31.6% -> 16.8%, soft_a1 24.6% -> 8.6%; the default-training rows
-measured in an earlier session).
+measured in an earlier session; specs/family.gud, sampled at a = 0.5, 1, 1.5 by `gudlang.load(run,
+params = {"a": A})`: 15.2%, 15.2%, 25.4%).
 
     python benchmarks/weighting.py [--only TEXT] [--nll N] [--out DIR]
     python benchmarks/weighting.py --spec FILE [-s KEY=VALUE ...] [--nll N] [--out DIR]
