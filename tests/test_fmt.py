@@ -212,21 +212,22 @@ def test_a_wide_call_takes_one_argument_a_line_and_stays_so():
 
 
 @pytest.mark.parametrize("option", ["--check", "--diff"])
-def test_fmt_dash_with_check_or_diff_says_whether_the_spec_would_change(option):
+def test_fmt_dash_with_check_or_diff_says_whether_the_spec_would_change(option, monkeypatch, capsys):
     # both were ignored: the formatted spec was printed and the exit code was 0
-    import subprocess
+    import io
     import sys
+
+    from gudlang.cli import main
     messy, tidy = "gud 1\ndata=digits()\ngamma(t)=linear( t )\n", "gud 1\n\ndata = digits()\ngamma(t) = linear(t)\n"
-    done = subprocess.run([sys.executable, "-m", "gudlang", "fmt", option, "-"], input=messy, capture_output=True,
-                          text=True)
-    assert done.returncode == 1
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(messy.encode())))
+    assert main(["fmt", option, "-"]) == 1
+    out, err = capsys.readouterr()
     if option == "--check":
-        assert done.stdout == "" and "<stdin>: would reformat" in done.stderr
+        assert out == "" and "<stdin>: would reformat" in err
     else:
-        assert "--- <stdin> (original)" in done.stdout and "+data = digits()" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "gudlang", "fmt", option, "-"], input=tidy, capture_output=True,
-                          text=True)
-    assert done.returncode == 0 and done.stdout == ""
+        assert "--- <stdin> (original)" in out and "+data = digits()" in out
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(tidy.encode())))
+    assert main(["fmt", option, "-"]) == 0 and capsys.readouterr().out == ""
 
 
 def test_fmt_never_leaves_a_spec_cut_short(tmp_path, monkeypatch, capsys):
