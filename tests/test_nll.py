@@ -156,13 +156,18 @@ def test_dequantisation_noise_is_per_image_however_the_images_are_split():
     assert not torch.equal(dequantise_images(x, 17, 2.0, seed=4), whole)
 
 
+def small_oracle(tmp_path, monkeypatch, lines: str, data: str = "grf(size = 4, n = 100)"):
+    """tmp_path/oracle.gud: an oracle spec of `data` in the pixel basis with `lines`; records go under tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "oracle.gud"
+    spec.write_text(f"gud 1\ndata = {data}\nbasis = pixel()\nnetwork = oracle()\n{lines}")
+    return spec
+
+
 def test_only_the_models_own_measurement_is_its_nll(capsys, tmp_path, monkeypatch):
     # a Hutchinson estimate, a solve at rtol 0.9 and (on a spec) another model's data each replaced
     # nll-test.json, which gud export publishes; rank 0's network calls were recorded as all of them
-    monkeypatch.chdir(tmp_path)
-    spec = tmp_path / "oracle.gud"
-    spec.write_text("gud 1\ndata = grf(size = 4, n = 100)\nbasis = pixel()\nnetwork = oracle()\n"
-                    "param a = 1\ngamma(t) = linear(a * t, lo = -10, hi = 10)\n")
+    spec = small_oracle(tmp_path, monkeypatch, "param a = 1\ngamma(t) = linear(a * t, lo = -10, hi = 10)\n")
     folder = tmp_path / "samples" / "oracle"
     assert main(["nll", str(spec), "-n", "4"]) == 0
     own = json.loads((folder / "nll-test.json").read_text())
@@ -182,20 +187,16 @@ def test_only_the_models_own_measurement_is_its_nll(capsys, tmp_path, monkeypatc
 
 
 def test_a_split_beside_given_images_is_a_usage_error(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    spec = small_oracle(tmp_path, monkeypatch, "gamma(t) = linear(t)\n")
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 4, 4)))
-    spec = tmp_path / "oracle.gud"
-    spec.write_text("gud 1\ndata = grf(size = 4, n = 100)\nbasis = pixel()\nnetwork = oracle()\ngamma(t) = linear(t)\n")
     assert main(["nll", str(spec), "--given", str(tmp_path / "x.npy"), "--split", "train"]) == 2
     assert "E003" in (err := capsys.readouterr().err) and "--split" in err and "--given" in err
 
 
 def test_probes_on_a_conditional_model_count_its_generated_components(capsys, tmp_path, monkeypatch):
     # D = 512 but 256 generated: the exact divergence; the error was the Python API's wording
-    monkeypatch.chdir(tmp_path)
-    spec = tmp_path / "c.gud"
-    spec.write_text("gud 1\ndata = grf(size = 16, channels = 2, n = 40)\nbasis = pixel()\nnetwork = oracle()\n"
-                    "given_i = col(i) < 0.5\ngamma(t) = linear(t, lo = -10, hi = 10)\n")
+    spec = small_oracle(tmp_path, monkeypatch, "given_i = col(i) < 0.5\ngamma(t) = linear(t, lo = -10, hi = 10)\n",
+                        data="grf(size = 16, channels = 2, n = 40)")
     assert main(["nll", str(spec), "-n", "2", "--probes", "4"]) == 2
     err = capsys.readouterr().err
     assert "E003" in err and "256 generated components" in err and "--divergence hutchinson" in err
@@ -203,9 +204,6 @@ def test_probes_on_a_conditional_model_count_its_generated_components(capsys, tm
 
 def test_params_set_on_a_model_show_the_coverage_warnings_of_their_schedule(capsys, tmp_path, monkeypatch):
     # a = 0.5 stops at gamma = 5: W302, and a likelihood whose prior term is wrong; --path showed it
-    monkeypatch.chdir(tmp_path)
-    spec = tmp_path / "oracle.gud"
-    spec.write_text("gud 1\ndata = grf(size = 4, n = 100)\nbasis = pixel()\nnetwork = oracle()\n"
-                    "param a = 1\ngamma(t) = linear(a * t, lo = -10, hi = 10)\n")
+    spec = small_oracle(tmp_path, monkeypatch, "param a = 1\ngamma(t) = linear(a * t, lo = -10, hi = 10)\n")
     assert main(["nll", str(spec), "-n", "2", "-s", "a=0.5"]) == 0
     assert "W302" in capsys.readouterr().err
