@@ -437,14 +437,14 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
     if not groups.get(group) and groups.get("ema"):
         raise GudError.one("E640", f"{file} holds only the EMA weights (an export)",
                            help='use --weights ema (weights="ema" in Python)')
+    if model.spec.runtime.dtype == "float64":  # trained in float64: loaded, sampled and measured in it
+        network.double()  # before the weights: loaded into float32 they were rounded
     load_weights(network, groups, group, file, what)
     if custom and given is not None and custom != given:  # the weights fit, the class is not the one trained
         print(render_text([Diagnostic("W644", f"{file} was trained with a custom network {custom}; its weights "
                                       f"fit and are loaded into the {given} given", severity=WARNING,
                                       help=f"pass a {custom} if {given} is not the same network")]),
               file=sys.stderr)
-    if model.spec.runtime.dtype == "float64":  # trained in float64: sampled and measured in it too
-        network.double()
     network.eval()
     return model, EpsModel(network, model.space), meta
 

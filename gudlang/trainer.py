@@ -282,6 +282,8 @@ def setup(spec, overrides: dict, *, out, resume, until, network, name, command) 
             if network is not None:
                 probe_network(network, model)  # before a run directory exists for it
             network = network if network is not None else runs.make_spec_network(model)
+            if model.spec.runtime.dtype == "float64":  # before a checkpoint's weights are loaded into it
+                network.double()
             ema = EMA(network, settings.ema, settings.ema_warmup)
             if run is None:
                 run = Path(out) / name if name is not None else runs.new_run_dir(Path(out), stem,

@@ -72,9 +72,12 @@ def test_train_writes_a_complete_run_directory(capsys, spec, tmp_path):
     assert state["step"] == 12
 
 
-def test_resume_repeats_an_uninterrupted_run_step_for_step(capsys, spec, tmp_path):
-    assert train(capsys, spec, "--out", tmp_path / "a")[0] == 0
-    assert train(capsys, spec, "--out", tmp_path / "b", "--until", "6")[0] == 0
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_resume_repeats_an_uninterrupted_run_step_for_step(capsys, spec, tmp_path, dtype):
+    # float64: the checkpoint's weights were loaded into the float32 network, then cast (rounded)
+    given = ("-s", f"runtime.dtype={dtype}")
+    assert train(capsys, spec, "--out", tmp_path / "a", *given)[0] == 0
+    assert train(capsys, spec, "--out", tmp_path / "b", "--until", "6", *given)[0] == 0
     run_b = only_run(tmp_path / "b")
     assert len(losses(run_b)) == 6
     code, out, err = train(capsys, "--resume", run_b)
@@ -83,6 +86,11 @@ def test_resume_repeats_an_uninterrupted_run_step_for_step(capsys, spec, tmp_pat
     weights_a = ckpt.load_checkpoint(only_run(tmp_path / "a") / "checkpoint.safetensors")[0]
     weights_b = ckpt.load_checkpoint(run_b / "checkpoint.safetensors")[0]
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    # and a loaded model holds the checkpoint's weights exactly, in its dtype
+    import gudlang
+    network = gudlang.load(run_b).eps_model.network
+    assert all(torch.equal(v, weights_b[f"ema.{k}"]) for k, v in network.state_dict().items())
+    assert next(network.parameters()).dtype == getattr(torch, dtype)
 
 
 def test_a_run_hashed_before_redundant_formulas_were_left_out_loads_and_resumes(capsys, tmp_path):
