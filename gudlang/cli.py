@@ -297,8 +297,8 @@ def _plot_path(text: str, default: str) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise GudError.one("E001", f"cannot write {out}: cannot create {out.parent} ({e.strerror or e})",
-                           path=str(out), help="choose another output folder") from None
+        raise GudError.one("E620", f"cannot write {out}: cannot create {out.parent} ({e.strerror or e})",
+                           path=str(out), help="choose another output folder") from None  # as gud sample -o
     return out
 
 
@@ -440,7 +440,9 @@ def cmd_sample(args, overrides: dict) -> int:
         # the spec's own test images with its own mask: "-given"; your images or mask: their digest too
         given = "-given" + (_digest_tag(images, args.mask) if args.given or args.mask else "")
     variant = _variant(args.path, overrides, args.weights, grid=args.grid)
-    stem = _stem(args, f"{method}-{how}-seed{seed}{_variant_tag(variant)}" + given, folder=args.format == "png-dir")
+    pixels = "-pixels" if args.format == "npz" else ""  # beside the grid's float .npz of the same samples
+    stem = _stem(args, f"{method}-{how}-seed{seed}{_variant_tag(variant)}{given}{pixels}",
+                 folder=args.format == "png-dir")
     record = {"sampler": method, "steps": steps, "grid": args.grid or settings.grid, "seed": seed,
               "model_hash": model.hash, "overrides": overrides, "path": args.path}
     if conditional:

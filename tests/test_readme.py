@@ -54,3 +54,14 @@ def test_the_python_example_runs(tmp_path, monkeypatch):
     assert namespace["done"].method == "replacement" and (tmp_path / "exported" / "model.safetensors").is_file()
     assert namespace["result"].step == 2
     assert "steps = 500" in namespace["text"] and (namespace["run"] / "spec.gud").read_text() == namespace["text"]
+
+
+def test_the_opening_spec_is_the_default_spec():
+    # the README opened with a digits spec trained with the defaults, said to be specs/digits.gud
+    from gudlang.check import check_file, check_text
+    from gudlang.hashing import full_hash
+    from gudlang.pipeline import load_spec_data
+    opening = re.search(r"```gud\n(.*?)```", README.read_text(), re.S).group(1)
+    shown, shipped = check_text(opening, "<README>"), check_file(str(SPECS / "digits.gud"))
+    fingerprint = load_spec_data(shipped).fingerprint
+    assert full_hash(shown, fingerprint) == full_hash(shipped, fingerprint)

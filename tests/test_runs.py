@@ -204,6 +204,15 @@ def test_sample_writes_large_sets_in_the_formats_fid_tools_read(capsys, trained,
         assert (record["n"], record["first"], record["count"]) == (3, 0, 3)
 
 
+def test_the_uint8_npz_and_the_grids_float_npz_have_their_own_default_names(capsys, trained):
+    # --format npz replaced the float samples of the grid format, its PNG still showing them
+    assert gud(capsys, "sample", trained, "-n", 3)[0] == 0
+    assert gud(capsys, "sample", trained, "-n", 2, "--format", "npz")[0] == 0
+    folder = trained / "samples"
+    assert np.load(folder / "ddim-4steps-seed0.npz")["x"].shape[0] == 3
+    assert np.load(folder / "ddim-4steps-seed0-pixels.npz")["arr_0"].shape == (2, 8, 8, 1)
+
+
 def test_output_prefixes_keep_their_dots_and_folders_get_the_default_name(capsys, trained, tmp_path):
     # -o res.a and -o res.b are two prefixes (both used to write res.png); an existing folder, or
     # one named with a trailing slash, gets the default name inside it; a .png suffix is the prefix's.
