@@ -623,7 +623,8 @@ def cmd_nll(args, overrides: dict) -> int:
     first, count, rank, world = shard(len(x), "images")
     update, close = progress("nll", count, quiet=rank != 0)
     from gudlang.likelihood import divergence_method
-    generated = model.model.dim if model.model.given is None else int((~np.asarray(model.model.given)).sum())
+    given = model.model.given
+    generated = model.model.dim if given is None else int((~np.asarray(given, dtype=bool)).sum())
     default_divergence = divergence_method(None, generated)
     if args.probes is not None and divergence_method(args.divergence, generated) == "exact":
         raise GudError.one("E003", f"--probes sets the Hutchinson estimate's probe vectors; the exact divergence "

@@ -238,8 +238,9 @@ def sampled(model, n: int, *, sampler: str | None = None, steps: int | None = No
 
 def read_images(path: str | Path, shape, value_range, what: str = "images", limit: int | None = None) -> ImageSet:
     """Images of shape (C, H, W) from a folder of PNG / JPEG / TIFF files (read as `images()`
-    reads training data: upright, transparency on white, 16-bit scaled, grey or RGB as C says), or an .npz with `arr_0` uint8 (N, H, W, C) / (N, H, W) pixels or `x` float
-    (N, C, H, W) values in data space (`gud sample` writes both); the first `limit` if given."""
+    reads training data: upright, transparency on white, 16-bit scaled, grey or RGB as C says),
+    or an .npz with `arr_0` uint8 (N, H, W, C) / (N, H, W) pixels or `x` float (N, C, H, W)
+    values in data space (`gud sample` writes both); the first `limit` if given."""
     path = Path(path)
     if path.is_dir():
         images = _folder(path, shape, what, limit)
