@@ -156,8 +156,8 @@ def _sigterm_as_exit():
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # None: a handler set outside Python, which cannot be put back; the default then
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _config(model, meta: dict, nll: dict | None, command: str | None) -> dict:
