@@ -417,6 +417,12 @@ class GudModel:
         return self.model.given is not None
 
     @property
+    def generated(self) -> int:
+        """How many components the model generates: D, less the given ones of a conditional spec."""
+        given = self.model.given
+        return self.model.dim if given is None else int((~np.asarray(given, dtype=bool)).sum())
+
+    @property
     def dtype(self) -> torch.dtype:
         weights = next(self.eps_model.parameters(), None)
         return weights.dtype if weights is not None and weights.is_floating_point() else torch.float32
@@ -665,7 +671,7 @@ class GudModel:
         hutchinson_samples = _integer(hutchinson_samples, "hutchinson_samples", "E660")
         seed = _seed(seed, 0, "E660")
         _callback(progress, "E660")
-        generated = model.dim if model.given is None else int((~np.asarray(model.given, dtype=bool)).sum())
+        generated = self.generated
         if hutchinson_samples is not None and divergence_method(divergence, generated) == "exact":
             raise GudError.one("E660", f"hutchinson_samples sets the probes of Hutchinson's estimate, and this "
                                        f"measures the exact divergence of the {generated} components",

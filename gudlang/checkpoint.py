@@ -164,7 +164,7 @@ def _check_metadata(metadata: dict, path: str | os.PathLike) -> None:
         raise GudError.one("E622", f"checkpoint metadata {bad[0]!r} of {path} is not a string")
 
 
-def stored_overrides(metadata: dict[str, str], path: str | os.PathLike) -> dict[str, str]:
+def trained_overrides(metadata: dict[str, str], path: str | os.PathLike) -> dict[str, str]:
     """The `-s` overrides a checkpoint was trained with (`gudlang_overrides`, JSON of key: value
     text); E622 when they are not that."""
     try:

@@ -423,14 +423,13 @@ def cmd_sample(args, overrides: dict) -> int:
     from gudlang.images import save_grid, save_npz, save_pairs, save_png_dir
     model = _load_run(args, overrides)
     settings = model.spec.sample
-    method, steps = args.sampler or settings.sampler, args.steps or settings.steps
+    method, steps, how = _sampling(args, settings)
     seed = settings.seed if args.seed is None else args.seed
     conditional = args.given is not None or args.mask is not None or model.conditional
     if conditional and args.format != "grid":
         raise GudError.one("E003", f"--format {args.format} writes unconditional samples; completions are written "
                                    "as a PNG grid beside what is given and a float .npz",
                            help="drop --format")
-    how = (f"rtol{settings.rtol:g}-atol{settings.atol:g}" if method == "adaptive" else f"{steps}steps")
     start = time.time()
     given = ""
     if conditional:
@@ -577,8 +576,7 @@ def cmd_extend(args, overrides: dict) -> int:
         close()
     axis, count = ("columns", args.columns) if args.columns else ("rows", args.rows)
     settings = model.spec.sample
-    method, steps = args.sampler or settings.sampler, args.steps or settings.steps
-    how = f"rtol{settings.rtol:g}-atol{settings.atol:g}" if method == "adaptive" else f"{steps}steps"
+    method, steps, how = _sampling(args, settings)
     stem = _stem(args, f"extend-{count}{axis}-{method}-{how}-seed{seed}{_variant_tag(_variant(None, overrides))}"
                        f"{_digest_tag(images)}")
     size = data.shape[2] if axis == "columns" else data.shape[1]
@@ -623,12 +621,10 @@ def cmd_nll(args, overrides: dict) -> int:
     first, count, rank, world = shard(len(x), "images")
     update, close = progress("nll", count, quiet=rank != 0)
     from gudlang.likelihood import divergence_method
-    given = model.model.given
-    generated = model.model.dim if given is None else int((~np.asarray(given, dtype=bool)).sum())
-    default_divergence = divergence_method(None, generated)
-    if args.probes is not None and divergence_method(args.divergence, generated) == "exact":
+    default_divergence = divergence_method(None, model.generated)
+    if args.probes is not None and divergence_method(args.divergence, model.generated) == "exact":
         raise GudError.one("E003", f"--probes sets the Hutchinson estimate's probe vectors; the exact divergence "
-                                   f"(of the {generated} generated components) has none",
+                                   f"(of the {model.generated} generated components) has none",
                            help="add --divergence hutchinson, or drop --probes")
     result = model.nll(x[first: first + count], divergence=args.divergence, hutchinson_samples=args.probes,
                        batch_size=args.batch_size, seed=args.seed, progress=update, first=first)
@@ -675,14 +671,19 @@ def _nll_file(folder: Path, split: str, record: dict, variant: dict) -> tuple[Pa
     if variant:
         return folder / f"nll-{split}{_variant_tag(variant)}.json", f" (not the model's own NLL: {_variant_text(variant)})"
     plain = folder / f"nll-{split}.json"
-    try:
-        old = json.loads(plain.read_text(encoding="utf-8"))
-        kept = old.get("n", 0) if old.get("step") == record["step"] else 0  # of older weights: replaced
-    except (OSError, ValueError, AttributeError):
-        kept = 0
+    old = _read_json(plain)
+    kept = old.get("n", 0) if old.get("step") == record["step"] else 0  # of older weights: replaced
     if isinstance(kept, int) and kept > record["n"]:
         return folder / f"nll-{split}-n{record['n']}.json", f" ({plain} keeps the measurement on {kept} images)"
     return plain, ""
+
+
+def _sampling(args, settings) -> tuple[str, int, str]:
+    """(sampler, steps, how) of a command's --sampler / --steps over the spec's sample settings;
+    `how` names them in default output names: `50steps`, or the tolerances of the adaptive one."""
+    method, steps = args.sampler or settings.sampler, args.steps or settings.steps
+    how = f"rtol{settings.rtol:g}-atol{settings.atol:g}" if method == "adaptive" else f"{steps}steps"
+    return method, steps, how
 
 
 def _variant_text(variant: dict) -> str:

@@ -83,7 +83,7 @@ def verify_export(tensors: dict[str, torch.Tensor], meta: dict[str, str], file: 
             raise GudError.one("E626", f"{config} is not readable JSON ({e})") from None
         expected = {"weights_sha256": stored, "model_hash": meta.get("gudlang_hash"),
                     "resolved_spec": meta.get("gudlang_resolved", ""),
-                    "overrides": ckpt.stored_overrides(meta, file),
+                    "overrides": ckpt.trained_overrides(meta, file),
                     "data": json.loads(meta.get("gudlang_data", "{}"))}
         differ = [k for k, v in expected.items() if not isinstance(info, dict) or info.get(k) != v]
         if differ:
@@ -166,7 +166,7 @@ def _config(model, meta: dict, nll: dict | None, command: str | None) -> dict:
         "model_hash": meta["gudlang_hash"],
         "full_hash": full_hash(model.model.checked, model.model.data.fingerprint),
         "resolved_spec": meta.get("gudlang_resolved", ""),
-        "overrides": ckpt.stored_overrides(meta, "the model's checkpoint"),
+        "overrides": ckpt.trained_overrides(meta, "the model's checkpoint"),
         "data": json.loads(meta.get("gudlang_data", "{}")),
         "trained_steps": ckpt.trained_step(meta),
         "weights_sha256": meta[DIGEST_KEY],

@@ -444,7 +444,7 @@ def read_reference(path: str | Path, shape, value_range) -> ImageSet | Statistic
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".npz":
         with _open_npz(path) as archive:
-            if "arr_0" not in archive.files and "x" not in archive.files:
+            if not _holds_images(archive):
                 return _statistics(path, archive)
     return read_images(path, shape, value_range, what="reference images")
 
@@ -707,6 +707,11 @@ def cmd_fid(args, overrides: dict) -> int:
     return 0
 
 
+def _holds_images(archive) -> bool:
+    """Whether an open .npz holds images (`arr_0` pixels or `x` values), not statistics."""
+    return "arr_0" in archive.files or "x" in archive.files
+
+
 def _check_replaceable(target: Path, args) -> None:
     """E003 unless `target` (--save-stats) is new or holds statistics: it must not replace the
     --ref or --samples images it is computed from, nor any other file of images."""
@@ -720,7 +725,7 @@ def _check_replaceable(target: Path, args) -> None:
         raise GudError.one("E003", f"--save-stats {target} is a folder", help="name an .npz file")
     try:
         with _open_npz(target) as archive:
-            statistics = "mu" in archive.files and "arr_0" not in archive.files and "x" not in archive.files
+            statistics = "mu" in archive.files and not _holds_images(archive)
     except GudError:
         statistics = False
     if not statistics:

@@ -302,7 +302,7 @@ def _changed_settings(meta: dict, model) -> list[str]:
             yield prefix, json.dumps(value, sort_keys=True)
 
     try:
-        overrides = {k: str(v) for k, v in ckpt.stored_overrides(meta, "the run's checkpoint").items()}
+        overrides = {k: str(v) for k, v in ckpt.trained_overrides(meta, "the run's checkpoint").items()}
         before = check_text(meta["gudlang_spec"], None, overrides)
         fingerprint = json.loads(meta["gudlang_data"])["fingerprint"]
         old = dict(flat(payload(before, fingerprint, full=False)))
@@ -391,7 +391,7 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
     file = checkpoint_file(target)
     tensors, meta = ckpt.load_checkpoint(file)
     spec_text = meta["gudlang_spec"]
-    stored_overrides = ckpt.stored_overrides(meta, file)
+    stored_overrides = ckpt.trained_overrides(meta, file)
     data_info = _data_info(meta, file)
 
     def recompute(text: str) -> str:
