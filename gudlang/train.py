@@ -228,8 +228,10 @@ def train_step(objective: Objective, optimizer, batch: Batch, settings, step: in
         total = loss.detach() if total is None else total + loss.detach()
     params = parameters if parameters is not None else [p for g in optimizer.param_groups for p in g["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-    # The one wait for the device in a step: loss and norm read together, before the weights move.
-    value, norm = torch.stack([total.float(), norm.float()]).tolist()
+    # The one wait for the device in a step: loss and norm read together, before the weights move,
+    # in the wider of the two dtypes (a float64 run logs float64 values).
+    wide = torch.promote_types(torch.promote_types(total.dtype, norm.dtype), torch.float32)
+    value, norm = torch.stack([total.to(wide), norm.to(wide)]).tolist()
     if not math.isfinite(value):
         # the step 1-based, as metrics.csv and the progress bar count
         raise GudError.one("E630", f"the loss is {value} at step {step + 1}",

@@ -137,6 +137,18 @@ def test_a_non_finite_loss_leaves_weights_and_optimizer_untouched(monkeypatch, a
     assert all(torch.equal(a, b) for a, b in zip(moments, after))
 
 
+def test_a_float64_step_reports_its_loss_and_norm_in_float64():
+    # they were read as float32: a float64 run logged rounded losses
+    from gudlang.train import train_step
+
+    model, _, _, _, batch = _one_step_setup()
+    weight = torch.nn.Parameter(torch.tensor([1 / 3], dtype=torch.float64))
+    optimizer = torch.optim.SGD([weight], lr=0.0)
+    loss, norm = train_step(lambda piece, autocast: (weight * weight).sum(), optimizer, batch,
+                            model.spec.train.model_copy(update={"grad_clip": 10.0}), 0)
+    assert loss == (1 / 3) ** 2 and norm == 2 / 3
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_a_cuda_training_step_waits_for_the_device_once():
     import warnings
