@@ -27,16 +27,20 @@ map 0..255 to [-1, 1] with 256 levels.
 
 Errors (GudError, raised before any training):
     E400 invalid source argument (unknown kind or dataset name, wrong type or value)
-    E401 file or folder not found (for `dataset`: which files to put where)
+    E401 file or folder not found (for `dataset`: which files to put where), a file where a
+         folder is needed, an image that is a broken symbolic link
     E402 unreadable or corrupt file (for `npz` a folder, or a file that is neither .npz nor
-         .npy; bad image, bad or truncated IDX / CIFAR file, a header declaring more data
-         than the file holds, a CIFAR-10 python batch that is
-         not a dict of uint8 (N, 3072) b"data" and N b"labels", or that refers to anything
-         but numpy's array reconstruction), or an array larger than memory
+         .npy, or a zip archive without .npy members; bad image, a multi-page TIFF stack,
+         image files of formats `images` does not read (BMP, GIF, WebP, ...: never silently
+         left out), bad or truncated IDX / CIFAR file, a header declaring more data than the
+         file holds, a CIFAR-10 python batch that is not a dict of uint8 (N, 3072) b"data"
+         and N b"labels", or that refers to anything but numpy's array reconstruction), or
+         an array larger than memory
     E403 array key missing from an npz file, or ambiguous
-    E404 wrong shape or dtype (ndim, declared shape, object / ragged arrays)
+    E404 wrong shape or dtype (ndim, declared shape, object / ragged arrays, a layout that
+         `auto` cannot tell)
     E405 NaN or infinite values, or values beyond float32 (which become infinite)
-    E406 values outside the declared range
+    E406 values outside the declared range, or off the declared levels
     E407 no data (empty folder, array, IDX file or CIFAR-10 batch, too few samples to split)
 """
 
@@ -63,8 +67,16 @@ FINGERPRINT_SCHEME = "gudlang-data-v1"
 # Arguments that say where the data lives, not what it is: moving a file keeps its identity.
 _LOCATION_PARAMS = ("path", "folder", "root")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# Image files of other formats (or other JPEG suffixes), which `images` does not read: a
+# folder holding any is refused rather than silently loaded without them.
+OTHER_IMAGE_SUFFIXES = (".bmp", ".dib", ".gif", ".webp", ".jfif", ".jpe", ".ppm", ".pgm",
+                        ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".jxl", ".heic", ".heif",
+                        ".avif")
 # Relative slack (of hi - lo) allowed outside a declared range, for rounding in saved floats.
 RANGE_TOLERANCE = 1e-3
+# How far (in level steps) a value declared `levels` may sit off its level: float32 rounding.
+LEVEL_TOLERANCE = 0.01
+_LEVEL_CHUNK = 1 << 22  # values checked at once (float64 temporaries of 32 MB)
 _GRF_CHUNK = 4096
 
 
@@ -252,16 +264,56 @@ def _check_finite(x: np.ndarray, what: str) -> None:
                 help="rescale the data (e.g. to [-1, 1]) or remove those samples")
 
 
-def _check_range(x: np.ndarray, bounds: tuple[float, float], what: str) -> None:
+def _check_range(x: np.ndarray, bounds: tuple[float, float], what: str,
+                 integer: bool = False) -> None:
+    """E406 if `x` (from an `integer` array or not) leaves `bounds`, beyond rounding slack."""
     lo, hi = bounds
     slack = RANGE_TOLERANCE * (hi - lo)
     x_min, x_max = float(x.min()), float(x.max())
     if x_min < lo - slack or x_max > hi + slack:
+        help = (f"rescale the data to [{lo:g}, {hi:g}], declare the range it has "
+                f"(range = [{x_min:g}, {x_max:g}]), or pass range = none to skip the check")
+        if integer and 0 <= x_min and x_max <= 255:
+            # Only uint8 pixels are mapped to [-1, 1]; int64 ones (np.array of a list) are
+            # used as they are, 0..255, unless saved as uint8.
+            help = ("pixels 0..255 map to [-1, 1] with 256 levels when saved as uint8 "
+                    "(numpy: x.astype(np.uint8)); or declare range = [0, 255] to use them "
+                    "unscaled")
         raise GudError.one(
             "E406", f"{what} has values in [{x_min:g}, {x_max:g}], outside the declared "
-                    f"range [{lo:g}, {hi:g}]",
-            help=f"rescale the data to [{lo:g}, {hi:g}], declare the range it has "
-                 f"(range = [{x_min:g}, {x_max:g}]), or pass range = none to skip the check")
+                    f"range [{lo:g}, {hi:g}]", help=help)
+
+
+def _check_levels(x: np.ndarray, value_range: tuple[float, float], levels: int,
+                  what: str) -> None:
+    """Raise E406 unless every value sits on one of the `levels` levels lo + k (hi - lo) /
+    (levels - 1) that the likelihood assumes (`gudlang.likelihood`), within LEVEL_TOLERANCE
+    of a level step."""
+    lo, hi = value_range
+    step = (hi - lo) / (levels - 1)
+    if not step > 0:
+        raise GudError.one("E406", f"{what} has a single value, {lo:g}, which cannot hold "
+                                   f"levels={levels}", help="declare range = [lo, hi]")
+    # plus the float32 rounding of the largest value, in steps
+    slack = LEVEL_TOLERANCE + float(np.spacing(np.float32(max(abs(lo), abs(hi))))) / step
+    rows = max(1, _LEVEL_CHUNK // max(1, x[0].size))
+    for start in range(0, len(x), rows):
+        k = (x[start:start + rows].astype(np.float64) - lo) / step
+        off = np.abs(k - np.rint(k))
+        worst = int(np.argmax(off))
+        if off.flat[worst] > slack:
+            break
+    else:
+        return
+    first = tuple(int(i) for i in np.unravel_index(worst, off.shape))
+    first = (first[0] + start,) + first[1:]
+    raise GudError.one(
+        "E406", f"{what} has values between the {levels} levels of [{lo:g}, {hi:g}] (steps "
+                f"of {step:.6g}) that levels={levels} declares; e.g. {float(x[first]):.6g} "
+                f"at index {first} (N, C, H, W) is {float(off.flat[worst]):.2f} steps off a "
+                "level",
+        help="declare the range the levels span (range = [lo, hi], the first and last "
+             "level) and their number, or drop `levels` for continuous data")
 
 
 # ----------------------------------------------------------------------------- digits
@@ -365,6 +417,15 @@ def _channels_last(shape: tuple[int, ...], layout: str, declared: tuple[int, ...
                                help="declare the shape the data has, or fix the data")
         return declared != first
     channel_sizes = (1, 2, 3, 4)  # grey, two-channel (what `gud sample --format npz` writes for it), RGB, RGBA
+    if shape[3] > 4 and shape[1] > shape[3]:
+        # Neither axis is channel-sized, and channels first would make more channels than the
+        # image is wide, e.g. 13-band (N, 64, 64, 13) images read as 64 channels of 64 x 13.
+        raise GudError.one("E404", f"{what} has shape {tuple(shape)}: as (N, C, H, W) that is "
+                                   f"{shape[1]} channels of {shape[2]}x{shape[3]}, as (N, H, W, C) "
+                                   f"{shape[3]} channels of {shape[1]}x{shape[2]}; which is meant "
+                                   "cannot be told",
+                           help='set layout = "channels_last" or "channels_first", or declare '
+                                "shape = [C, H, W]")
     # A channel-sized last axis means channels-last, unless axis 1 is channel-sized too
     # and the trailing two axes look like a square image.
     return shape[3] in channel_sizes and (shape[1] not in channel_sizes
@@ -427,8 +488,10 @@ def npz(path, key: str | None = None, layout: str = "auto",
     `key=None` takes the only array. uint8 data map 0..255 to [-1, 1] with 256 levels; other
     real data are used as they are and checked against `range` (None: no check).
     `layout="auto"` reads a last axis of size 1 to 4 as channels, unless axis 1 is that small
-    too (then channels first, but for a square image behind it); "channels_first" /
-    "channels_last", or the declared `shape`, decide it instead.
+    too (then channels first, but for a square image behind it); a last axis above 4 means
+    channels first, unless it is smaller than axis 1 (ambiguous: E404); "channels_first" /
+    "channels_last", or the declared `shape`, decide it instead. `levels` (float data) must
+    match the values: each on one of `levels` even steps from the range's lo to hi (E406).
     """
     path = _path_arg("path", path)
     if key is not None and not isinstance(key, str):
@@ -470,10 +533,13 @@ def npz(path, key: str | None = None, layout: str = "auto",
             raise _bad_arg(f"{what} is uint8, which has 256 levels, not levels={levels}")
         x, value_range, levels = _from_levels(x, 255), (-1.0, 1.0), 256
     else:
+        integer = x.dtype.kind in "iu"
         x = x.astype(np.float32)
         if bounds is not None:
-            _check_range(x, bounds, what)
+            _check_range(x, bounds, what, integer)
         value_range = bounds if bounds is not None else (float(x.min()), float(x.max()))
+        if levels is not None:
+            _check_levels(x, value_range, levels, what)
     train, test = split(x, test_fraction, seed)
     params = {"path": str(path), "key": key, "layout": layout, "shape": shape, "range": bounds,
               "levels": levels, "test_fraction": test_fraction, "seed": seed}
@@ -485,7 +551,7 @@ def npz(path, key: str | None = None, layout: str = "auto",
 def images(folder, size: int | tuple[int, int] = 32, channels: int = 3, recursive: bool = False,
            test_fraction: float = 0.1, seed: int = 0, *, use_cache: bool = True) -> DataSet:
     """The PNG / JPEG / TIFF images of a folder (sorted by path; `recursive`: and of its
-    subfolders, `_image_files`), as RGB (3) or grey (1), 256 levels.
+    subfolders, `image_files`), as RGB (3) or grey (1), 256 levels.
 
     Each image's shorter side is resized (bicubic) to fit `size`, then it is center-cropped.
     The decoded images come from the cache when no file changed (`use_cache=False`: always
@@ -502,9 +568,11 @@ def images(folder, size: int | tuple[int, int] = 32, channels: int = 3, recursiv
     recursive = bool(recursive)
     test_fraction, seed = _split_args(test_fraction, seed)
     if not root.is_dir():
-        raise GudError.one("E401", f"image folder {root} not found",
-                           help="check the path (relative paths start at the working directory)")
-    files = _image_files(root, recursive)
+        raise _not_a_folder(root, "image folder", "images() needs a folder of PNG / JPEG / TIFF "
+                            "images", "check the path (relative paths start at the working "
+                            "directory)", "give the folder that holds the images (unpack an "
+                            "archive first); one .npz / .npy array loads with npz(path)")
+    files = image_files(root, recursive)
     if not files:
         raise GudError.one("E407", f"no PNG, JPEG or TIFF images in {root}",
                            help=None if recursive else "images(..., recursive = true) also searches its subfolders")
@@ -517,12 +585,22 @@ def images(folder, size: int | tuple[int, int] = 32, channels: int = 3, recursiv
     return _dataset(root.name or "images", train, test, params, (-1.0, 1.0), 256)
 
 
-def _image_files(root: Path, recursive: bool) -> list[Path]:
+def _not_a_folder(path: Path, what: str, needs: str, help: str, file_help: str) -> GudError:
+    """E401 for a folder argument that is missing (`help`), or a file (`file_help`), such as
+    the archive the data came in, which "not found" would misdescribe."""
+    if path.is_file():
+        return GudError.one("E401", f"{what} {path} is a file, not a folder: {needs}",
+                            help=file_help)
+    return GudError.one("E401", f"{what} {path} not found", help=help)
+
+
+def image_files(root: Path, recursive: bool) -> list[Path]:
     """The image files of `root` (with `recursive`, of its subfolders too, symlinked ones
     included, each real folder once: a link back up does not loop), sorted by their path below
-    `root`."""
+    `root`. E401 for an image that is a broken link, E402 for image files of formats `images`
+    does not read (`OTHER_IMAGE_SUFFIXES`): the data would silently lack them."""
     if not recursive:
-        found = [p for p in root.iterdir() if p.is_file()]
+        found = [p for p in root.iterdir() if not p.is_dir()]
     else:
         found, seen = [], set()
         for folder, subfolders, names in os.walk(root, followlinks=True):
@@ -531,9 +609,24 @@ def _image_files(root: Path, recursive: bool) -> list[Path]:
                 subfolders[:] = []
                 continue
             seen.add(real)
-            found.extend(p for p in (Path(folder) / name for name in names) if p.is_file())
-    return sorted((p for p in found if p.suffix.lower() in IMAGE_SUFFIXES),
-                  key=lambda p: p.relative_to(root).as_posix())
+            found.extend(p for p in (Path(folder) / name for name in names) if not p.is_dir())
+    found.sort(key=lambda p: p.relative_to(root).as_posix())
+    broken = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and not p.exists()]
+    if broken:
+        raise GudError.one("E401", f"image {broken[0]} is a broken symbolic link (to "
+                                   f"{os.readlink(broken[0])})"
+                                   + (f", and {len(broken) - 1} more" if len(broken) > 1 else ""),
+                           help="restore what it points to, or remove the link")
+    other = [p for p in found if p.suffix.lower() in OTHER_IMAGE_SUFFIXES and p.is_file()]
+    if other:
+        names = ", ".join(p.relative_to(root).as_posix() for p in other[:5])
+        more = f" and {len(other) - 5} more" if len(other) > 5 else ""
+        raise GudError.one("E402", f"{root} holds {len(other)} image file(s) that images() does "
+                                   f"not read ({names}{more}); they would be left out of the data",
+                           help="images() reads PNG (.png), JPEG (.jpg, .jpeg) and TIFF (.tif, "
+                                ".tiff): convert those files to PNG, or move them out of the "
+                                "folder")
+    return [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -608,8 +701,10 @@ def dataset(name: str, root) -> DataSet:
     name = canonical[key]
     root = _path_arg("root", root)
     if not root.is_dir():
-        raise GudError.one("E401", f"data folder {root} not found",
-                           help=f"create it and put the {name} files there")
+        raise _not_a_folder(root, "data folder", f"dataset() needs the folder that holds the "
+                            f"{name} files", f"create it and put the {name} files there",
+                            "give the folder that holds the files (unpack an archive into it "
+                            "first)")
     train, test = _load_cifar10(root) if name == "cifar10" else _load_idx(name, root)
     params = {"name": name, "root": str(root), "split": "official"}
     return _dataset(name, _from_levels(train, 255), _from_levels(test, 255), params,

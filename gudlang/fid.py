@@ -319,10 +319,14 @@ def _folder(folder: Path, shape, what: str, limit: int | None) -> ImageSet:
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    from gudlang.data import IMAGE_SUFFIXES
+    from gudlang.data import image_files
     from gudlang.datasets.readers import read_image, upright_size
     c, h, w = shape
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:  # the files images() would read; other image formats and broken links are refused
+        files = image_files(folder, False)
+    except GudError as e:
+        d = e.diagnostics[0]
+        raise _unusable(d.message, folder, d.help) from None
     if not files:
         raise _unusable(f"no PNG, JPEG or TIFF images in {folder}", folder)
     _check_count(folder, len(files), limit, what)

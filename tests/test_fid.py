@@ -226,6 +226,18 @@ def test_a_damaged_image_in_a_folder_names_the_file(tmp_path):
     assert d.code == "E690" and "1.png" in d.message
 
 
+def test_a_folder_with_images_fid_cannot_read_is_refused_not_scored_without_them(tmp_path):
+    # BMP / WebP files were left out silently (FID of 4 images said to be of 5)
+    pixels = np.random.default_rng(5).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    for k in range(4):
+        Image.fromarray(pixels).save(tmp_path / f"{k}.png")
+    Image.fromarray(pixels).save(tmp_path / "4.bmp")
+    with pytest.raises(fid.GudError) as info:
+        fid.read_images(tmp_path, (3, 8, 8), VALUE_RANGE)
+    d = info.value.diagnostics[0]
+    assert d.code == "E690" and "4.bmp" in d.message and "convert" in d.help
+
+
 def test_float_samples_in_data_space_are_quantised_like_gud_sample_npz(tmp_path):
     x = np.random.default_rng(9).uniform(-4, 4, size=(6, 1, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "grid.npz", x=x, seed=np.asarray("3"))

@@ -12,7 +12,8 @@ colour; torchvision's ImageFolder drops alpha instead, showing the colours hidde
 is white, float pixels (mode F) read with 1.0 white. A folder's images are 8-bit (256
 levels), so deeper pixels are resized at full depth and then rounded to 8 bits, never
 clipped; 32-bit integer pixels (no known white) and float pixels outside 0..1 are refused
-(E402). PIL reads 16-bit colour PNGs at 8 bits itself (the high byte).
+(E402), as are multi-page TIFF stacks (`_check_single_page`: one image per file). PIL
+reads 16-bit colour PNGs at 8 bits itself (the high byte).
 
 No data file can run code. np.load always runs with allow_pickle=False. CIFAR-10's python
 batches are pickles: their bytes are first scanned opcode by opcode (every declared length
@@ -32,9 +33,9 @@ the bytes present and against `memory_limit()` before anything is allocated.
 
 Decoded-image cache: `read_images` keeps the uint8 stack of a folder in
 `$GUDLANG_CACHE/images/<slot>.safetensors` (default root `~/.cache/gudlang`), one entry per
-folder and options (size, mode, recursive); the entry's key covers the relative path, size
-and mtime of every file, the options, Pillow's version and `IMAGE_CACHE_SCHEME`, and it is
-used only when the key and a sha256 of its pixels match. Files modified in the last
+folder and options (size, mode, recursive); the entry's key covers the relative path, size,
+mtime and ctime of every file, the options, Pillow's version and `IMAGE_CACHE_SCHEME`, and
+it is used only when the key and a sha256 of its pixels match. Files modified in the last
 `RACY_SECONDS` are never cached (a rewrite within their timestamp's resolution would keep
 the mtime). Entries are written atomically (temporary file, then os.replace); a corrupt or
 stale entry is decoded again and overwritten; an unwritable cache only costs the decoding.
@@ -160,6 +161,22 @@ def _object_array(what: str) -> GudError:
                         help="save one numeric array of shape (N, H, W) or (N, C, H, W)")
 
 
+def _no_arrays(path: Path, members: list[str]) -> None:
+    """E402 for a zip archive without .npy members, naming them; a hint for an image archive."""
+    shown = ", ".join(map(repr, members[:5])) + (f" and {len(members) - 5} more"
+                                                 if len(members) > 5 else "")
+    pictures = any(m.lower().endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff"))
+                   for m in members)
+    which = ("its member", "is not a numpy array") if len(members) == 1 else \
+        ("its members", "are not numpy arrays")
+    raise GudError.one("E402", f"{path} is a zip archive without numpy arrays: {which[0]} "
+                               f"{shown} {which[1]} (numpy.savez writes one NAME.npy member per "
+                               "array)",
+                       help="it holds images: unpack it into a folder and load that with "
+                            "images(folder)" if pictures else
+                            "save the images with numpy.savez(\"file.npz\", x=images)")
+
+
 def read_npz_array(path: Path, key: str | None) -> tuple[np.ndarray, str]:
     """The array `key` (or the only one) of a .npz / .npy file, and a phrase naming it."""
     if not path.is_file():
@@ -189,10 +206,17 @@ def read_npz_array(path: Path, key: str | None) -> tuple[np.ndarray, str]:
         keys = list(loaded.files)
         if not keys:
             raise GudError.one("E407", f"{path} holds no arrays")
-        if key is None and len(keys) > 1:
-            raise GudError.one("E403", f"{path} holds several arrays: {', '.join(keys)}",
-                               help="choose one with key=, e.g. key=" + repr(keys[0]))
-        key = keys[0] if key is None else key
+        if key is None:
+            # numpy.savez writes NAME.npy members; others (a zip of images renamed .npz, a
+            # README beside the arrays) are no arrays to choose from.
+            names = set(loaded.zip.namelist())
+            arrays = [k for k in keys if k + ".npy" in names]
+            if not arrays:
+                _no_arrays(path, keys)
+            if len(arrays) > 1:
+                raise GudError.one("E403", f"{path} holds several arrays: {', '.join(arrays)}",
+                                   help="choose one with key=, e.g. key=" + repr(arrays[0]))
+            key = arrays[0]
         if key not in keys:
             raise GudError.one("E403", f"{path} has no array {key!r}; it holds: {', '.join(keys)}",
                                help="pass one of those names as key=")
@@ -292,6 +316,27 @@ def image_pixels(im: Image.Image, mode: str) -> np.ndarray:
     return x
 
 
+def _check_single_page(im: Image.Image, path: Path) -> None:
+    """E402 for a TIFF stack (a second page of the first one's size): one image per file is
+    read, so all pages but the first would be silently left out. Smaller pages (thumbnails,
+    reduced-resolution copies) are allowed."""
+    try:
+        if im.format != "TIFF" or getattr(im, "n_frames", 1) < 2:
+            return
+        size, pages = im.size, im.n_frames
+        im.seek(1)
+        same = im.size == size
+        im.seek(0)
+    except (EOFError, struct.error, KeyError, TypeError):
+        return  # a damaged page list: decoding the first page says what is wrong
+    if same:
+        raise GudError.one("E402", f"cannot read image {path}: it is a multi-page TIFF (a stack "
+                                   f"of {pages} pages), but images are read one per file, so "
+                                   f"{pages - 1} would be left out",
+                           help="save each page as its own file, or the stack as an array "
+                                "(numpy.savez) and load it with npz(path)")
+
+
 def read_image(path: Path, mode: str, hw: tuple[int, int]) -> np.ndarray:
     """One image as uint8 (H, W) or (H, W, 3): shorter side resized to fit, then center-cropped.
 
@@ -300,6 +345,7 @@ def read_image(path: Path, mode: str, hw: tuple[int, int]) -> np.ndarray:
     h, w = hw
     try:
         with Image.open(path) as im:
+            _check_single_page(im, path)
             im = flat_image(im, mode, path)
             scale = max(h / im.height, w / im.width)
             size = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
@@ -318,8 +364,11 @@ def read_image(path: Path, mode: str, hw: tuple[int, int]) -> np.ndarray:
                 x = np.rint(np.clip(x, 0, 255))  # the clip only catches bicubic overshoot
             return x.astype(np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise GudError.one("E402", f"cannot read image {path} ({e})",
-                           help="remove or replace that file (PNG and JPEG are read)") from None
+        help = "remove or replace that file (PNG, JPEG and TIFF are read)"
+        if path.name.startswith("._"):
+            help = ("it looks like macOS metadata (an AppleDouble \"._\" file, e.g. from a zip "
+                    "made on a Mac), not an image: delete the ._* files (and any __MACOSX folder)")
+        raise GudError.one("E402", f"cannot read image {path} ({e})", help=help) from None
 
 
 def cache_root() -> Path:
@@ -345,7 +394,10 @@ def _image_cache_key(root: Path, files: list[Path], mode: str, hw: tuple[int, in
             st = p.stat()
             if st.st_mtime_ns > racy_after:
                 return None
-            listing.append([p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns])
+            # ctime too: a rewrite that keeps size and mtime (cp -p, tar, unzip, rsync -t
+            # restore the mtime) still changes it, and no program can set it back.
+            listing.append([p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns,
+                            st.st_ctime_ns])
     except OSError:
         return None  # decoding will name the file
     slot = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
@@ -440,15 +492,30 @@ def _gunzip(path: Path, limit: int, keep: bool = True) -> tuple[bytes, int]:
     return b"".join(chunks), total
 
 
+def _starts_with(path: Path, magic: bytes) -> bool:
+    """Whether the file starts with `magic` (False if unreadable: reading it names the error)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
 def read_idx_images(path: Path) -> np.ndarray:
-    """uint8 (N, H, W) images of an IDX file (magic 0x00000803), gzip-compressed if .gz."""
-    gz = path.suffix == ".gz"
+    """uint8 (N, H, W) images of an IDX file (magic 0x00000803), gzip-compressed if .gz
+    (a .gz file that is not compressed, as some browsers save it, is read as it is)."""
+    gz = path.suffix == ".gz" and _starts_with(path, b"\x1f\x8b")
     try:
         raw = _gunzip(path, 16)[0] if gz else _read_bytes(path)
     except (OSError, EOFError, zlib.error) as e:
         raise GudError.one("E402", f"cannot read {path} ({e})",
                            help="download the file again") from None
     if len(raw) < 16 or raw[:4] != b"\x00\x00\x08\x03":
+        head = raw[:16].decode("ascii", "replace")
+        if raw[:1] and all(c.isprintable() or c in "\t\r\n" for c in head):
+            raise GudError.one("E402", f"{path} is not an IDX image file but text, starting "
+                                       f"{head!r} (e.g. the error page of a failed download)",
+                               help="download the file again")
         raise GudError.one("E402", f"{path} is not an IDX image file (it must start with the "
                                    f"magic number 0x00000803, found 0x{raw[:4].hex() or 'none'})",
                            help="use the image files (…-images-idx3-ubyte), not the label files")
