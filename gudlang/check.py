@@ -26,6 +26,7 @@ E212 reserved name, E213 value of the wrong kind, E214 misuse of `i`, plus those
 from __future__ import annotations
 
 import math
+import re
 
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -186,6 +187,8 @@ class _Resolver:
     def __init__(self, spec: Spec, smap: A.SourceMap):
         self.spec, self.smap = spec, smap
         self.errors: dict[tuple, Diagnostic] = {}
+        self.reported = 0  # errors reported, repeats included: a formula is clean if none came in it
+        self.refused: set[str] = set()  # definitions refused by name (E212): no "unknown name" after
         self.defs: dict[str, _Def] = {}
         self.values: dict[str, tuple[A.Expr, Shape]] = {}
         self.stack: list[str] = []
@@ -201,8 +204,9 @@ class _Resolver:
             if d.name in RESERVED or base in RESERVED or d.name in LIBRARY or base in LIBRARY:
                 self.error("E212", f"`{d.name}` is a {_reserved_kind(base)}", path + ("name",), "reserved",
                            help="choose another name")
+                self.refused.add(base)
                 continue
-            if base in spec.params or d.name in spec.params:
+            if base in spec.params or d.name in spec.params or base + "_i" in spec.params:
                 self.error("E203", f"`{d.name}` is both a param and a definition", path + ("name",),
                            "defined again here")
                 continue
@@ -219,6 +223,11 @@ class _Resolver:
             if name in RESERVED or name in LIBRARY:
                 self.error("E212", f"`{name}` is a {_reserved_kind(name)} and cannot be a param",
                            self._param_path(name), "reserved", help="choose another name")
+            elif name.endswith("_i") and _base(name) in spec.params:  # `u` would name either
+                later = max(name, _base(name), key=lambda n: self._param_path(n)[1:2])
+                self.error("E203", f"params `{_base(name)}` and `{name}` have the same name (`{_base(name)}` "
+                                   f"refers to `{name}` too)", self._param_path(later), "same name",
+                           help="rename one of them")
 
     def _param_path(self, name: str):
         return self.smap.anchors.get(("param_name", name), ())
@@ -228,6 +237,7 @@ class _Resolver:
         span = self.smap.span(at if at is not None else path)
         d = Diagnostic(code, message, span=span, label=label, help=help, path=self.smap.path)
         self.errors.setdefault((code, message, span), d)
+        self.reported += 1
 
     # ------------------------------------------------------------------ resolution
     def resolve(self, expr: A.Expr, path, scope: Mapping[str, tuple[A.Expr, Shape]],
@@ -315,8 +325,8 @@ class _Resolver:
         elif name in FEATURES:
             self.error("E214", f"feature `{name}` needs the component", path, "missing (i)",
                        help=f"write {name}(i)", at=at)
-        elif ("param_name", name) in self.smap.anchors:
-            pass  # a declared param whose declaration was refused: that error is already reported
+        elif ("param_name", name) in self.smap.anchors or base in self.refused:
+            pass  # a declared param or a definition that was refused: that error is already reported
         else:
             candidates = set(scope) | set(self.spec.params) | set(self.defs) | set(CONSTANTS) \
                 | set(SHAPE_CONSTANTS) | {d.name for d in self.defs.values()}
@@ -378,7 +388,8 @@ class _Resolver:
             fn = FUNCTIONS[f]
             if call.kwargs:
                 self.error("E205", f"`{f}` takes no keyword arguments", path + ("kwargs", 0), "keyword",
-                           at=site)
+                           at=site, help=f"to compare, write `{call.kwargs[0].name} == ...`"
+                           if fn.conditions else None)
             want = fn.arity
             if nargs != want:
                 extra = " (or one argument: the reduction over components)" if f in REDUCTIONS else ""
@@ -402,7 +413,7 @@ class _Resolver:
             if target is not None:
                 self.error("E208", f"`{f}` is a value, not a function", fat, "not a function",
                            help=f"write `{f}` without arguments")
-            else:
+            elif _base(f) not in self.refused:  # a refused definition is reported at its name
                 self.error("E201", f"unknown function `{f}`", fat, "not a known function",
                            help=did_you_mean(f, known_function_names() | {d.name for d in self.defs.values()
                                                                            if d.is_function})
@@ -461,8 +472,12 @@ class _Resolver:
                            or f"{d.name}({', '.join(names)})", at=site)
                 continue
             if kw.name in bound:
-                self.error("E205", f"argument `{kw.name}` of `{d.name}` given twice", path + ("kwargs", k),
-                           "given again", at=site)
+                by_position = kw.name in names[:len(call.args)]
+                self.error("E205", f"argument `{kw.name}` of `{d.name}` given twice"
+                           + (" (by position and by name)" if by_position else ""), path + ("kwargs", k),
+                           "given again", at=site,
+                           help=f"positional arguments fill {d.name}({', '.join(names)}) in order, wherever "
+                                "they stand in the call: name the later ones too" if by_position else None)
                 continue
             bound[kw.name] = self.argument(d, kw.value, kpath, scope, site)
         if d.library and LIBRARY_BASES.get(d.name, self.basis_kind) != self.basis_kind:
@@ -476,7 +491,9 @@ class _Resolver:
             for name, expr, apath in given:
                 self.library_argument(d.name, name, expr, apath, site)
         if d.name in self.stack:
-            self.error("E209", f"`{d.name}` calls itself", at, "recursive call",
+            through = self.stack[self.stack.index(d.name) + 1:]
+            via = f" through {', '.join(f'`{n}`' for n in through)}" if through else ""
+            self.error("E209", f"`{d.name}` calls itself{via}", at, "recursive call",
                        help=" -> ".join(self.stack + [d.name]))
             return A.Num(0.0), SCALAR
         inner_site = site if site is not None else (path if d.library else None)
@@ -527,9 +544,9 @@ def check_spec(spec: Spec, smap: A.SourceMap, overrides: tuple[tuple[str, str], 
             continue
         body, path, scope, name_path = located
         outer, r.features_used = r.features_used, set()
-        before = len(r.errors)
+        before = r.reported  # not len(r.errors): an error met again in a helper is stored once
         expr, shape = r.resolve(body, path, scope)
-        clean = len(r.errors) == before
+        clean = r.reported == before
         _check_formula(slot, expr, shape, path, name_path, clean, r)
         r.features_used |= outer
         formulas[slot.name], shapes[slot.name] = expr, shape
@@ -580,9 +597,9 @@ def _resolve_groups(spec: Spec, r: "_Resolver") -> dict[str, A.Expr]:
         if isinstance(p, FixedParam) or p.group is None:
             continue
         path = r.smap.anchors.get(("param_group", name), ())
-        before = len(r.errors)
+        before = r.reported
         expr, shape = r.resolve(p.group, path, {})
-        if len(r.errors) > before:
+        if r.reported > before:
             continue
         if is_condition(expr):
             r.error("E213", f"the group of `{name}` must be a number per component, not a condition", path,
@@ -673,16 +690,23 @@ def _mentions(expr: A.Expr, name: str) -> bool:
 def _parse_override(key: str, value: str) -> Any:
     """The value of `-s key=value`: a number, true / false, a list or a quoted string written as
     in a spec (`[0.9, 0.99]`, `"cuda:0"`), or else the text itself (a word, `cuda:0`). GudError
-    E003 for a list or string that a spec would not read."""
+    E003 for a list or string that a spec would not read. A number is one as a spec writes it
+    (not Python's `1_000` or `nan`), a whole one read exactly (a seed beyond 2^53)."""
+    number = re.fullmatch(r"[+-]?(([0-9]+)(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?", value.strip())
+    if number is not None:
+        whole = number.group(2) is not None and number.group(3) is None and number.group(4) is None
+        return int(value) if whole and len(value) < 400 else float(value)
     try:
-        return float(value)
+        if not math.isfinite(float(value)):
+            return float(value)  # inf, nan: refused as not finite
     except ValueError:
-        low = value.lower()
-        if low in {"true", "false"}:
-            return low == "true"
-        if value.strip().startswith(("[", '"')):
-            return _spec_constant(key, value.strip())
-        return value
+        pass
+    low = value.lower()
+    if low in {"true", "false"}:
+        return low == "true"
+    if value.strip().startswith(("[", '"')):
+        return _spec_constant(key, value.strip())
+    return value
 
 
 def _spec_constant(key: str, value: str) -> Any:
@@ -744,10 +768,19 @@ def override_spec(spec: Spec, overrides: Mapping[str, str]) -> Spec:
                 continue
             data[block][setting] = value
         elif key in spec.params:
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2 ** 1000:
+                value = float(value)
             if not isinstance(value, float) or not math.isfinite(value):
                 errors.append(Diagnostic("E210", f"override `{key}={raw}` is not a finite number"))
                 continue
             data["params"][key] = {"kind": "fixed", "value": value}
+        elif key in BLOCKS + OVERRIDABLE_DECLARATIONS + ("prior",):  # a section, not a param
+            options = [k for k in data[key] if k != "kind"] if key != "prior" else []
+            errors.append(Diagnostic("E202", f"cannot override `{key}` as a whole" + (
+                ": the prior is a formula or a word of the spec, not an option" if key == "prior" else ""),
+                help="edit the spec" if not options else
+                f"override one of its {'settings' if key in BLOCKS else 'options'} by name, e.g. "
+                f"-s {key}.{options[0]}=..."))
         else:
             settings = [f"{block}.{key}" for block in BLOCKS + OVERRIDABLE_DECLARATIONS
                         if isinstance(data.get(block), dict) and key in data[block] and key != "kind"]

@@ -197,7 +197,8 @@ def _excerpt(d: Diagnostic, lines: list[str]) -> list[str]:
 
 def render_text(diagnostics: list[Diagnostic], source: str | None = None) -> str:
     """Format diagnostics as `path:line:col: severity[CODE]: message` plus excerpt and help."""
-    lines = source.splitlines() if source is not None else []
+    # Lines as the parser counts them: only "\n" ends one (not "\f", "\u2028", ... as splitlines has it).
+    lines = [line.removesuffix("\r") for line in source.split("\n")] if source is not None else []
     out: list[str] = []
     for d in diagnostics:
         where = d.path or ("<input>" if d.span is not None else "")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from gudlang import ast as A
-from gudlang.builtins import constants, keywords
+from gudlang.builtins import FEATURES, constants, keywords
 from gudlang.check import describe_shape
 from gudlang.fmt import format_expr, format_program
 from gudlang.lower import parse_program
@@ -85,6 +85,12 @@ def resolved_text(spec: Spec, source: A.SourceMap) -> str:
     return format_program(program, smap)
 
 
+def _features_of(expr: A.Expr) -> list[str]:
+    """The features an inlined formula reads (not those of the spec's other formulas or unused
+    definitions, which `CheckedSpec.features` holds too)."""
+    return sorted({n.func for _, n in A.walk(expr) if isinstance(n, A.Call) and n.func in FEATURES})
+
+
 def _order_words(model, order: np.ndarray, moving: Motion) -> list[str]:
     """The generation order in words: how many components never move (never noised, so never
     generated), the first, second, middle and last generated of the others, and the most
@@ -145,7 +151,7 @@ def explain_text(model) -> str:
             f"D:         {model.dim} = {c} x {h} x {w} (channels x height x width)",
             f"basis:     {spec.basis.kind}; prior: {spec.prior.kind}",
             f"schedule:  {describe_shape(checked.gamma_shape)}; features used: "
-            f"{', '.join(sorted(checked.features)) or 'none'}",
+            f"{', '.join(_features_of(checked.gamma)) or 'none'}",
             *([f"sampling:  along path ({describe_shape(checked.shapes['path'])}); gamma is the training "
                "distribution (t ~ U(0, 1))"] if checked.path is not None else []),
             *([f"loss:      weighted by weight ({describe_shape(checked.shapes['weight'])})"

@@ -99,9 +99,12 @@ def redundant(checked: CheckedSpec) -> set[str]:
 
 
 def _json_floats(value: Any) -> Any:
-    """Floats as repr strings, so that NaN / inf hash and 1 == 1.0."""
+    """Floats as repr strings, so that NaN / inf hash and 1 == 1.0; an integer that no float
+    holds exactly as its digits."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
+    if isinstance(value, int) and float(value) != value:  # a seed beyond 2^53: every digit counts
+        return str(value)
     if isinstance(value, (int, float)):
         return repr(float(value))
     if isinstance(value, dict):

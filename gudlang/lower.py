@@ -4,7 +4,8 @@ Input: the `lark.Tree` and comments from `gudlang.parser.parse`.
 Output: `(Program, SourceMap)`. The source map records the span of every node by its path
 from the root, and of names inside nodes (`(..., "func")`, `(..., "name")`, `(..., "key")`).
 Raises `GudError` E103 (missing `gud` version line), E104 (unsupported version),
-E107 (expression nested too deeply for the compiler).
+E107 (expression nested too deeply for the compiler), E210 (a number beyond the float64
+range).
 """
 
 from __future__ import annotations

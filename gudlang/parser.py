@@ -189,16 +189,34 @@ def _diagnose(e: Exception, text: str) -> Diagnostic:
         span = Span(token.line, token.column, token.end_line or token.line,
                     token.end_column or token.column + len(str(token)))
         help_ = f"expected {_describe_expected(expected)}"
-        if token.type in _KEYWORD_TERMINALS and "NAME" in expected:
+        if token.type == "GUD" and _STATEMENT_START <= expected:  # a second version line
+            help_ = "the version line `gud 1` comes once, before every statement"
+        elif token.type in _KEYWORD_TERMINALS and "NAME" in expected:
             help_ = f"`{token}` is a keyword and cannot be used as a name"
+        elif token.type == "EQUAL" and text[token.start_pos - 1:token.start_pos] == "=":
+            help_ = "`==` compares (inside where(...) or a condition); a definition or setting takes one `=`"
+        elif token.type == "EQUAL" and "PLUS" in expected and _starts_statement(text, token):
+            help_ = ("a new statement starts on this line, so the one above is unfinished: "
+                     "complete it, or remove its trailing operator")
         elif token.type == "EQUAL" and "COMPARE" in expected or token.type == "EQUAL" and _EXPR_START <= expected:
             help_ = "`=` assigns; to compare inside where(...) write `==`"
+        elif token.type == "COMPARE" and "COMPARE" not in expected and "PLUS" in expected \
+                and "NUMBER" not in expected:  # right after a comparison's operand
+            help_ = "comparisons do not chain: write `a < b and b < c`"
         return Diagnostic("E105", f"unexpected {_token_words(token)}", span=span,
                           label="unexpected here", help=help_)
     if isinstance(e, UnexpectedEOF):
         return Diagnostic("E106", "unexpected end of input", span=_end_span(text),
                           help=f"expected {_describe_expected(set(e.expected or ()))}")
     return Diagnostic("E105", f"syntax error: {e}")
+
+
+def _starts_statement(text: str, token: Token) -> bool:
+    """Whether `token` (an `=`) is the first `=` of a line that reads as a statement of its own
+    (`name = ...`, `f(x) = ...`)."""
+    line = text.split("\n")[token.line - 1] if token.line else ""
+    head = re.match(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*)[ \t]*(\([^()\n]*\))?[ \t]*=(?!=)", line)
+    return head is not None and head.end() == token.column and head.group(1) not in KEYWORDS
 
 
 def _end_span(text: str) -> Span:

@@ -28,22 +28,49 @@ class _Model(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_bool_for_a_number(cls, data):
-        """true / false where numbers go fail as the words they are (Pydantic reads true as 1)."""
+        """true / false and strings where numbers go fail as what they are (Pydantic reads true as
+        1 and "1e-3" or "1_000" as numbers)."""
         if not isinstance(data, dict):
             return data
         out = dict(data)
         for name, value in data.items():
             field = cls.model_fields.get(name)
             kind = _unwrap(field.annotation)[0] if field is not None else None
-            if isinstance(value, bool) and kind in (int, float):
-                out[name] = value_text(value)
+            if kind in (int, float):
+                out[name] = _not_a_number(value)
             elif isinstance(value, (list, tuple)) and get_origin(kind) is tuple \
                     and any(_unwrap(a)[0] in (int, float) for a in get_args(kind)):
-                out[name] = [value_text(v) if isinstance(v, bool) else v for v in value]
+                out[name] = [_not_a_number(v) for v in value]
         return out
 
 
+class _Written:
+    """A string where a number goes: no number to Pydantic, shown as the spec wrote it."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return value_text(self.text)
+
+
+def _not_a_number(value):
+    """`value`, or for true / false and strings a stand-in that a number field refuses."""
+    if isinstance(value, bool):
+        return value_text(value)
+    if type(value) is not str:
+        return value
+    try:
+        if not math.isfinite(float(value)):
+            return value  # inf, nan: Pydantic says that a finite number is wanted
+    except ValueError:
+        pass
+    return _Written(value)
+
+
 # --------------------------------------------------------------------------- data
+# true or false, nothing else: Pydantic would read yes, 1 and "off" as booleans.
+_Flag = Annotated[bool, Field(strict=True)]
 _Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 GRF_MAX_VALUES = 100_000_000  # 400 MB of float32
 
@@ -93,7 +120,7 @@ class ImagesData(_Model):
     folder: str
     size: Annotated[int, Field(ge=2, le=1024)] = 32
     channels: Literal[1, 3] = 3
-    recursive: bool = False
+    recursive: _Flag = False
     test_fraction: _Fraction = 0.1
     seed: int = 0
 
@@ -199,9 +226,9 @@ class TrainSettings(_Model):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
     accumulate: Annotated[int, Field(ge=1)] = 1  # micro-batches of batch / accumulate per step
-    flip: bool = False  # random horizontal flips of the training images
+    flip: _Flag = False  # random horizontal flips of the training images
     ema: Annotated[float, Field(ge=0, lt=1)] = 0.999
-    ema_warmup: bool = True  # decay min(ema, (1 + step) / (10 + step))
+    ema_warmup: _Flag = True  # decay min(ema, (1 + step) / (10 + step))
     seed: Annotated[int, Field(ge=-2 ** 63, le=2 ** 63 - 1)] = 0  # torch.manual_seed takes it
     log_every: Annotated[int, Field(ge=1)] = 50
     sample_every: Annotated[int, Field(ge=0)] = 1000
@@ -237,14 +264,14 @@ class SampleSettings(_Model):
     seed: int = 0
     rtol: Annotated[float, Field(ge=1e-12)] = 1e-4  # >= samplers.MIN_TOLERANCE (a test keeps them equal)
     atol: Annotated[float, Field(ge=1e-12)] = 1e-4
-    denoise: bool = True
+    denoise: _Flag = True
 
 
 class RuntimeSettings(_Model):
     """How to run, never what is computed: excluded from every hash."""
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"
-    compile: bool = False
+    compile: _Flag = False
     log: Literal["csv", "tensorboard"] = "csv"  # metrics.csv always; tensorboard adds RUN/tensorboard/
 
 
@@ -325,7 +352,7 @@ def constant(expr: A.Expr, path, names: dict[str, Any] | None = None):
     if isinstance(expr, A.Num):
         v = expr.value
         plain = expr.text and all(c.isdigit() for c in expr.text)
-        return int(v) if plain else v
+        return int(expr.text) if plain else v  # from the text: a float loses digits beyond 2^53
     if isinstance(expr, A.Str):
         return expr.value
     if isinstance(expr, A.Name):
@@ -347,9 +374,17 @@ def constant(expr: A.Expr, path, names: dict[str, Any] | None = None):
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (left, right)):
             raise ConstantError(path, f"`{expr.op}` needs numbers on both sides here")
         try:
-            return {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
-                    "/": lambda: left / right, "^": lambda: float(left) ** right}[expr.op]()
-        except (ZeroDivisionError, OverflowError, ValueError) as e:
+            value = {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
+                     "/": lambda: left / right, "^": lambda: float(left) ** right}[expr.op]()
+            if isinstance(value, complex):  # (-8) ^ (1/3) in Python
+                raise ValueError("a negative number to a fractional power")
+            if not math.isfinite(value):  # int arithmetic has no bound; float arithmetic gives inf
+                raise OverflowError
+            return value
+        except OverflowError:
+            raise ConstantError(path, "cannot evaluate this constant: the result is beyond +-1.8e308 "
+                                      "(64-bit floats)") from None
+        except (ZeroDivisionError, ValueError) as e:
             raise ConstantError(path, f"cannot evaluate this constant: {e}") from None
     raise ConstantError(path, "expected a constant value (a number, a word, a string or a list)")
 
@@ -459,6 +494,12 @@ class _Builder:
             except ConstantError as e:
                 self.error("E213", e.message + " (a param's value is a constant; it may use "
                            "earlier fixed params)", e.path, "not a constant")
+                return None
+            if isinstance(p.value, A.Name) and isinstance(v, str):  # a name that is no fixed param above
+                later = v in self.param_names and v != p.name
+                self.error("E210", f"param `{p.name}` must be a number, got the name `{v}`", path + ("value",),
+                           "not a number", help=f"a param's value may use numbers and the fixed params declared "
+                                                f"before it{'; declare `' + v + '` first' if later else ''}")
                 return None
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 self.error("E210", f"param `{p.name}` must be a number", path + ("value",), "not a number")
