@@ -77,7 +77,8 @@ def _reserve_keywords(token: Token) -> Token:
 
 
 def decode_source(data: bytes | str) -> str:
-    """Bytes to text, refusing binary junk and oversized input (E002, E107)."""
+    """Bytes to text with lines ended by LF or CRLF (a lone CR becomes LF), refusing binary junk
+    and oversized input (E002, E107)."""
     if isinstance(data, str):
         size = len(data.encode("utf-8", "surrogatepass"))
         text = data
@@ -98,7 +99,9 @@ def decode_source(data: bytes | str) -> str:
         line = text.count("\n", 0, text.index("\x00")) + 1
         raise GudError.one("E002", "file contains NUL bytes; it looks like a binary file",
                            span=Span.point(line, 1), help="a .gud spec is a plain text file")
-    return text.lstrip("\ufeff")
+    # Old Mac line ends (a lone CR) end lines too: the grammar sees one line, and a comment
+    # would swallow the rest of the file.
+    return re.sub("\r(?!\n)", "\n", text.lstrip("\ufeff"))
 
 
 def parse(source: str | bytes, path: str | None = None) -> tuple[Tree, list[Comment]]:

@@ -60,3 +60,12 @@ def test_grammar_uses_ascii_classes_and_names_every_terminal():
         elif not line.lstrip().startswith("%"):
             # rules refer to named terminals only: no anonymous "..." literals
             assert '"' not in line, f"anonymous terminal in rule: {line}"
+
+
+def test_old_mac_line_ends_are_line_ends():
+    # a lone CR (classic Mac OS) ended no line: `# note` swallowed the rest of the file
+    text = "gud 1\n# note\ndata = digits()\nbasis = pca()  # inline\ngamma(t) = linear(t)\n"
+    lf_program, lf_map = parse_program(text, "lf.gud")
+    cr_program, cr_map = parse_program(text.replace("\n", "\r"), "cr.gud")
+    assert A.dump(cr_program, cr_map) == A.dump(lf_program, lf_map)
+    assert [(c.line, c.col, c.text) for c in cr_map.comments] == [(c.line, c.col, c.text) for c in lf_map.comments]
