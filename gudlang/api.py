@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import numbers
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -38,7 +37,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from gudlang.diagnostics import GudError
+from gudlang.diagnostics import GudError, describe_value
+from gudlang.runs import param_overrides
 
 NOISE_BLOCK = 256
 # Samples in a preview grid (what training and `gud export` draw), whatever sample.n is.
@@ -59,15 +59,22 @@ def load(target: str | Path, *, network: torch.nn.Module | None = None, weights:
 
 def _load(path: Path | str, network, weights, overrides: dict[str, str], device) -> "GudModel":
     from gudlang import runs
-    if isinstance(path, str) or path.suffix == ".gud":
+    if isinstance(path, str) or (path.suffix == ".gud" and not path.is_dir()):
         from gudlang.check import check_text, spec_source
         from gudlang.pipeline import build_model
+        if weights not in runs.WEIGHTS:
+            raise GudError.one("E003", f"unknown weights {weights!r}", help=f"choose {' or '.join(runs.WEIGHTS)}")
+        runs.check_network_argument(network)
         text, name, _ = spec_source(path)
         checked = check_text(text, name, overrides)
         if checked.spec.network.kind != "oracle":
             raise GudError.one("E640", f"{name} declares a network that must be trained first",
                                help=f"gud train {name}, then load the run" if isinstance(path, Path) else
                                "train it with gudlang.train_run(text), then load the run")
+        if network is not None:
+            raise GudError.one("E003", f"{name} declares network = oracle(), the exact denoiser: it takes no "
+                                       f"network ({type(network).__qualname__} given)",
+                               help="leave network out, or load the run your network was trained in")
         model = build_model(checked)
         return GudModel(model, oracle_eps_model(model), {"gudlang_hash": model.model_hash}, device,
                         source=path, overrides=overrides)
@@ -148,14 +155,6 @@ SEED_MODULUS = 2 ** 64  # torch generators take seeds modulo 2**64 (negative one
 DEVICE_HELP = 'use device="auto", "cpu", "cuda" or "cuda:N" (or a torch.device)'
 
 
-def _what(value) -> str:
-    """A short description of a value for a message: an array's shape and dtype, else its repr."""
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
 def _integer(value, name: str, code: str, *, least: int = 1, optional: bool = True) -> int | None:
     """`value` as an int >= `least` (a Python or NumPy integer, not a bool); None stays None
     when `optional`. GudError `code` naming `name` otherwise."""
@@ -163,14 +162,14 @@ def _integer(value, name: str, code: str, *, least: int = 1, optional: bool = Tr
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
         kind = "a positive integer" if least == 1 else f"an integer >= {least}"
-        raise GudError.one(code, f"{name} must be {kind}, got {_what(value)}")
+        raise GudError.one(code, f"{name} must be {kind}, got {describe_value(value)}")
     return int(value)
 
 
 def _callback(value, code: str) -> None:
     """GudError `code` unless `value` (a progress callback) is None or callable."""
     if value is not None and not callable(value):
-        raise GudError.one(code, f"progress must be a function progress(done, total), got {_what(value)}")
+        raise GudError.one(code, f"progress must be a function progress(done, total), got {describe_value(value)}")
 
 
 def _seed(value, default: int, code: str) -> int:
@@ -179,20 +178,24 @@ def _seed(value, default: int, code: str) -> int:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise GudError.one(code, f"the seed must be an integer, got {_what(value)}")
+        raise GudError.one(code, f"the seed must be an integer, got {describe_value(value)}")
     return int(value)
 
 
 def load_target(target) -> Path | str:
     """What `gudlang.load` reads: the Path of a run directory, checkpoint, export folder or .gud
-    spec (given as a str or os.PathLike), or the text of a spec (a str holding a line break).
-    E003 for anything else (None, a number, an empty string), E001 for a path not there."""
+    spec (given as a str or os.PathLike, a line ending around it dropped), or the text of a spec
+    (a str holding a line break). E003 for anything else (None, a number, an empty string), E001
+    for a path not there."""
     from gudlang.check import is_spec_text
     if is_spec_text(target):
-        return target
+        line = target.strip("\r\n")
+        if "\n" in line or not os.path.exists(line):
+            return target
+        target = line  # a path read with its line ending (from a file, or a command's output)
     if not isinstance(target, (str, os.PathLike)) or not str(target):
         raise GudError.one("E003", f"gudlang.load needs the path of a run directory, checkpoint file, export "
-                                   f"folder or .gud spec, got {_what(target)}",
+                                   f"folder or .gud spec, got {describe_value(target)}",
                            help='for example gudlang.load("runs/digits-9f7289d4")')
     if not os.path.exists(target):
         raise GudError.one("E001", f"{target} not found",
@@ -201,37 +204,19 @@ def load_target(target) -> Path | str:
     return Path(target)
 
 
-def param_overrides(params, *, required: bool = False) -> dict[str, str]:
-    """Drawn params (and settings) {"a": 0.8, "train.steps": 200} as the text overrides the
-    loaders take; None is {} unless `required`. E003 unless a dict of names (str) to numbers
-    (or their text, as `-s a=0.8` gives them); the values are checked by the spec (E210)."""
-    example = 'for example {"a": 0.8}'
-    if params is None and not required:
-        return {}
-    if not isinstance(params, Mapping):
-        raise GudError.one("E003", f"params must be a dict of param name -> number, got {_what(params)}",
-                           help=example)
-    for key, value in params.items():
-        if not isinstance(key, str) or not key:
-            raise GudError.one("E003", f"param names must be non-empty strings, got {_what(key)}", help=example)
-        if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
-            raise GudError.one("E003", f"param `{key}` must be a number, got {_what(value)}", help=example)
-    return {key: str(value) for key, value in params.items()}
-
-
 def path_formula(text) -> str:
     """A sampling path given with `with_path` / `load(path=)`: a string (the right-hand side
     of a spec's `path_i(t) = ...`), checked by `pipeline.with_path_text`. E003 otherwise."""
     if not isinstance(text, str):
         raise GudError.one("E003", f"the path must be a formula written as a spec's path_i(t) = ... right-hand "
-                                   f"side, got {_what(text)}", help='for example "edm_path(t, rho = 5)"')
+                                   f"side, got {describe_value(text)}", help='for example "edm_path(t, rho = 5)"')
     return text
 
 
 def nll_split(split) -> str:
     """The data split `nll` measures: "train" or "test" (E660 otherwise)."""
     if not (isinstance(split, str) and split in ("train", "test")):
-        raise GudError.one("E660", f'split must be "train" or "test", got {_what(split)}')
+        raise GudError.one("E660", f'split must be "train" or "test", got {describe_value(split)}')
     return split
 
 
@@ -241,17 +226,21 @@ def pick_device(device, runtime) -> torch.device:
     runtime.device, when it is unknown, not a CPU or CUDA device, or not available here."""
     from gudlang.runs import device_for
     if device is None:
-        return device_for(runtime)
+        try:
+            return device_for(runtime)
+        except GudError as e:  # a run trained on a GPU, loaded on a machine without one: say how from Python
+            raise GudError.one("E640", e.diagnostics[0].message,
+                               help='load it with device="cpu" or device="auto" (gud: -s runtime.device=cpu)') from None
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         chosen = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise GudError.one("E640", f"unknown device {_what(device)}", help=DEVICE_HELP) from None
+        raise GudError.one("E640", f"unknown device {describe_value(device)}", help=DEVICE_HELP) from None
     if chosen.type not in ("cpu", "cuda"):
-        raise GudError.one("E640", f"device {_what(device)} is not supported", help=DEVICE_HELP)
+        raise GudError.one("E640", f"device {describe_value(device)} is not supported", help=DEVICE_HELP)
     if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise GudError.one("E640", f"device {_what(device)} asks for CUDA but no CUDA device is available",
+        raise GudError.one("E640", f"device {describe_value(device)} asks for CUDA but no CUDA device is available",
                            help='use device="cpu" or device="auto"')
     if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
         raise GudError.one("E640", f"there is no CUDA device {chosen.index} ({torch.cuda.device_count()} "
@@ -296,7 +285,7 @@ def given_images(images, data, *, full_size: bool = False) -> np.ndarray:
         except (TypeError, ValueError):
             arr = None
         if arr is None or arr.dtype.kind not in "iuf":
-            raise GudError.one("E681", f"the images must be an array of numbers, got {_what(images)}",
+            raise GudError.one("E681", f"the images must be an array of numbers, got {describe_value(images)}",
                                help=f"give {shapes} values in data space, or the path of an image, .npy or "
                                     f".npz file")
         arr = images_from_array(arr, data, "the array of images")
@@ -323,7 +312,7 @@ def given_mask(model, mask) -> np.ndarray | None:
         arr = None
     if arr is None or arr.dtype != bool or arr.shape != (model.dim,):
         raise GudError.one("E680", f"the mask must be a condition written as in a spec or a bool array of the "
-                                   f"model's {model.dim} components, got {_what(mask)}",
+                                   f"model's {model.dim} components, got {describe_value(mask)}",
                            help='for example mask="col(i) < 0.5", or the .mask of a Completion')
     return arr
 
@@ -570,7 +559,7 @@ class GudModel:
                           method="trained" if same else "replacement", sampler=name, steps=steps,
                           device=self.device, dtype=self.dtype, seed=(seed * 7919 + first) % SEED_MODULUS,
                           trained_mask=model.given, options=self._options(name, grid), noise=noise)
-        return Completion(x, shown_known(model.space, chosen, images), chosen,
+        return Completion(x, shown_known(model.space, chosen, images), chosen.copy(),  # not the model's own given
                           "trained" if same else "replacement", nfe)
 
     def extend(self, images, *, columns: int | None = None, rows: int | None = None, sampler: str | None = None,
@@ -587,6 +576,8 @@ class GudModel:
             raise GudError.one("E003", "extend by columns or by rows, not both and not neither")
         axis, count = ("columns", columns) if columns is not None else ("rows", rows)
         count = _integer(count, axis, "E003", optional=False)
+        steps, seed = _integer(steps, "steps", "E651"), _seed(seed, self.spec.sample.seed, "E651")
+        first = _integer(first, "first", "E651", least=0, optional=False)
         model = self.model
         if model.given is None:
             raise GudError.one("E682", "image extension needs a model trained with a given band",
@@ -599,8 +590,6 @@ class GudModel:
             raise GudError.one("E681", f"to extend {axis} the images need the model's {c} channel(s) and "
                                        f"{across} {'rows' if axis == 'columns' else 'columns'}, got shape "
                                        f"{images.shape[1:]}")
-        steps, seed = _integer(steps, "steps", "E651"), _seed(seed, self.spec.sample.seed, "E651")
-        first = _integer(first, "first", "E651", least=0, optional=False)
         _check_extension_size(images, count, axis)
         total = -(-count // (size - k))
         windows = iter(range(1 << 62))
@@ -670,6 +659,7 @@ class GudModel:
         batch_size = _integer(batch_size, "batch_size", "E660", optional=False)
         hutchinson_samples = _integer(hutchinson_samples, "hutchinson_samples", "E660")
         seed = _seed(seed, 0, "E660")
+        first = _integer(first, "first", "E660", least=0, optional=False)
         _callback(progress, "E660")
         generated = self.generated
         if hutchinson_samples is not None and divergence_method(divergence, generated) == "exact":
@@ -704,7 +694,7 @@ class GudModel:
                                       divergence=divergence, hutchinson_samples=hutchinson_samples or 1,
                                       batch_size=batch_size, rtol=settings.rtol, atol=settings.atol,
                                       generator=gen, progress=progress, given=given,
-                                      first=_integer(first, "first", "E660", least=0, optional=False))
+                                      first=first)
         points = float(torch.as_tensor(result.divergence_points, dtype=torch.float64).mean())
         return NllResult(np.asarray(result.bits), result.mean, result.stderr, result.method, result.nfe, points,
                          result.dims, given is not None)

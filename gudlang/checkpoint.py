@@ -7,9 +7,10 @@ Output: `save_checkpoint` writes the file; `load_checkpoint` returns (tensors, m
 `verify_checkpoint` recomputes the hash from the stored spec text and refuses a mismatch.
 
 Checkpoints are safetensors, never pickle: loading one cannot run code. The training
-state (optimizer, RNG, step) goes into a separate `torch.save` file restricted to what
-`torch.load(..., weights_only=True)` accepts: tensors, dicts, lists, tuples, numbers,
-strings and None (RNG states are stored as tensors, see `capture_rng_state`).
+state (a run stores its optimizer state and step: `runs.save_run`) goes into a separate
+`torch.save` file restricted to what `torch.load(..., weights_only=True)` accepts: tensors,
+dicts, lists, tuples, numbers, strings and None (RNG states, where a caller stores them, as
+tensors: see `capture_rng_state`).
 Every file is written atomically (temporary file in the same folder, fsync, os.replace),
 so a crash mid-write leaves the previous file intact and no temporary file behind.
 

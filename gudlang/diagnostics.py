@@ -216,3 +216,11 @@ def render_text(diagnostics: list[Diagnostic], source: str | None = None) -> str
 def render_json(diagnostics: list[Diagnostic]) -> str:
     """The same diagnostics as a JSON list of objects."""
     return json.dumps([d.to_dict() for d in diagnostics], indent=2)
+
+
+def describe_value(value) -> str:
+    """A short description of a value for a message: an array's shape and dtype, else its repr."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # a NumPy array or a tensor
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."

@@ -43,8 +43,10 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,12 +75,15 @@ def _invalid(message: str, help: str | None = None) -> GudError:
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """`value` as an int >= 1: a Python or NumPy integer, not a bool (E612 otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise _invalid(f"network option `{name}` must be a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def _positive_ints(name: str, value: Any, allow_empty: bool) -> tuple[int, ...]:
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = value.tolist()
     if not isinstance(value, (tuple, list)) or (not value and not allow_empty):
         raise _invalid(f"network option `{name}` must be a "
                        f"{'' if allow_empty else 'non-empty '}list of positive integers, "
@@ -87,6 +92,8 @@ def _positive_ints(name: str, value: Any, allow_empty: bool) -> tuple[int, ...]:
 
 
 def _shape(shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, np.ndarray) and shape.ndim == 1:
+        shape = shape.tolist()
     if not isinstance(shape, (tuple, list)) or not shape:
         raise _invalid(f"data shape must be a non-empty tuple of positive integers, got {shape!r}")
     return tuple(_positive_int("shape", s) for s in shape)
@@ -297,9 +304,10 @@ class UNet(_EpsNetwork):
             close = difflib.get_close_matches(str(state), STATE_INPUTS, n=1)
             raise _invalid(f"network option `state` must be one of {', '.join(map(repr, STATE_INPUTS))}, "
                            f"got {state!r}", help=f"did you mean {close[0]!r}?" if close else None)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
                 or not 0 <= dropout < 1:
             raise _invalid(f"network option `dropout` must be in [0, 1), got {dropout!r}")
+        dropout = float(dropout)
         widths = [channels * m for m in mult]
         bad = [w for w in widths if w % groups]
         if bad:

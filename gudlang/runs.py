@@ -30,12 +30,15 @@ E643 a custom network is needed, plus those of `gudlang.checkpoint` (E620-E625).
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import json
 import math
+import numbers
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +47,7 @@ import torch
 from gudlang import __version__
 from gudlang import checkpoint as ckpt
 from gudlang.check import check_text
-from gudlang.diagnostics import WARNING, Diagnostic, GudError, render_text
+from gudlang.diagnostics import WARNING, Diagnostic, GudError, describe_value, render_text
 from gudlang.images import make_folder
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -372,11 +375,31 @@ def checkpoint_file(target: str | Path) -> Path:
     return path
 
 
+def param_overrides(params, *, required: bool = False) -> dict[str, str]:
+    """Drawn params (and settings) {"a": 0.8, "train.steps": 200} as the text overrides the
+    loaders take; None is {} unless `required`. E003 unless a dict of names (str) to numbers
+    (or their text, as `-s a=0.8` gives them); the values are checked by the spec (E210)."""
+    example = 'for example {"a": 0.8}'
+    if params is None and not required:
+        return {}
+    if not isinstance(params, Mapping):
+        raise GudError.one("E003", f"params must be a dict of param name -> number, got {describe_value(params)}",
+                           help=example)
+    for key, value in params.items():
+        if not isinstance(key, str) or not key:
+            raise GudError.one("E003", f"param names must be non-empty strings, got {describe_value(key)}",
+                               help=example)
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+            raise GudError.one("E003", f"param `{key}` must be a number, got {describe_value(value)}", help=example)
+    return {key: str(value) for key, value in params.items()}
+
+
 def load_run(target: str | Path, overrides: dict | None = None, network: torch.nn.Module | None = None,
              weights: str = "ema"):
     """A run directory, an export or a checkpoint file -> (Model, EpsModel, metadata), the
     network with the EMA weights (`weights = "raw"`: the trained ones, where stored). A run
-    trained with a custom network needs that module again as `network`."""
+    trained with a custom network needs that module again as `network`: a copy of it is loaded,
+    the module given stays as it was. Torch's random state is left as it was."""
     from gudlang.data import DataSet
     from gudlang.export import verify_export
     from gudlang.hashing import model_hashes, scheme_of
@@ -388,6 +411,7 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
     if weights not in WEIGHTS:
         raise GudError.one("E003", f"unknown weights {weights!r}", help=f"choose {' or '.join(WEIGHTS)}")
     check_network_argument(network)
+    overrides = param_overrides(overrides)  # {"a": 0.8} as the text -s a=0.8 gives (E003: not such a dict)
     file = checkpoint_file(target)
     tensors, meta = ckpt.load_checkpoint(file)
     spec_text = meta["gudlang_spec"]
@@ -414,7 +438,11 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
     data = DataSet(name=data_info["name"], train=empty, test=empty, shape=shape, params={},
                    fingerprint=data_info["fingerprint"], value_range=tuple(data_info["value_range"]),
                    levels=data_info["levels"])
-    stats = ComponentStats.from_tensors(groups["stats"])
+    try:
+        stats = ComponentStats.from_tensors(groups["stats"])
+    except GudError as e:
+        raise GudError.one(e.diagnostics[0].code, f"checkpoint {file}: {e.diagnostics[0].message}",
+                           help="restore it from a copy or retrain") from None
     model = build_model(checked, data, stats=stats, basis_state=groups.get("basis"))
     if set_params(overrides or {}):  # settings (sample.steps) leave the schedule alone
         trained = build_model(check_text(spec_text, f"{file}:spec", stored_overrides), data, stats=stats,
@@ -428,9 +456,11 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
     if network is None:
         options = model.spec.network.model_dump()
         kind = options.pop("kind")
-        network = make_network(kind, shape, **options)
+        with torch.random.fork_rng(devices=[]):  # its random initial weights: not the caller's random stream
+            network = make_network(kind, shape, **options).float()  # not in torch's default dtype
     else:
         given = type(network).__qualname__
+        network = _own_copy(network)  # the caller's module stays as given (a second load may reuse it)
         what = f"the network given ({given}" + (f"; the run was trained with {custom})" if custom and custom != given
                                                  else ")")
     group = "ema" if weights == "ema" else "model"
@@ -447,6 +477,15 @@ def load_run(target: str | Path, overrides: dict | None = None, network: torch.n
               file=sys.stderr)
     network.eval()
     return model, EpsModel(network, model.space), meta
+
+
+def _own_copy(network: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of a user's network to load weights into; the module itself when it cannot be
+    copied (it holds a lock, say), as before copies were made."""
+    try:
+        return copy.deepcopy(network)
+    except (TypeError, RuntimeError, copy.Error):
+        return network
 
 
 # The settings of a spec that `-s` may change on a trained model (besides params, checked against
