@@ -57,11 +57,21 @@ def checked_output(pred, x: torch.Tensor) -> torch.Tensor:
     return pred
 
 
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2 ** 63 - 1)
+
+
 def step_generator(seed: int, step: int, rank: int = 0, device="cpu") -> torch.Generator:
     """The random stream of one training step (independent of everything before it)."""
     g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + step * 7919 + rank * 104_729) % (2 ** 63 - 1))
+    g.manual_seed(_step_seed(seed, step, rank))
     return g
+
+
+def seed_network_randomness(seed: int, step: int, rank: int = 0) -> None:
+    """Seed torch's global stream (what dropout draws from) for one training step, apart from
+    the batch's: a resumed run draws the masks an uninterrupted one does."""
+    torch.manual_seed((_step_seed(seed, step, rank) * 6_364_136_223_846_793 + 1) % (2 ** 63 - 1))
 
 
 def draw_params(spec, drawn, batch: int, gen: torch.Generator, device, dtype,

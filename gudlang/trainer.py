@@ -17,7 +17,8 @@ Three parts:
 A run grows with `gud train --resume RUN -s train.steps=N`: the step count and the logging
 settings are not part of the model hash, so the checkpoint still matches; run.json records
 each segment. A killed run resumed repeats an uninterrupted one step for step (every step's
-randomness comes from its own generator, see `gudlang.train`).
+randomness comes from its own generator, and torch's global stream, which dropout draws from,
+is seeded anew every step: see `gudlang.train`).
 
 Errors: those of every stage; E630 for a non-finite loss (metrics and the last checkpoint kept,
 the message says which step each holds), E640 for a batch that does not fit in memory (a run
@@ -488,7 +489,7 @@ def _ranks_agree(network) -> bool:
 
 def loop(session: Session, callbacks: list, stop: _StopSignals) -> tuple[int, bool]:
     """Train from session.start to session.stop; (step reached, whether a signal stopped it)."""
-    from gudlang.train import make_batch, train_step
+    from gudlang.train import make_batch, seed_network_randomness, train_step
     s = session
     settings = s.settings
     per_rank = max(1, settings.batch // s.world)
@@ -500,6 +501,7 @@ def loop(session: Session, callbacks: list, stop: _StopSignals) -> tuple[int, bo
             batch = make_batch(s.data, s.model.spec, s.model.checked.drawn, step, per_rank, settings.seed, s.rank,
                                s.device, s.model.groups)
             drawing = False
+            seed_network_randomness(settings.seed, step, s.rank)
             loss, norm = train_step(s.objective, s.optimizer, batch, settings, step, s.autocast, params)
         except GudError as e:
             if e.diagnostics[0].code == "E630":  # train_step names the step; say what is on disk

@@ -72,9 +72,13 @@ def test_train_writes_a_complete_run_directory(capsys, spec, tmp_path):
     assert state["step"] == 12
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_resume_repeats_an_uninterrupted_run_step_for_step(capsys, spec, tmp_path, dtype):
-    # float64: the checkpoint's weights were loaded into the float32 network, then cast (rounded)
+@pytest.mark.parametrize("dtype, network", [("float32", None), ("float64", None), ("float32", "dropout")])
+def test_resume_repeats_an_uninterrupted_run_step_for_step(capsys, spec, tmp_path, dtype, network):
+    # float64: the checkpoint's weights were loaded into the float32 network, then cast (rounded);
+    # dropout: its masks came from torch's global stream, seeded once per start (a resumed run
+    # drew other masks than the uninterrupted one)
+    if network == "dropout":
+        spec.write_text(TINY.replace("mlp(hidden = 32, depth = 1)", "unet(channels = 8, channel_mult = [1], dropout = 0.5)"))
     given = ("-s", f"runtime.dtype={dtype}")
     assert train(capsys, spec, "--out", tmp_path / "a", *given)[0] == 0
     assert train(capsys, spec, "--out", tmp_path / "b", "--until", "6", *given)[0] == 0
