@@ -11,7 +11,7 @@ Input: a `Model`. Output: PNG files.
 
 from __future__ import annotations
 
-import os
+import sys
 
 import numpy as np
 import torch
@@ -20,31 +20,33 @@ from gudlang.explain import training_range
 from gudlang.schedules import columns_of
 from gudlang.space import noise_levels
 
-os.environ.setdefault("MPLBACKEND", "Agg")
 
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    return plt
+def _figure(figsize, pyplot: bool = False):
+    """A new matplotlib Figure. Files are drawn on a bare Figure (saving picks the file's
+    renderer); a figure handed to the caller (`pyplot`) is pyplot's when the caller uses pyplot,
+    so that plt.show() shows it. The caller's backend is never changed."""
+    if pyplot and "matplotlib.pyplot" in sys.modules:
+        import matplotlib.pyplot as plt
+        return plt.figure(figsize=figsize)
+    from matplotlib.figure import Figure
+    return Figure(figsize=figsize)
 
 
 def plot_schedule(model, out: str, max_lines: int = 400, grid: int = 256) -> None:
     """`schedule_figure` saved to `out`."""
-    plt = _pyplot()
-    fig = schedule_figure(model, max_lines, grid)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    schedule_figure(model, max_lines, grid, pyplot=False).savefig(out, dpi=110)
 
 
-def schedule_figure(model, max_lines: int = 400, grid: int = 256):
+def schedule_figure(model, max_lines: int = 400, grid: int = 256, pyplot: bool = True):
     """gamma, sigma, beta and true SNR of every component against t on the sampling path (gamma
     itself unless the spec declares `path_i(t)`, whose training gamma is then dotted in red for
     the first, middle and last generated, or a red band over the drawn params' ranges when
     there are any), coloured by generation order; components a spec
-    declares given (held clean, never generated) in grey. A matplotlib Figure."""
-    plt = _pyplot()
+    declares given (held clean, never generated) in grey. A matplotlib Figure (`pyplot`: pyplot's,
+    when the caller uses pyplot, see `_figure`)."""
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     t = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
     given = np.zeros(model.dim, bool) if model.given is None else model.given
     order = np.array([i for i in model.generation_order() if not given[i]])
@@ -57,8 +59,9 @@ def schedule_figure(model, max_lines: int = 400, grid: int = 256):
     column = dict(zip(drawn.tolist(), range(len(drawn))))
     sigma = np.sqrt(1.0 / (1.0 + np.exp(-gamma)))
     snr = model.features["wvar"][drawn][None, :] * np.exp(-gamma)
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
-    cmap = plt.get_cmap("viridis")
+    fig = _figure((10, 7), pyplot)
+    axes = fig.subplots(2, 2, sharex=True)
+    cmap = matplotlib.colormaps["viridis"]
     # (axis, values, title, log scale, draw the given components: beta = 0 has no log)
     along = " on the sampling path" if model.path is not None else ""
     panels = [(axes[0, 0], gamma, r"$\gamma_i(t)$" + along, False, True), (axes[0, 1], sigma, r"$\sigma_i(t)$", False, True),
@@ -87,7 +90,7 @@ def schedule_figure(model, max_lines: int = 400, grid: int = 256):
             axes[0, 0].legend(loc="lower right", fontsize=8)
     for ax in axes[1]:
         ax.set_xlabel("t (0 = data, 1 = noise)")
-    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
+    sm = ScalarMappable(cmap=cmap, norm=Normalize(0, 1))
     fig.colorbar(sm, ax=axes, label="generation order (0 = first)", shrink=0.8)
     note = f", {int(given.sum())} given (grey, dashed: held clean)" if given.any() else ""
     fig.suptitle(f"{model.checked.source.path or 'spec'}: {model.spec.basis.kind} basis, "
@@ -112,18 +115,18 @@ def forward_images(model, image: np.ndarray, ts, seed: int = 0) -> np.ndarray:
 
 
 def plot_forward(model, out: str, index: int = 0, steps: int = 6) -> None:
-    plt = _pyplot()
+    """`forward_images` of training image `index` at `steps` times from 0 to 1, as one PNG."""
     ts = np.linspace(0.0, 1.0, steps)
     from gudlang.images import viewable
     imgs = viewable(forward_images(model, model.data.train[index], ts))
-    fig, axes = plt.subplots(1, steps, figsize=(2 * steps, 2.3))
+    fig = _figure((2 * steps, 2.3))
+    axes = fig.subplots(1, steps)
     for ax, img, t in zip(axes, imgs, ts):
         _show(ax, img, model.data.value_range)
         ax.set_title(f"t = {t:.2f}")
         ax.axis("off")
     fig.suptitle("forward process in data space")
     fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def _show(ax, image: np.ndarray, value_range) -> None:
@@ -139,10 +142,10 @@ def plot_reverse(trajectory, out: str, value_range, title: str = "reverse proces
     """A `Trajectory` as one PNG: a column per time and one for the samples; for each sample a
     row of states x_t and a row of the predictions x0_hat made from them."""
     from gudlang.images import viewable
-    plt = _pyplot()
     states, predictions = trajectory.states, trajectory.predictions
     k, n = states.shape[:2]
-    fig, axes = plt.subplots(2 * n, k + 1, figsize=(1.6 * (k + 1), 1.7 * 2 * n), squeeze=False)
+    fig = _figure((1.6 * (k + 1), 1.7 * 2 * n))
+    axes = fig.subplots(2 * n, k + 1, squeeze=False)
     for j in range(k + 1):
         for i in range(n):
             for row, images in ((2 * i, states), (2 * i + 1, predictions)):
@@ -154,17 +157,16 @@ def plot_reverse(trajectory, out: str, value_range, title: str = "reverse proces
         axes[2 * i + 1, 0].set_ylabel("predicted x_0", fontsize=8)
     fig.suptitle(f"{title} ({trajectory.nfe} model calls)")
     fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def plot_metrics(metrics: dict, out: str, title: str = "") -> None:
     """Loss (raw and smoothed over about 2% of the run), learning rate and gradient norm against
     step, from `runs.read_metrics`, as one PNG."""
-    plt = _pyplot()
     step, loss = metrics["step"], metrics["loss"]
     width = max(1, len(step) // 50)
     smooth = np.convolve(loss, np.ones(width) / width, mode="valid") if len(loss) >= width else loss
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = _figure((13, 3.6))
+    axes = fig.subplots(1, 3)
     axes[0].plot(step, loss, lw=0.5, alpha=0.4, label="loss")
     axes[0].plot(step[width - 1:] if len(loss) >= width else step, smooth, lw=1.5, label=f"mean of {width}")
     axes[0].set_yscale("log")
@@ -179,4 +181,3 @@ def plot_metrics(metrics: dict, out: str, title: str = "") -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)

@@ -113,3 +113,30 @@ def test_grids_are_about_square_whatever_the_image_shape(tmp_path, shape):
     save_grid(np.zeros((64, 1) + shape), tmp_path / "grid.png", (-1, 1))
     width, height = Image.open(tmp_path / "grid.png").size
     assert 0.4 <= width / height <= 2.5 and min(width, height) >= 128, (width, height)
+
+
+def test_plotting_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    # plot.py forced the Agg backend (and set MPLBACKEND): after model.plot_schedule() a user's
+    # plt.show() showed nothing; the returned figure is pyplot's, as the user's own would be,
+    # and the figures drawn into files are not left in pyplot
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import matplotlib
+matplotlib.use("svg")
+import matplotlib.pyplot as plt
+import gudlang
+from gudlang.plot import plot_schedule
+model = gudlang.load({str(SPECS / "grf_oracle.gud")!r})
+fig = model.plot_schedule()
+plot_schedule(model.model, "schedule.png")
+print(matplotlib.get_backend(), fig.number in plt.get_fignums(), len(plt.get_fignums()))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["svg", "True", "1"]
+    assert (tmp_path / "schedule.png").read_bytes()[:4] == b"\x89PNG"
