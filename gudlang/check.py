@@ -288,8 +288,10 @@ class _Resolver:
         """Resolve an operand that must be a condition (a comparison, and, or, not) (E213)."""
         e, shape = self.resolve(expr, path, scope, site)
         if not is_condition(e):
+            word = f"`{expr.id}` is the number {1 if expr.id == 'true' else 0} in a formula: " \
+                if isinstance(expr, A.Name) and expr.id in ("true", "false") else ""
             self.error("E213", f"{user} needs a condition here, not a number", path, "not a condition",
-                       help="write a comparison, e.g. col(i) < 0.5", at=site)
+                       help=f"{word}write a comparison, e.g. col(i) < 0.5", at=site)
             return A.Compare("<", A.Num(0.0), A.Num(1.0)), shape
         return e, shape
 

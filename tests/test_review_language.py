@@ -168,3 +168,11 @@ def test_explain_lists_the_features_the_schedule_reads_not_those_of_other_formul
             "gamma_i(t) = linear(t)\n")
     line = next(x for x in explain_text(build_model(check_text(text))).splitlines() if x.startswith("schedule:"))
     assert line.endswith("features used: none")
+
+
+def test_true_where_a_condition_goes_says_it_is_a_number():
+    text = "gud 1\ndata = digits()\nbasis = pca()\nprior = white\ngamma_i(t) = where(true, linear(t), linear(t))\n"
+    with pytest.raises(GudError) as info:
+        check_text(text, "w.gud")
+    d = info.value.diagnostics[0]
+    assert d.code == "E213" and d.help.startswith("`true` is the number 1 in a formula")
