@@ -72,14 +72,14 @@ def test_explain_counts_the_sampling_paths_kinks():
 def test_the_schedule_plot_of_a_path_draws_the_training_gamma_too():
     from gudlang.plot import schedule_figure
     model = build_model(check_file(str(SPECS / "peers" / "edm.gud")))
-    ax = schedule_figure(model).axes[0]
+    ax = schedule_figure(model, pyplot=False).axes[0]
     dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
     assert 1 <= len(dotted) <= 3 and "training" in ax.get_legend().get_texts()[0].get_text()
     t, gamma = dotted[0].get_data()
     with torch.no_grad():
         want = model.schedule(torch.as_tensor(t))[0][:, 0].numpy()  # one scalar gamma for all
     np.testing.assert_allclose(gamma, want)
-    plain = schedule_figure(build_model(check_file(str(SPECS / "digits.gud")))).axes[0]
+    plain = schedule_figure(build_model(check_file(str(SPECS / "digits.gud"))), pyplot=False).axes[0]
     assert not [line for line in plain.get_lines() if line.get_linestyle() == ":"]
 
 

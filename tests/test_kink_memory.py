@@ -12,7 +12,7 @@ import torch
 from gudlang import samplers, schedules
 from gudlang.check import check_file, check_text
 from gudlang.pipeline import build_model
-from gudlang.plot import _pyplot, schedule_figure
+from gudlang.plot import schedule_figure
 from gudlang.samplers import schedule_kinks
 from gudlang.schedules import compile_schedule
 from schedule_fixtures import SequentialSchedule, one_thread  # noqa: F401 (autouse fixture)
@@ -110,10 +110,9 @@ def test_schedule_figure_in_runs_draws_the_same_lines(monkeypatch):
 
     def lines(budget: int, **kw):
         monkeypatch.setattr(schedules, "BATCH_VALUES", budget)
-        fig = schedule_figure(model, **kw)
+        fig = schedule_figure(model, pyplot=False, **kw)
         out = [(line.get_color(), line.get_linestyle(), np.asarray(line.get_xdata()).tobytes(),
                 np.asarray(line.get_ydata()).tobytes()) for ax in fig.axes for line in ax.lines]
-        _pyplot().close(fig)
         return out
 
     for kw in ({"max_lines": 7}, {"grid": 100}):
