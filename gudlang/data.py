@@ -632,8 +632,8 @@ def image_files(root: Path, recursive: bool) -> list[Path]:
 # ----------------------------------------------------------------------------- dataset
 
 _IDX_SOURCES = {
-    "mnist": ("MNIST", "https://ossci-datasets.s3.amazonaws.com/mnist/ (or "
-                       "http://yann.lecun.com/exdb/mnist/)"),
+    "mnist": ("MNIST", "https://ossci-datasets.s3.amazonaws.com/mnist/ (torchvision's mirror; "
+                       "yann.lecun.com often refuses downloads)"),
     "fashion_mnist": ("FashionMNIST", "https://github.com/zalandoresearch/fashion-mnist "
                                       "(folder data/fashion)"),
 }
