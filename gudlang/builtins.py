@@ -307,8 +307,11 @@ vp(t, b_min = 0.1, b_max = 20, t_min = 0.001) =
     log(expm1(b_min * (t_min + (1 - t_min) * t)
               + (b_max - b_min) * (t_min + (1 - t_min) * t)^2 / 2))
 
-# Cosine (Nichol & Dhariwal): alpha^2 = cos^2(theta) with theta linear in t, from
-# s/(1 + s) pi/2 at t = 0 to the angle where gamma reaches hi at t = 1.
+# Cosine (Nichol & Dhariwal's angle, as the GUD reference code has it): alpha^2 = cos^2(theta)
+# with theta linear in t, from s/(1 + s) pi/2 at t = 0 to the angle where gamma reaches hi at
+# t = 1. Not divided by f(0) as their alpha_bar is, and stretched to end at hi: gamma runs from
+# -8.77 (theirs -inf) to 10 (theirs +inf), within 0.39 of theirs on t in [0.02, 0.98];
+# iddpm_cosine below is their schedule exactly.
 cosine(t, s = 0.008, hi = 10) =
     2 * log(tan(s / (1 + s) * pi / 2 + t * (atan(exp(hi / 2)) - s / (1 + s) * pi / 2)))
 
@@ -336,7 +339,8 @@ snr_weight(g, b = 0) = sigmoid(b + g - log(wvar(i)))
 
 # Ho et al. 2020 (DDPM), Sec. 4: betas linear from beta_1 to beta_T over T = steps steps,
 # alpha_bar_k = prod_{j <= k} (1 - beta_j) (Eq. 4) at t = k / T. Exact, not the VP SDE limit
-# (Song et al. 2021, beta from 0.1 to 20, off by up to 0.1 in gamma at small k):
+# (Song et al. 2021, beta from 0.1 to 20, off by up to 0.095 in gamma at k = 1; `vp` above is
+# that SDE started at t' = 0.001, so at the same t it is 0.87 off at k = 1):
 # log alpha_bar = sum_{u < k} log(y - u d), y = 1 - beta_1, d = (beta_T - beta_1) / (T - 1),
 # summed by Euler-Maclaurin to the d^2 term (the rest is below 1e-17), smooth between steps.
 # Below t = 1 / T it holds step 1, DDPM's least noisy latent (t = 0 would be gamma = -inf).
