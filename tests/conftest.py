@@ -16,6 +16,14 @@ def private_cache(tmp_path_factory):
     del os.environ["GUDLANG_CACHE"]
 
 
+@pytest.fixture
+def fresh_image_cache(tmp_path_factory, monkeypatch):
+    """A fresh, empty cache root for one test (decoded image folders are cached)."""
+    root = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("GUDLANG_CACHE", str(root))
+    return root
+
+
 # Property tests draw the same examples on every run (CI stays reproducible); explore new ones
 # with HYPOTHESIS_PROFILE=explore.
 from hypothesis import settings as _hypothesis_settings  # noqa: E402

@@ -12,7 +12,8 @@ import torch
 import gudlang
 from gudlang.conditioning import check_value_range
 from gudlang.cli import main
-from gudlang.diagnostics import GudError
+
+from expect_util import refused
 
 PLAIN = """gud 1
 data = digits()
@@ -45,13 +46,6 @@ def trained(tmp_path_factory):
     return SimpleNamespace(plain=plain, given=given, run=run, images=images, root=root)
 
 
-def refused(code: str, phrase: str, call, *args, **kwargs) -> GudError:
-    """call(*args, **kwargs) raises GudError `code` whose message contains `phrase`."""
-    with pytest.raises(GudError) as err:
-        call(*args, **kwargs)
-    assert [d.code for d in err.value.diagnostics] == [code], str(err.value)
-    assert phrase in str(err.value), str(err.value)
-    return err.value
 
 
 # --------------------------------------------------------------------------- load

@@ -13,7 +13,6 @@ import importlib.resources
 import pickle
 import struct
 import zipfile
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -22,27 +21,14 @@ from PIL import Image
 from gudlang.data import (DataSet, dataset, digits, grf, grf_covariance, grf_spectrum, images,
                           iterate_batches, load_data, npz, split)
 from gudlang.datasets import readers
-from gudlang.diagnostics import GudError
+
+from expect_util import fails
+
+pytestmark = pytest.mark.usefixtures("fresh_image_cache")
 
 
-@pytest.fixture(autouse=True)
-def image_cache(tmp_path_factory, monkeypatch):
-    """A fresh, empty cache root for every test, never the user's (`images` caches)."""
-    root = tmp_path_factory.mktemp("cache")
-    monkeypatch.setenv("GUDLANG_CACHE", str(root))
-    return root
 
 
-@contextmanager
-def fails(code: str, *fragments: str):
-    """Expect a GudError with `code` whose message (or help) contains every fragment."""
-    with pytest.raises(GudError) as info:
-        yield info
-    d = info.value.diagnostics[0]
-    assert d.code == code, f"expected {code}, got {d.code}: {d.message}"
-    text = d.message + " " + (d.help or "")
-    for fragment in fragments:
-        assert fragment in text, f"{fragment!r} not in {text!r}"
 
 
 def _levels(x: np.ndarray, top: int) -> np.ndarray:

@@ -10,7 +10,8 @@ import torch
 
 import gudlang
 from gudlang import checkpoint as ckpt
-from gudlang.diagnostics import GudError
+
+from expect_util import refused
 
 SPEC = """gud 1
 data = digits()
@@ -45,12 +46,6 @@ def runs(tmp_path_factory):
     return plain, custom
 
 
-def refused(code: str, phrase: str, call, *args, **kwargs) -> GudError:
-    with pytest.raises(GudError) as err:
-        call(*args, **kwargs)
-    assert [d.code for d in err.value.diagnostics] == [code], str(err.value)
-    assert phrase in str(err.value), str(err.value)
-    return err.value
 
 
 def test_load_leaves_torchs_random_stream_alone(runs):
