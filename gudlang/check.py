@@ -192,6 +192,8 @@ class _Resolver:
         self.defs: dict[str, _Def] = {}
         self.values: dict[str, tuple[A.Expr, Shape]] = {}
         self.stack: list[str] = []
+        # (function, its arguments, the one) whose default is being resolved
+        self.defaulting: list[tuple[str, list[str], str]] = []
         self.features_used: set[str] = set()
         self.basis_kind = spec.basis.kind
         self.offered = set(BASIS_FEATURES[self.basis_kind])
@@ -335,6 +337,10 @@ class _Resolver:
             stem = name[:-2] if name.endswith("_i") else None
             if stem in self.spec.params:  # a_i for a param a: it has one value, not one per component
                 hint = f"did you mean `{stem}`? a param has no `_i`"
+            elif self.defaulting and name in self.defaulting[-1][1]:
+                function, _, argument = self.defaulting[-1]
+                hint = (f"a default cannot use another argument (`{name}`): pass `{argument}` when calling "
+                        f"{function}(...), or compute it in the body")
             else:
                 hint = did_you_mean(name, candidates) or "define it with `name = ...` or `param name = ...`"
             self.error("E202", f"unknown name `{name}`", path, "not defined", at=at, help=hint)
@@ -507,8 +513,10 @@ class _Resolver:
                            help=f"{d.name}({', '.join(names)})")
                 bound[fm.name] = (A.Num(0.0), SCALAR)
             else:
+                self.defaulting.append((d.name, names, fm.name))  # a default sees no other argument
                 bound[fm.name] = self.resolve(fm.default, d.path + ("formals", k, "default"), {},
                                               inner_site)
+                self.defaulting.pop()
         self.stack.append(d.name)
         result = self.resolve(d.node.body, d.path + ("body",), bound, inner_site)
         self.stack.pop()

@@ -450,7 +450,11 @@ class _Builder:
                            help=did_you_mean(kw.name, fields) or f"arguments: {', '.join(fields) or 'none'}")
                 continue
             if kw.name in out:
-                self.error("E205", f"argument `{kw.name}` given twice", kpath, "given again")
+                by_position = kw.name in fields[:len(call.args)]
+                self.error("E205", f"argument `{kw.name}` given twice" + (" (by position and by name)" if by_position
+                                                                          else ""), kpath, "given again",
+                           help=f"positional arguments fill {call.func}({', '.join(fields)}) in order, wherever "
+                                "they stand in the call: name the later ones too" if by_position else None)
                 continue
             if section == "prior" and call.func == "scale":
                 out[kw.name] = kw.value

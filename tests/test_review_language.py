@@ -176,3 +176,19 @@ def test_true_where_a_condition_goes_says_it_is_a_number():
         check_text(text, "w.gud")
     d = info.value.diagnostics[0]
     assert d.code == "E213" and d.help.startswith("`true` is the number 1 in a formula")
+
+
+def test_a_default_that_uses_another_argument_says_so():
+    text = "gud 1\ndata = digits()\nbasis = pca()\nprior = white\nf(x, y = x) = x + y\ngamma_i(t) = linear(f(t))\n"
+    with pytest.raises(GudError) as info:
+        check_text(text, "d.gud")
+    d = info.value.diagnostics[0]
+    assert d.code == "E202" and "a default cannot use another argument (`x`): pass `y`" in d.help
+
+
+def test_a_declaration_argument_given_by_position_and_name_says_so():
+    text = 'gud 1\ndata = npz(path = "x.npz", "k")\nbasis = pca()\nprior = white\ngamma_i(t) = linear(t)\n'
+    with pytest.raises(GudError) as info:
+        check_text(text, "e.gud")
+    d = info.value.diagnostics[0]
+    assert d.code == "E205" and "(by position and by name)" in d.message and "in order" in d.help
