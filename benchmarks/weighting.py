@@ -61,9 +61,10 @@ train.ema=0.999 -s train.steps=3000 for the default training they replaced (soft
 30.1% outliers, soft_a05 31.6% -> 16.8%, soft_a1 24.6% -> 8.6%; the default-training rows
 measured in an earlier session; specs/family.gud, sampled at a = 0.5, 1, 1.5 by `gudlang.load(run,
 params = {"a": A})`: 15.2%, 15.2%, 25.4%). Likewise before the other digits specs took that
-training: specs/standard_linear.gud 21.9% -> 7.0%; the design card's one-liner as written
-(`linear(a*t - b*rank(i))`, the largest-variance component generated last) 62.5% -> 73.4%, and
-turned round as specs/design_card.gud now has it, 33.2% (with the train block).
+training: specs/standard_linear.gud 21.9% -> 7.0%, specs/sequential_columns.gud 21.5% -> 5.9%;
+the design card's one-liner as written (`linear(a*t - b*rank(i))`, the largest-variance
+component generated last) 62.5% -> 73.4%, and turned round as specs/design_card.gud now has it,
+33.2% (with the train block).
 
     python benchmarks/weighting.py [--only TEXT] [--nll N] [--out DIR]
     python benchmarks/weighting.py --spec FILE [-s KEY=VALUE ...] [--nll N] [--out DIR]
