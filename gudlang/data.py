@@ -58,7 +58,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .datasets.readers import (CIFAR_PYTHON_URL, CIFAR_URL, find_file, read_cifar_batch,
+from .datasets.readers import (CIFAR_PYTHON_URL, CIFAR_URL, IMAGE_SUFFIXES, find_file, read_cifar_batch,
                                read_cifar_python_batch, read_idx_images, read_images,
                                read_npz_array)
 from .diagnostics import GudError
@@ -66,7 +66,6 @@ from .diagnostics import GudError
 FINGERPRINT_SCHEME = "gudlang-data-v1"
 # Arguments that say where the data lives, not what it is: moving a file keeps its identity.
 _LOCATION_PARAMS = ("path", "folder", "root")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # Image files of other formats (or other JPEG suffixes), which `images` does not read: a
 # folder holding any is refused rather than silently loaded without them.
 OTHER_IMAGE_SUFFIXES = (".bmp", ".dib", ".gif", ".webp", ".jfif", ".jpe", ".ppm", ".pgm",

@@ -90,6 +90,9 @@ RACY_SECONDS = 2.0
 # numpy's message when an array needs unpickling (object dtype, e.g. a ragged list).
 _OBJECTS = "Object arrays cannot be loaded"
 
+# The image files `images()` reads.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
 
 def memory_limit() -> int | None:
     """Bytes of physical memory, the most one array may take; None where unknown."""
@@ -165,7 +168,7 @@ def _no_arrays(path: Path, members: list[str]) -> None:
     """E402 for a zip archive without .npy members, naming them; a hint for an image archive."""
     shown = ", ".join(map(repr, members[:5])) + (f" and {len(members) - 5} more"
                                                  if len(members) > 5 else "")
-    pictures = any(m.lower().endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff"))
+    pictures = any(m.lower().endswith(IMAGE_SUFFIXES)
                    for m in members)
     which = ("its member", "is not a numpy array") if len(members) == 1 else \
         ("its members", "are not numpy arrays")
